@@ -1,0 +1,261 @@
+"""cluster_ext: Node.js's cluster module for Python on Linux.
+
+    import cluster_ext as cluster
+
+One script runs in both roles. The primary forks workers (cluster.fork()),
+which run the same program again; they share ports, exchange messages with
+the primary and stop gracefully with worker.disconnect(). The module itself is
+an EventEmitter: 'fork', 'online', 'listening', 'message', 'disconnect',
+'exit', 'setup'. See API.md for the contract.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import signal as _signal
+import sys
+import types
+from collections import deque
+from typing import Any, Callable, Mapping
+
+from . import _core, _primary, _worker
+from ._primary import SCHED_NONE, SCHED_RR
+from ._worker import ChannelClosedError, Worker
+from .events import EventEmitter
+
+__all__ = [
+    "ChannelClosedError", "EventEmitter", "SCHED_NONE", "SCHED_RR", "Worker",
+    "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
+    "is_primary", "is_worker", "run", "settings", "setup_master", "setup_primary",
+    "stop", "worker", "workers",
+]
+
+is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ
+is_master: bool = is_primary
+is_worker: bool = not is_primary
+workers: dict[int, Worker] | None = {} if is_primary else None
+worker: Worker | None = None
+
+_settings: dict[str, Any] = _primary.default_settings()
+settings: Mapping[str, Any] = types.MappingProxyType(_settings)
+_state: dict[str, Any] = {"next_id": 1, "forked": False}
+_servers: set[Any] = set()          # the worker's servers: disconnect() closes them
+_gone_hooks: list[Callable[[Worker], None]] = []   # a worker stops taking connections
+_threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+
+
+class _ClusterModule(types.ModuleType, EventEmitter):
+    """The module object: an EventEmitter whose scheduling_policy is checked."""
+
+    @property
+    def scheduling_policy(self) -> int:
+        return _settings["scheduling_policy"]
+
+    @scheduling_policy.setter
+    def scheduling_policy(self, policy: int) -> None:
+        if not is_primary:
+            raise RuntimeError("scheduling_policy is the primary's")
+        if _state["forked"]:
+            raise RuntimeError("scheduling_policy cannot change after the first fork()")
+        _primary.check_policy(policy)
+        _settings["scheduling_policy"] = policy
+
+
+# ---- the loop ------------------------------------------------------------------
+
+def run() -> None:
+    """Runs the event loop until nothing is left to wait for (no worker, server,
+    connection, timer or connected channel) or stop(); re-raises the first
+    exception a callback raised."""
+    _core.run()
+
+
+def stop() -> None:
+    """Makes run() return after the current callback."""
+    _core.stop()
+
+
+def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """A timer on the loop; returns a handle with .cancel()."""
+    return _core.call_later(seconds, functools.partial(fn, *args) if args else fn)
+
+
+def call_soon_threadsafe(fn: Callable[..., Any], *args: Any) -> None:
+    """The one entry another thread may call: runs fn(*args) on the loop's thread."""
+    _threadsafe.append((fn, args))
+    _core.wakeup()
+
+
+def _run_threadsafe() -> None:
+    while _threadsafe:
+        fn, args = _threadsafe.popleft()
+        fn(*args)
+
+
+_core.set_wake_callback(_run_threadsafe)
+
+
+# ---- the primary -------------------------------------------------------------------
+
+def setup_primary(**changes: Any) -> None:
+    """Changes settings for later forks; emits 'setup'(settings)."""
+    if not is_primary:
+        raise RuntimeError("setup_primary() is the primary's")
+    checked = _primary.check_settings(changes)
+    if "scheduling_policy" in checked and _state["forked"] and \
+            checked["scheduling_policy"] != _settings["scheduling_policy"]:
+        raise RuntimeError("scheduling_policy cannot change after the first fork()")
+    _settings.update(checked)
+    _module.emit("setup", settings)
+
+
+setup_master = setup_primary
+
+
+def fork(env: Mapping[str, Any] | None = None, *,
+         target: Callable[[], Any] | None = None) -> Worker:
+    """Starts a worker. By default it runs this program again (fork + exec);
+    with target, the child is forked without exec and calls target()."""
+    if not is_primary:
+        raise RuntimeError("fork() is the primary's: this process is a worker")
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    if target is not None and not callable(target):
+        raise TypeError("target must be callable")
+    if _signal.getsignal(_signal.SIGCHLD) == _signal.SIG_IGN:
+        raise RuntimeError("SIGCHLD is ignored: worker exits could not be seen")
+    worker_id = _state["next_id"]
+    if target is None:
+        pid, fd, stdio = _primary.start_exec(worker_id, _settings, env)
+    else:
+        pid, fd, stdio = _primary.start_target(worker_id, _settings, env, target,
+                                               _become_worker)
+    _state["next_id"] += 1
+    _state["forked"] = True
+    w = Worker(worker_id, pid, primary_side=True,
+               serialization=_worker.SERIALIZATIONS[_settings["serialization"]],
+               max_message_size=_settings["max_message_size"])
+    w._open_channel(fd)
+    w._exit_watch = _core.watch_child(pid, w._on_exit)
+    _attach_stdio(w, stdio)
+    workers[worker_id] = w
+    call_later(0, w._emit_fork)
+    return w
+
+
+def _attach_stdio(w: Worker, stdio: _primary.Stdio) -> None:
+    from ._pipe import PipeReader
+    for i, name in ((1, "stdout"), (2, "stderr")):
+        fd = stdio.parent[i]
+        if fd is not None:
+            stdio.parent[i] = None
+            setattr(w.process, name, PipeReader(fd))
+    if stdio.parent[0] is not None:
+        os.close(stdio.parent[0])       # a piped stdin is not offered (yet)
+        stdio.parent[0] = None
+
+
+def disconnect(callback: Callable[[], Any] | None = None, *,
+               timeout: float | None = None) -> None:
+    """disconnect() on every worker; callback() once every one of them has
+    disconnected. With timeout, workers still connected after it are killed."""
+    if not is_primary:
+        raise RuntimeError("cluster.disconnect() is the primary's")
+    pending = {w.id for w in workers.values() if w.is_connected()}
+
+    def one_done(w: Worker) -> None:
+        pending.discard(w.id)
+        if not pending and callback is not None:
+            callback()
+
+    for w in list(workers.values()):
+        if w.id in pending:
+            w.once("disconnect", functools.partial(one_done, w))
+            w.disconnect(timeout=timeout)
+    if not pending and callback is not None:
+        call_later(0, callback)
+
+
+def _on_worker_gone(w: Worker) -> None:
+    for hook in _gone_hooks:
+        hook(w)
+
+
+def _remove_worker(w: Worker) -> None:
+    if workers.get(w.id) is w:
+        del workers[w.id]
+
+
+# ---- the worker ----------------------------------------------------------------------
+
+def _close_servers(done: Callable[[], None]) -> None:
+    """Closes every server of this worker; done() once all have closed."""
+    pending = list(_servers)
+    if not pending:
+        done()
+        return
+    left = [len(pending)]
+
+    def closed(*_: Any) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done()
+
+    for server in pending:
+        server.close(closed)
+
+
+def _boot_worker(worker_id: int, fd: int, serialization: str, max_message_size: int) -> None:
+    global is_primary, is_master, is_worker, workers, worker
+    is_primary = is_master = False
+    is_worker = True
+    workers = None
+    os.set_inheritable(fd, False)
+    worker = Worker(worker_id, os.getpid(), primary_side=False,
+                    serialization=_worker.SERIALIZATIONS[serialization],
+                    max_message_size=max_message_size)
+    worker._open_channel(fd)
+    worker._send_frame(_core.FRAME_ONLINE)
+    # Ctrl-C reaches the whole process group: the primary decides how we stop.
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
+
+def _become_worker(worker_id: int, fd: int, settings_now: Mapping[str, Any],
+                   target: Callable[[], Any]) -> int:
+    """In the child of fork(target=...): drop the primary's state, boot as a
+    worker, run target() and the loop. Returns the exit code."""
+    for w in list(workers.values()):
+        for stream in (w.process.stdout, w.process.stderr):
+            if stream is not None:
+                stream._forget()
+    _primary.reset_signal_handlers()
+    _module.remove_all_listeners()
+    _gone_hooks.clear()
+    _boot_worker(worker_id, fd, settings_now["serialization"],
+                 settings_now["max_message_size"])
+    target()
+    run()
+    return 0
+
+
+def _boot_from_env() -> None:
+    env = os.environ
+    try:
+        worker_id = int(env.pop("CLUSTER_EXT_WORKER_ID"))
+        fd = int(env.pop("CLUSTER_EXT_CHANNEL_FD"))
+        serialization = env.pop("CLUSTER_EXT_SERIALIZATION", "json")
+        max_size = int(env.pop("CLUSTER_EXT_MAX_MESSAGE_SIZE", str(64 << 20)))
+        os.fstat(fd)
+    except (KeyError, ValueError, OSError) as exc:
+        raise RuntimeError("CLUSTER_EXT_WORKER_ID is set but this process has no valid "
+                           f"cluster_ext channel: {exc}") from None
+    _boot_worker(worker_id, fd, serialization, max_size)
+
+
+_module = sys.modules[__name__]
+_module.__class__ = _ClusterModule
+EventEmitter.__init__(_module)
+_worker.cluster = _module
+if is_worker:
+    _boot_from_env()

@@ -1,0 +1,275 @@
+"""The primary's side of starting a worker: settings, the worker's command
+line and environment, its stdio, and the two ways to start it (fork + exec
+through the engine, or os.fork() without exec for fork(target=...))."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Mapping
+
+from . import _core
+
+SCHED_NONE, SCHED_RR = 1, 2
+SETTING_KEYS = ("exec", "args", "exec_args", "cwd", "silent", "stdio", "uid", "gid",
+                "serialization", "max_message_size", "scheduling_policy")
+STDIO_WORDS = ("inherit", "pipe", "ignore")
+
+
+def policy_from_env() -> int:
+    return SCHED_NONE if os.environ.get("CLUSTER_EXT_SCHED_POLICY") == "none" else SCHED_RR
+
+
+def default_settings() -> dict[str, Any]:
+    return {"exec": None, "args": tuple(sys.argv[1:]), "exec_args": (), "cwd": None,
+            "silent": False, "stdio": None, "uid": None, "gid": None,
+            "serialization": "json", "max_message_size": 64 << 20,
+            "scheduling_policy": policy_from_env()}
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not all(
+            isinstance(v, (str, bytes, os.PathLike)) for v in value):
+        raise TypeError(f"setting {key!r} must be a list of strings")
+    return tuple(os.fsdecode(v) for v in value)
+
+
+def check_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated, normalized copies of the settings in changes."""
+    unknown = sorted(set(changes) - set(SETTING_KEYS))
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(unknown)}; "
+                        f"known: {', '.join(SETTING_KEYS)}")
+    out = dict(changes)
+    if "exec" in out and out["exec"] is not None:
+        ex = out["exec"]
+        out["exec"] = os.fspath(ex) if isinstance(ex, (str, os.PathLike)) else _str_list("exec", ex)
+        if isinstance(out["exec"], tuple) and not out["exec"]:
+            raise ValueError("setting 'exec' must not be an empty list")
+    for key in ("args", "exec_args"):
+        if key in out:
+            out[key] = _str_list(key, out[key])
+    if out.get("cwd") is not None:
+        out["cwd"] = os.fspath(out["cwd"])
+    if "silent" in out:
+        out["silent"] = bool(out["silent"])
+    if out.get("stdio") is not None:
+        stdio = tuple(out["stdio"])
+        if len(stdio) != 3 or not all(s in STDIO_WORDS or (isinstance(s, int) and s >= 0)
+                                      for s in stdio):
+            raise ValueError("setting 'stdio' takes 3 items, each 'inherit', 'pipe', "
+                             "'ignore' or a descriptor number")
+        out["stdio"] = stdio
+    for key in ("uid", "gid"):
+        if out.get(key) is not None and (not isinstance(out[key], int) or out[key] < 0):
+            raise TypeError(f"setting {key!r} must be a non-negative int or None")
+    if "serialization" in out and out["serialization"] not in ("json", "pickle"):
+        raise ValueError(f"setting 'serialization' must be 'json' or 'pickle', "
+                         f"not {out['serialization']!r}")
+    if "max_message_size" in out:
+        size = out["max_message_size"]
+        if not isinstance(size, int) or not 0 < size <= 0xFFFF0000:
+            raise ValueError("setting 'max_message_size' must be an int in (0, 4 GiB)")
+    if "scheduling_policy" in out:
+        check_policy(out["scheduling_policy"])
+    return out
+
+
+def check_policy(policy: Any) -> None:
+    if policy not in (SCHED_NONE, SCHED_RR) or isinstance(policy, bool):
+        raise ValueError(f"scheduling policy must be SCHED_RR ({SCHED_RR}) or "
+                         f"SCHED_NONE ({SCHED_NONE}), not {policy!r}")
+
+
+def _default_command() -> tuple[list[str], list[str]]:
+    """Splits sys.orig_argv into (interpreter and its options, the script
+    spec: a path, '-m module' or '-c code')."""
+    orig = list(sys.orig_argv)
+    head = orig[:len(orig) - (len(sys.argv) - 1)]
+    if len(head) >= 3 and head[-2] in ("-m", "-c"):
+        interp, spec = head[:-2], head[-2:]
+    else:
+        interp, spec = head[:-1], head[-1:]
+        if spec and not spec[0].startswith("-"):
+            spec = [os.path.abspath(spec[0])]       # cwd may change in the worker
+    return [sys.executable, *interp[1:]], spec
+
+
+def worker_argv(settings: Mapping[str, Any]) -> list[str]:
+    ex, args, exec_args = settings["exec"], list(settings["args"]), list(settings["exec_args"])
+    if ex is None:
+        interp, spec = _default_command()
+        return [*interp, *exec_args, *spec, *args]
+    if isinstance(ex, str):
+        return [sys.executable, *exec_args, os.path.abspath(ex), *args]
+    return [*ex, *args]
+
+
+def resolve_executable(name: str) -> str:
+    if os.sep in name:
+        return name
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(2, f"executable not found on PATH: {name}", name)
+    return found
+
+
+def _above_stdio(fd: int) -> int:
+    """The engine hands the child fds numbered 3 and up (0-2 are its stdio)."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
+class Stdio:
+    """The child's stdio descriptors and the parent's ends of its pipes."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        spec = settings["stdio"]
+        if spec is None:
+            spec = ("inherit", "pipe", "pipe") if settings["silent"] else ("inherit",) * 3
+        self.child = [-1, -1, -1]        # owned until close_child()
+        self.parent: list[int | None] = [None, None, None]
+        self._owned: list[int] = []
+        try:
+            for i, how in enumerate(spec):
+                if how == "pipe":
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    mine, theirs = (w, r) if i == 0 else (r, w)
+                    self.parent[i] = mine
+                    self.child[i] = self._own(theirs)
+                elif how == "ignore":
+                    self.child[i] = self._own(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+                elif isinstance(how, int):
+                    self.child[i] = self._own(os.dup(how))
+        except BaseException:
+            self.close_child()
+            self.close_parent()
+            raise
+
+    def _own(self, fd: int) -> int:
+        fd = _above_stdio(fd)
+        self._owned.append(fd)
+        return fd
+
+    def close_child(self) -> None:
+        for fd in self._owned:
+            os.close(fd)
+        self._owned.clear()
+
+    def close_parent(self) -> None:
+        for i, fd in enumerate(self.parent):
+            if fd is not None:
+                os.close(fd)
+                self.parent[i] = None
+
+
+def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
+               env: Mapping[str, str] | None) -> dict[str, str]:
+    merged = dict(os.environ)
+    if env:
+        merged.update({str(k): str(v) for k, v in env.items()})
+    merged.update(CLUSTER_EXT_WORKER_ID=str(worker_id), CLUSTER_EXT_CHANNEL_FD=str(fd),
+                  CLUSTER_EXT_SERIALIZATION=settings["serialization"],
+                  CLUSTER_EXT_MAX_MESSAGE_SIZE=str(settings["max_message_size"]))
+    return merged
+
+
+def start_exec(worker_id: int, settings: Mapping[str, Any],
+               env: Mapping[str, str] | None) -> tuple[int, int, Stdio]:
+    """Fork + exec of a worker. Returns (pid, our channel fd, stdio)."""
+    argv = worker_argv(settings)
+    path = resolve_executable(argv[0])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stdio = None
+    try:
+        stdio = Stdio(settings)
+        their_fd = _above_stdio(theirs.detach())
+        try:
+            envp = [f"{k}={v}" for k, v in
+                    worker_env(worker_id, their_fd, settings, env).items()]
+            uid, gid = settings["uid"], settings["gid"]
+            pid = _core.spawn(path, argv, envp, settings["cwd"], their_fd,
+                              tuple(stdio.child), -1 if uid is None else uid,
+                              -1 if gid is None else gid)
+        finally:
+            os.close(their_fd)
+            stdio.close_child()
+    except BaseException:
+        ours.close()
+        if stdio is not None:
+            stdio.close_parent()
+        raise
+    return pid, ours.detach(), stdio
+
+
+def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, str] | None,
+                 target: Callable[[], Any], become_worker: Callable[..., None]
+                 ) -> tuple[int, int, Stdio]:
+    """os.fork() without exec: the child becomes worker worker_id and runs
+    target(); it never returns from here."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stdio = None
+    try:
+        stdio = Stdio(settings)
+        parent = os.getpid()
+        pid = os.fork()
+    except BaseException:
+        ours.close()
+        theirs.close()
+        if stdio is not None:
+            stdio.close_child()
+            stdio.close_parent()
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            _core.after_fork()
+            _core.die_with_parent(parent)
+            ours.close()
+            stdio.close_parent()
+            for i, fd in enumerate(stdio.child):
+                if fd >= 0:
+                    os.dup2(fd, i)
+            stdio.close_child()
+            if settings["cwd"] is not None:
+                os.chdir(settings["cwd"])
+            if settings["gid"] is not None:
+                os.setgid(settings["gid"])
+            if settings["uid"] is not None:
+                os.setuid(settings["uid"])
+            if env:
+                os.environ.update({str(k): str(v) for k, v in env.items()})
+            code = become_worker(worker_id, theirs.detach(), settings, target)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+    theirs.close()
+    stdio.close_child()
+    return pid, ours.detach(), stdio
+
+
+def reset_signal_handlers() -> None:
+    """The primary's Python handlers are not the worker's: back to defaults,
+    SIGINT ignored (the primary decides how its workers stop)."""
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if callable(handler):
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)

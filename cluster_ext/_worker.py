@@ -1,0 +1,380 @@
+"""Worker: the primary's handle on one worker, and in a worker, cluster.worker.
+
+Both sides speak the internal protocol over one native Channel: frames of a
+type (see _core.FRAME_*) and a small payload. User messages are FRAME_USER,
+serialized here (json or pickle, named in the frame's flags so that either side
+can read them). Servers (net) join through Worker.frame_handlers and the
+handle codecs, without this file knowing them.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal as _signal
+import socket
+from collections import deque
+from typing import Any, Callable
+
+from . import _core
+from .events import EventEmitter
+
+ChannelClosedError = _core.ChannelClosedError
+
+SER_JSON, SER_PICKLE = 0, 1
+SERIALIZATIONS = {"json": SER_JSON, "pickle": SER_PICKLE}
+HANDLE_SHIFT = 2                 # flags: bits 0-1 serialization, 2-4 handle kind
+HANDLE_SOCKET = 1                # a socket.socket; net adds its own kinds
+HWM = 128 * 1024                 # send() returns False past this many queued bytes
+
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+_json_decode = json.loads
+
+# frame type -> fn(worker, flags, payload, fds): the servers' messages (net).
+frame_handlers: dict[int, Callable[..., None]] = {}
+# handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj)
+handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {
+    HANDLE_SOCKET: (socket.socket, lambda s: s.fileno(), lambda s: None,
+                    lambda fd: socket.socket(fileno=fd)),
+}
+
+cluster: Any = None              # the cluster_ext module, set by its __init__
+
+
+def parse_signal(sig: Any) -> _signal.Signals:
+    """A signal name ('SIGTERM' or 'TERM'), number or Signals -> Signals."""
+    if isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return _signal.Signals[name]
+        except KeyError:
+            raise ValueError(f"unknown signal name: {sig!r}") from None
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"signal must be a name or a number, not {type(sig).__name__}")
+    try:
+        return _signal.Signals(sig)
+    except ValueError:
+        raise ValueError(f"unknown signal number: {sig}") from None
+
+
+def encode(message: Any, serialization: int) -> bytes:
+    """Serializes a message; what the serializer cannot encode is a TypeError."""
+    if serialization == SER_JSON:
+        try:
+            return _json_encode(message).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"message cannot be encoded as JSON: {exc}") from exc
+    try:
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"message cannot be pickled: {exc}") from exc
+
+
+def decode(flags: int, payload: bytes) -> Any:
+    if flags & 3 == SER_JSON:
+        return _json_decode(payload)
+    if flags & 3 == SER_PICKLE:
+        return pickle.loads(payload)
+    raise ValueError(f"unknown serialization {flags & 3}")
+
+
+def close_fds(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+class Process:
+    """worker.process: the pid and, once known, how the process ended."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exit_code: int | None = None
+        self.signal_code: _signal.Signals | None = None
+        self.stdout: Any = None
+        self.stderr: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Process pid={self.pid}>"
+
+
+class Worker(EventEmitter):
+    """One worker. In the primary: a handle on a child process. In a worker:
+    cluster.worker, the process itself."""
+
+    def __init__(self, worker_id: int, pid: int, *, primary_side: bool,
+                 serialization: int = SER_JSON, max_message_size: int = 64 << 20) -> None:
+        super().__init__()
+        self.id = worker_id
+        self.process = Process(pid)
+        self.state = "none" if primary_side else "online"
+        self.exited_after_disconnect: bool | None = None
+        self._primary_side = primary_side
+        self._serialization = serialization
+        self._max_message_size = max_message_size
+        self._chan: Any = None
+        self._connected = False          # until the channel's close is delivered
+        self._disconnecting = False
+        self._written: deque[Callable[[BaseException | None], Any]] = deque()
+        self._exit_status: tuple[int | None, Any] | None = None
+        self._dead = False
+        self._timers: list[Any] = []     # disconnect(timeout) deadlines
+        self._exit_watch: Any = None     # the engine's watch on the process
+        self._fork_emitted = not primary_side
+
+    def __repr__(self) -> str:
+        return f"<Worker id={self.id} pid={self.process.pid} state={self.state}>"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    # ---- the channel -------------------------------------------------------
+
+    def _open_channel(self, fd: int) -> None:
+        self._chan = _core.Channel(fd, self._on_frame, self._on_event,
+                                   self._max_message_size + 4096, HWM)
+        self._connected = True
+
+    def _send_frame(self, frame_type: int, payload: bytes = b"", fds: tuple = (),
+                    flags: int = 0, notify: bool = False) -> bool:
+        """An internal frame; False if the channel is already closed."""
+        if not self._connected or self._chan.closed:
+            return False
+        try:
+            self._chan.send(frame_type, flags, payload, fds, notify)
+        except ChannelClosedError:
+            return False
+        return True
+
+    def _on_frame(self, frame_type: int, flags: int, payload: bytes, fds: tuple) -> None:
+        if frame_type == _core.FRAME_USER:
+            self._on_user_frame(flags, payload, fds)
+            return
+        handler = frame_handlers.get(frame_type)
+        if handler is not None:
+            handler(self, flags, payload, fds)
+            return
+        if fds:
+            close_fds(fds)
+        if self._primary_side:
+            if frame_type == _core.FRAME_ONLINE:
+                self._on_online()
+            elif frame_type == _core.FRAME_EXITED_AFTER_DISCONNECT:
+                self.exited_after_disconnect = True
+        elif frame_type == _core.FRAME_DISCONNECT:
+            self.disconnect()
+
+    def _on_user_frame(self, flags: int, payload: bytes, fds: tuple) -> None:
+        handle = None
+        try:
+            message = decode(flags, payload)
+            kind = flags >> HANDLE_SHIFT
+            if kind:
+                if len(fds) != 1 or kind not in handle_codecs:
+                    raise ValueError(f"bad handle (kind {kind}, {len(fds)} fds)")
+                handle = handle_codecs[kind][3](fds[0])
+                fds = ()
+            elif fds:
+                raise ValueError("descriptors without a handle kind")
+        except Exception as exc:
+            close_fds(fds)
+            err = ValueError(f"undecodable message from worker {self.id}: {exc!r}")
+            self.emit("error", err)
+            return
+        self.emit("message", message, handle)
+        if self._primary_side:
+            cluster.emit("message", self, message, handle)
+
+    def _on_event(self, kind: int, err: int) -> None:
+        if kind == _core.EVENT_WRITTEN:
+            callback = self._written.popleft()
+            callback(None if err == 0 else ChannelClosedError(
+                errno.EPIPE, "the IPC channel closed before the message was written"))
+        elif kind == _core.EVENT_DRAIN:
+            self.emit("drain")
+        elif kind == _core.EVENT_ERROR:
+            self.emit("error", OSError(
+                err, f"corrupt frame on the IPC channel of worker {self.id}: "
+                     f"{os.strerror(err)}"))
+        elif kind == _core.EVENT_CLOSE:
+            self._on_channel_closed()
+
+    def _on_channel_closed(self) -> None:
+        self._connected = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if not self._primary_side:
+            self.state = "disconnected"
+            self.emit("disconnect")
+            if not self._disconnecting:
+                # The primary is gone and nobody asked: leave, as Node's workers do.
+                raise SystemExit(0)
+            return
+        if not self._dead:
+            self.state = "disconnected"
+        try:
+            self.emit("disconnect")
+            cluster.emit("disconnect", self)
+        finally:
+            if self._exit_status is not None:
+                self._finish_exit()
+
+    # ---- lifecycle (primary side) --------------------------------------------
+
+    def _emit_fork(self) -> None:
+        if not self._fork_emitted:
+            self._fork_emitted = True
+            cluster.emit("fork", self)
+
+    def _on_online(self) -> None:
+        self._emit_fork()
+        if self.state == "none":
+            self.state = "online"
+        self.emit("online")
+        cluster.emit("online", self)
+
+    def _on_exit(self, code: int | None, signo: int | None) -> None:
+        sig = _signal.Signals(signo) if signo is not None else None
+        if code is not None and code < 0:
+            code = None if sig is not None else 1
+        self.process.exit_code, self.process.signal_code = code, sig
+        self._dead = True
+        self._exit_status = (code, sig)
+        cluster._on_worker_gone(self)
+        if self._connected:
+            self._chan.drain_close()     # 'disconnect' first, then 'exit'
+        else:
+            self._finish_exit()
+
+    def _finish_exit(self) -> None:
+        code, sig = self._exit_status
+        self._exit_status = None
+        self._emit_fork()
+        self.state = "dead"
+        if self.exited_after_disconnect is None:
+            self.exited_after_disconnect = False
+        cluster._remove_worker(self)
+        self.emit("exit", code, sig)
+        cluster.emit("exit", self, code, sig)
+
+    # ---- the public face -------------------------------------------------------
+
+    def is_connected(self) -> bool:
+        """The IPC channel is open."""
+        return self._connected and not self._chan.closed
+
+    def is_dead(self) -> bool:
+        """The process has exited."""
+        if self._primary_side:
+            return self._dead
+        return False
+
+    def send(self, message: Any, handle: Any = None,
+             callback: Callable[[BaseException | None], Any] | None = None) -> bool:
+        """Sends one message; callback(error) once it is written. Returns False
+        when the queue is over its high-water mark ('drain' follows) or the
+        channel is closed (ChannelClosedError to callback, or to 'error')."""
+        payload = encode(message, self._serialization)
+        if len(payload) > self._max_message_size:
+            raise ValueError(f"message of {len(payload)} bytes is over max_message_size "
+                             f"({self._max_message_size})")
+        kind, fds, after = 0, (), None
+        if handle is not None:
+            kind, fds, after = self._encode_handle(handle)
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        if not self.is_connected():
+            self._report_closed(callback)
+            return False
+        try:
+            ok = self._chan.send(_core.FRAME_USER, self._serialization | kind << HANDLE_SHIFT,
+                                 payload, fds, callback is not None)
+        except ChannelClosedError:
+            self._report_closed(callback)
+            return False
+        if callback is not None:
+            self._written.append(callback)
+        if after is not None:
+            after(handle)
+        return ok
+
+    @staticmethod
+    def _encode_handle(handle: Any) -> tuple[int, tuple[int], Callable]:
+        for kind, (cls, to_fd, after, _) in handle_codecs.items():
+            if isinstance(handle, cls):
+                return kind, (to_fd(handle),), after
+        raise TypeError("handle must be a net.Server, a net.Socket or a socket.socket, "
+                        f"not {type(handle).__name__}")
+
+    def _report_closed(self, callback: Callable | None) -> None:
+        err = ChannelClosedError(errno.EPIPE, "the IPC channel is closed")
+        if callback is not None:
+            cluster.call_later(0, callback, err)
+        else:
+            cluster.call_later(0, self.emit, "error", err)
+
+    def disconnect(self, *, timeout: float | None = None) -> "Worker":
+        """Graceful shutdown: in a worker, close every server, wait for their
+        connections, then close the channel. In the primary, ask the worker to;
+        with timeout, SIGKILL it if 'disconnect' has not come in time."""
+        if self._primary_side:
+            return self._disconnect_primary(timeout)
+        if not self._disconnecting:
+            self._disconnecting = True
+            self.exited_after_disconnect = True
+            self.emit("disconnecting")
+            cluster._close_servers(self._servers_closed)
+        return self
+
+    def _servers_closed(self) -> None:
+        self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT)
+        if self._chan is not None:
+            self._chan.close()
+
+    def _disconnect_primary(self, timeout: float | None) -> "Worker":
+        if self._dead or not self._connected:
+            return self
+        self.exited_after_disconnect = True
+        if timeout is not None:
+            self._timers.append(cluster.call_later(timeout, self._disconnect_overdue))
+        if not self._disconnecting:
+            self._disconnecting = True
+            self._send_frame(_core.FRAME_DISCONNECT)
+            cluster._on_worker_gone(self)
+        return self
+
+    def _disconnect_overdue(self) -> None:
+        if self._connected and not self._dead:
+            self.kill("SIGKILL")
+
+    def kill(self, signal: Any = "SIGTERM") -> None:
+        """Primary: signal the process now. Worker: tell the primary the exit is
+        asked for, then signal itself."""
+        sig = parse_signal(signal)
+        if self._primary_side:
+            if self._dead:
+                return
+            self.exited_after_disconnect = True
+            cluster._on_worker_gone(self)
+            try:
+                os.kill(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            return
+        self.exited_after_disconnect = True
+        fired = []
+
+        def suicide(_err: BaseException | None = None) -> None:
+            if not fired:                # once: the written-callback may follow
+                fired.append(sig)
+                os.kill(os.getpid(), sig)
+
+        if self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT, notify=True):
+            self._written.append(suicide)
+            if self._chan.queued == 0:
+                suicide()
+        else:
+            suicide()

@@ -1,0 +1,116 @@
+"""EventEmitter: Node's events.EventEmitter, in plain Python.
+
+Listeners run in the order added; an exception in a listener propagates to
+the caller of emit(), as in Node. Emitting 'error' with no listener raises it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["EventEmitter"]
+
+Listener = Callable[..., Any]
+
+
+class _Entry:
+    __slots__ = ("fn", "once", "fired")
+
+    def __init__(self, fn: Listener, once: bool) -> None:
+        self.fn, self.once, self.fired = fn, once, False
+
+
+class EventEmitter:
+    """Node's EventEmitter: on, once, off, emit, listeners, prepend_listener."""
+
+    _events: dict[str, list[_Entry]]
+
+    def __init__(self) -> None:
+        self._events = {}
+
+    def on(self, event: str, fn: Listener | None = None) -> Any:
+        """Adds fn for event; without fn, returns a decorator."""
+        return self._add(event, fn, once=False, prepend=False)
+
+    add_listener = on
+
+    def once(self, event: str, fn: Listener | None = None) -> Any:
+        """Like on(), but fn runs at most once."""
+        return self._add(event, fn, once=True, prepend=False)
+
+    def prepend_listener(self, event: str, fn: Listener | None = None) -> Any:
+        """Like on(), but fn runs before the listeners already there."""
+        return self._add(event, fn, once=False, prepend=True)
+
+    def prepend_once_listener(self, event: str, fn: Listener | None = None) -> Any:
+        return self._add(event, fn, once=True, prepend=True)
+
+    def _add(self, event: str, fn: Listener | None, *, once: bool, prepend: bool) -> Any:
+        if fn is None:                       # decorator form: @worker.on("exit")
+            def register(f: Listener) -> Listener:
+                self._add(event, f, once=once, prepend=prepend)
+                return f
+            return register
+        if not callable(fn):
+            raise TypeError(f"listener must be callable, not {type(fn).__name__}")
+        entries = self._events.setdefault(event, [])
+        entries.insert(0 if prepend else len(entries), _Entry(fn, once))
+        return self
+
+    def off(self, event: str, fn: Listener) -> Any:
+        """Removes the most recently added registration of fn for event."""
+        entries = self._events.get(event)
+        if entries:
+            for i in range(len(entries) - 1, -1, -1):
+                if entries[i].fn == fn:
+                    del entries[i]
+                    break
+            if not entries:
+                del self._events[event]
+        return self
+
+    remove_listener = off
+
+    def remove_all_listeners(self, event: str | None = None) -> Any:
+        if event is None:
+            self._events.clear()
+        else:
+            self._events.pop(event, None)
+        return self
+
+    def listeners(self, event: str) -> list[Listener]:
+        return [e.fn for e in self._events.get(event, ())]
+
+    def listener_count(self, event: str) -> int:
+        return len(self._events.get(event, ()))
+
+    def event_names(self) -> list[str]:
+        return list(self._events)
+
+    def _discard(self, event: str, entry: _Entry) -> None:
+        entries = self._events.get(event)
+        if entries is not None:
+            try:
+                entries.remove(entry)
+            except ValueError:
+                pass
+            if not entries:
+                del self._events[event]
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Calls every listener of event with args; False if there was none."""
+        entries = self._events.get(event)
+        if not entries:
+            if event == "error":             # Node: an unheard 'error' is thrown
+                err = args[0] if args else None
+                if isinstance(err, BaseException):
+                    raise err
+                raise RuntimeError(f"unhandled 'error' event: {err!r}")
+            return False
+        for entry in tuple(entries):         # snapshot: changes apply from the next emit
+            if entry.once:
+                if entry.fired:              # a nested emit already ran it
+                    continue
+                entry.fired = True
+                self._discard(event, entry)  # removed before the call, as in Node
+            entry.fn(*args)
+        return True

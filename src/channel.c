@@ -1,0 +1,563 @@
+/* channel.c: framing, descriptor passing and the write queue of an IPC
+   channel (channel.h). Runs inside a loop turn without the GIL; everything
+   for Python leaves as a note. Called by the glue (py_channel.c). */
+#include "channel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define READ_CHUNK (64 * 1024)
+#define READS_PER_WAKEUP 16     /* one busy channel must not starve others */
+
+static void chan_finish(cx_chan *ch, int err);
+static void chan_flush(cx_chan *ch);
+
+static int
+grow(void **buf, size_t *cap, size_t need, size_t elem)
+{
+    size_t n = *cap ? *cap : 16;
+    void *grown;
+
+    if (need <= *cap) {
+        return 0;
+    }
+    while (n < need) {
+        n *= 2;
+    }
+    grown = realloc(*buf, n * elem);
+    if (grown == NULL) {
+        return -ENOMEM;
+    }
+    *buf = grown;
+    *cap = n;
+    return 0;
+}
+
+static void
+push_note(cx_chan *ch, int kind, int a)
+{
+    cx_note *note = cx_note_new(&ch->h, kind, 0);
+
+    if (note != NULL) {
+        note->a = a;
+        cx_note_push(ch->h.loop, note);
+    }
+}
+
+/* ---- reading ------------------------------------------------------------- */
+
+static int
+fifo_push(cx_chan *ch, const int *fds, int n)
+{
+    size_t cap = (size_t)ch->fifo_cap;
+    int r = grow((void **)&ch->fifo, &cap, (size_t)(ch->fifo_len + n),
+                 sizeof(int));
+
+    if (r < 0) {
+        return r;
+    }
+    ch->fifo_cap = (int)cap;
+    memcpy(ch->fifo + ch->fifo_len, fds, (size_t)n * sizeof(int));
+    ch->fifo_len += n;
+    return 0;
+}
+
+/* Cuts every complete frame out of rbuf into notes. Returns 0 or -errno for
+   a corrupt stream. */
+static int
+parse_frames(cx_chan *ch)
+{
+    size_t off = 0;
+    int r = 0;
+
+    while (ch->rlen - off >= sizeof(cx_frame_header)) {
+        cx_frame_header hdr;
+        cx_note *note;
+        memcpy(&hdr, ch->rbuf + off, sizeof(hdr));
+        if (hdr.type == 0 || hdr.type >= CX_FRAME_TYPE_END ||
+            hdr.nfds > CX_MAX_FDS) {
+            r = -EPROTO;
+            break;
+        }
+        if (hdr.len > ch->max_frame) {
+            r = -EMSGSIZE;
+            break;
+        }
+        if (ch->rlen - off - sizeof(hdr) < hdr.len) {
+            size_t need = sizeof(hdr) + hdr.len;
+            if (need > ch->rcap) {
+                r = grow((void **)&ch->rbuf, &ch->rcap, need, 1);
+            }
+            break;
+        }
+        /* The fds came with the frame's first byte, so they are here. */
+        if (hdr.nfds > ch->fifo_len) {
+            r = -EPROTO;
+            break;
+        }
+        note = cx_note_new(&ch->h, CX_NOTE_FRAME, hdr.len);
+        if (note == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+        note->a = hdr.type;
+        note->b = hdr.flags;
+        note->nfds = hdr.nfds;
+        memcpy(note->fds, ch->fifo, hdr.nfds * sizeof(int));
+        ch->fifo_len -= hdr.nfds;
+        memmove(ch->fifo, ch->fifo + hdr.nfds,
+                (size_t)ch->fifo_len * sizeof(int));
+        memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
+        cx_note_push(ch->h.loop, note);
+        off += sizeof(hdr) + hdr.len;
+    }
+    if (off > 0) {
+        memmove(ch->rbuf, ch->rbuf + off, ch->rlen - off);
+        ch->rlen -= off;
+    }
+    return r;
+}
+
+/* Returns 1 at EOF, 0 when the socket is drained (or the share for this
+   wakeup is used), -errno on failure. */
+static int
+read_some(cx_chan *ch, int max_reads)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * CX_MAX_FDS * 4)];
+    } control;
+
+    for (int i = 0; i < max_reads; i++) {
+        struct iovec iov;
+        struct msghdr msg;
+        struct cmsghdr *cm;
+        ssize_t n;
+        int r = grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
+        if (r < 0) {
+            return r;
+        }
+        iov.iov_base = ch->rbuf + ch->rlen;
+        iov.iov_len = ch->rcap - ch->rlen;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        do {
+            n = recvmsg(ch->fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno == EAGAIN) {
+                return 0;
+            }
+            return errno == ECONNRESET ? 1 : -errno;
+        }
+        r = 0;
+        for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                int nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                int fds[CX_MAX_FDS * 4];
+                memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+                if (r == 0) {
+                    r = fifo_push(ch, fds, nfds);
+                }
+                if (r < 0) {
+                    for (int k = 0; k < nfds; k++) {
+                        cx_close(&fds[k]);
+                    }
+                }
+            }
+        }
+        if (r == 0 && (msg.msg_flags & MSG_CTRUNC)) {
+            r = -EPROTO;        /* the kernel dropped descriptors */
+        }
+        if (r < 0) {
+            return r;
+        }
+        if (n == 0) {
+            return 1;
+        }
+        ch->rlen += (size_t)n;
+        r = parse_frames(ch);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+static void
+chan_read_and_settle(cx_chan *ch, int max_reads)
+{
+    int r = read_some(ch, max_reads);
+
+    if (r == 1) {
+        if (ch->rlen > 0) {
+            /* A peer that died mid-write: its last frame is cut, not corrupt. */
+            cx_debug("channel %d: %zu bytes of a cut frame dropped", ch->fd,
+                     ch->rlen);
+        }
+        chan_finish(ch, 0);
+    }
+    else if (r < 0) {
+        if (r == -EPROTO || r == -EMSGSIZE) {
+            push_note(ch, CX_NOTE_ERROR, -r);
+        }
+        chan_finish(ch, -r);
+    }
+}
+
+static void
+chan_ready(cx_loop *loop, cx_io *io, uint32_t events)
+{
+    cx_chan *ch = cx_container_of(io, cx_chan, io);
+
+    CX_UNUSED(loop);
+    if (events & EPOLLOUT) {
+        chan_flush(ch);
+        if (ch->fd < 0) {
+            return;
+        }
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        chan_read_and_settle(ch, READS_PER_WAKEUP);
+    }
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+static void
+marks_settle(cx_chan *ch, int err)
+{
+    while (ch->marks_len > 0 &&
+           (err || ch->marks[ch->marks_head] <= ch->wpos)) {
+        push_note(ch, CX_NOTE_WRITTEN, err);
+        ch->marks_head++;
+        ch->marks_len--;
+    }
+    if (ch->marks_len == 0) {
+        ch->marks_head = 0;
+    }
+}
+
+static void
+atts_drop_head(cx_chan *ch)
+{
+    cx_attach *a = &ch->atts[ch->atts_head];
+
+    for (int i = 0; i < a->nfds; i++) {
+        cx_close(&a->fds[i]);
+    }
+    ch->atts_head++;
+    if (--ch->atts_len == 0) {
+        ch->atts_head = 0;
+    }
+}
+
+static void
+queue_drop(cx_chan *ch, int err)
+{
+    while (ch->atts_len > 0) {
+        atts_drop_head(ch);
+    }
+    ch->wpos += ch->wlen - ch->woff;
+    ch->woff = ch->wlen = 0;
+    marks_settle(ch, err);
+}
+
+static int
+want_events(cx_chan *ch)
+{
+    uint32_t ev = EPOLLIN;
+
+    if (ch->wlen > ch->woff && !ch->write_err) {
+        ev |= EPOLLOUT;
+    }
+    return cx_io_start(ch->h.loop, &ch->io, ev);
+}
+
+static void
+chan_flush(cx_chan *ch)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * CX_MAX_FDS)];
+    } control;
+
+    ch->flush_queued = 0;
+    while (ch->wlen > ch->woff && !ch->write_err) {
+        struct iovec iov = {ch->wbuf + ch->woff, ch->wlen - ch->woff};
+        struct msghdr msg;
+        cx_attach *att = ch->atts_len ? &ch->atts[ch->atts_head] : NULL;
+        ssize_t n;
+
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        if (att != NULL && att->pos == ch->wpos) {
+            struct cmsghdr *cm;
+            msg.msg_control = control.buf;
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * att->nfds);
+            cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int) * att->nfds);
+            memcpy(CMSG_DATA(cm), att->fds, sizeof(int) * att->nfds);
+            /* The next attachment must start a sendmsg of its own. */
+            if (ch->atts_len > 1) {
+                cx_attach *next = &ch->atts[ch->atts_head + 1];
+                iov.iov_len = (size_t)(next->pos - ch->wpos);
+            }
+        }
+        else if (att != NULL) {
+            iov.iov_len = (size_t)(att->pos - ch->wpos);
+        }
+        do {
+            n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                break;
+            }
+            /* The peer is gone: fail what is queued; the read side will see
+               EOF and close the channel. */
+            ch->write_err = errno;
+            queue_drop(ch, errno);
+            break;
+        }
+        if (msg.msg_control != NULL) {
+            atts_drop_head(ch);     /* sent with the first byte: never twice */
+        }
+        ch->woff += (size_t)n;
+        ch->wpos += (uint64_t)n;
+        marks_settle(ch, 0);
+    }
+    if (ch->woff == ch->wlen) {
+        ch->woff = ch->wlen = 0;
+    }
+    else if (ch->woff > ch->wcap / 2) {
+        memmove(ch->wbuf, ch->wbuf + ch->woff, ch->wlen - ch->woff);
+        ch->wlen -= ch->woff;
+        ch->woff = 0;
+    }
+    if (ch->above_hwm && cx_chan_queued(ch) <= ch->hwm) {
+        ch->above_hwm = 0;
+        push_note(ch, CX_NOTE_DRAIN, 0);
+    }
+    if (ch->closing && (ch->wlen == 0 || ch->write_err)) {
+        chan_finish(ch, 0);
+        return;
+    }
+    if (want_events(ch) < 0) {
+        chan_finish(ch, ENOMEM);
+    }
+}
+
+static void
+flusher_cb(cx_flusher *f)
+{
+    chan_flush(cx_container_of(f, cx_chan, flusher));
+}
+
+/* Moves the attachment and mark FIFOs back to the front of their arrays, so
+   that a queue that never quite empties does not grow them forever. */
+static void
+compact_fifos(cx_chan *ch)
+{
+    if (ch->atts_head > 0) {
+        memmove(ch->atts, ch->atts + ch->atts_head,
+                ch->atts_len * sizeof(cx_attach));
+        ch->atts_head = 0;
+    }
+    if (ch->marks_head > 0) {
+        memmove(ch->marks, ch->marks + ch->marks_head,
+                ch->marks_len * sizeof(uint64_t));
+        ch->marks_head = 0;
+    }
+}
+
+size_t
+cx_chan_queued(const cx_chan *ch)
+{
+    return ch->wlen - ch->woff;
+}
+
+int
+cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
+             size_t len, const int *fds, int nfds, int notify)
+{
+    cx_frame_header hdr = {(uint32_t)len, (uint8_t)type, (uint8_t)nfds,
+                           (uint16_t)flags};
+    size_t need = ch->wlen + sizeof(hdr) + len;
+    int r;
+
+    if (ch->fd < 0 || ch->closing) {
+        return -EPIPE;
+    }
+    if (nfds < 0 || nfds > CX_MAX_FDS || len > UINT32_MAX) {
+        return -EINVAL;
+    }
+    if (ch->write_err) {
+        return -ch->write_err;
+    }
+    compact_fifos(ch);
+    if ((r = grow((void **)&ch->wbuf, &ch->wcap, need, 1)) < 0 ||
+        (notify && (r = grow((void **)&ch->marks, &ch->marks_cap,
+                             ch->marks_head + ch->marks_len + 1,
+                             sizeof(uint64_t))) < 0) ||
+        (nfds && (r = grow((void **)&ch->atts, &ch->atts_cap,
+                           ch->atts_head + ch->atts_len + 1,
+                           sizeof(cx_attach))) < 0)) {
+        return r;
+    }
+    if (nfds > 0) {
+        cx_attach *a = &ch->atts[ch->atts_head + ch->atts_len];
+        a->pos = ch->wpos + (ch->wlen - ch->woff);
+        a->nfds = 0;
+        for (int i = 0; i < nfds; i++) {
+            int dup = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+            if (dup < 0) {
+                r = -errno;
+                for (int k = 0; k < a->nfds; k++) {
+                    cx_close(&a->fds[k]);
+                }
+                return r;
+            }
+            a->fds[a->nfds++] = dup;
+        }
+        ch->atts_len++;
+    }
+    memcpy(ch->wbuf + ch->wlen, &hdr, sizeof(hdr));
+    memcpy(ch->wbuf + ch->wlen + sizeof(hdr), payload, len);
+    ch->wlen = need;
+    if (notify) {
+        ch->marks[ch->marks_head + ch->marks_len++] =
+            ch->wpos + (ch->wlen - ch->woff);
+    }
+    if (ch->h.loop->deferring) {
+        /* Inside a drain: batch the frames of this turn into few writes. */
+        if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {
+            ch->flush_queued = 1;
+            cx_list_push(&ch->h.loop->flushers, &ch->flusher.node);
+        }
+    }
+    else if (!(ch->io.events & EPOLLOUT)) {
+        chan_flush(ch);
+    }
+    if (cx_chan_queued(ch) > ch->hwm) {
+        ch->above_hwm = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- opening and closing -------------------------------------------------- */
+
+static void
+chan_release(cx_chan *ch)
+{
+    cx_io_stop(ch->h.loop, &ch->io);
+    if (ch->flush_queued) {
+        cx_list_remove(&ch->flusher.node);
+        ch->flush_queued = 0;
+    }
+    cx_close(&ch->fd);
+    for (int i = 0; i < ch->fifo_len; i++) {
+        cx_close(&ch->fifo[i]);
+    }
+    while (ch->atts_len > 0) {
+        atts_drop_head(ch);
+    }
+    free(ch->rbuf);
+    free(ch->wbuf);
+    free(ch->fifo);
+    free(ch->atts);
+    ch->rbuf = ch->wbuf = NULL;
+    ch->fifo = NULL;
+    ch->atts = NULL;
+    ch->rlen = ch->rcap = ch->woff = ch->wlen = ch->wcap = 0;
+    ch->fifo_len = ch->fifo_cap = 0;
+    ch->atts_cap = 0;
+}
+
+static void
+chan_finish(cx_chan *ch, int err)
+{
+    if (ch->fd < 0) {
+        return;
+    }
+    marks_settle(ch, EPIPE);    /* frames never written fail their callback */
+    chan_release(ch);
+    free(ch->marks);
+    ch->marks = NULL;
+    ch->marks_cap = 0;
+    cx_handle_unlink(&ch->h);
+    push_note(ch, CX_NOTE_CLOSE, err);
+}
+
+static void
+chan_forget(cx_handle *h)
+{
+    cx_chan *ch = cx_container_of(h, cx_chan, h);
+
+    chan_release(ch);
+    free(ch->marks);
+    ch->marks = NULL;
+    ch->marks_len = ch->marks_cap = 0;
+    cx_handle_unlink(h);
+}
+
+int
+cx_chan_open(cx_loop *loop, cx_chan *ch, int fd, size_t max_frame, size_t hwm)
+{
+    int r;
+
+    memset(ch, 0, sizeof(*ch));
+    cx_handle_init(loop, &ch->h, chan_forget);
+    cx_list_init(&ch->flusher.node);
+    ch->flusher.flush = flusher_cb;
+    ch->max_frame = max_frame;
+    ch->hwm = hwm;
+    ch->fd = fd;
+    ch->io.fd = fd;
+    ch->io.cb = chan_ready;
+    r = cx_io_start(loop, &ch->io, EPOLLIN);
+    if (r < 0) {
+        cx_close(&ch->fd);
+        return r;
+    }
+    cx_handle_link(&ch->h);
+    return 0;
+}
+
+void
+cx_chan_close(cx_chan *ch)
+{
+    if (ch->fd < 0 || ch->closing) {
+        return;
+    }
+    ch->closing = 1;
+    if (ch->wlen == ch->woff || ch->write_err) {
+        chan_finish(ch, 0);
+    }
+    else if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {
+        chan_flush(ch);
+    }
+}
+
+void
+cx_chan_drain_close(cx_chan *ch)
+{
+    if (ch->fd < 0) {
+        return;
+    }
+    chan_read_and_settle(ch, INT32_MAX);
+    if (ch->fd >= 0) {
+        chan_finish(ch, 0);
+    }
+}

@@ -1,0 +1,84 @@
+/* channel.h: IPC frames over one end of an AF_UNIX stream socketpair.
+   A frame is an 8-byte header {u32 len, u8 type, u8 nfds, u16 flags} and len
+   bytes of payload; its descriptors travel by SCM_RIGHTS with its first byte.
+   The channel owns its fd, the fds received but not yet claimed by a frame,
+   and the duplicates of the fds queued for sending. */
+#ifndef CX_CHANNEL_H
+#define CX_CHANNEL_H
+
+#include "loop.h"
+
+#include <assert.h>
+
+/* Frame types. USER carries the application's serialized message; the rest
+   are the cluster's internal protocol (small fixed records, no JSON). */
+enum cx_frame_type {
+    CX_FRAME_USER = 1,
+    CX_FRAME_ONLINE,               /* W->P: booted */
+    CX_FRAME_DISCONNECT,           /* P->W: disconnect yourself */
+    CX_FRAME_EXITED_AFTER_DISCONNECT,  /* W->P: my exit is asked for */
+    CX_FRAME_PING,                 /* P->W: heartbeat */
+    CX_FRAME_PONG,                 /* W->P: heartbeat answer */
+    CX_FRAME_QUERY_SERVER,         /* W->P: share this address with me */
+    CX_FRAME_SERVER_REPLY,         /* P->W: the answer (+ fd in SCHED_NONE) */
+    CX_FRAME_LISTENING,            /* W->P: a server of mine listens */
+    CX_FRAME_SERVER_CLOSE,         /* W->P: a server of mine closed */
+    CX_FRAME_NEWCONN,              /* P->W: a connection (+ fd), SCHED_RR */
+    CX_FRAME_NEWCONN_ACK,          /* W->P: taken, or not (then re-routed) */
+    CX_FRAME_TYPE_END
+};
+
+typedef struct cx_frame_header {
+    uint32_t len;
+    uint8_t type;
+    uint8_t nfds;
+    uint16_t flags;
+} cx_frame_header;
+
+static_assert(sizeof(cx_frame_header) == 8, "the wire header is 8 bytes");
+
+typedef struct cx_attach {         /* fds to send with the byte at pos */
+    uint64_t pos;
+    int nfds;
+    int fds[CX_MAX_FDS];
+} cx_attach;
+
+typedef struct cx_chan {
+    cx_handle h;
+    cx_io io;
+    cx_flusher flusher;
+    int fd;                        /* owned */
+    int closing, write_err, flush_queued;
+    size_t max_frame, hwm;
+    int above_hwm;
+    /* read side */
+    char *rbuf;
+    size_t rlen, rcap;
+    int *fifo;                     /* received fds, owned until claimed */
+    int fifo_len, fifo_cap;
+    /* write side: unsent bytes are wbuf[woff, wlen); wpos is the stream
+       position of wbuf[woff] */
+    char *wbuf;
+    size_t woff, wlen, wcap;
+    uint64_t wpos;
+    cx_attach *atts;               /* FIFO of pending attachments */
+    size_t atts_head, atts_len, atts_cap;
+    uint64_t *marks;               /* FIFO of notify positions */
+    size_t marks_head, marks_len, marks_cap;
+} cx_chan;
+
+/* Takes ownership of fd, even on failure. */
+int cx_chan_open(cx_loop *loop, cx_chan *ch, int fd, size_t max_frame,
+                 size_t hwm);
+/* Queues one frame; the fds are duplicated (the caller keeps its own).
+   Returns 1 if the queue is under the high-water mark, 0 if over it (the
+   frame is queued all the same), or -errno (EPIPE: the channel is closed). */
+int cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
+                 size_t len, const int *fds, int nfds, int notify);
+/* Orderly close: once the queue has drained. */
+void cx_chan_close(cx_chan *ch);
+/* The peer is gone: read what it left, then close. */
+void cx_chan_drain_close(cx_chan *ch);
+size_t cx_chan_queued(const cx_chan *ch);
+
+#endif

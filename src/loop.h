@@ -1,0 +1,140 @@
+/* loop.h: the epoll reactor. Descriptor watchers, one-shot timers behind a
+   timerfd, child exits through pidfd (SIGCHLD fallback), a thread-safe wakeup
+   eventfd, and the notes queue that carries engine events to the glue.
+   A turn runs without the GIL: nothing here touches Python. */
+#ifndef CX_LOOP_H
+#define CX_LOOP_H
+
+#include "cx.h"
+
+#include <sys/epoll.h>
+
+#define CX_MAX_FDS 16          /* descriptors one frame may carry */
+
+typedef struct cx_loop cx_loop;
+typedef struct cx_io cx_io;
+typedef void (*cx_io_cb)(cx_loop *loop, cx_io *io, uint32_t events);
+
+struct cx_io {
+    int fd;                    /* not owned: the embedding object owns it */
+    uint32_t events;           /* EPOLLIN|EPOLLOUT wanted now; 0 = stopped */
+    int registered;
+    cx_io_cb cb;
+};
+
+enum cx_note_kind {
+    CX_NOTE_TIMER = 1,         /* a timer fired */
+    CX_NOTE_EXIT,              /* a child exited: a = code or -1, b = signal */
+    CX_NOTE_IO,                /* a watched fd is ready: a = epoll events */
+    CX_NOTE_WAKE,              /* cx_loop_wakeup() was called */
+    CX_NOTE_FRAME,             /* a channel frame: a = type, b = flags */
+    CX_NOTE_WRITTEN,           /* a frame sent with notify is written */
+    CX_NOTE_DRAIN,             /* a channel's queue fell below its HWM */
+    CX_NOTE_ERROR,             /* a channel hit a protocol error: a = errno */
+    CX_NOTE_CLOSE,             /* a channel closed: a = errno or 0 */
+};
+
+/* The common head of everything the loop owns on the glue's behalf. The glue
+   keeps its object (data) alive while the handle is linked or has notes. */
+typedef struct cx_handle cx_handle;
+struct cx_handle {
+    cx_loop *loop;
+    cx_list node;              /* in loop->handles while linked */
+    void *data;                /* the glue's object */
+    void (*forget)(cx_handle *h);  /* after fork: drop fds, no notes */
+    int linked;
+    int pending;               /* undelivered notes */
+    int referenced;            /* keeps the loop alive while linked */
+};
+
+typedef struct cx_note cx_note;
+struct cx_note {
+    cx_note *next;
+    cx_handle *h;
+    int kind, a, b;
+    int nfds;
+    int fds[CX_MAX_FDS];       /* owned by the note until claimed */
+    size_t len;
+    char data[];               /* payload of a frame */
+};
+
+typedef struct cx_timer {
+    cx_handle h;
+    uint64_t when, seq;
+    size_t index;              /* in the heap */
+} cx_timer;
+
+typedef struct cx_child {
+    cx_handle h;
+    cx_io io;
+    pid_t pid;
+    int pidfd;                 /* owned; -1 under the SIGCHLD fallback */
+    cx_list sig_node;          /* in the fallback's list */
+} cx_child;
+
+typedef struct cx_fdwatch {
+    cx_handle h;
+    cx_io io;
+    int noted;                 /* an IO note is already queued */
+} cx_fdwatch;
+
+/* Something with output to push once the current drain has ended. */
+typedef struct cx_flusher {
+    cx_list node;
+    void (*flush)(struct cx_flusher *f);
+} cx_flusher;
+
+struct cx_loop {
+    int epfd, timerfd, wakefd;         /* owned */
+    int sigchld_pipe[2];               /* owned, fallback only */
+    cx_io timer_io, wake_io, sigchld_io;
+    cx_io **watchers;                  /* indexed by fd */
+    int nwatchers;
+    struct epoll_event *batch;         /* being dispatched; scrubbed on stop */
+    int batch_len;
+    cx_timer **heap;
+    size_t heap_len, heap_cap;
+    uint64_t timer_seq, armed_for;
+    cx_list handles, children_sig, flushers;
+    int nref;
+    int deferring;                     /* sends wait for cx_loop_flush() */
+    cx_note *head, *tail;
+    cx_handle wake;                    /* target of CX_NOTE_WAKE */
+};
+
+int cx_loop_init(cx_loop *loop);
+void cx_loop_close(cx_loop *loop);
+/* In a child of fork() without exec: forget every handle and descriptor of
+   the parent's loop, without notes, and build a fresh one. */
+int cx_loop_reinit_after_fork(cx_loop *loop);
+/* One epoll_wait (timeout_ms: -1 forever) and its pure-C work. */
+int cx_loop_turn(cx_loop *loop, int timeout_ms);
+int cx_loop_alive(const cx_loop *loop);
+void cx_loop_flush(cx_loop *loop);
+int cx_loop_wakeup(cx_loop *loop);     /* async-signal- and thread-safe */
+
+int cx_io_start(cx_loop *loop, cx_io *io, uint32_t events);
+void cx_io_stop(cx_loop *loop, cx_io *io);
+
+void cx_handle_init(cx_loop *loop, cx_handle *h, void (*forget)(cx_handle *));
+void cx_handle_link(cx_handle *h);
+void cx_handle_unlink(cx_handle *h);
+void cx_handle_ref(cx_handle *h, int referenced);
+
+cx_note *cx_note_new(cx_handle *h, int kind, size_t len);
+void cx_note_push(cx_loop *loop, cx_note *note);
+cx_note *cx_note_pop(cx_loop *loop);   /* caller frees, then h->pending-- */
+void cx_note_free(cx_note *note);      /* closes fds not claimed */
+
+void cx_timer_init(cx_loop *loop, cx_timer *t);
+int cx_timer_start(cx_timer *t, uint64_t delay_ns);
+void cx_timer_stop(cx_timer *t);
+
+void cx_child_init(cx_loop *loop, cx_child *c);
+int cx_child_watch(cx_child *c, pid_t pid);
+
+void cx_fdwatch_init(cx_loop *loop, cx_fdwatch *w);
+int cx_fdwatch_start(cx_fdwatch *w, int fd, uint32_t events);
+void cx_fdwatch_stop(cx_fdwatch *w);
+
+#endif

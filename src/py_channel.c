@@ -1,0 +1,305 @@
+/* py_channel.c: the Channel type, the glue over channel.c. A Channel owns its
+   fd from construction; descriptors that arrive with a frame are handed to
+   Python as ints, and from then on the receiver owns them. */
+#include "glue.h"
+
+#include <errno.h>
+
+typedef struct {
+    CXPY_HEAD
+    cx_chan ch;
+    PyObject *on_frame;        /* on_frame(type, flags, payload, fds) */
+    PyObject *on_event;        /* on_event(kind, errno) for the rest */
+} CxChannel;
+
+static PyObject *empty_tuple;
+
+static PyObject *
+channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    CxChannel *self;
+    PyObject *on_frame, *on_event;
+    Py_ssize_t max_frame, hwm;
+    int fd, r;
+
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Channel() takes no keywords");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "iOOnn:Channel", &fd, &on_frame, &on_event,
+                          &max_frame, &hwm) ||
+        cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    if (!PyCallable_Check(on_frame) || !PyCallable_Check(on_event)) {
+        PyErr_SetString(PyExc_TypeError, "callbacks must be callable");
+        return NULL;
+    }
+    if (fd < 0 || max_frame <= 0 || max_frame > UINT32_MAX || hwm < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad fd, max_frame or hwm");
+        return NULL;
+    }
+    self = (CxChannel *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->on_frame = Py_NewRef(on_frame);
+    self->on_event = Py_NewRef(on_event);
+    self->hp = &self->ch.h;
+    r = cx_chan_open(&cxpy.loop, &self->ch, fd, (size_t)max_frame,
+                     (size_t)hwm);
+    self->ch.h.data = self;
+    if (r < 0) {
+        Py_DECREF(self);
+        return cxpy_raise_oserror(-r);
+    }
+    cxpy_pin_update((CxObject *)self);
+    return (PyObject *)self;
+}
+
+static int
+channel_traverse(CxChannel *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->on_frame);
+    Py_VISIT(self->on_event);
+    return 0;
+}
+
+static int
+channel_clear(CxChannel *self)
+{
+    Py_CLEAR(self->on_frame);
+    Py_CLEAR(self->on_event);
+    return 0;
+}
+
+static void
+channel_dealloc(CxChannel *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    PyObject_GC_UnTrack(self);
+    /* Pinned while linked, so only a channel whose fd is closed gets here;
+       the forget hook frees what a failed open left. */
+    self->ch.h.forget(&self->ch.h);
+    channel_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* send(type, flags, payload, fds=(), notify=False) -> bool */
+static PyObject *
+channel_send(CxChannel *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    int type, flags, notify = 0, nfds = 0, fds[CX_MAX_FDS];
+    int r;
+
+    if (!_PyArg_CheckPositional("send", nargs, 3, 5) ||
+        cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    type = _PyLong_AsInt(args[0]);
+    flags = _PyLong_AsInt(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (type <= 0 || type >= CX_FRAME_TYPE_END || flags < 0 ||
+        flags > UINT16_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad frame type or flags");
+        return NULL;
+    }
+    if (nargs > 3 && args[3] != Py_None) {
+        PyObject *seq = PySequence_Fast(args[3], "fds must be a sequence");
+        if (seq == NULL) {
+            return NULL;
+        }
+        if (PySequence_Fast_GET_SIZE(seq) > CX_MAX_FDS) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "too many fds for one frame");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+            fds[nfds] = PyObject_AsFileDescriptor(
+                PySequence_Fast_GET_ITEM(seq, i));
+            if (fds[nfds++] < 0) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+        }
+        Py_DECREF(seq);
+    }
+    if (nargs > 4 && (notify = PyObject_IsTrue(args[4])) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    r = cx_chan_send(&self->ch, type, flags, view.buf, (size_t)view.len, fds,
+                     nfds, notify);
+    PyBuffer_Release(&view);
+    if (r == -EPIPE) {
+        PyErr_SetString(cxpy.channel_closed, "the IPC channel is closed");
+        return NULL;
+    }
+    if (r < 0) {
+        return cxpy_raise_oserror(-r);
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+channel_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_chan_close(&self->ch);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_drain_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_chan_drain_close(&self->ch);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_set_ref(CxChannel *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_handle_ref(&self->ch.h, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_get_closed(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->ch.fd < 0 || self->ch.closing);
+}
+
+static PyObject *
+channel_get_queued(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(cx_chan_queued(&self->ch));
+}
+
+static PyObject *
+channel_get_fd(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->ch.fd);
+}
+
+static PyMethodDef channel_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))channel_send, METH_FASTCALL,
+     "send(type, flags, payload, fds=(), notify=False) -> bool: False once "
+     "the queue is over its high-water mark."},
+    {"close", (PyCFunction)channel_close, METH_NOARGS,
+     "Closes once the write queue has drained."},
+    {"drain_close", (PyCFunction)channel_drain_close, METH_NOARGS,
+     "The peer is gone: reads what it left, then closes."},
+    {"set_ref", (PyCFunction)channel_set_ref, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef channel_getset[] = {
+    {"closed", (getter)channel_get_closed, NULL, NULL, NULL},
+    {"queued", (getter)channel_get_queued, NULL, NULL, NULL},
+    {"fd", (getter)channel_get_fd, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot channel_slots[] = {
+    {Py_tp_new, channel_new},
+    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_traverse, channel_traverse},
+    {Py_tp_clear, channel_clear},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_getset, channel_getset},
+    {Py_tp_doc, "Channel(fd, on_frame, on_event, max_frame, hwm)"},
+    {0, NULL},
+};
+
+static PyType_Spec channel_spec = {
+    .name = "cluster_ext._core.Channel",
+    .basicsize = sizeof(CxChannel),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = channel_slots,
+};
+
+int
+cxpy_channel_init_type(PyObject *mod)
+{
+    empty_tuple = PyTuple_New(0);
+    cxpy.channel_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(mod, &channel_spec, NULL);
+    if (empty_tuple == NULL || cxpy.channel_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(mod, cxpy.channel_type);
+}
+
+int
+cxpy_channel_deliver(CxObject *obj, cx_note *note)
+{
+    CxChannel *self = (CxChannel *)obj;
+    PyObject *args[4] = {NULL, NULL, NULL, NULL};
+    int r = -1;
+
+    if (self->on_frame == NULL) {
+        return 0;
+    }
+    if (note->kind != CX_NOTE_FRAME) {
+        args[0] = PyLong_FromLong(note->kind);
+        args[1] = PyLong_FromLong(note->a);
+        if (args[0] != NULL && args[1] != NULL) {
+            r = cxpy_call(self->on_event, args, 2);
+        }
+        goto done;
+    }
+    args[0] = PyLong_FromLong(note->a);
+    args[1] = PyLong_FromLong(note->b);
+    args[2] = PyBytes_FromStringAndSize(note->data, (Py_ssize_t)note->len);
+    if (note->nfds == 0) {
+        args[3] = Py_NewRef(empty_tuple);
+    }
+    else if ((args[3] = PyTuple_New(note->nfds)) != NULL) {
+        for (int i = 0; i < note->nfds; i++) {
+            PyObject *fd = PyLong_FromLong(note->fds[i]);
+            if (fd == NULL) {
+                goto done;      /* the note still owns what is unclaimed */
+            }
+            PyTuple_SET_ITEM(args[3], i, fd);
+        }
+        note->nfds = 0;         /* handed to Python */
+    }
+    if (args[0] && args[1] && args[2] && args[3]) {
+        r = cxpy_call(self->on_frame, args, 4);
+    }
+
+done:
+    for (int i = 0; i < 4; i++) {
+        Py_XDECREF(args[i]);
+    }
+    if (r < 0 && PyErr_Occurred()) {
+        /* Building the arguments failed: park it like a callback's error. */
+        if (cxpy.exc_type == NULL) {
+            PyErr_Fetch(&cxpy.exc_type, &cxpy.exc_value, &cxpy.exc_tb);
+        }
+        else {
+            PyErr_Clear();
+        }
+        cxpy.stop = 1;
+    }
+    return r;
+}

@@ -1,0 +1,30 @@
+/* spawn.h: fork + exec of a worker. Everything the child needs is built by
+   the parent before fork(); the child path is async-signal-safe. */
+#ifndef CX_SPAWN_H
+#define CX_SPAWN_H
+
+#include <sys/types.h>
+
+typedef struct cx_spawn_plan {
+    const char *path;          /* absolute: no PATH search in the child */
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;           /* NULL: the parent's */
+    int chan_fd;               /* the one fd the worker inherits (>= 3) */
+    int stdio[3];              /* fd (>= 3) for 0, 1, 2; -1 inherits */
+    int uid, gid;              /* -1: unchanged */
+} cx_spawn_plan;
+
+/* Exit status of a child that found its parent gone before it could set the
+   parent-death signal. */
+#define CX_EXIT_ORPHANED 0
+
+/* Returns the pid, or -errno: an exec failure comes back through a
+   close-on-exec error pipe and the child is reaped. Blocks until the child
+   has exec'ed: call it without the GIL. */
+pid_t cx_spawn(const cx_spawn_plan *plan);
+/* For a child made by fork() without exec: die with the parent, like an
+   exec'ed worker. Returns 0, or -errno. */
+int cx_spawn_die_with_parent(pid_t parent);
+
+#endif

@@ -1,0 +1,85 @@
+/* util.c: small helpers shared by the engine files (cx.h). No Python, no
+   descriptors of its own. */
+#include "cx.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+void
+cx_close(int *fdp)
+{
+    /* Never retried: Linux frees the fd even when close() reports EINTR. */
+    if (*fdp >= 0) {
+        int saved = errno, fd = *fdp;
+        *fdp = -1;
+        (void)close(fd);
+        errno = saved;
+    }
+}
+
+int
+cx_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int
+cx_fd_above_stdio(int fd)
+{
+    int moved;
+
+    if (fd > 2) {
+        return fd;
+    }
+    moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    moved = moved < 0 ? -errno : moved;
+    cx_close(&fd);
+    return moved;
+}
+
+uint64_t
+cx_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void
+cx_debug(const char *fmt, ...)
+{
+    static int enabled = -1;
+    va_list ap;
+
+    if (enabled < 0) {
+        const char *v = getenv("CLUSTER_EXT_DEBUG");
+        enabled = v != NULL && v[0] == '1';
+    }
+    if (!enabled) {
+        return;
+    }
+    va_start(ap, fmt);
+    fprintf(stderr, "cluster_ext[%d]: ", (int)getpid());
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
