@@ -100,6 +100,7 @@ handle_new(int kind, PyObject *callback)
     if (self == NULL) {
         return NULL;
     }
+    memset(&self->u, 0, sizeof(self->u));
     self->kind = kind;
     self->pinned = 0;
     self->callback = Py_NewRef(callback);
