@@ -1,0 +1,175 @@
+"""Shared test helpers: run a scenario app (tests/apps/*.py, both roles in one
+script, as Node's test-cluster-*.js) as a real process tree, with a deadline.
+
+Tests wait on lines the apps print, never on sleeps."""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+
+try:
+    import pytest_timeout  # noqa: F401
+    HAVE_TIMEOUT_PLUGIN = True
+except ImportError:
+    HAVE_TIMEOUT_PLUGIN = False
+
+
+@pytest.fixture(autouse=True)
+def _hard_deadline():
+    """pytest-timeout's job, for when the plugin is missing: a hang fails."""
+    if HAVE_TIMEOUT_PLUGIN:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TimeoutError("test exceeded 60 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class App:
+    """A running scenario app: its own session, so that a kill takes the
+    workers too."""
+
+    def __init__(self, name: str, *argv: str, env: dict | None = None,
+                 stdin=subprocess.DEVNULL) -> None:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APPS / name), *argv], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, stdin=stdin, env=full_env, start_new_session=True)
+        self._buf = b""
+        self.lines: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read_line(self, timeout: float = 20.0) -> str | None:
+        """The next line of stdout, or None at EOF; fails the test at the deadline."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.kill()
+                    pytest.fail(f"{self.name}: no line within {timeout}s; "
+                                f"so far {self.lines}\n{self.stderr()}")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    if self._buf:
+                        break
+                    return None
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        text = line.decode()
+        self.lines.append(text)
+        return text
+
+    def wait_for(self, prefix: str, timeout: float = 20.0) -> str:
+        """Reads lines until one starts with prefix; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.read_line(max(0.01, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail(f"{self.name}: ended before {prefix!r}; lines {self.lines}\n"
+                            f"{self.stderr()}")
+            if line.startswith(prefix):
+                return line
+
+    def finish(self, timeout: float = 30.0, code: int | None = 0) -> list[str]:
+        """Waits for the exit; returns every stdout line."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name}: no exit after {timeout}s; lines {self.lines}\n"
+                        f"{self.stderr()}")
+        rest = (self._buf + out).decode().splitlines()
+        self._buf = b""
+        self.lines.extend(rest)
+        if code is not None:
+            assert self.proc.returncode == code, (
+                f"{self.name} exited {self.proc.returncode}; lines {self.lines}\n"
+                f"{self.stderr()}")
+        return self.lines
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def app():
+    """app(name, *argv, env=...) starts a scenario; all are killed at teardown."""
+    started: list[App] = []
+
+    def start(name: str, *argv: str, **kw) -> App:
+        a = App(name, *argv, **kw)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        if a.proc.poll() is None:
+            a.kill()
+        for stream in (a.proc.stdout, a.proc.stderr):
+            stream.close()
+
+
+def run_app(name: str, *argv: str, timeout: float = 30.0, code: int | None = 0,
+            env: dict | None = None) -> list[str]:
+    """Runs an app to its end; returns its stdout lines."""
+    a = App(name, *argv, env=env)
+    try:
+        return a.finish(timeout=timeout, code=code)
+    finally:
+        if a.proc.poll() is None:
+            a.kill()
+        a.proc.stdout.close()
+        a.proc.stderr.close()
+
+
+def json_lines(lines: list[str], prefix: str = "") -> list[dict]:
+    return [json.loads(line[len(prefix):]) for line in lines
+            if line.startswith(prefix) and line[len(prefix):].startswith("{")]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    return True
