@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import json.encoder
 import os
 import pickle
 import signal as _signal
@@ -28,8 +29,28 @@ HANDLE_SHIFT = 2                 # flags: bits 0-1 serialization, 2-4 handle kin
 HANDLE_SOCKET = 1                # a socket.socket; net adds its own kinds
 HWM = 128 * 1024                 # send() returns False past this many queued bytes
 
-_json_encode = json.JSONEncoder(separators=(",", ":")).encode
-_json_decode = json.loads
+
+
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# The json module's C parts, called directly: json.dumps() and json.loads()
+# spend more in their Python wrappers than in the work, at IPC rates.
+_json_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    {}, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+_json_scan = json.JSONDecoder().scan_once
+
+
+def _json_decode(payload: bytes) -> Any:
+    text = payload.decode()
+    try:
+        obj, end = _json_scan(text, 0)
+    except StopIteration:
+        raise ValueError("not a JSON document") from None
+    if end != len(text):
+        raise ValueError(f"extra data after the JSON document at {end}")
+    return obj
 
 # frame type -> fn(worker, flags, payload, fds): the servers' messages (net).
 frame_handlers: dict[int, Callable[..., None]] = {}
@@ -39,6 +60,7 @@ handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {
                     lambda fd: socket.socket(fileno=fd)),
 }
 
+_FRAME_USER = _core.FRAME_USER
 cluster: Any = None              # the cluster_ext module, set by its __init__
 
 
@@ -63,8 +85,8 @@ def encode(message: Any, serialization: int) -> bytes:
     """Serializes a message; what the serializer cannot encode is a TypeError."""
     if serialization == SER_JSON:
         try:
-            return _json_encode(message).encode()
-        except (TypeError, ValueError) as exc:
+            return "".join(_json_chunks(message, 0)).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(f"message cannot be encoded as JSON: {exc}") from exc
     try:
         return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -149,7 +171,17 @@ class Worker(EventEmitter):
         return True
 
     def _on_frame(self, frame_type: int, flags: int, payload: bytes, fds: tuple) -> None:
-        if frame_type == _core.FRAME_USER:
+        if frame_type == _FRAME_USER:
+            if flags == SER_JSON and not fds:      # the hot path: a plain JSON message
+                try:
+                    message = _json_decode(payload)
+                except ValueError as exc:
+                    self._undecodable(exc)
+                    return
+                self.emit("message", message, None)
+                if self._primary_side:
+                    cluster.emit("message", self, message, None)
+                return
             self._on_user_frame(flags, payload, fds)
             return
         handler = frame_handlers.get(frame_type)
@@ -180,12 +212,15 @@ class Worker(EventEmitter):
                 raise ValueError("descriptors without a handle kind")
         except Exception as exc:
             close_fds(fds)
-            err = ValueError(f"undecodable message from worker {self.id}: {exc!r}")
-            self.emit("error", err)
+            self._undecodable(exc)
             return
         self.emit("message", message, handle)
         if self._primary_side:
             cluster.emit("message", self, message, handle)
+
+    def _undecodable(self, exc: Exception) -> None:
+        peer = f"worker {self.id}" if self._primary_side else "the primary"
+        self.emit("error", ValueError(f"undecodable message from {peer}: {exc!r}"))
 
     def _on_event(self, kind: int, err: int) -> None:
         if kind == _core.EVENT_WRITTEN:

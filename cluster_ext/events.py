@@ -22,7 +22,9 @@ class _Entry:
 class EventEmitter:
     """Node's EventEmitter: on, once, off, emit, listeners, prepend_listener."""
 
-    _events: dict[str, list[_Entry]]
+    # Listener lists are tuples, replaced on change: emit() needs no copy to
+    # keep changes made by a listener out of the emit in progress.
+    _events: dict[str, tuple[_Entry, ...]]
 
     def __init__(self) -> None:
         self._events = {}
@@ -52,20 +54,18 @@ class EventEmitter:
             return register
         if not callable(fn):
             raise TypeError(f"listener must be callable, not {type(fn).__name__}")
-        entries = self._events.setdefault(event, [])
-        entries.insert(0 if prepend else len(entries), _Entry(fn, once))
+        entries = self._events.get(event, ())
+        entry = _Entry(fn, once)
+        self._events[event] = (entry, *entries) if prepend else (*entries, entry)
         return self
 
     def off(self, event: str, fn: Listener) -> Any:
         """Removes the most recently added registration of fn for event."""
-        entries = self._events.get(event)
-        if entries:
-            for i in range(len(entries) - 1, -1, -1):
-                if entries[i].fn == fn:
-                    del entries[i]
-                    break
-            if not entries:
-                del self._events[event]
+        entries = self._events.get(event, ())
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i].fn == fn:
+                self._discard(event, entries[i])
+                break
         return self
 
     remove_listener = off
@@ -87,14 +87,11 @@ class EventEmitter:
         return list(self._events)
 
     def _discard(self, event: str, entry: _Entry) -> None:
-        entries = self._events.get(event)
-        if entries is not None:
-            try:
-                entries.remove(entry)
-            except ValueError:
-                pass
-            if not entries:
-                del self._events[event]
+        entries = tuple(e for e in self._events.get(event, ()) if e is not entry)
+        if entries:
+            self._events[event] = entries
+        else:
+            self._events.pop(event, None)
 
     def emit(self, event: str, *args: Any) -> bool:
         """Calls every listener of event with args; False if there was none."""
@@ -106,7 +103,7 @@ class EventEmitter:
                     raise err
                 raise RuntimeError(f"unhandled 'error' event: {err!r}")
             return False
-        for entry in tuple(entries):         # snapshot: changes apply from the next emit
+        for entry in entries:                # a snapshot: changes apply from the next emit
             if entry.once:
                 if entry.fired:              # a nested emit already ran it
                     continue

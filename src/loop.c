@@ -557,6 +557,7 @@ cx_loop_init(cx_loop *loop)
 {
     int r;
     void *wake_data = loop->wake.data;
+    uint64_t spin_ns = loop->spin_ns;
 
     memset(loop, 0, sizeof(*loop));
     loop->epfd = loop->timerfd = loop->wakefd = -1;
@@ -567,6 +568,7 @@ cx_loop_init(cx_loop *loop)
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
     loop->wake.data = wake_data;
+    loop->spin_ns = spin_ns;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -632,20 +634,58 @@ cx_loop_reinit_after_fork(cx_loop *loop)
     return cx_loop_init(loop);
 }
 
+/* Before sleeping, poll for a short while: waking an idle vCPU costs tens of
+   microseconds, more than a message round trip, so a conversation (ping-pong
+   over IPC, request and reply) is far faster when the loop stays awake for
+   the answer. Spinning stops by itself when it keeps finding nothing. */
+static int
+spin_wait(cx_loop *loop, struct epoll_event *events)
+{
+    uint64_t until;
+    int n;
+
+    if (loop->spin_ns == 0) {
+        return 0;
+    }
+    if (loop->spin_rest > 0) {
+        loop->spin_rest--;
+        return 0;
+    }
+    until = cx_now_ns() + loop->spin_ns;
+    do {
+        n = epoll_wait(loop->epfd, events, BATCH, 0);
+        if (n != 0) {
+            loop->spin_misses = 0;
+            return n;
+        }
+    } while (cx_now_ns() < until);
+    if (++loop->spin_misses >= 4) {
+        loop->spin_misses = 0;
+        loop->spin_rest = 64;   /* idle lately: sleep at once for a while */
+    }
+    return 0;
+}
+
 int
 cx_loop_turn(cx_loop *loop, int timeout_ms)
 {
     struct epoll_event events[BATCH];
-    int n;
+    int n = 0;
 
     cx_loop_flush(loop);
     if (loop->head != NULL) {
         timeout_ms = 0;
     }
-    n = epoll_wait(loop->epfd, events, BATCH, timeout_ms);
+    if (timeout_ms != 0 && loop->busy) {
+        n = spin_wait(loop, events);
+    }
+    if (n == 0) {
+        n = epoll_wait(loop->epfd, events, BATCH, timeout_ms);
+    }
     if (n < 0) {
         return -errno;
     }
+    loop->busy = n > 0;
     loop->batch = events;
     loop->batch_len = n;
     for (int i = 0; i < n; i++) {

@@ -97,6 +97,9 @@ struct cx_loop {
     uint64_t timer_seq, armed_for;
     cx_list handles, children_sig, flushers;
     int nref;
+    uint64_t spin_ns;                  /* busy-poll budget before sleeping */
+    int spin_misses, spin_rest;        /* adaptive: stop spinning when idle */
+    int busy;                          /* the last wait found work */
     int deferring;                     /* sends wait for cx_loop_flush() */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */

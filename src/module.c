@@ -6,6 +6,7 @@
 #include "spawn.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 cx_state cxpy;
@@ -778,6 +779,7 @@ add_constants(PyObject *mod)
 static int
 core_exec(PyObject *mod)
 {
+    const char *spin;
     int r;
 
     /* Epoll, children and signals belong to the process: one loop. */
@@ -786,6 +788,8 @@ core_exec(PyObject *mod)
                         "cluster_ext._core can be loaded once per process");
         return -1;
     }
+    spin = getenv("CLUSTER_EXT_SPIN_US");
+    cxpy.loop.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
     r = cx_loop_init(&cxpy.loop);
     if (r < 0) {
         cxpy_raise_oserror(-r);

@@ -1,0 +1,68 @@
+"""A message send() must refuse, in both roles: it raises at once and leaves
+the channel as it was, so the messages around it still arrive.
+argv: 'json' (object()), 'pickle' (a lambda) or 'oversize' (max_message_size=1024).
+
+Each side sends 'before', the bad message (with a callback, which must never
+run), and 'after'; the worker echoes what it gets. The primary prints one JSON
+line."""
+import json
+import sys
+
+import cluster_ext as cluster
+
+MODE = sys.argv[1]
+BAD = {"json": lambda: object(), "pickle": lambda: (lambda: None),
+       "oversize": lambda: "x" * 2000}[MODE]()
+# under the 1024 limit: must go through in oversize mode (and the others)
+OK_BIG = "y" * 1000
+
+
+def try_bad(sender, log):
+    """Sends BAD; returns what it raised (type name, text), or None."""
+    def callback(err):
+        log.append(["callback ran", repr(err)])
+    try:
+        sender.send(BAD, callback=callback)
+    except Exception as exc:              # noqa: BLE001 - the test checks the type
+        return [type(exc).__name__, str(exc)]
+    return None
+
+
+if cluster.is_primary:
+    if MODE == "oversize":
+        cluster.setup_primary(max_message_size=1024)
+    else:
+        cluster.setup_primary(serialization=MODE)
+    w = cluster.fork()
+    result = {"received": [], "stray": []}
+
+    @w.on("online")
+    def go():
+        w.send("before")
+        result["primary_raised"] = try_bad(w, result["stray"])
+        w.send(OK_BIG)
+        w.send("after")
+
+    @w.on("message")
+    def on_message(msg, handle):
+        if isinstance(msg, dict):
+            result["worker_raised"] = msg["raised"]
+            result["stray"] += msg["stray"]
+            return
+        result["received"].append(msg[:20])
+        if msg == "echo:after":               # the last thing the worker sends
+            w.disconnect()
+
+    cluster.run()
+    print(json.dumps(result), flush=True)
+else:
+    stray = []
+    send = cluster.worker.send
+    send("w-before")
+    raised = try_bad(cluster.worker, stray)
+    send("w-after")
+    send({"raised": raised, "stray": stray})
+
+    # echo the primary's messages: proof they arrived, in order
+    cluster.worker.on("message", lambda msg, handle: send("echo:" + msg))
+    cluster.run()
