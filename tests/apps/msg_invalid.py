@@ -1,6 +1,8 @@
 """A message send() must refuse, in both roles: it raises at once and leaves
 the channel as it was, so the messages around it still arrive.
-argv: 'json' (object()), 'pickle' (a lambda) or 'oversize' (max_message_size=1024).
+argv: 'json' (an object()), 'pickle' (a lambda) or 'oversize'
+(max_message_size=1024). The bad part sits after a good one, so that a
+serializer that fails half-way has already produced some bytes.
 
 Each side sends 'before', the bad message (with a callback, which must never
 run), and 'after'; the worker echoes what it gets. The primary prints one JSON
@@ -11,7 +13,8 @@ import sys
 import cluster_ext as cluster
 
 MODE = sys.argv[1]
-BAD = {"json": lambda: object(), "pickle": lambda: (lambda: None),
+BAD = {"json": lambda: {"ok": 1, "bad": object()},
+       "pickle": lambda: {"ok": 1, "bad": lambda: None},
        "oversize": lambda: "x" * 2000}[MODE]()
 # under the 1024 limit: must go through in oversize mode (and the others)
 OK_BIG = "y" * 1000
@@ -45,13 +48,12 @@ if cluster.is_primary:
 
     @w.on("message")
     def on_message(msg, handle):
-        if isinstance(msg, dict):
+        if isinstance(msg, dict):             # the worker's report: the last message
             result["worker_raised"] = msg["raised"]
             result["stray"] += msg["stray"]
+            w.disconnect()
             return
         result["received"].append(msg[:20])
-        if msg == "echo:after":               # the last thing the worker sends
-            w.disconnect()
 
     cluster.run()
     print(json.dumps(result), flush=True)
@@ -61,8 +63,11 @@ else:
     send("w-before")
     raised = try_bad(cluster.worker, stray)
     send("w-after")
-    send({"raised": raised, "stray": stray})
 
-    # echo the primary's messages: proof they arrived, in order
-    cluster.worker.on("message", lambda msg, handle: send("echo:" + msg))
+    @cluster.worker.on("message")
+    def echo(msg, handle):
+        send("echo:" + msg)                   # proof it arrived, in order
+        if msg == "after":
+            # by now a stray callback of the bad send would have run
+            send({"raised": raised, "stray": stray})
     cluster.run()
