@@ -87,6 +87,7 @@ def encode(message: Any, serialization: int) -> bytes:
         try:
             return "".join(_json_chunks(message, 0)).encode()
         except (TypeError, ValueError, RecursionError) as exc:
+            _json_chunks.markers.clear()   # a failed encode leaves its containers there
             raise TypeError(f"message cannot be encoded as JSON: {exc}") from exc
     try:
         return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

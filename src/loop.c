@@ -61,7 +61,9 @@ cx_io_stop(cx_loop *loop, cx_io *io)
     if (!io->registered) {
         return;
     }
-    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    if (loop->epfd >= 0) {
+        (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    }
     io->registered = 0;
     io->events = 0;
     if (io->fd < loop->nwatchers && loop->watchers[io->fd] == io) {
@@ -620,9 +622,11 @@ cx_loop_close(cx_loop *loop)
 int
 cx_loop_reinit_after_fork(cx_loop *loop)
 {
-    /* Every handle is forgotten first: its fds are the parent's, and the
-       inherited epoll instance is shared with the parent, so no epoll_ctl may
-       touch it. The glue already took the list of handles it must unpin. */
+    /* The inherited epoll instance is shared with the parent: an epoll_ctl
+       here would edit the parent's interest list. Drop it before anything
+       else, then forget every handle (their fds are the parent's). The glue
+       already took the list of handles it must unpin. */
+    cx_close(&loop->epfd);
     while (!cx_list_empty(&loop->handles)) {
         cx_handle *h = cx_container_of(loop->handles.next, cx_handle, node);
         h->forget(h);
