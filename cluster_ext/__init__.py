@@ -162,18 +162,21 @@ def disconnect(callback: Callable[[], Any] | None = None, *,
     if not is_primary:
         raise RuntimeError("cluster.disconnect() is the primary's")
     pending = {w.id for w in workers.values() if w.is_connected()}
+    if callback is not None and not pending:
+        call_later(0, callback)
+    elif callback is not None:
+        # On the cluster's event, so that the callback comes after the
+        # cluster's 'disconnect' of the last worker, not inside its own.
+        def one_done(w: Worker) -> None:
+            pending.discard(w.id)
+            if not pending:
+                _module.off("disconnect", one_done)
+                callback()
 
-    def one_done(w: Worker) -> None:
-        pending.discard(w.id)
-        if not pending and callback is not None:
-            callback()
-
+        _module.on("disconnect", one_done)
     for w in list(workers.values()):
         if w.id in pending:
-            w.once("disconnect", functools.partial(one_done, w))
             w.disconnect(timeout=timeout)
-    if not pending and callback is not None:
-        call_later(0, callback)
 
 
 def _on_worker_gone(w: Worker) -> None:
@@ -214,11 +217,12 @@ def _boot_worker(worker_id: int, fd: int, serialization: str, max_message_size: 
     worker = Worker(worker_id, os.getpid(), primary_side=False,
                     serialization=_worker.SERIALIZATIONS[serialization],
                     max_message_size=max_message_size)
-    worker._open_channel(fd)
-    worker._send_frame(_core.FRAME_ONLINE)
     # Ctrl-C reaches the whole process group: the primary decides how we stop.
+    # Before 'online', so that nobody can see a worker that SIGINT still kills.
     if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
         _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    worker._open_channel(fd)
+    worker._send_frame(_core.FRAME_ONLINE)
 
 
 def _become_worker(worker_id: int, fd: int, settings_now: Mapping[str, Any],
