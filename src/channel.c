@@ -107,10 +107,12 @@ parse_frames(cx_chan *ch)
         note->a = hdr.type;
         note->b = hdr.flags;
         note->nfds = hdr.nfds;
-        memcpy(note->fds, ch->fifo, hdr.nfds * sizeof(int));
-        ch->fifo_len -= hdr.nfds;
-        memmove(ch->fifo, ch->fifo + hdr.nfds,
-                (size_t)ch->fifo_len * sizeof(int));
+        if (hdr.nfds > 0) {
+            memcpy(note->fds, ch->fifo, hdr.nfds * sizeof(int));
+            ch->fifo_len -= hdr.nfds;
+            memmove(ch->fifo, ch->fifo + hdr.nfds,
+                    (size_t)ch->fifo_len * sizeof(int));
+        }
         memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
         cx_note_push(ch->h.loop, note);
         off += sizeof(hdr) + hdr.len;

@@ -56,6 +56,7 @@ class App:
             [sys.executable, str(APPS / name), *argv], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=stdin, env=full_env, start_new_session=True)
         self._buf = b""
+        self._err: str | None = None
         self.lines: list[str] = []
 
     @property
@@ -99,7 +100,8 @@ class App:
     def finish(self, timeout: float = 30.0, code: int | None = 0) -> list[str]:
         """Waits for the exit; returns every stdout line."""
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(timeout=timeout)
+            self._err = err.decode(errors="replace")
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"{self.name}: no exit after {timeout}s; lines {self.lines}\n"
@@ -114,9 +116,11 @@ class App:
         return self.lines
 
     def stderr(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stderr.read().decode(errors="replace")
+        if self._err is None:
+            if self.proc.poll() is None:
+                return "(still running)"
+            self._err = self.proc.stderr.read().decode(errors="replace")
+        return self._err
 
     def kill(self) -> None:
         try:
