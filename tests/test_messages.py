@@ -66,15 +66,7 @@ def test_refused_message_raises_and_loses_nothing(mode, error):
     assert result["stray"] == []
 
 
-@pytest.mark.parametrize("ser", [
-    pytest.param("json", marks=pytest.mark.xfail(
-        strict=True,
-        reason="encode() shares one markers dict across calls of the C JSON "
-               "encoder; a failed encode leaves its containers in it, so the "
-               "same containers later fail with 'Circular reference detected' "
-               "(and stay referenced forever)")),
-    "pickle",
-])
+@pytest.mark.parametrize("ser", ["json", "pickle"])
 def test_fixed_message_can_be_sent_again(ser):
     result = only_json(run_app("msg_resend.py", ser))
     first, *again = result["raised"]
