@@ -4,7 +4,6 @@
 #include "channel.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,27 +14,6 @@
 
 static void chan_finish(cx_chan *ch, int err);
 static void chan_flush(cx_chan *ch);
-
-static int
-grow(void **buf, size_t *cap, size_t need, size_t elem)
-{
-    size_t n = *cap ? *cap : 16;
-    void *grown;
-
-    if (need <= *cap) {
-        return 0;
-    }
-    while (n < need) {
-        n *= 2;
-    }
-    grown = realloc(*buf, n * elem);
-    if (grown == NULL) {
-        return -ENOMEM;
-    }
-    *buf = grown;
-    *cap = n;
-    return 0;
-}
 
 static void
 push_note(cx_chan *ch, int kind, int a)
@@ -54,7 +32,7 @@ static int
 fifo_push(cx_chan *ch, const int *fds, int n)
 {
     size_t cap = (size_t)ch->fifo_cap;
-    int r = grow((void **)&ch->fifo, &cap, (size_t)(ch->fifo_len + n),
+    int r = cx_grow((void **)&ch->fifo, &cap, (size_t)(ch->fifo_len + n),
                  sizeof(int));
 
     if (r < 0) {
@@ -90,7 +68,7 @@ parse_frames(cx_chan *ch)
         if (ch->rlen - off - sizeof(hdr) < hdr.len) {
             size_t need = sizeof(hdr) + hdr.len;
             if (need > ch->rcap) {
-                r = grow((void **)&ch->rbuf, &ch->rcap, need, 1);
+                r = cx_grow((void **)&ch->rbuf, &ch->rcap, need, 1);
             }
             break;
         }
@@ -139,7 +117,7 @@ read_some(cx_chan *ch, int max_reads)
         struct msghdr msg;
         struct cmsghdr *cm;
         ssize_t n;
-        int r = grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
+        int r = cx_grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
         if (r < 0) {
             return r;
         }
@@ -234,42 +212,11 @@ chan_ready(cx_loop *loop, cx_io *io, uint32_t events)
 /* ---- writing ------------------------------------------------------------- */
 
 static void
-marks_settle(cx_chan *ch, int err)
+written_notes(cx_chan *ch, int count, int err)
 {
-    while (ch->marks_len > 0 &&
-           (err || ch->marks[ch->marks_head] <= ch->wpos)) {
+    while (count-- > 0) {
         push_note(ch, CX_NOTE_WRITTEN, err);
-        ch->marks_head++;
-        ch->marks_len--;
     }
-    if (ch->marks_len == 0) {
-        ch->marks_head = 0;
-    }
-}
-
-static void
-atts_drop_head(cx_chan *ch)
-{
-    cx_attach *a = &ch->atts[ch->atts_head];
-
-    for (int i = 0; i < a->nfds; i++) {
-        cx_close(&a->fds[i]);
-    }
-    ch->atts_head++;
-    if (--ch->atts_len == 0) {
-        ch->atts_head = 0;
-    }
-}
-
-static void
-queue_drop(cx_chan *ch, int err)
-{
-    while (ch->atts_len > 0) {
-        atts_drop_head(ch);
-    }
-    ch->wpos += ch->wlen - ch->woff;
-    ch->woff = ch->wlen = 0;
-    marks_settle(ch, err);
 }
 
 static int
@@ -277,7 +224,7 @@ want_events(cx_chan *ch)
 {
     uint32_t ev = EPOLLIN;
 
-    if (ch->wlen > ch->woff && !ch->write_err) {
+    if (cx_outq_size(&ch->out) > 0 && !ch->write_err) {
         ev |= EPOLLOUT;
     }
     return cx_io_start(ch->h.loop, &ch->io, ev);
@@ -286,72 +233,24 @@ want_events(cx_chan *ch)
 static void
 chan_flush(cx_chan *ch)
 {
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * CX_MAX_FDS)];
-    } control;
+    int reached, r = 0;
 
     ch->flush_queued = 0;
-    while (ch->wlen > ch->woff && !ch->write_err) {
-        struct iovec iov = {ch->wbuf + ch->woff, ch->wlen - ch->woff};
-        struct msghdr msg;
-        cx_attach *att = ch->atts_len ? &ch->atts[ch->atts_head] : NULL;
-        ssize_t n;
-
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (att != NULL && att->pos == ch->wpos) {
-            struct cmsghdr *cm;
-            msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int) * att->nfds);
-            cm = CMSG_FIRSTHDR(&msg);
-            cm->cmsg_level = SOL_SOCKET;
-            cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int) * att->nfds);
-            memcpy(CMSG_DATA(cm), att->fds, sizeof(int) * att->nfds);
-            /* The next attachment must start a sendmsg of its own. */
-            if (ch->atts_len > 1) {
-                cx_attach *next = &ch->atts[ch->atts_head + 1];
-                iov.iov_len = (size_t)(next->pos - ch->wpos);
-            }
-        }
-        else if (att != NULL) {
-            iov.iov_len = (size_t)(att->pos - ch->wpos);
-        }
-        do {
-            n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == ENOBUFS) {
-                break;
-            }
-            /* The peer is gone: fail what is queued; the read side will see
-               EOF and close the channel. */
-            ch->write_err = errno;
-            queue_drop(ch, errno);
-            break;
-        }
-        if (msg.msg_control != NULL) {
-            atts_drop_head(ch);     /* sent with the first byte: never twice */
-        }
-        ch->woff += (size_t)n;
-        ch->wpos += (uint64_t)n;
-        marks_settle(ch, 0);
+    if (!ch->write_err) {
+        r = cx_outq_write(&ch->out, ch->fd, 1, &reached);
+        written_notes(ch, reached, 0);
     }
-    if (ch->woff == ch->wlen) {
-        ch->woff = ch->wlen = 0;
+    if (r < 0) {
+        /* The peer is gone: fail what is queued; the read side will see
+           EOF and close the channel. */
+        ch->write_err = -r;
+        written_notes(ch, cx_outq_clear(&ch->out), -r);
     }
-    else if (ch->woff > ch->wcap / 2) {
-        memmove(ch->wbuf, ch->wbuf + ch->woff, ch->wlen - ch->woff);
-        ch->wlen -= ch->woff;
-        ch->woff = 0;
-    }
-    if (ch->above_hwm && cx_chan_queued(ch) <= ch->hwm) {
+    if (ch->above_hwm && cx_outq_size(&ch->out) <= ch->hwm) {
         ch->above_hwm = 0;
         push_note(ch, CX_NOTE_DRAIN, 0);
     }
-    if (ch->closing && (ch->wlen == 0 || ch->write_err)) {
+    if (ch->closing && (cx_outq_size(&ch->out) == 0 || ch->write_err)) {
         chan_finish(ch, 0);
         return;
     }
@@ -366,27 +265,10 @@ flusher_cb(cx_flusher *f)
     chan_flush(cx_container_of(f, cx_chan, flusher));
 }
 
-/* Moves the attachment and mark FIFOs back to the front of their arrays, so
-   that a queue that never quite empties does not grow them forever. */
-static void
-compact_fifos(cx_chan *ch)
-{
-    if (ch->atts_head > 0) {
-        memmove(ch->atts, ch->atts + ch->atts_head,
-                ch->atts_len * sizeof(cx_attach));
-        ch->atts_head = 0;
-    }
-    if (ch->marks_head > 0) {
-        memmove(ch->marks, ch->marks + ch->marks_head,
-                ch->marks_len * sizeof(uint64_t));
-        ch->marks_head = 0;
-    }
-}
-
 size_t
 cx_chan_queued(const cx_chan *ch)
 {
-    return ch->wlen - ch->woff;
+    return cx_outq_size(&ch->out);
 }
 
 int
@@ -395,7 +277,6 @@ cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
 {
     cx_frame_header hdr = {(uint32_t)len, (uint8_t)type, (uint8_t)nfds,
                            (uint16_t)flags};
-    size_t need = ch->wlen + sizeof(hdr) + len;
     int r;
 
     if (ch->fd < 0 || ch->closing) {
@@ -407,39 +288,10 @@ cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
     if (ch->write_err) {
         return -ch->write_err;
     }
-    compact_fifos(ch);
-    if ((r = grow((void **)&ch->wbuf, &ch->wcap, need, 1)) < 0 ||
-        (notify && (r = grow((void **)&ch->marks, &ch->marks_cap,
-                             ch->marks_head + ch->marks_len + 1,
-                             sizeof(uint64_t))) < 0) ||
-        (nfds && (r = grow((void **)&ch->atts, &ch->atts_cap,
-                           ch->atts_head + ch->atts_len + 1,
-                           sizeof(cx_attach))) < 0)) {
+    r = cx_outq_push(&ch->out, &hdr, sizeof(hdr), payload, len, fds, nfds, 0,
+                     notify);
+    if (r < 0) {
         return r;
-    }
-    if (nfds > 0) {
-        cx_attach *a = &ch->atts[ch->atts_head + ch->atts_len];
-        a->pos = ch->wpos + (ch->wlen - ch->woff);
-        a->nfds = 0;
-        for (int i = 0; i < nfds; i++) {
-            int dup = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
-            if (dup < 0) {
-                r = -errno;
-                for (int k = 0; k < a->nfds; k++) {
-                    cx_close(&a->fds[k]);
-                }
-                return r;
-            }
-            a->fds[a->nfds++] = dup;
-        }
-        ch->atts_len++;
-    }
-    memcpy(ch->wbuf + ch->wlen, &hdr, sizeof(hdr));
-    memcpy(ch->wbuf + ch->wlen + sizeof(hdr), payload, len);
-    ch->wlen = need;
-    if (notify) {
-        ch->marks[ch->marks_head + ch->marks_len++] =
-            ch->wpos + (ch->wlen - ch->woff);
     }
     if (ch->h.loop->deferring) {
         /* Inside a drain: batch the frames of this turn into few writes. */
@@ -451,7 +303,7 @@ cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
     else if (!(ch->io.events & EPOLLOUT)) {
         chan_flush(ch);
     }
-    if (cx_chan_queued(ch) > ch->hwm) {
+    if (cx_outq_size(&ch->out) > ch->hwm) {
         ch->above_hwm = 1;
         return 0;
     }
@@ -472,19 +324,12 @@ chan_release(cx_chan *ch)
     for (int i = 0; i < ch->fifo_len; i++) {
         cx_close(&ch->fifo[i]);
     }
-    while (ch->atts_len > 0) {
-        atts_drop_head(ch);
-    }
     free(ch->rbuf);
-    free(ch->wbuf);
     free(ch->fifo);
-    free(ch->atts);
-    ch->rbuf = ch->wbuf = NULL;
+    ch->rbuf = NULL;
     ch->fifo = NULL;
-    ch->atts = NULL;
-    ch->rlen = ch->rcap = ch->woff = ch->wlen = ch->wcap = 0;
+    ch->rlen = ch->rcap = 0;
     ch->fifo_len = ch->fifo_cap = 0;
-    ch->atts_cap = 0;
 }
 
 static void
@@ -493,11 +338,10 @@ chan_finish(cx_chan *ch, int err)
     if (ch->fd < 0) {
         return;
     }
-    marks_settle(ch, EPIPE);    /* frames never written fail their callback */
+    /* Frames never written fail their callbacks. */
+    written_notes(ch, cx_outq_clear(&ch->out), EPIPE);
+    cx_outq_free(&ch->out);
     chan_release(ch);
-    free(ch->marks);
-    ch->marks = NULL;
-    ch->marks_cap = 0;
     cx_handle_unlink(&ch->h);
     push_note(ch, CX_NOTE_CLOSE, err);
 }
@@ -508,9 +352,7 @@ chan_forget(cx_handle *h)
     cx_chan *ch = cx_container_of(h, cx_chan, h);
 
     chan_release(ch);
-    free(ch->marks);
-    ch->marks = NULL;
-    ch->marks_len = ch->marks_cap = 0;
+    cx_outq_free(&ch->out);
     cx_handle_unlink(h);
 }
 
@@ -544,7 +386,7 @@ cx_chan_close(cx_chan *ch)
         return;
     }
     ch->closing = 1;
-    if (ch->wlen == ch->woff || ch->write_err) {
+    if (cx_outq_size(&ch->out) == 0 || ch->write_err) {
         chan_finish(ch, 0);
     }
     else if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {

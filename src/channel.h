@@ -7,6 +7,7 @@
 #define CX_CHANNEL_H
 
 #include "loop.h"
+#include "outq.h"
 
 #include <assert.h>
 
@@ -37,12 +38,6 @@ typedef struct cx_frame_header {
 
 static_assert(sizeof(cx_frame_header) == 8, "the wire header is 8 bytes");
 
-typedef struct cx_attach {         /* fds to send with the byte at pos */
-    uint64_t pos;
-    int nfds;
-    int fds[CX_MAX_FDS];
-} cx_attach;
-
 typedef struct cx_chan {
     cx_handle h;
     cx_io io;
@@ -56,15 +51,7 @@ typedef struct cx_chan {
     size_t rlen, rcap;
     int *fifo;                     /* received fds, owned until claimed */
     int fifo_len, fifo_cap;
-    /* write side: unsent bytes are wbuf[woff, wlen); wpos is the stream
-       position of wbuf[woff] */
-    char *wbuf;
-    size_t woff, wlen, wcap;
-    uint64_t wpos;
-    cx_attach *atts;               /* FIFO of pending attachments */
-    size_t atts_head, atts_len, atts_cap;
-    uint64_t *marks;               /* FIFO of notify positions */
-    size_t marks_head, marks_len, marks_cap;
+    cx_outq out;
 } cx_chan;
 
 /* Takes ownership of fd, even on failure. */
