@@ -32,11 +32,9 @@ def test_fork_target_runs_fn_as_a_worker():
     assert out["online_after"] < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fork(target=...) child's after_fork() forgets the inherited channels "
-    "with epoll_ctl(EPOLL_CTL_DEL) on the epoll instance it shares with the "
-    "primary: the primary stops hearing every worker forked before it"))
 def test_fork_target_after_another_fork_keeps_the_first_worker_heard():
+    """Regression: the child's after_fork() once unregistered the inherited
+    channels from the epoll instance it shares with the primary."""
     out = only_json(run_app("prim_target.py", "after_exec"))
     assert "gave_up" not in out, out            # the watchdog had to SIGKILL it
     assert out["target_id"] == 2
@@ -175,10 +173,8 @@ def test_worker_ignores_sigint(mode):
     assert out["exit"] == [0, None]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an exec worker sends 'online' before it ignores SIGINT (_boot_worker), so a "
-    "SIGINT right after 'online' can still raise KeyboardInterrupt and kill it"))
 def test_worker_ignores_sigint_from_online_on():
+    """Regression: a worker once sent 'online' before it ignored SIGINT."""
     out = only_json(run_app("prim_sigint.py", "at_online"))
     assert out["log"] == ["SIGINT sent", {"ready": True, "sigint_ignored": True},
                           ["pong", "ping"]], out

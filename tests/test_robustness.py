@@ -75,10 +75,9 @@ def test_cluster_disconnect_callback_after_every_worker_disconnected():
     assert sorted(e[1:] for e in log if e[0] == "exit") == [[1, 0], [2, 0], [3, 0]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cluster.disconnect() calls back from inside the last worker's 'disconnect' "
-    "emit, before cluster emits 'disconnect'(worker) for it"))
 def test_cluster_disconnect_callback_after_every_cluster_disconnect_event():
+    """Regression: the callback once ran inside the last worker's own
+    'disconnect', before the cluster's 'disconnect'(worker)."""
     log = only_json(run_app("rob_cluster_disconnect.py", "three"))["log"]
     call = next(i for i, e in enumerate(log) if e[0] == "callback")
     c_disc = [i for i, e in enumerate(log) if e[0] == "disconnect"]

@@ -16,10 +16,8 @@ def spin_after_report():
 
 if cluster.is_primary:
     spinning = []
-    # target first: a fork(target=...) made while another worker exists hides
-    # that worker's channel from the primary (see test_primary.py's xfail).
-    cluster.fork(target=spin_after_report)
     cluster.fork()
+    cluster.fork(target=spin_after_report)
 
     @cluster.on("message")
     def report(w, msg, handle):

@@ -14,8 +14,7 @@ if cluster.is_primary:
     # Blocks until it has exited, but leaves it unreaped (a zombie).
     os.waitid(os.P_PID, mine.pid, os.WEXITED | os.WNOWAIT)
     pids = []
-    # fork(target=...) first: see rob_orphan.py for why the order matters.
-    for w in (cluster.fork(target=lambda: None), cluster.fork()):
+    for w in (cluster.fork(), cluster.fork(target=lambda: None)):
         pids.append(w.process.pid)
         w.on("online", w.disconnect)
     cluster.run()
