@@ -271,9 +271,9 @@ cx_chan_queued(const cx_chan *ch)
     return cx_outq_size(&ch->out);
 }
 
-int
-cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
-             size_t len, const int *fds, int nfds, int notify)
+static int
+chan_push(cx_chan *ch, int type, int flags, const void *payload, size_t len,
+          const int *fds, int nfds, int own_fds, int notify)
 {
     cx_frame_header hdr = {(uint32_t)len, (uint8_t)type, (uint8_t)nfds,
                            (uint16_t)flags};
@@ -288,8 +288,8 @@ cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
     if (ch->write_err) {
         return -ch->write_err;
     }
-    r = cx_outq_push(&ch->out, &hdr, sizeof(hdr), payload, len, fds, nfds, 0,
-                     notify);
+    r = cx_outq_push(&ch->out, &hdr, sizeof(hdr), payload, len, fds, nfds,
+                     own_fds, notify);
     if (r < 0) {
         return r;
     }
@@ -308,6 +308,26 @@ cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
         return 0;
     }
     return 1;
+}
+
+int
+cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
+             size_t len, const int *fds, int nfds, int notify)
+{
+    return chan_push(ch, type, flags, payload, len, fds, nfds, 0, notify);
+}
+
+int
+cx_chan_send_owned(cx_chan *ch, int type, int flags, int *fdp)
+{
+    int r;
+
+    if (ch->fd < 0 || ch->closing || ch->write_err) {
+        return -EPIPE;          /* the caller keeps the fd */
+    }
+    r = chan_push(ch, type, flags, NULL, 0, fdp, 1, 1, 0);
+    *fdp = -1;
+    return r;
 }
 
 /* ---- opening and closing -------------------------------------------------- */

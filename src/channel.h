@@ -62,6 +62,10 @@ int cx_chan_open(cx_loop *loop, cx_chan *ch, int fd, size_t max_frame,
    frame is queued all the same), or -errno (EPIPE: the channel is closed). */
 int cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
                  size_t len, const int *fds, int nfds, int notify);
+/* The same for one fd that the queue takes over (*fdp becomes -1 once it
+   did, even if it then fails); no payload, no notify. For the hot path of
+   SCHED_RR, where a dup per connection is a waste. */
+int cx_chan_send_owned(cx_chan *ch, int type, int flags, int *fdp);
 /* Orderly close: once the queue has drained. */
 void cx_chan_close(cx_chan *ch);
 /* The peer is gone: read what it left, then close. */

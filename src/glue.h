@@ -11,18 +11,24 @@
 
 /* The head every glue object shares: the engine handle it wraps and whether
    the loop holds a strong reference to it (while linked or noted). */
-#define CXPY_HEAD     \
-    PyObject_HEAD     \
-    cx_handle *hp;    \
+typedef struct CxObject CxObject;
+/* Turns one note into a Python call; returns -1 when the loop must stop. */
+typedef int (*cxpy_deliver_fn)(CxObject *obj, cx_note *note);
+
+#define CXPY_HEAD             \
+    PyObject_HEAD             \
+    cx_handle *hp;            \
+    cxpy_deliver_fn deliver;  \
     int pinned;
 
-typedef struct {
+struct CxObject {
     CXPY_HEAD
-} CxObject;
+};
 
 typedef struct {
     cx_loop loop;              /* one per process: epoll is process-wide */
-    PyTypeObject *handle_type, *channel_type;
+    PyTypeObject *handle_type, *channel_type, *stream_type, *listener_type,
+        *balancer_type;
     PyObject *channel_closed;  /* ChannelClosedError */
     PyObject *wake_cb;
     PyObject *exc_type, *exc_value, *exc_tb;   /* parked by a callback */
@@ -39,7 +45,19 @@ void cxpy_pin_update(CxObject *obj);
    Returns -1 when the loop must stop. */
 int cxpy_call(PyObject *fn, PyObject *const *args, size_t nargs);
 
+/* Parks the exception being raised (for errors outside a callback, such as
+   building its arguments) and stops the loop; returns -1. */
+int cxpy_park_current(void);
+/* Calls fn(*args) and drops the references to args (NULLs mean failure). */
+int cxpy_call_steal(PyObject *fn, PyObject **args, size_t nargs);
+PyObject *cxpy_new_type(PyObject *mod, PyType_Spec *spec);
+/* A tuple of the note's fds as ints; from then on Python owns them. */
+PyObject *cxpy_take_fds(cx_note *note);
+
 int cxpy_channel_init_type(PyObject *mod);
-int cxpy_channel_deliver(CxObject *obj, cx_note *note);
+/* The engine struct of a Channel object (checked by the caller). */
+cx_chan *cxpy_channel_engine(PyObject *channel);
+int cxpy_stream_init_types(PyObject *mod);
+int cxpy_balancer_init_type(PyObject *mod);
 
 #endif

@@ -259,13 +259,19 @@ timers_fire(cx_loop *loop, cx_io *io, uint32_t events)
     loop->armed_for = 0;
     while (loop->heap_len > 0 && loop->heap[0]->when <= now) {
         cx_timer *t = loop->heap[0];
-        cx_note *note = cx_note_new(&t->h, CX_NOTE_TIMER, 0);
-        if (note == NULL) {
+        cx_note *note = NULL;
+        if (t->cb == NULL &&
+            (note = cx_note_new(&t->h, CX_NOTE_TIMER, 0)) == NULL) {
             break;              /* left in the heap: the rearm fires at once */
         }
         heap_remove(loop, t);
         cx_handle_unlink(&t->h);
-        cx_note_push(loop, note);
+        if (note != NULL) {
+            cx_note_push(loop, note);
+        }
+        else {
+            t->cb(t);
+        }
     }
     timers_arm(loop);
 }

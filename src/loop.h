@@ -31,7 +31,10 @@ enum cx_note_kind {
     CX_NOTE_WRITTEN,           /* a frame sent with notify is written */
     CX_NOTE_DRAIN,             /* a channel's queue fell below its HWM */
     CX_NOTE_ERROR,             /* a channel hit a protocol error: a = errno */
-    CX_NOTE_CLOSE,             /* a channel closed: a = errno or 0 */
+    CX_NOTE_CLOSE,             /* a channel or stream closed: a = errno */
+    CX_NOTE_DATA,              /* a stream read bytes */
+    CX_NOTE_END,               /* a stream's peer ended */
+    CX_NOTE_CONNECTION,        /* a listener accepted: fds[0] */
 };
 
 /* The common head of everything the loop owns on the glue's behalf. The glue
@@ -58,11 +61,13 @@ struct cx_note {
     char data[];               /* payload of a frame */
 };
 
-typedef struct cx_timer {
+typedef struct cx_timer cx_timer;
+struct cx_timer {
     cx_handle h;
     uint64_t when, seq;
     size_t index;              /* in the heap */
-} cx_timer;
+    void (*cb)(cx_timer *t);   /* engine-internal timers; NULL: a note */
+};
 
 typedef struct cx_child {
     cx_handle h;

@@ -33,6 +33,68 @@ cxpy_raise_oserror(int err)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+int
+cxpy_park_current(void)
+{
+    if (cxpy.exc_type == NULL) {
+        PyErr_Fetch(&cxpy.exc_type, &cxpy.exc_value, &cxpy.exc_tb);
+    }
+    else {
+        PyErr_Clear();
+    }
+    cxpy.stop = 1;
+    return -1;
+}
+
+int
+cxpy_call_steal(PyObject *fn, PyObject **args, size_t nargs)
+{
+    int r = 0;
+
+    for (size_t i = 0; i < nargs; i++) {
+        if (args[i] == NULL) {
+            r = -1;
+        }
+    }
+    r = r < 0 ? cxpy_park_current() : cxpy_call(fn, args, nargs);
+    for (size_t i = 0; i < nargs; i++) {
+        Py_XDECREF(args[i]);
+    }
+    return r;
+}
+
+PyObject *
+cxpy_take_fds(cx_note *note)
+{
+    PyObject *fds = PyTuple_New(note->nfds);
+
+    if (fds == NULL) {
+        return NULL;            /* the note still owns them */
+    }
+    for (int i = 0; i < note->nfds; i++) {
+        PyObject *fd = PyLong_FromLong(note->fds[i]);
+        if (fd == NULL) {
+            Py_DECREF(fds);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(fds, i, fd);
+    }
+    note->nfds = 0;
+    return fds;
+}
+
+PyObject *
+cxpy_new_type(PyObject *mod, PyType_Spec *spec)
+{
+    PyObject *type = PyType_FromModuleAndSpec(mod, spec, NULL);
+
+    if (type == NULL || PyModule_AddType(mod, (PyTypeObject *)type) < 0) {
+        Py_XDECREF(type);
+        return NULL;
+    }
+    return type;
+}
+
 void
 cxpy_pin_update(CxObject *obj)
 {
@@ -88,6 +150,8 @@ typedef struct {
     PyObject *callback;
 } CxHandle;
 
+static int handle_deliver(CxObject *obj, cx_note *note);
+
 static PyObject *
 handle_new(int kind, PyObject *callback)
 {
@@ -116,6 +180,7 @@ handle_new(int kind, PyObject *callback)
     }
     self->hp = &self->u.timer.h;
     self->hp->data = self;
+    self->deliver = handle_deliver;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -217,10 +282,10 @@ static PyType_Spec handle_spec = {
 };
 
 static int
-handle_deliver(CxHandle *self, cx_note *note)
+handle_deliver(CxObject *obj, cx_note *note)
 {
-    PyObject *args[2] = {NULL, NULL};
-    int r;
+    CxHandle *self = (CxHandle *)obj;
+    PyObject *args[2];
 
     if (self->callback == NULL) {
         return 0;
@@ -231,9 +296,7 @@ handle_deliver(CxHandle *self, cx_note *note)
     if (note->kind == CX_NOTE_IO) {
         self->u.watch.noted = 0;
         args[0] = PyLong_FromLong(note->a);
-        r = args[0] ? cxpy_call(self->callback, args, 1) : -1;
-        Py_XDECREF(args[0]);
-        return r;
+        return cxpy_call_steal(self->callback, args, 1);
     }
     /* CX_NOTE_EXIT: exactly one of code and signal is not None. */
     if (note->b != 0) {
@@ -244,10 +307,7 @@ handle_deliver(CxHandle *self, cx_note *note)
         args[0] = PyLong_FromLong(note->a);
         args[1] = Py_NewRef(Py_None);
     }
-    r = args[0] && args[1] ? cxpy_call(self->callback, args, 2) : -1;
-    Py_XDECREF(args[0]);
-    Py_XDECREF(args[1]);
-    return r;
+    return cxpy_call_steal(self->callback, args, 2);
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
@@ -285,12 +345,7 @@ drain_notes(void)
             continue;
         }
         Py_INCREF(obj);
-        if (Py_IS_TYPE(obj, cxpy.channel_type)) {
-            r = cxpy_channel_deliver(obj, note);
-        }
-        else {
-            r = handle_deliver((CxHandle *)obj, note);
-        }
+        r = obj->deliver(obj, note);
         h->pending--;
         cx_note_free(note);
         cxpy_pin_update(obj);
@@ -762,6 +817,7 @@ add_constants(PyObject *mod)
         {"EVENT_DRAIN", CX_NOTE_DRAIN},
         {"EVENT_ERROR", CX_NOTE_ERROR},
         {"EVENT_CLOSE", CX_NOTE_CLOSE},
+        {"EVENT_END", CX_NOTE_END},
         {"MAX_FDS", CX_MAX_FDS},
         {"EPOLLIN", EPOLLIN},
         {"EPOLLOUT", EPOLLOUT},
@@ -797,10 +853,8 @@ core_exec(PyObject *mod)
     }
     claimed = 1;
     cxpy.owner = PyThread_get_thread_ident();
-    cxpy.handle_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(mod, &handle_spec, NULL);
-    if (cxpy.handle_type == NULL ||
-        PyModule_AddType(mod, cxpy.handle_type) < 0) {
+    cxpy.handle_type = (PyTypeObject *)cxpy_new_type(mod, &handle_spec);
+    if (cxpy.handle_type == NULL) {
         return -1;
     }
     cxpy.channel_closed = PyErr_NewExceptionWithDoc(
@@ -809,7 +863,8 @@ core_exec(PyObject *mod)
     if (cxpy.channel_closed == NULL ||
         PyModule_AddObjectRef(mod, "ChannelClosedError",
                               cxpy.channel_closed) < 0 ||
-        cxpy_channel_init_type(mod) < 0 || add_constants(mod) < 0) {
+        cxpy_channel_init_type(mod) < 0 || cxpy_stream_init_types(mod) < 0 ||
+        cxpy_balancer_init_type(mod) < 0 || add_constants(mod) < 0) {
         return -1;
     }
     return 0;

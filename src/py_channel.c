@@ -12,7 +12,8 @@ typedef struct {
     PyObject *on_event;        /* on_event(kind, errno) for the rest */
 } CxChannel;
 
-static PyObject *empty_tuple;
+
+static int channel_deliver(CxObject *obj, cx_note *note);
 
 static PyObject *
 channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -46,6 +47,7 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->on_frame = Py_NewRef(on_frame);
     self->on_event = Py_NewRef(on_event);
     self->hp = &self->ch.h;
+    self->deliver = channel_deliver;
     r = cx_chan_open(&cxpy.loop, &self->ch, fd, (size_t)max_frame,
                      (size_t)hwm);
     self->ch.h.data = self;
@@ -237,24 +239,24 @@ static PyType_Spec channel_spec = {
     .slots = channel_slots,
 };
 
-int
-cxpy_channel_init_type(PyObject *mod)
+cx_chan *
+cxpy_channel_engine(PyObject *channel)
 {
-    empty_tuple = PyTuple_New(0);
-    cxpy.channel_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(mod, &channel_spec, NULL);
-    if (empty_tuple == NULL || cxpy.channel_type == NULL) {
-        return -1;
-    }
-    return PyModule_AddType(mod, cxpy.channel_type);
+    return &((CxChannel *)channel)->ch;
 }
 
 int
-cxpy_channel_deliver(CxObject *obj, cx_note *note)
+cxpy_channel_init_type(PyObject *mod)
+{
+    cxpy.channel_type = (PyTypeObject *)cxpy_new_type(mod, &channel_spec);
+    return cxpy.channel_type == NULL ? -1 : 0;
+}
+
+static int
+channel_deliver(CxObject *obj, cx_note *note)
 {
     CxChannel *self = (CxChannel *)obj;
-    PyObject *args[4] = {NULL, NULL, NULL, NULL};
-    int r = -1;
+    PyObject *args[4];
 
     if (self->on_frame == NULL) {
         return 0;
@@ -262,44 +264,11 @@ cxpy_channel_deliver(CxObject *obj, cx_note *note)
     if (note->kind != CX_NOTE_FRAME) {
         args[0] = PyLong_FromLong(note->kind);
         args[1] = PyLong_FromLong(note->a);
-        if (args[0] != NULL && args[1] != NULL) {
-            r = cxpy_call(self->on_event, args, 2);
-        }
-        goto done;
+        return cxpy_call_steal(self->on_event, args, 2);
     }
     args[0] = PyLong_FromLong(note->a);
     args[1] = PyLong_FromLong(note->b);
     args[2] = PyBytes_FromStringAndSize(note->data, (Py_ssize_t)note->len);
-    if (note->nfds == 0) {
-        args[3] = Py_NewRef(empty_tuple);
-    }
-    else if ((args[3] = PyTuple_New(note->nfds)) != NULL) {
-        for (int i = 0; i < note->nfds; i++) {
-            PyObject *fd = PyLong_FromLong(note->fds[i]);
-            if (fd == NULL) {
-                goto done;      /* the note still owns what is unclaimed */
-            }
-            PyTuple_SET_ITEM(args[3], i, fd);
-        }
-        note->nfds = 0;         /* handed to Python */
-    }
-    if (args[0] && args[1] && args[2] && args[3]) {
-        r = cxpy_call(self->on_frame, args, 4);
-    }
-
-done:
-    for (int i = 0; i < 4; i++) {
-        Py_XDECREF(args[i]);
-    }
-    if (r < 0 && PyErr_Occurred()) {
-        /* Building the arguments failed: park it like a callback's error. */
-        if (cxpy.exc_type == NULL) {
-            PyErr_Fetch(&cxpy.exc_type, &cxpy.exc_value, &cxpy.exc_tb);
-        }
-        else {
-            PyErr_Clear();
-        }
-        cxpy.stop = 1;
-    }
-    return r;
+    args[3] = cxpy_take_fds(note);
+    return cxpy_call_steal(self->on_frame, args, 4);
 }

@@ -1,0 +1,33 @@
+/* balance.h: the primary's SCHED_RR listening handle. It accepts in C, with
+   the GIL released, and hands each connection to the next worker channel
+   registered on its key (a NEWCONN frame carrying the fd): this path never
+   enters Python. Owns the listening fd; borrows the channels (the glue keeps
+   them alive while they are registered). SCHED_NONE needs no engine code:
+   the listening fd itself travels to each worker. */
+#ifndef CX_BALANCE_H
+#define CX_BALANCE_H
+
+#include "channel.h"
+#include "loop.h"
+
+typedef struct cx_balancer {
+    cx_handle h;
+    cx_io io;
+    cx_timer retry;            /* after EMFILE: accept again later */
+    int fd;                    /* owned */
+    int key;                   /* carried in the NEWCONN frame's flags */
+    cx_chan **targets;
+    size_t ntargets, cap, next;
+    uint64_t routed, dropped;
+} cx_balancer;
+
+/* Takes ownership of a listening fd, even on failure. */
+int cx_balancer_open(cx_loop *loop, cx_balancer *b, int fd, int key);
+int cx_balancer_add(cx_balancer *b, cx_chan *ch);
+/* Returns 1 if ch was registered. */
+int cx_balancer_remove(cx_balancer *b, cx_chan *ch);
+/* Hands fd (owned from here) to the next worker; closes it if none is left. */
+void cx_balancer_route(cx_balancer *b, int fd);
+void cx_balancer_close(cx_balancer *b);
+
+#endif

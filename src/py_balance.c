@@ -1,0 +1,220 @@
+/* py_balance.c: the Balancer type, the glue over balance.c. It owns the
+   listening fd and holds a reference to every Channel registered with it, so
+   that the engine's borrowed pointers stay valid. It makes no notes. */
+#include "glue.h"
+#include "balance.h"
+
+#include <unistd.h>
+
+typedef struct {
+    CXPY_HEAD
+    cx_balancer b;
+    PyObject *channels;        /* list: keeps the registered Channels alive */
+} CxBalancer;
+
+static int
+balancer_deliver(CxObject *obj, cx_note *note)
+{
+    CX_UNUSED(obj);
+    CX_UNUSED(note);
+    return 0;
+}
+
+static PyObject *
+balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    CxBalancer *self;
+    int fd, key, r;
+
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+        !PyArg_ParseTuple(args, "ii:Balancer", &fd, &key) ||
+        cxpy_check_owner() < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Balancer() takes no keywords");
+        }
+        return NULL;
+    }
+    if (fd < 0 || key < 0 || key > UINT16_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad fd or key");
+        return NULL;
+    }
+    self = (CxBalancer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->hp = &self->b.h;
+    self->deliver = balancer_deliver;
+    self->channels = PyList_New(0);
+    if (self->channels == NULL) {
+        close(fd);
+        Py_DECREF(self);
+        return NULL;
+    }
+    r = cx_balancer_open(&cxpy.loop, &self->b, fd, key);
+    self->b.h.data = self;
+    if (r < 0) {
+        Py_DECREF(self);
+        return cxpy_raise_oserror(-r);
+    }
+    cxpy_pin_update((CxObject *)self);
+    return (PyObject *)self;
+}
+
+static int
+balancer_traverse(CxBalancer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->channels);
+    return 0;
+}
+
+static int
+balancer_clear(CxBalancer *self)
+{
+    Py_CLEAR(self->channels);
+    return 0;
+}
+
+static void
+balancer_dealloc(CxBalancer *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    PyObject_GC_UnTrack(self);
+    self->b.h.forget(&self->b.h);
+    balancer_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int
+check_channel(PyObject *arg)
+{
+    if (!Py_IS_TYPE(arg, cxpy.channel_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Channel");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+balancer_add(CxBalancer *self, PyObject *arg)
+{
+    int r;
+
+    if (cxpy_check_owner() < 0 || check_channel(arg) < 0 ||
+        PyList_Append(self->channels, arg) < 0) {
+        return NULL;
+    }
+    r = cx_balancer_add(&self->b, cxpy_channel_engine(arg));
+    if (r < 0) {
+        PySequence_DelItem(self->channels, PyList_GET_SIZE(self->channels) - 1);
+        return cxpy_raise_oserror(-r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+balancer_remove(CxBalancer *self, PyObject *arg)
+{
+    Py_ssize_t i;
+
+    if (cxpy_check_owner() < 0 || check_channel(arg) < 0) {
+        return NULL;
+    }
+    if (!cx_balancer_remove(&self->b, cxpy_channel_engine(arg))) {
+        Py_RETURN_FALSE;
+    }
+    for (i = 0; i < PyList_GET_SIZE(self->channels); i++) {
+        if (PyList_GET_ITEM(self->channels, i) == arg) {
+            if (PySequence_DelItem(self->channels, i) < 0) {
+                return NULL;
+            }
+            break;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+balancer_route(CxBalancer *self, PyObject *arg)
+{
+    int fd = _PyLong_AsInt(arg);
+
+    if ((fd == -1 && PyErr_Occurred()) || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_balancer_route(&self->b, fd);    /* owns fd from here */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    cx_balancer_close(&self->b);
+    PyList_SetSlice(self->channels, 0, PyList_GET_SIZE(self->channels), NULL);
+    cxpy_pin_update((CxObject *)self);
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+balancer_stats(CxBalancer *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:n,s:K,s:K}", "workers", (Py_ssize_t)self->b.ntargets,
+                         "routed", (unsigned long long)self->b.routed,
+                         "dropped", (unsigned long long)self->b.dropped);
+}
+
+static PyObject *
+balancer_get_fd(CxBalancer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->b.fd);
+}
+
+static PyMethodDef balancer_methods[] = {
+    {"add", (PyCFunction)balancer_add, METH_O, "Routes to this Channel too."},
+    {"remove", (PyCFunction)balancer_remove, METH_O,
+     "Stops routing to this Channel; True if it was registered."},
+    {"route", (PyCFunction)balancer_route, METH_O,
+     "Hands a connection fd (owned from here) to the next worker."},
+    {"close", (PyCFunction)balancer_close, METH_NOARGS,
+     "Closes the listening fd."},
+    {"stats", (PyCFunction)balancer_stats, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef balancer_getset[] = {
+    {"fd", (getter)balancer_get_fd, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot balancer_slots[] = {
+    {Py_tp_new, balancer_new},
+    {Py_tp_dealloc, balancer_dealloc},
+    {Py_tp_traverse, balancer_traverse},
+    {Py_tp_clear, balancer_clear},
+    {Py_tp_methods, balancer_methods},
+    {Py_tp_getset, balancer_getset},
+    {Py_tp_doc, "Balancer(listen_fd, key): SCHED_RR in C."},
+    {0, NULL},
+};
+
+static PyType_Spec balancer_spec = {
+    .name = "cluster_ext._core.Balancer",
+    .basicsize = sizeof(CxBalancer),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = balancer_slots,
+};
+
+int
+cxpy_balancer_init_type(PyObject *mod)
+{
+    cxpy.balancer_type = (PyTypeObject *)cxpy_new_type(mod, &balancer_spec);
+    return cxpy.balancer_type == NULL ? -1 : 0;
+}

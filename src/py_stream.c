@@ -1,0 +1,415 @@
+/* py_stream.c: the Stream and Listener types, the glue over stream.c. Each
+   owns its fd from construction; an accepted connection's fd is handed to
+   Python as an int, and from then on the receiver owns it. */
+#include "glue.h"
+#include "stream.h"
+
+#include <errno.h>
+
+/* ---- Stream ---------------------------------------------------------------- */
+
+typedef struct {
+    CXPY_HEAD
+    cx_stream s;
+    PyObject *on_data;         /* on_data(bytes) */
+    PyObject *on_event;        /* on_event(kind, errno): end, drain, written, close */
+} CxStream;
+
+static int
+stream_deliver(CxObject *obj, cx_note *note)
+{
+    CxStream *self = (CxStream *)obj;
+    PyObject *args[2];
+
+    if (self->on_data == NULL) {
+        return 0;
+    }
+    if (note->kind == CX_NOTE_DATA) {
+        args[0] = PyBytes_FromStringAndSize(note->data, (Py_ssize_t)note->len);
+        return cxpy_call_steal(self->on_data, args, 1);
+    }
+    args[0] = PyLong_FromLong(note->kind);
+    args[1] = PyLong_FromLong(note->a);
+    return cxpy_call_steal(self->on_event, args, 2);
+}
+
+static PyObject *
+stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    CxStream *self;
+    PyObject *on_data, *on_event;
+    Py_ssize_t hwm;
+    int fd, r;
+
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+        !PyArg_ParseTuple(args, "iOOn:Stream", &fd, &on_data, &on_event,
+                          &hwm) ||
+        cxpy_check_owner() < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Stream() takes no keywords");
+        }
+        return NULL;
+    }
+    if (!PyCallable_Check(on_data) || !PyCallable_Check(on_event) || fd < 0 ||
+        hwm < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad fd, callbacks or hwm");
+        return NULL;
+    }
+    self = (CxStream *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->on_data = Py_NewRef(on_data);
+    self->on_event = Py_NewRef(on_event);
+    self->hp = &self->s.h;
+    self->deliver = stream_deliver;
+    r = cx_stream_open(&cxpy.loop, &self->s, fd, (size_t)hwm);
+    self->s.h.data = self;
+    if (r < 0) {
+        Py_DECREF(self);
+        return cxpy_raise_oserror(-r);
+    }
+    cxpy_pin_update((CxObject *)self);
+    return (PyObject *)self;
+}
+
+static int
+stream_traverse(CxStream *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->on_data);
+    Py_VISIT(self->on_event);
+    return 0;
+}
+
+static int
+stream_clear(CxStream *self)
+{
+    Py_CLEAR(self->on_data);
+    Py_CLEAR(self->on_event);
+    return 0;
+}
+
+static void
+stream_dealloc(CxStream *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    PyObject_GC_UnTrack(self);
+    self->s.h.forget(&self->s.h);   /* only an unlinked stream gets here */
+    stream_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* Runs an engine call that may unlink the stream, then settles the pin. */
+#define STREAM_CALL(self, call)                         \
+    do {                                                \
+        Py_INCREF(self);                                \
+        call;                                           \
+        cxpy_pin_update((CxObject *)(self));            \
+        Py_DECREF(self);                                \
+    } while (0)
+
+static PyObject *
+stream_write(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    int notify = 0, r;
+
+    if (!_PyArg_CheckPositional("write", nargs, 1, 2) ||
+        cxpy_check_owner() < 0 ||
+        (nargs > 1 && (notify = PyObject_IsTrue(args[1])) < 0) ||
+        PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    STREAM_CALL(self, r = cx_stream_write(&self->s, view.buf,
+                                          (size_t)view.len, notify));
+    PyBuffer_Release(&view);
+    if (r < 0) {
+        return cxpy_raise_oserror(-r);
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+stream_end(CxStream *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    STREAM_CALL(self, cx_stream_end(&self->s));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_destroy(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int err = 0;
+
+    if (!_PyArg_CheckPositional("destroy", nargs, 0, 1) ||
+        cxpy_check_owner() < 0 ||
+        (nargs > 0 && (err = _PyLong_AsInt(args[0])) == -1 &&
+         PyErr_Occurred())) {
+        return NULL;
+    }
+    STREAM_CALL(self, cx_stream_destroy(&self->s, err));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_pause(CxStream *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg), r;
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    r = cx_stream_pause(&self->s, on);
+    if (r < 0) {
+        return cxpy_raise_oserror(-r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_set_ref(CxStream *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_handle_ref(&self->s.h, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_get_fd(CxStream *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->s.fd);
+}
+
+static PyObject *
+stream_get_queued(CxStream *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(cx_outq_size(&self->s.out));
+}
+
+static PyObject *
+stream_get_ended(CxStream *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->s.fd < 0 || self->s.ending);
+}
+
+static PyMethodDef stream_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))stream_write, METH_FASTCALL,
+     "write(data, notify=False) -> bool: False once over the high-water mark."},
+    {"end", (PyCFunction)stream_end, METH_NOARGS,
+     "Shuts the write side down once the queue has drained."},
+    {"destroy", (PyCFunction)(void (*)(void))stream_destroy, METH_FASTCALL,
+     "destroy(errno=0): closes at once; queued writes fail."},
+    {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
+    {"set_ref", (PyCFunction)stream_set_ref, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef stream_getset[] = {
+    {"fd", (getter)stream_get_fd, NULL, NULL, NULL},
+    {"queued", (getter)stream_get_queued, NULL, NULL, NULL},
+    {"ended", (getter)stream_get_ended, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot stream_slots[] = {
+    {Py_tp_new, stream_new},
+    {Py_tp_dealloc, stream_dealloc},
+    {Py_tp_traverse, stream_traverse},
+    {Py_tp_clear, stream_clear},
+    {Py_tp_methods, stream_methods},
+    {Py_tp_getset, stream_getset},
+    {Py_tp_doc, "Stream(fd, on_data, on_event, hwm)"},
+    {0, NULL},
+};
+
+static PyType_Spec stream_spec = {
+    .name = "cluster_ext._core.Stream",
+    .basicsize = sizeof(CxStream),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = stream_slots,
+};
+
+/* ---- Listener ------------------------------------------------------------------ */
+
+typedef struct {
+    CXPY_HEAD
+    cx_listener l;
+    PyObject *on_connection;   /* on_connection(fd) */
+} CxListener;
+
+static int
+listener_deliver(CxObject *obj, cx_note *note)
+{
+    CxListener *self = (CxListener *)obj;
+    PyObject *args[1];
+
+    if (self->on_connection == NULL) {
+        return 0;
+    }
+    args[0] = PyLong_FromLong(note->fds[0]);
+    if (args[0] != NULL) {
+        note->nfds = 0;         /* Python owns the fd now */
+    }
+    return cxpy_call_steal(self->on_connection, args, 1);
+}
+
+static PyObject *
+listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    CxListener *self;
+    PyObject *on_connection;
+    int fd, exclusive, max_accepts, r;
+
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+        !PyArg_ParseTuple(args, "iOpi:Listener", &fd, &on_connection,
+                          &exclusive, &max_accepts) ||
+        cxpy_check_owner() < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Listener() takes no keywords");
+        }
+        return NULL;
+    }
+    if (!PyCallable_Check(on_connection) || fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad fd or callback");
+        return NULL;
+    }
+    self = (CxListener *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->on_connection = Py_NewRef(on_connection);
+    self->hp = &self->l.h;
+    self->deliver = listener_deliver;
+    r = cx_listener_open(&cxpy.loop, &self->l, fd, exclusive, max_accepts);
+    self->l.h.data = self;
+    if (r < 0) {
+        Py_DECREF(self);
+        return cxpy_raise_oserror(-r);
+    }
+    cxpy_pin_update((CxObject *)self);
+    return (PyObject *)self;
+}
+
+static int
+listener_traverse(CxListener *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->on_connection);
+    return 0;
+}
+
+static int
+listener_clear(CxListener *self)
+{
+    Py_CLEAR(self->on_connection);
+    return 0;
+}
+
+static void
+listener_dealloc(CxListener *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    PyObject_GC_UnTrack(self);
+    self->l.h.forget(&self->l.h);
+    listener_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+listener_close(CxListener *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    cx_listener_close(&self->l);
+    cxpy_pin_update((CxObject *)self);
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+listener_pause(CxListener *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg), r;
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    r = cx_listener_pause(&self->l, on);
+    if (r < 0) {
+        return cxpy_raise_oserror(-r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+listener_set_ref(CxListener *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_handle_ref(&self->l.h, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+listener_get_fd(CxListener *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->l.fd);
+}
+
+static PyMethodDef listener_methods[] = {
+    {"close", (PyCFunction)listener_close, METH_NOARGS,
+     "Stops accepting and closes the listening fd."},
+    {"pause", (PyCFunction)listener_pause, METH_O, "pause(True|False)"},
+    {"set_ref", (PyCFunction)listener_set_ref, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef listener_getset[] = {
+    {"fd", (getter)listener_get_fd, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot listener_slots[] = {
+    {Py_tp_new, listener_new},
+    {Py_tp_dealloc, listener_dealloc},
+    {Py_tp_traverse, listener_traverse},
+    {Py_tp_clear, listener_clear},
+    {Py_tp_methods, listener_methods},
+    {Py_tp_getset, listener_getset},
+    {Py_tp_doc, "Listener(fd, on_connection, exclusive, max_accepts)"},
+    {0, NULL},
+};
+
+static PyType_Spec listener_spec = {
+    .name = "cluster_ext._core.Listener",
+    .basicsize = sizeof(CxListener),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = listener_slots,
+};
+
+int
+cxpy_stream_init_types(PyObject *mod)
+{
+    cxpy.stream_type = (PyTypeObject *)cxpy_new_type(mod, &stream_spec);
+    cxpy.listener_type = (PyTypeObject *)cxpy_new_type(mod, &listener_spec);
+    return cxpy.stream_type == NULL || cxpy.listener_type == NULL ? -1 : 0;
+}

@@ -1,0 +1,409 @@
+/* stream.c: streams and listeners (stream.h). Runs inside a loop turn without
+   the GIL; everything for Python leaves as a note. Called by the glue
+   (py_stream.c). */
+#include "stream.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define READ_CHUNK (64 * 1024)
+#define READS_PER_WAKEUP 4      /* one busy stream must not starve others */
+#define EMFILE_RETRY_NS (100u * 1000u * 1000u)
+
+static void stream_flush(cx_stream *s);
+
+static void
+push_note(cx_handle *h, int kind, int a)
+{
+    cx_note *note = cx_note_new(h, kind, 0);
+
+    if (note != NULL) {
+        note->a = a;
+        cx_note_push(h->loop, note);
+    }
+}
+
+/* ---- streams -------------------------------------------------------------- */
+
+static void
+stream_release(cx_stream *s)
+{
+    cx_io_stop(s->h.loop, &s->io);
+    if (s->flush_queued) {
+        cx_list_remove(&s->flusher.node);
+        s->flush_queued = 0;
+    }
+    cx_close(&s->fd);
+}
+
+void
+cx_stream_destroy(cx_stream *s, int err)
+{
+    int pending;
+
+    if (s->fd < 0) {
+        return;
+    }
+    pending = cx_outq_clear(&s->out);
+    while (pending-- > 0) {
+        push_note(&s->h, CX_NOTE_WRITTEN, EPIPE);
+    }
+    cx_outq_free(&s->out);
+    stream_release(s);
+    cx_handle_unlink(&s->h);
+    push_note(&s->h, CX_NOTE_CLOSE, err);
+}
+
+static int
+stream_want(cx_stream *s)
+{
+    uint32_t ev = 0;
+
+    if (!s->paused && !s->read_eof) {
+        ev |= EPOLLIN;
+    }
+    if (cx_outq_size(&s->out) > 0) {
+        ev |= EPOLLOUT;
+    }
+    if (ev == 0) {
+        cx_io_stop(s->h.loop, &s->io);
+        return 0;
+    }
+    return cx_io_start(s->h.loop, &s->io, ev);
+}
+
+/* Both directions are done: the stream is over. */
+static void
+stream_settle(cx_stream *s)
+{
+    if (s->fd < 0) {
+        return;
+    }
+    if (s->read_eof && s->write_shut) {
+        cx_stream_destroy(s, 0);
+    }
+    else if (stream_want(s) < 0) {
+        cx_stream_destroy(s, ENOMEM);
+    }
+}
+
+static void
+stream_read(cx_stream *s)
+{
+    char buf[READ_CHUNK];
+
+    for (int i = 0; i < READS_PER_WAKEUP && !s->paused; i++) {
+        ssize_t n;
+        cx_note *note;
+        do {
+            n = read(s->fd, buf, sizeof(buf));
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno != EAGAIN) {
+                cx_stream_destroy(s, errno);
+            }
+            return;
+        }
+        if (n == 0) {
+            s->read_eof = 1;
+            push_note(&s->h, CX_NOTE_END, 0);
+            cx_stream_end(s);   /* Node's allowHalfOpen: false */
+            return;
+        }
+        note = cx_note_new(&s->h, CX_NOTE_DATA, (size_t)n);
+        if (note == NULL) {
+            cx_stream_destroy(s, ENOMEM);
+            return;
+        }
+        memcpy(note->data, buf, (size_t)n);
+        cx_note_push(s->h.loop, note);
+        if ((size_t)n < sizeof(buf)) {
+            return;             /* drained: no need for one more EAGAIN */
+        }
+    }
+}
+
+static void
+stream_ready(cx_loop *loop, cx_io *io, uint32_t events)
+{
+    cx_stream *s = cx_container_of(io, cx_stream, io);
+
+    CX_UNUSED(loop);
+    if (events & EPOLLOUT) {
+        stream_flush(s);
+    }
+    if (s->fd >= 0 && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+        !s->read_eof && !s->paused) {
+        stream_read(s);
+    }
+    stream_settle(s);
+}
+
+static void
+stream_flush(cx_stream *s)
+{
+    int reached, r;
+
+    s->flush_queued = 0;
+    if (s->fd < 0) {
+        return;
+    }
+    r = cx_outq_write(&s->out, s->fd, s->is_socket, &reached);
+    while (reached-- > 0) {
+        push_note(&s->h, CX_NOTE_WRITTEN, 0);
+    }
+    if (r < 0) {
+        cx_stream_destroy(s, -r);
+        return;
+    }
+    if (s->above_hwm && cx_outq_size(&s->out) <= s->hwm) {
+        s->above_hwm = 0;
+        push_note(&s->h, CX_NOTE_DRAIN, 0);
+    }
+    if (r == 0 && s->ending && !s->write_shut) {
+        s->write_shut = 1;
+        if (s->is_socket) {
+            (void)shutdown(s->fd, SHUT_WR);
+        }
+    }
+}
+
+static void
+flusher_cb(cx_flusher *f)
+{
+    cx_stream *s = cx_container_of(f, cx_stream, flusher);
+
+    stream_flush(s);
+    stream_settle(s);
+}
+
+/* Writes now, or after the current drain when callbacks are running (so the
+   writes of one turn leave in few syscalls). */
+static void
+stream_kick(cx_stream *s)
+{
+    if (s->io.events & EPOLLOUT) {
+        return;                 /* the fd is full: EPOLLOUT will flush */
+    }
+    if (s->h.loop->deferring) {
+        if (!s->flush_queued) {
+            s->flush_queued = 1;
+            cx_list_push(&s->h.loop->flushers, &s->flusher.node);
+        }
+        return;
+    }
+    stream_flush(s);
+    stream_settle(s);
+}
+
+int
+cx_stream_write(cx_stream *s, const void *data, size_t len, int notify)
+{
+    int r;
+
+    if (s->fd < 0 || s->ending) {
+        return -EPIPE;
+    }
+    r = cx_outq_push(&s->out, NULL, 0, data, len, NULL, 0, 0, notify);
+    if (r < 0) {
+        return r;
+    }
+    stream_kick(s);
+    if (cx_outq_size(&s->out) > s->hwm) {
+        s->above_hwm = 1;
+        return 0;
+    }
+    return 1;
+}
+
+void
+cx_stream_end(cx_stream *s)
+{
+    if (s->fd < 0 || s->ending) {
+        return;
+    }
+    s->ending = 1;
+    if (!s->is_socket) {
+        s->write_shut = 1;      /* a pipe: nothing to shut down */
+    }
+    stream_kick(s);
+}
+
+int
+cx_stream_pause(cx_stream *s, int paused)
+{
+    if (s->fd < 0) {
+        return 0;
+    }
+    s->paused = paused;
+    return stream_want(s);
+}
+
+static void
+stream_forget(cx_handle *h)
+{
+    cx_stream *s = cx_container_of(h, cx_stream, h);
+
+    stream_release(s);
+    cx_outq_free(&s->out);
+    cx_handle_unlink(h);
+}
+
+int
+cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm)
+{
+    struct stat st;
+    int r;
+
+    memset(s, 0, sizeof(*s));
+    cx_handle_init(loop, &s->h, stream_forget);
+    cx_list_init(&s->flusher.node);
+    s->flusher.flush = flusher_cb;
+    s->fd = fd;
+    s->io.fd = fd;
+    s->io.cb = stream_ready;
+    s->hwm = hwm;
+    s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    r = cx_io_start(loop, &s->io, EPOLLIN);
+    if (r < 0) {
+        cx_close(&s->fd);
+        return r;
+    }
+    cx_handle_link(&s->h);
+    return 0;
+}
+
+/* ---- listeners ------------------------------------------------------------- */
+
+int
+cx_accept(int fd)
+{
+    int c;
+
+    do {
+        c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    } while (c < 0 && errno == EINTR);
+    return c >= 0 ? c : -errno;
+}
+
+int
+cx_accept_exhausted(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+static int
+listener_watch(cx_listener *l)
+{
+    if (l->paused) {
+        cx_io_stop(l->h.loop, &l->io);
+        return 0;
+    }
+    /* EPOLLEXCLUSIVE cannot be modified, only added: the io is stopped
+       whenever it is not watched. */
+    return cx_io_start(l->h.loop, &l->io,
+                       EPOLLIN | (l->exclusive ? EPOLLEXCLUSIVE : 0));
+}
+
+static void
+listener_retry(cx_timer *t)
+{
+    cx_listener *l = cx_container_of(t, cx_listener, retry);
+
+    if (l->fd >= 0 && listener_watch(l) < 0) {
+        cx_timer_start(&l->retry, EMFILE_RETRY_NS);
+    }
+}
+
+static void
+listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
+{
+    cx_listener *l = cx_container_of(io, cx_listener, io);
+
+    CX_UNUSED(events);
+    for (int i = 0; i < l->max_accepts; i++) {
+        int c = cx_accept(l->fd);
+        cx_note *note;
+        if (c == -EAGAIN) {
+            return;
+        }
+        if (cx_accept_exhausted(-c)) {
+            /* The backlog keeps the connections; take them once
+               descriptors are free again. */
+            cx_io_stop(loop, &l->io);
+            cx_timer_start(&l->retry, EMFILE_RETRY_NS);
+            return;
+        }
+        if (c < 0) {
+            continue;           /* ECONNABORTED and the like: that one is gone */
+        }
+        note = cx_note_new(&l->h, CX_NOTE_CONNECTION, 0);
+        if (note == NULL) {
+            cx_close(&c);
+            return;
+        }
+        note->nfds = 1;
+        note->fds[0] = c;
+        cx_note_push(loop, note);
+    }
+}
+
+static void
+listener_forget(cx_handle *h)
+{
+    cx_listener *l = cx_container_of(h, cx_listener, h);
+
+    cx_io_stop(h->loop, &l->io);
+    cx_close(&l->fd);
+    cx_handle_unlink(&l->retry.h);
+    cx_handle_unlink(h);
+}
+
+int
+cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
+                 int max_accepts)
+{
+    int r;
+
+    memset(l, 0, sizeof(*l));
+    cx_handle_init(loop, &l->h, listener_forget);
+    cx_timer_init(loop, &l->retry);
+    l->retry.cb = listener_retry;
+    l->retry.h.referenced = 0;
+    l->fd = fd;
+    l->io.fd = fd;
+    l->io.cb = listener_ready;
+    l->exclusive = exclusive;
+    l->max_accepts = max_accepts > 0 ? max_accepts : 64;
+    r = listener_watch(l);
+    if (r < 0) {
+        cx_close(&l->fd);
+        return r;
+    }
+    cx_handle_link(&l->h);
+    return 0;
+}
+
+void
+cx_listener_close(cx_listener *l)
+{
+    cx_timer_stop(&l->retry);
+    cx_io_stop(l->h.loop, &l->io);
+    cx_close(&l->fd);
+    cx_handle_unlink(&l->h);
+}
+
+int
+cx_listener_pause(cx_listener *l, int paused)
+{
+    if (l->fd < 0) {
+        return 0;
+    }
+    l->paused = paused;
+    cx_timer_stop(&l->retry);
+    return listener_watch(l);
+}

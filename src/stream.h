@@ -1,0 +1,54 @@
+/* stream.h: byte streams and listening sockets, for a worker's servers and
+   connections (and for any plain process): non-blocking reads into notes, a
+   write queue with a high-water mark, end (shutdown after the queue drains),
+   destroy, pause/resume; listeners accept into CONNECTION notes. Each object
+   owns its fd. */
+#ifndef CX_STREAM_H
+#define CX_STREAM_H
+
+#include "loop.h"
+#include "outq.h"
+
+typedef struct cx_stream {
+    cx_handle h;
+    cx_io io;
+    cx_flusher flusher;
+    int fd;                    /* owned */
+    int is_socket;
+    int paused, read_eof, ending, write_shut, flush_queued;
+    size_t hwm;
+    int above_hwm;
+    cx_outq out;
+} cx_stream;
+
+/* Takes ownership of fd, even on failure. */
+int cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm);
+/* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
+int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);
+void cx_stream_end(cx_stream *s);
+void cx_stream_destroy(cx_stream *s, int err);
+int cx_stream_pause(cx_stream *s, int paused);
+
+typedef struct cx_listener {
+    cx_handle h;
+    cx_io io;
+    cx_timer retry;            /* after EMFILE: accept again later */
+    int fd;                    /* owned */
+    int exclusive;             /* shared with other processes: EPOLLEXCLUSIVE */
+    int max_accepts;           /* per wakeup */
+    int paused;
+} cx_listener;
+
+/* Takes ownership of a listening fd, even on failure. */
+int cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
+                     int max_accepts);
+void cx_listener_close(cx_listener *l);
+int cx_listener_pause(cx_listener *l, int paused);
+/* Shared by listeners and the balancer: accept4 one connection, close-on-
+   exec and non-blocking. Returns the fd, -EAGAIN, or -errno. */
+int cx_accept(int fd);
+/* Whether an accept error means "out of descriptors or memory": stop
+   accepting for a while instead of spinning on a full backlog. */
+int cx_accept_exhausted(int err);
+
+#endif
