@@ -18,7 +18,7 @@ import types
 from collections import deque
 from typing import Any, Callable, Mapping
 
-from . import _core, _primary, _worker
+from . import _core, _primary, _shared, _worker
 from ._primary import SCHED_NONE, SCHED_RR
 from ._worker import ChannelClosedError, Worker
 from .events import EventEmitter
@@ -144,12 +144,12 @@ def fork(env: Mapping[str, Any] | None = None, *,
 
 
 def _attach_stdio(w: Worker, stdio: _primary.Stdio) -> None:
-    from ._pipe import PipeReader
+    from .net import Socket
     for i, name in ((1, "stdout"), (2, "stderr")):
         fd = stdio.parent[i]
         if fd is not None:
             stdio.parent[i] = None
-            setattr(w.process, name, PipeReader(fd))
+            setattr(w.process, name, Socket(fd))
     if stdio.parent[0] is not None:
         os.close(stdio.parent[0])       # a piped stdin is not offered (yet)
         stdio.parent[0] = None
@@ -229,13 +229,9 @@ def _become_worker(worker_id: int, fd: int, settings_now: Mapping[str, Any],
                    target: Callable[[], Any]) -> int:
     """In the child of fork(target=...): drop the primary's state, boot as a
     worker, run target() and the loop. Returns the exit code."""
-    for w in list(workers.values()):
-        for stream in (w.process.stdout, w.process.stderr):
-            if stream is not None:
-                stream._forget()
     _primary.reset_signal_handlers()
     _module.remove_all_listeners()
-    _gone_hooks.clear()
+    _shared.forget()
     _boot_worker(worker_id, fd, settings_now["serialization"],
                  settings_now["max_message_size"])
     target()
@@ -261,5 +257,6 @@ _module = sys.modules[__name__]
 _module.__class__ = _ClusterModule
 EventEmitter.__init__(_module)
 _worker.cluster = _module
+_shared.install(_module)
 if is_worker:
     _boot_from_env()

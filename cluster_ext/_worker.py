@@ -26,7 +26,7 @@ ChannelClosedError = _core.ChannelClosedError
 SER_JSON, SER_PICKLE = 0, 1
 SERIALIZATIONS = {"json": SER_JSON, "pickle": SER_PICKLE}
 HANDLE_SHIFT = 2                 # flags: bits 0-1 serialization, 2-4 handle kind
-HANDLE_SOCKET = 1                # a socket.socket; net adds its own kinds
+HANDLE_SOCKET, HANDLE_NET_SOCKET, HANDLE_NET_SERVER = 1, 2, 3   # net adds the last two
 HWM = 128 * 1024                 # send() returns False past this many queued bytes
 
 
@@ -52,8 +52,10 @@ def _json_decode(payload: bytes) -> Any:
         raise ValueError(f"extra data after the JSON document at {end}")
     return obj
 
-# frame type -> fn(worker, flags, payload, fds): the servers' messages (net).
-frame_handlers: dict[int, Callable[..., None]] = {}
+# frame type -> fn(worker, flags, payload, fds): the servers' messages, in the
+# primary (_shared) and in a worker (net).
+primary_frame_handlers: dict[int, Callable[..., None]] = {}
+worker_frame_handlers: dict[int, Callable[..., None]] = {}
 # handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj)
 handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {
     HANDLE_SOCKET: (socket.socket, lambda s: s.fileno(), lambda s: None,
@@ -185,7 +187,8 @@ class Worker(EventEmitter):
                 return
             self._on_user_frame(flags, payload, fds)
             return
-        handler = frame_handlers.get(frame_type)
+        handlers = primary_frame_handlers if self._primary_side else worker_frame_handlers
+        handler = handlers.get(frame_type)
         if handler is not None:
             handler(self, flags, payload, fds)
             return

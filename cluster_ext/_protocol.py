@@ -1,0 +1,64 @@
+"""The binary records of the servers' internal frames (not JSON: small fixed
+headers and, last, an address). Both roles use these to speak of servers.
+
+    QUERY_SERVER   W->P  seq u32, port i32, backlog i32, index u16, unix u8 | host or path
+    SERVER_REPLY   P->W  seq u32, errno i32, key u16, policy u8, port u16 | host or path (+fd: NONE)
+    LISTENING      W->P  port u16, unix u8 | host or path
+    SERVER_CLOSE   W->P  (flags: key) stop routing to me; P->W the same: nothing more is coming
+    NEWCONN        P->W  (flags: key) + fd of a connection (SCHED_RR)
+    NEWCONN_ACK    W->P  (flags: key) + fd: not taken (my server is closing), route it elsewhere
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+_QUERY = struct.Struct("<IiiHB")
+_REPLY = struct.Struct("<IiHBH")
+_LISTENING = struct.Struct("<HB")
+
+Address = Any          # (host, port) for TCP, a path (str) for a Unix socket
+
+
+def pack_query(seq: int, port: int, backlog: int, index: int, host: str | None,
+               path: str | None) -> bytes:
+    where = path if path is not None else (host or "")
+    return _QUERY.pack(seq, port, backlog, index, path is not None) + where.encode()
+
+
+def unpack_query(payload: bytes) -> tuple[int, int, int, int, str | None, str | None]:
+    seq, port, backlog, index, unix = _QUERY.unpack_from(payload)
+    where = payload[_QUERY.size:].decode()
+    if unix:
+        return seq, port, backlog, index, None, where
+    return seq, port, backlog, index, where or None, None
+
+
+def _pack_address(address: Address) -> tuple[int, bytes]:
+    if isinstance(address, str):
+        return 0, address.encode()
+    return address[1], address[0].encode()
+
+
+def _unpack_address(port: int, unix: int, rest: bytes) -> Address:
+    return rest.decode() if unix else (rest.decode(), port)
+
+
+def pack_reply(seq: int, err: int, key: int, policy: int, address: Address | None) -> bytes:
+    port, where = _pack_address(address) if address is not None else (0, b"")
+    return _REPLY.pack(seq, err, key, policy, port) + where
+
+
+def unpack_reply(payload: bytes, unix: bool) -> tuple[int, int, int, int, Address]:
+    seq, err, key, policy, port = _REPLY.unpack_from(payload)
+    return seq, err, key, policy, _unpack_address(port, unix, payload[_REPLY.size:])
+
+
+def pack_listening(address: Address) -> bytes:
+    port, where = _pack_address(address)
+    return _LISTENING.pack(port, isinstance(address, str)) + where
+
+
+def unpack_listening(payload: bytes) -> Address:
+    port, unix = _LISTENING.unpack_from(payload)
+    return _unpack_address(port, unix, payload[_LISTENING.size:])

@@ -1,0 +1,205 @@
+"""The primary's shared listening sockets: one per (host, port or path, index)
+that workers ask for. SCHED_RR keeps the socket in a native Balancer that
+accepts and hands connections out without Python; SCHED_NONE sends the
+listening descriptor itself to each worker. Loaded with the package, since a
+primary serves its workers' listen() even if it never imports net itself."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from . import _core, _protocol, _worker
+from ._primary import SCHED_RR
+
+cluster: Any = None            # the cluster_ext module, set by its __init__
+
+
+def listen_socket(host: str | None, port: int, path: str | None,
+                  backlog: int) -> tuple[socket.socket, _protocol.Address]:
+    """A bound, listening, non-blocking socket and its address."""
+    if path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = path
+    elif host is None:
+        # No host: every address, IPv6 and IPv4 on one socket, as Node does.
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            target = ("::", port)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            target = ("0.0.0.0", port)
+    else:
+        try:
+            family, _, _, _, target = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as exc:
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}: {exc}") from None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if path is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        where = path if path is not None else f"{target[0]}:{target[1]}"
+        raise OSError(exc.errno, f"listen {errno.errorcode.get(exc.errno, exc.errno)}: "
+                                 f"{exc.strerror} {where}") from None
+    return sock, address_of(sock)
+
+
+def address_of(sock: socket.socket) -> _protocol.Address:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return name if isinstance(name, str) else os.fsdecode(name)
+    return (name[0], name[1])
+
+
+class SharedHandle:
+    """One address shared by the workers that listen on it."""
+
+    def __init__(self, spec: tuple, key: int, sock: socket.socket,
+                 address: _protocol.Address, policy: int) -> None:
+        self.spec, self.key, self.address, self.policy = spec, key, address, policy
+        self.workers: dict[int, Any] = {}
+        self.balancer = None
+        self.sock: socket.socket | None = None
+        if policy == SCHED_RR:
+            self.balancer = _core.Balancer(sock.detach(), key)
+        else:
+            self.sock = sock
+
+    def add(self, w: Any) -> None:
+        if w.id not in self.workers:
+            self.workers[w.id] = w
+            if self.balancer is not None:
+                self.balancer.add(w._chan)
+
+    def remove(self, w: Any) -> None:
+        if self.workers.pop(w.id, None) is not None and self.balancer is not None:
+            self.balancer.remove(w._chan)
+
+    def close(self) -> None:
+        if self.balancer is not None:
+            self.balancer.close()
+        if self.sock is not None:
+            self.sock.close()
+        if isinstance(self.address, str):
+            try:
+                os.unlink(self.address)
+            except OSError:
+                pass
+
+
+_handles: dict[tuple, SharedHandle] = {}
+_by_key: dict[int, SharedHandle] = {}
+_next_key = [1]
+
+
+def _new_key() -> int:
+    while True:
+        key = _next_key[0]
+        _next_key[0] = key % 0xFFFF + 1
+        if key not in _by_key:
+            return key
+
+
+def _drop_if_unused(handle: SharedHandle) -> None:
+    """The last worker left: close the socket, new connections are refused."""
+    if not handle.workers and _handles.get(handle.spec) is handle:
+        del _handles[handle.spec]
+        del _by_key[handle.key]
+        handle.close()
+
+
+def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    _worker.close_fds(fds)
+    seq, port, backlog, index, host, path = _protocol.unpack_query(payload)
+
+    def reply(err: int, handle: SharedHandle | None = None) -> None:
+        body = _protocol.pack_reply(seq, err, handle.key if handle else 0,
+                                    handle.policy if handle else 0,
+                                    handle.address if handle else None)
+        send_fds = (handle.sock.fileno(),) if handle and handle.sock is not None else ()
+        w._send_frame(_core.FRAME_SERVER_REPLY, body, send_fds)
+
+    if w._disconnecting or not w.is_connected():
+        reply(errno.ESHUTDOWN)          # a disconnecting worker gets no new server
+        return
+    if path is not None:
+        path = os.path.abspath(path)
+    spec = (host, port, path, index)
+    handle = _handles.get(spec)
+    if handle is None:
+        try:
+            sock, address = listen_socket(host, port, path, backlog)
+        except OSError as exc:
+            reply(exc.errno or errno.EINVAL)
+            return
+        handle = SharedHandle(spec, _new_key(), sock, address, cluster.scheduling_policy)
+        _handles[spec] = handle
+        _by_key[handle.key] = handle
+    handle.add(w)
+    reply(0, handle)
+
+
+def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    _worker.close_fds(fds)
+    address = _protocol.unpack_listening(payload)
+    if w.state in ("none", "online"):
+        w.state = "listening"
+    w.emit("listening", address)
+    cluster.emit("listening", w, address)
+
+
+def _on_server_close(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    _worker.close_fds(fds)
+    handle = _by_key.get(flags)
+    if handle is not None:
+        handle.remove(w)
+        _drop_if_unused(handle)
+    # Frames are ordered: any NEWCONN sent before this ack reaches the worker
+    # first, so once it has the ack, nothing more can come for that key.
+    w._send_frame(_core.FRAME_SERVER_CLOSE, flags=flags)
+
+
+def _on_newconn_ack(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    """A worker could not take a connection (its server is closing)."""
+    handle = _by_key.get(flags)
+    for fd in fds:
+        if handle is not None and handle.balancer is not None:
+            handle.balancer.route(fd)     # to another worker
+        else:
+            os.close(fd)
+
+
+def worker_gone(w: Any) -> None:
+    """Routing to w stops at once (disconnect, kill or exit)."""
+    for handle in list(_handles.values()):
+        handle.remove(w)
+        _drop_if_unused(handle)
+
+
+def forget() -> None:
+    """In a child of fork(): the primary's sockets are not this worker's."""
+    for handle in _handles.values():
+        if handle.sock is not None:
+            handle.sock.close()
+    _handles.clear()
+    _by_key.clear()
+
+
+def install(module: Any) -> None:
+    global cluster
+    cluster = module
+    _worker.primary_frame_handlers.update({
+        _core.FRAME_QUERY_SERVER: _on_query,
+        _core.FRAME_LISTENING: _on_listening,
+        _core.FRAME_SERVER_CLOSE: _on_server_close,
+        _core.FRAME_NEWCONN_ACK: _on_newconn_ack,
+    })
+    module._gone_hooks.append(worker_gone)

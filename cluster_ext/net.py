@@ -1,0 +1,401 @@
+"""net: TCP and Unix servers and their connections, over native streams.
+
+    server = net.create_server(lambda sock: sock.end(b"hello\\n"))
+    server.listen(8000, "127.0.0.1")
+
+Outside a cluster a server simply listens. In a worker, listen() asks the
+primary for the address, keyed by host, port (or path) and the order of
+listen() calls: under SCHED_RR the primary accepts and hands connections over,
+under SCHED_NONE each worker accepts on the shared listening descriptor. Every
+listening server counts among the worker's servers, which disconnect() closes.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections import deque
+from typing import Any, Callable
+
+import cluster_ext as cluster
+
+from . import _core, _protocol, _shared, _worker
+from .events import EventEmitter
+
+__all__ = ["Server", "Socket", "create_server"]
+
+HWM = 64 * 1024                 # write() returns False past this many queued bytes
+NONE_ACCEPTS = 4                # SCHED_NONE: one busy worker must not drain the queue
+# Peer failures that end a connection, and need no 'error' listener to survive:
+# a client that resets must not kill a worker.
+_PEER_ERRORS = {errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ECONNABORTED}
+
+
+def create_server(on_connection: Callable[[Socket], Any] | None = None) -> Server:
+    """A server; on_connection listens on 'connection'."""
+    return Server(on_connection)
+
+
+class Socket(EventEmitter):
+    """One connection (or a pipe). Events: 'data'(bytes), 'end', 'drain',
+    'close'(had_error), 'error'(exc). When the peer ends, this side ends too."""
+
+    def __init__(self, fd: int, server: Server | None = None) -> None:
+        super().__init__()
+        self._stream = _core.Stream(fd, self._on_data, self._on_event, HWM)
+        self._server = server
+        self._written: deque[Callable[[BaseException | None], Any]] = deque()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<net.Socket fd={self._stream.fd}{' closed' if self._closed else ''}>"
+
+    def fileno(self) -> int:
+        return self._stream.fd
+
+    @property
+    def remote_address(self) -> _protocol.Address | None:
+        if self._closed:
+            return None
+        try:
+            with socket.socket(fileno=os.dup(self._stream.fd)) as view:
+                peer = view.getpeername()
+        except OSError:
+            return None
+        return peer if isinstance(peer, str) else (peer[0], peer[1])
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, data: bytes | str,
+              callback: Callable[[BaseException | None], Any] | None = None) -> bool:
+        """Queues data; False once the queue is over its high-water mark
+        ('drain' follows). callback(error) once it is written."""
+        if isinstance(data, str):
+            data = data.encode()
+        try:
+            ok = self._stream.write(data, callback is not None)
+        except OSError as exc:
+            err = BrokenPipeError(exc.errno, "write after end or close")
+            if callback is not None:
+                cluster.call_later(0, callback, err)
+            else:
+                cluster.call_later(0, self.emit, "error", err)
+            return False
+        if callback is not None:
+            self._written.append(callback)
+        return ok
+
+    def end(self, data: bytes | str | None = None) -> Socket:
+        """Writes data, then ends this side once everything is written."""
+        if data is not None and not self._stream.ended:
+            self.write(data)
+        self._stream.end()
+        return self
+
+    def destroy(self, error: BaseException | None = None) -> Socket:
+        """Closes at once; with error, 'error' then 'close'(True)."""
+        if not self._closed:
+            self._error = error
+            self._stream.destroy(0)
+        return self
+
+    def pause(self) -> Socket:
+        self._stream.pause(True)
+        return self
+
+    def resume(self) -> Socket:
+        self._stream.pause(False)
+        return self
+
+    def set_no_delay(self, no_delay: bool = True) -> Socket:
+        try:
+            with socket.socket(fileno=os.dup(self._stream.fd)) as view:
+                if view.family in (socket.AF_INET, socket.AF_INET6):
+                    view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(no_delay))
+        except OSError:
+            pass
+        return self
+
+    def _detach_for_send(self) -> None:
+        """Sent to another process: close ours without ending the connection."""
+        self.destroy()
+
+    def _on_data(self, data: bytes) -> None:
+        self.emit("data", data)
+
+    def _on_event(self, kind: int, err: int) -> None:
+        if kind == _core.EVENT_END:
+            self.emit("end")
+        elif kind == _core.EVENT_DRAIN:
+            self.emit("drain")
+        elif kind == _core.EVENT_WRITTEN:
+            self._written.popleft()(None if err == 0 else OSError(err, os.strerror(err)))
+        elif kind == _core.EVENT_CLOSE:
+            self._closed = True
+            error = self._error
+            if error is None and err:
+                error = OSError(err, os.strerror(err))
+            try:
+                if error is not None and (err not in _PEER_ERRORS
+                                          or self.listener_count("error")):
+                    self.emit("error", error)
+                self.emit("close", error is not None)
+            finally:
+                if self._server is not None:
+                    self._server._connection_closed(self)
+
+
+class Server(EventEmitter):
+    """A TCP or Unix server. Events: 'listening', 'connection'(socket),
+    'close', 'error'(exc)."""
+
+    def __init__(self, on_connection: Callable[[Socket], Any] | None = None) -> None:
+        super().__init__()
+        if on_connection is not None:
+            self.on("connection", on_connection)
+        self._listener: Any = None       # a native Listener (plain, SCHED_NONE)
+        self._rr_key: int | None = None  # SCHED_RR: connections come from the primary
+        self._address: _protocol.Address | None = None
+        self._sockets: set[Socket] = set()
+        self._spec: tuple | None = None  # (host, port, path) of a cluster listen
+        self._state = "new"              # new, asking, listening, closing, closed
+
+    def __repr__(self) -> str:
+        return f"<net.Server {self._state} {self._address}>"
+
+    @property
+    def connections(self) -> int:
+        """The number of open connections."""
+        return len(self._sockets)
+
+    @property
+    def listening(self) -> bool:
+        return self._state == "listening"
+
+    def address(self) -> _protocol.Address | None:
+        """(host, port), or the path of a Unix socket."""
+        return self._address
+
+    def listen(self, port: int = 0, host: str | None = None, backlog: int = 511,
+               callback: Callable[[], Any] | None = None, *,
+               path: str | os.PathLike | None = None) -> Server:
+        """Listens on port (0: any free one) and host, or on a Unix path;
+        'listening' once bound, 'error' (an OSError) if it cannot."""
+        if self._state != "new":
+            raise RuntimeError(f"server is already {self._state}")
+        if path is not None:
+            path = os.fspath(path)
+        elif not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+        if callback is not None:
+            self.once("listening", callback)
+        self._state = "asking"
+        if cluster.is_worker:
+            _ask_primary(self, port, host, backlog, path)
+        else:
+            try:
+                sock, address = _shared.listen_socket(host, port, path, backlog)
+            except OSError as exc:
+                self._state = "closed"
+                cluster.call_later(0, self.emit, "error", exc)
+                return self
+            self._listen_on(sock.detach(), address, exclusive=False, accepts=64)
+            cluster.call_later(0, self._emit_listening)
+        return self
+
+    def close(self, callback: Callable[..., Any] | None = None) -> Server:
+        """Stops accepting; 'close' and callback() once every connection has ended."""
+        if callback is not None:
+            self.once("close", callback)
+        if self._state in ("closing", "closed"):
+            return self
+        was_rr = self._rr_key is not None
+        self._state = "closing"
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if was_rr and cluster.is_worker and cluster.worker._send_frame(
+                _core.FRAME_SERVER_CLOSE, flags=self._rr_key):
+            return self                  # the primary's ack stops the routing
+        self._stopped_accepting()
+        return self
+
+    # ---- internals ------------------------------------------------------------
+
+    def _listen_on(self, fd: int, address: _protocol.Address, *, exclusive: bool,
+                   accepts: int) -> None:
+        self._listener = _core.Listener(fd, self._accepted, exclusive, accepts)
+        self._address = address
+
+    def _became_listening(self, address: _protocol.Address) -> None:
+        self._address = address
+        self._state = "listening"
+        cluster._servers.add(self)
+
+    def _emit_listening(self) -> None:
+        if self._state == "asking":
+            self._became_listening(self._address)
+            self.emit("listening")
+
+    def _accepted(self, fd: int) -> None:
+        if self._state == "closing":     # an RR hand-off that crossed our close
+            os.close(fd)
+            return
+        sock = Socket(fd, self)
+        self._sockets.add(sock)
+        self.emit("connection", sock)
+
+    def _connection_closed(self, sock: Socket) -> None:
+        self._sockets.discard(sock)
+        if self._state == "closing" and self._rr_key is None and not self._sockets:
+            self._finish_close()
+
+    def _stopped_accepting(self) -> None:
+        if self._rr_key is not None:
+            _rr_servers.pop(self._rr_key, None)
+            self._rr_key = None
+        if not self._sockets:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        self._state = "closed"
+        cluster._servers.discard(self)
+        if self._spec is not None:
+            _release_index(self._spec)
+            self._spec = None
+        if self._listener is None and isinstance(self._address, str) and not cluster.is_worker:
+            try:
+                os.unlink(self._address)
+            except OSError:
+                pass
+        self.emit("close")
+
+    def _adopt(self, fd: int) -> None:
+        """A listening socket that came in a message: serve it here."""
+        with socket.socket(fileno=os.dup(fd)) as view:
+            address = _shared.address_of(view)
+        self._state = "asking"
+        self._listen_on(fd, address, exclusive=False, accepts=64)
+        self._became_listening(address)
+
+    def _detach_for_send(self) -> None:
+        self.close()
+
+
+# ---- the worker's side of shared servers -----------------------------------------
+
+_pending: dict[int, tuple[Server, bool]] = {}     # query seq -> (server, unix)
+_rr_servers: dict[int, Server] = {}               # SCHED_RR key -> server
+_indexes: dict[tuple, list[int]] = {}             # listen spec -> [next index, open]
+_seq = [0]
+
+
+def _ask_primary(server: Server, port: int, host: str | None, backlog: int,
+                 path: str | None) -> None:
+    if path is not None:
+        path = os.path.abspath(path)
+    spec = (host, port, path)
+    slot = _indexes.setdefault(spec, [0, 0])
+    index = slot[0]
+    slot[0] += 1
+    slot[1] += 1
+    server._spec = spec
+    _seq[0] += 1
+    _pending[_seq[0]] = (server, path is not None)
+    if not cluster.worker._send_frame(_core.FRAME_QUERY_SERVER, _protocol.pack_query(
+            _seq[0], port, backlog, index, host, path)):
+        del _pending[_seq[0]]
+        server._state = "closed"
+        _release_index(spec)
+        cluster.call_later(0, server.emit, "error", _worker.ChannelClosedError(
+            errno.EPIPE, "the IPC channel to the primary is closed"))
+
+
+def _release_index(spec: tuple) -> None:
+    slot = _indexes.get(spec)
+    if slot is not None:
+        slot[1] -= 1
+        if slot[1] <= 0:             # the last server of that spec: indexes restart
+            del _indexes[spec]
+
+
+def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    seq = _protocol.unpack_reply(payload, False)[0]
+    server, unix = _pending.pop(seq, (None, False))
+    if server is None:
+        _worker.close_fds(fds)
+        return
+    _, err, key, policy, address = _protocol.unpack_reply(payload, unix)
+    if err:
+        _worker.close_fds(fds)
+        server._state = "closed"
+        _release_index(server._spec)
+        server._spec = None
+        where = address if address else ""
+        server.emit("error", OSError(err, f"listen {errno.errorcode.get(err, err)}: "
+                                          f"{os.strerror(err)} {where}".rstrip()))
+        return
+    if server._state != "asking":        # closed while the primary was asked
+        _worker.close_fds(fds)
+        if policy == cluster.SCHED_RR:
+            cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
+        return
+    if fds:                              # SCHED_NONE: accept on the shared socket
+        server._listen_on(fds[0], address, exclusive=True, accepts=NONE_ACCEPTS)
+    else:
+        server._rr_key = key
+        _rr_servers[key] = server
+    server._became_listening(address)
+    server.emit("listening")
+    cluster.worker.state = "listening"
+    cluster.worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
+
+
+def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    server = _rr_servers.get(flags)
+    for fd in fds:
+        if server is not None and server._state == "listening":
+            server._accepted(fd)
+        else:
+            # Closing: give it back, the primary routes it to another worker.
+            w._send_frame(_core.FRAME_NEWCONN_ACK, fds=(fd,), flags=flags)
+            os.close(fd)
+
+
+def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+    _worker.close_fds(fds)
+    server = _rr_servers.get(flags)
+    if server is not None:
+        server._stopped_accepting()
+
+
+_worker.worker_frame_handlers.update({
+    _core.FRAME_SERVER_REPLY: _on_reply,
+    _core.FRAME_NEWCONN: _on_newconn,
+    _core.FRAME_SERVER_CLOSE: _on_close_ack,
+})
+
+
+def _server_from_fd(fd: int) -> Server:
+    server = Server()
+    server._adopt(fd)
+    return server
+
+
+def _sendable_fd(obj: Any) -> int:
+    fd = obj.fileno() if isinstance(obj, Socket) else (
+        obj._listener.fd if obj._listener is not None else -1)
+    if fd < 0:
+        raise TypeError(f"{obj!r} has no descriptor of its own to send "
+                        "(a SCHED_RR server lives in the primary)")
+    return fd
+
+
+_worker.handle_codecs.update({
+    _worker.HANDLE_NET_SOCKET: (Socket, _sendable_fd, lambda s: s._detach_for_send(), Socket),
+    _worker.HANDLE_NET_SERVER: (Server, _sendable_fd, lambda s: s._detach_for_send(),
+                                _server_from_fd),
+})
