@@ -10,13 +10,14 @@ an EventEmitter: 'fork', 'online', 'listening', 'message', 'disconnect',
 """
 from __future__ import annotations
 
-import functools
+import _signal
 import os
-import signal as _signal
 import sys
-import types
-from collections import deque
-from typing import Any, Callable, Mapping
+from _collections import deque
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    from typing import Any, Callable, Mapping
 
 from . import _core, _primary, _shared, _worker
 from ._primary import SCHED_NONE, SCHED_RR
@@ -37,14 +38,14 @@ workers: dict[int, Worker] | None = {} if is_primary else None
 worker: Worker | None = None
 
 _settings: dict[str, Any] = _primary.default_settings()
-settings: Mapping[str, Any] = types.MappingProxyType(_settings)
+settings: Mapping[str, Any] = type(type.__dict__)(_settings)    # a MappingProxyType
 _state: dict[str, Any] = {"next_id": 1, "forked": False}
 _servers: set[Any] = set()          # the worker's servers: disconnect() closes them
 _gone_hooks: list[Callable[[Worker], None]] = []   # a worker stops taking connections
 _threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
 
 
-class _ClusterModule(types.ModuleType, EventEmitter):
+class _ClusterModule(type(sys), EventEmitter):
     """The module object: an EventEmitter whose scheduling_policy is checked."""
 
     @property
@@ -77,7 +78,7 @@ def stop() -> None:
 
 def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     """A timer on the loop; returns a handle with .cancel()."""
-    return _core.call_later(seconds, functools.partial(fn, *args) if args else fn)
+    return _core.call_later(seconds, (lambda: fn(*args)) if args else fn)
 
 
 def call_soon_threadsafe(fn: Callable[..., Any], *args: Any) -> None:
@@ -118,7 +119,7 @@ def fork(env: Mapping[str, Any] | None = None, *,
     with target, the child is forked without exec and calls target()."""
     if not is_primary:
         raise RuntimeError("fork() is the primary's: this process is a worker")
-    if env is not None and not isinstance(env, Mapping):
+    if env is not None and not callable(getattr(env, "items", None)):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     if target is not None and not callable(target):
         raise TypeError("target must be callable")
@@ -144,10 +145,10 @@ def fork(env: Mapping[str, Any] | None = None, *,
 
 
 def _attach_stdio(w: Worker, stdio: _primary.Stdio) -> None:
-    from .net import Socket
     for i, name in ((1, "stdout"), (2, "stderr")):
         fd = stdio.parent[i]
         if fd is not None:
+            from .net import Socket
             stdio.parent[i] = None
             setattr(w.process, name, Socket(fd))
     if stdio.parent[0] is not None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import signal
-import socket
 import sys
-import traceback
-from typing import Any, Callable, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    from typing import Any, Callable, Mapping
 
 from . import _core
 
@@ -112,6 +111,7 @@ def worker_argv(settings: Mapping[str, Any]) -> list[str]:
 def resolve_executable(name: str) -> str:
     if os.sep in name:
         return name
+    import shutil
     found = shutil.which(name)
     if found is None:
         raise FileNotFoundError(2, f"executable not found on PATH: {name}", name)
@@ -186,11 +186,10 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
     """Fork + exec of a worker. Returns (pid, our channel fd, stdio)."""
     argv = worker_argv(settings)
     path = resolve_executable(argv[0])
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, their_fd = _core.socketpair()
     stdio = None
     try:
         stdio = Stdio(settings)
-        their_fd = _above_stdio(theirs.detach())
         try:
             envp = [f"{k}={v}" for k, v in
                     worker_env(worker_id, their_fd, settings, env).items()]
@@ -202,11 +201,11 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
             os.close(their_fd)
             stdio.close_child()
     except BaseException:
-        ours.close()
+        os.close(ours)
         if stdio is not None:
             stdio.close_parent()
         raise
-    return pid, ours.detach(), stdio
+    return pid, ours, stdio
 
 
 def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, str] | None,
@@ -214,15 +213,15 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
                  ) -> tuple[int, int, Stdio]:
     """os.fork() without exec: the child becomes worker worker_id and runs
     target(); it never returns from here."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = _core.socketpair()
     stdio = None
     try:
         stdio = Stdio(settings)
         parent = os.getpid()
         pid = os.fork()
     except BaseException:
-        ours.close()
-        theirs.close()
+        os.close(ours)
+        os.close(theirs)
         if stdio is not None:
             stdio.close_child()
             stdio.close_parent()
@@ -232,7 +231,7 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
         try:
             _core.after_fork()
             _core.die_with_parent(parent)
-            ours.close()
+            os.close(ours)
             stdio.close_parent()
             for i, fd in enumerate(stdio.child):
                 if fd >= 0:
@@ -246,10 +245,11 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
                 os.setuid(settings["uid"])
             if env:
                 os.environ.update({str(k): str(v) for k, v in env.items()})
-            code = become_worker(worker_id, theirs.detach(), settings, target)
+            code = become_worker(worker_id, theirs, settings, target)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
+            import traceback
             traceback.print_exc()
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -258,18 +258,19 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
                 except Exception:
                     pass
             os._exit(code)
-    theirs.close()
+    os.close(theirs)
     stdio.close_child()
-    return pid, ours.detach(), stdio
+    return pid, ours, stdio
 
 
 def reset_signal_handlers() -> None:
     """The primary's Python handlers are not the worker's: back to defaults,
     SIGINT ignored (the primary decides how its workers stop)."""
-    for sig in signal.valid_signals():
+    import _signal      # not signal: its enums cost a fork(target) child milliseconds
+    for sig in _signal.valid_signals():
         try:
-            handler = signal.getsignal(sig)
+            handler = _signal.getsignal(sig)
         except (ValueError, OSError):
             continue
         if callable(handler):
-            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_IGN if sig == _signal.SIGINT else _signal.SIG_DFL)

@@ -11,13 +11,16 @@ headers and, last, an address). Both roles use these to speak of servers.
 from __future__ import annotations
 
 import struct
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
+    Address = Union[tuple[str, int], str]     # (host, port), or a Unix socket's path
 
 _QUERY = struct.Struct("<IiiHB")
 _REPLY = struct.Struct("<IiHBH")
 _LISTENING = struct.Struct("<HB")
 
-Address = Any          # (host, port) for TCP, a path (str) for a Unix socket
 
 
 def pack_query(seq: int, port: int, backlog: int, index: int, host: str | None,

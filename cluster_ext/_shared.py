@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    import socket
+    from typing import Any
 
 from . import _core, _protocol, _worker
 from ._primary import SCHED_RR
@@ -19,6 +22,7 @@ cluster: Any = None            # the cluster_ext module, set by its __init__
 def listen_socket(host: str | None, port: int, path: str | None,
                   backlog: int) -> tuple[socket.socket, _protocol.Address]:
     """A bound, listening, non-blocking socket and its address."""
+    import socket
     if path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = path
@@ -53,6 +57,7 @@ def listen_socket(host: str | None, port: int, path: str | None,
 
 
 def address_of(sock: socket.socket) -> _protocol.Address:
+    import socket
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         return name if isinstance(name, str) else os.fsdecode(name)

@@ -9,14 +9,14 @@ handle codecs, without this file knowing them.
 from __future__ import annotations
 
 import errno
-import json
-import json.encoder
 import os
-import pickle
-import signal as _signal
-import socket
-from collections import deque
-from typing import Any, Callable
+import sys
+from _collections import deque
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    import signal as _signal
+    from typing import Any, Callable
 
 from . import _core
 from .events import EventEmitter
@@ -36,13 +36,24 @@ def _not_json(obj: Any) -> Any:
 
 
 # The json module's C parts, called directly: json.dumps() and json.loads()
-# spend more in their Python wrappers than in the work, at IPC rates.
-_json_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    {}, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-_json_scan = json.JSONDecoder().scan_once
+# spend more in their Python wrappers than in the work, at IPC rates. Loaded
+# on the first message: a worker's start should not pay for it.
+_json_chunks: Any = None
+_json_scan: Any = None
+
+
+def _load_json() -> None:
+    global _json_chunks, _json_scan
+    import json.encoder
+    _json_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        {}, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
+        True)
+    _json_scan = json.JSONDecoder().scan_once
 
 
 def _json_decode(payload: bytes) -> Any:
+    if _json_scan is None:
+        _load_json()
     text = payload.decode()
     try:
         obj, end = _json_scan(text, 0)
@@ -57,10 +68,13 @@ def _json_decode(payload: bytes) -> Any:
 primary_frame_handlers: dict[int, Callable[..., None]] = {}
 worker_frame_handlers: dict[int, Callable[..., None]] = {}
 # handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj)
-handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {
-    HANDLE_SOCKET: (socket.socket, lambda s: s.fileno(), lambda s: None,
-                    lambda fd: socket.socket(fileno=fd)),
-}
+handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {}
+
+
+def _socket_codec() -> None:
+    import socket
+    handle_codecs[HANDLE_SOCKET] = (socket.socket, lambda s: s.fileno(), lambda s: None,
+                                    lambda fd: socket.socket(fileno=fd))
 
 _FRAME_USER = _core.FRAME_USER
 cluster: Any = None              # the cluster_ext module, set by its __init__
@@ -68,6 +82,7 @@ cluster: Any = None              # the cluster_ext module, set by its __init__
 
 def parse_signal(sig: Any) -> _signal.Signals:
     """A signal name ('SIGTERM' or 'TERM'), number or Signals -> Signals."""
+    import signal as _signal
     if isinstance(sig, str):
         name = sig.upper()
         name = name if name.startswith("SIG") else "SIG" + name
@@ -86,11 +101,14 @@ def parse_signal(sig: Any) -> _signal.Signals:
 def encode(message: Any, serialization: int) -> bytes:
     """Serializes a message; what the serializer cannot encode is a TypeError."""
     if serialization == SER_JSON:
+        if _json_chunks is None:
+            _load_json()
         try:
             return "".join(_json_chunks(message, 0)).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             _json_chunks.markers.clear()   # a failed encode leaves its containers there
             raise TypeError(f"message cannot be encoded as JSON: {exc}") from exc
+    import pickle
     try:
         return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
@@ -101,6 +119,7 @@ def decode(flags: int, payload: bytes) -> Any:
     if flags & 3 == SER_JSON:
         return _json_decode(payload)
     if flags & 3 == SER_PICKLE:
+        import pickle
         return pickle.loads(payload)
     raise ValueError(f"unknown serialization {flags & 3}")
 
@@ -207,6 +226,8 @@ class Worker(EventEmitter):
         try:
             message = decode(flags, payload)
             kind = flags >> HANDLE_SHIFT
+            if kind == HANDLE_SOCKET and kind not in handle_codecs:
+                _socket_codec()
             if kind:
                 if len(fds) != 1 or kind not in handle_codecs:
                     raise ValueError(f"bad handle (kind {kind}, {len(fds)} fds)")
@@ -276,6 +297,7 @@ class Worker(EventEmitter):
         cluster.emit("online", self)
 
     def _on_exit(self, code: int | None, signo: int | None) -> None:
+        import signal as _signal
         sig = _signal.Signals(signo) if signo is not None else None
         if code is not None and code < 0:
             code = None if sig is not None else 1
@@ -342,6 +364,8 @@ class Worker(EventEmitter):
 
     @staticmethod
     def _encode_handle(handle: Any) -> tuple[int, tuple[int], Callable]:
+        if HANDLE_SOCKET not in handle_codecs and "socket" in sys.modules:
+            _socket_codec()     # a socket.socket exists only once socket is imported
         for kind, (cls, to_fd, after, _) in handle_codecs.items():
             if isinstance(handle, cls):
                 return kind, (to_fd(handle),), after

@@ -5,11 +5,13 @@ the caller of emit(), as in Node. Emitting 'error' with no listener raises it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    from typing import Any, Callable
 
 __all__ = ["EventEmitter"]
 
-Listener = Callable[..., Any]
+Listener = "Callable[..., Any]"
 
 
 class _Entry:

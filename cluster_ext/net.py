@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-from collections import deque
-from typing import Any, Callable
+from _collections import deque
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    from typing import Any, Callable
 
 import cluster_ext as cluster
 
@@ -58,6 +60,7 @@ class Socket(EventEmitter):
     def remote_address(self) -> _protocol.Address | None:
         if self._closed:
             return None
+        import socket
         try:
             with socket.socket(fileno=os.dup(self._stream.fd)) as view:
                 peer = view.getpeername()
@@ -111,12 +114,8 @@ class Socket(EventEmitter):
         return self
 
     def set_no_delay(self, no_delay: bool = True) -> Socket:
-        try:
-            with socket.socket(fileno=os.dup(self._stream.fd)) as view:
-                if view.family in (socket.AF_INET, socket.AF_INET6):
-                    view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(no_delay))
-        except OSError:
-            pass
+        """TCP_NODELAY on a TCP connection; nothing on others."""
+        self._stream.set_no_delay(no_delay)
         return self
 
     def _detach_for_send(self) -> None:
@@ -275,6 +274,7 @@ class Server(EventEmitter):
 
     def _adopt(self, fd: int) -> None:
         """A listening socket that came in a message: serve it here."""
+        import socket
         with socket.socket(fileno=os.dup(fd)) as view:
             address = _shared.address_of(view)
         self._state = "asking"

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 cx_state cxpy;
@@ -701,6 +702,28 @@ done:
     return result;
 }
 
+/* An AF_UNIX stream pair for a worker's channel, close-on-exec, both ends
+   numbered 3 and up (the child's 0-2 are its stdio). */
+static PyObject *
+py_socketpair(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int sv[2];
+
+    CX_UNUSED(mod);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        return cxpy_raise_oserror(errno);
+    }
+    sv[0] = cx_fd_above_stdio(sv[0]);
+    sv[1] = cx_fd_above_stdio(sv[1]);
+    if (sv[0] < 0 || sv[1] < 0) {
+        int err = sv[0] < 0 ? -sv[0] : -sv[1];
+        cx_close(&sv[0]);
+        cx_close(&sv[1]);
+        return cxpy_raise_oserror(err);
+    }
+    return Py_BuildValue("ii", sv[0], sv[1]);
+}
+
 static PyObject *
 py_die_with_parent(PyObject *mod, PyObject *arg)
 {
@@ -789,6 +812,8 @@ static PyMethodDef core_methods[] = {
      "watch_fd(fd, epoll_events, fn(events)) -> Handle"},
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
      "spawn(path, argv, envp, cwd, chan_fd, stdio, uid, gid) -> pid"},
+    {"socketpair", py_socketpair, METH_NOARGS,
+     "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
     {"die_with_parent", py_die_with_parent, METH_O, NULL},
     {"after_fork", py_after_fork, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},

@@ -173,6 +173,18 @@ stream_pause(CxStream *self, PyObject *arg)
 }
 
 static PyObject *
+stream_set_no_delay(CxStream *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0) {
+        return NULL;
+    }
+    cx_stream_set_no_delay(&self->s, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 stream_set_ref(CxStream *self, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -210,6 +222,8 @@ static PyMethodDef stream_methods[] = {
     {"destroy", (PyCFunction)(void (*)(void))stream_destroy, METH_FASTCALL,
      "destroy(errno=0): closes at once; queued writes fail."},
     {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
+    {"set_no_delay", (PyCFunction)stream_set_no_delay, METH_O,
+     "TCP_NODELAY on a TCP socket."},
     {"set_ref", (PyCFunction)stream_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -241,6 +243,15 @@ cx_stream_pause(cx_stream *s, int paused)
     }
     s->paused = paused;
     return stream_want(s);
+}
+
+void
+cx_stream_set_no_delay(cx_stream *s, int on)
+{
+    /* Not a TCP socket (Unix, pipe): nothing to do, and no error either. */
+    if (s->fd >= 0 && s->is_socket) {
+        (void)setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    }
 }
 
 static void

@@ -28,6 +28,7 @@ int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);
 void cx_stream_end(cx_stream *s);
 void cx_stream_destroy(cx_stream *s, int err);
 int cx_stream_pause(cx_stream *s, int paused);
+void cx_stream_set_no_delay(cx_stream *s, int on);
 
 typedef struct cx_listener {
     cx_handle h;
