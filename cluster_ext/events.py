@@ -33,7 +33,11 @@ class EventEmitter:
 
     def on(self, event: str, fn: Listener | None = None) -> Any:
         """Adds fn for event; without fn, returns a decorator."""
-        return self._add(event, fn, once=False, prepend=False)
+        if fn is None or not callable(fn):
+            return self._add(event, fn, once=False, prepend=False)
+        entries = self._events.get(event)      # the common case, kept short
+        self._events[event] = (*entries, _Entry(fn, False)) if entries else (_Entry(fn, False),)
+        return self
 
     add_listener = on
 

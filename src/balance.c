@@ -49,20 +49,25 @@ balancer_ready(cx_loop *loop, cx_io *io, uint32_t events)
     cx_balancer *b = cx_container_of(io, cx_balancer, io);
 
     CX_UNUSED(events);
+    /* Hand-offs of one burst are queued, then flushed together: each worker
+       gets its share of the burst in one sendmsg. */
+    loop->deferring = 1;
     for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
         int c = cx_accept(b->fd);
         if (c == -EAGAIN) {
-            return;
+            break;
         }
         if (cx_accept_exhausted(-c)) {
             cx_io_stop(loop, &b->io);
             cx_timer_start(&b->retry, EMFILE_RETRY_NS);
-            return;
+            break;
         }
         if (c >= 0) {
             cx_balancer_route(b, c);
         }
     }
+    loop->deferring = 0;
+    cx_loop_flush(loop);
 }
 
 static void

@@ -109,7 +109,7 @@ read_some(cx_chan *ch, int max_reads)
 {
     union {
         struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * CX_MAX_FDS * 4)];
+        char buf[CMSG_SPACE(sizeof(int) * CX_BATCH_FDS)];
     } control;
 
     for (int i = 0; i < max_reads; i++) {
@@ -141,7 +141,7 @@ read_some(cx_chan *ch, int max_reads)
         for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
                 int nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-                int fds[CX_MAX_FDS * 4];
+                int fds[CX_BATCH_FDS];
                 memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
                 if (r == 0) {
                     r = fifo_push(ch, fds, nfds);

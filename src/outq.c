@@ -143,7 +143,7 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int *reached)
 {
     union {
         struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * CX_MAX_FDS)];
+        char buf[CMSG_SPACE(sizeof(int) * CX_BATCH_FDS)];
     } control;
 
     *reached = 0;
@@ -151,23 +151,34 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int *reached)
         struct iovec iov = {q->buf + q->off, q->len - q->off};
         struct msghdr msg;
         cx_attach *att = q->atts_len ? &q->atts[q->atts_head] : NULL;
-        int with_fds = att != NULL && att->pos == q->pos;
+        size_t batch = 0;       /* attachments leaving with this sendmsg */
         ssize_t n;
 
         memset(&msg, 0, sizeof(msg));
         msg.msg_iov = &iov;
         msg.msg_iovlen = 1;
-        if (with_fds) {
+        if (att != NULL && att->pos == q->pos) {
             struct cmsghdr *cm;
+            int nfds = 0;
             msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int) * att->nfds);
+            msg.msg_controllen = sizeof(control.buf);
             cm = CMSG_FIRSTHDR(&msg);
+            /* The fds of every attachment in the batch travel with its first
+               byte; the receiver keeps them in order until their frames
+               claim them. */
+            while (batch < q->atts_len &&
+                   nfds + att[batch].nfds <= CX_BATCH_FDS) {
+                memcpy((int *)CMSG_DATA(cm) + nfds, att[batch].fds,
+                       sizeof(int) * att[batch].nfds);
+                nfds += att[batch].nfds;
+                batch++;
+            }
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
             cm->cmsg_level = SOL_SOCKET;
             cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int) * att->nfds);
-            memcpy(CMSG_DATA(cm), att->fds, sizeof(int) * att->nfds);
-            if (q->atts_len > 1) {     /* the next one starts its own sendmsg */
-                iov.iov_len = (size_t)(att[1].pos - q->pos);
+            cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+            if (batch < q->atts_len) {  /* the rest start a sendmsg of their own */
+                iov.iov_len = (size_t)(att[batch].pos - q->pos);
             }
         }
         else if (att != NULL) {
@@ -180,7 +191,7 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int *reached)
         if (n < 0) {
             return errno == EAGAIN || errno == ENOBUFS ? 1 : -errno;
         }
-        if (with_fds) {
+        while (batch-- > 0) {
             atts_pop(q);            /* sent with the first byte: never twice */
         }
         q->off += (size_t)n;

@@ -7,6 +7,11 @@
 
 #include "loop.h"
 
+/* Attachments that are adjacent in the queue leave in one sendmsg, up to this
+   many fds (a burst of SCHED_RR hand-offs to one worker); receivers size
+   their control buffers for it. */
+#define CX_BATCH_FDS 64
+
 typedef struct cx_attach {         /* fds to send with the byte at pos */
     uint64_t pos;
     int nfds;
