@@ -342,6 +342,12 @@ class Worker(EventEmitter):
         if len(payload) > self._max_message_size:
             raise ValueError(f"message of {len(payload)} bytes is over max_message_size "
                              f"({self._max_message_size})")
+        if handle is None and callback is None and self._connected:
+            try:                         # the common case, kept short
+                return self._chan.send(_FRAME_USER, self._serialization, payload)
+            except ChannelClosedError:
+                self._report_closed(None)
+                return False
         kind, fds, after = 0, (), None
         if handle is not None:
             kind, fds, after = self._encode_handle(handle)

@@ -11,6 +11,9 @@
 
 #define READ_CHUNK (64 * 1024)
 #define READS_PER_WAKEUP 16     /* one busy channel must not starve others */
+/* A drain batches its frames, but a callback that sends many must not hold
+   them all back: past this much, write now so that the peer starts reading. */
+#define FLUSH_AT (64 * 1024)
 
 static void chan_finish(cx_chan *ch, int err);
 static void chan_flush(cx_chan *ch);
@@ -167,6 +170,9 @@ read_some(cx_chan *ch, int max_reads)
         if (r < 0) {
             return r;
         }
+        if ((size_t)n < iov.iov_len) {
+            return 0;           /* drained: no need for one more EAGAIN */
+        }
     }
     return 0;
 }
@@ -235,7 +241,10 @@ chan_flush(cx_chan *ch)
 {
     int reached, r = 0;
 
-    ch->flush_queued = 0;
+    if (ch->flush_queued) {     /* flushed early: off the deferred list */
+        cx_list_remove(&ch->flusher.node);
+        ch->flush_queued = 0;
+    }
     if (!ch->write_err) {
         r = cx_outq_write(&ch->out, ch->fd, 1, &reached);
         written_notes(ch, reached, 0);
@@ -293,7 +302,7 @@ chan_push(cx_chan *ch, int type, int flags, const void *payload, size_t len,
     if (r < 0) {
         return r;
     }
-    if (ch->h.loop->deferring) {
+    if (ch->h.loop->deferring && cx_outq_size(&ch->out) < FLUSH_AT) {
         /* Inside a drain: batch the frames of this turn into few writes. */
         if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {
             ch->flush_queued = 1;

@@ -150,7 +150,10 @@ stream_flush(cx_stream *s)
 {
     int reached, r;
 
-    s->flush_queued = 0;
+    if (s->flush_queued) {
+        cx_list_remove(&s->flusher.node);
+        s->flush_queued = 0;
+    }
     if (s->fd < 0) {
         return;
     }
