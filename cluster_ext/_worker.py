@@ -273,8 +273,7 @@ class Worker(EventEmitter):
                 # The primary is gone and nobody asked: leave, as Node's workers do.
                 raise SystemExit(0)
             return
-        if not self._dead:
-            self.state = "disconnected"
+        self.state = "disconnected"      # even if the exit is known: it is emitted next
         try:
             self.emit("disconnect")
             cluster.emit("disconnect", self)
