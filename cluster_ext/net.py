@@ -137,6 +137,8 @@ class Socket(EventEmitter):
             error = self._error
             if error is None and err:
                 error = OSError(err, os.strerror(err))
+            if self._server is not None:
+                self._server._sockets.discard(self)    # not counted in its 'close'
             try:
                 if error is not None and (err not in _PEER_ERRORS
                                           or self.listener_count("error")):
@@ -144,7 +146,7 @@ class Socket(EventEmitter):
                 self.emit("close", error is not None)
             finally:
                 if self._server is not None:
-                    self._server._connection_closed(self)
+                    self._server._maybe_closed()
 
 
 class Server(EventEmitter):
@@ -156,7 +158,7 @@ class Server(EventEmitter):
         if on_connection is not None:
             self.on("connection", on_connection)
         self._listener: Any = None       # a native Listener (plain, SCHED_NONE)
-        self._rr_key: int | None = None  # SCHED_RR: connections come from the primary
+        self._key: int | None = None     # the primary's key for a shared server
         self._address: _protocol.Address | None = None
         self._sockets: set[Socket] = set()
         self._spec: tuple | None = None  # (host, port, path) of a cluster listen
@@ -211,14 +213,15 @@ class Server(EventEmitter):
             self.once("close", callback)
         if self._state in ("closing", "closed"):
             return self
-        was_rr = self._rr_key is not None
         self._state = "closing"
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        if was_rr and cluster.is_worker and cluster.worker._send_frame(
-                _core.FRAME_SERVER_CLOSE, flags=self._rr_key):
-            return self                  # the primary's ack stops the routing
+        # A shared server tells the primary, which closes the port with its
+        # last server; the ack also means no SCHED_RR hand-off is on its way.
+        if self._key is not None and cluster.worker._send_frame(
+                _core.FRAME_SERVER_CLOSE, flags=self._key):
+            return self
         self._stopped_accepting()
         return self
 
@@ -247,17 +250,15 @@ class Server(EventEmitter):
         self._sockets.add(sock)
         self.emit("connection", sock)
 
-    def _connection_closed(self, sock: Socket) -> None:
-        self._sockets.discard(sock)
-        if self._state == "closing" and self._rr_key is None and not self._sockets:
+    def _maybe_closed(self) -> None:
+        if self._state == "closing" and self._key is None and not self._sockets:
             self._finish_close()
 
     def _stopped_accepting(self) -> None:
-        if self._rr_key is not None:
-            _rr_servers.pop(self._rr_key, None)
-            self._rr_key = None
-        if not self._sockets:
-            self._finish_close()
+        if self._key is not None:
+            _shared_servers.pop(self._key, None)
+            self._key = None
+        self._maybe_closed()
 
     def _finish_close(self) -> None:
         self._state = "closed"
@@ -288,7 +289,7 @@ class Server(EventEmitter):
 # ---- the worker's side of shared servers -----------------------------------------
 
 _pending: dict[int, tuple[Server, bool]] = {}     # query seq -> (server, unix)
-_rr_servers: dict[int, Server] = {}               # SCHED_RR key -> server
+_shared_servers: dict[int, Server] = {}           # the primary's key -> server
 _indexes: dict[tuple, list[int]] = {}             # listen spec -> [next index, open]
 _seq = [0]
 
@@ -328,7 +329,7 @@ def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     if server is None:
         _worker.close_fds(fds)
         return
-    _, err, key, policy, address = _protocol.unpack_reply(payload, unix)
+    _, err, key, _policy, address = _protocol.unpack_reply(payload, unix)
     if err:
         _worker.close_fds(fds)
         server._state = "closed"
@@ -340,14 +341,12 @@ def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
         return
     if server._state != "asking":        # closed while the primary was asked
         _worker.close_fds(fds)
-        if policy == cluster.SCHED_RR:
-            cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
+        cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
         return
     if fds:                              # SCHED_NONE: accept on the shared socket
         server._listen_on(fds[0], address, exclusive=True, accepts=NONE_ACCEPTS)
-    else:
-        server._rr_key = key
-        _rr_servers[key] = server
+    server._key = key
+    _shared_servers[key] = server
     server._became_listening(address)
     server.emit("listening")
     cluster.worker.state = "listening"
@@ -355,7 +354,7 @@ def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
 
 
 def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
-    server = _rr_servers.get(flags)
+    server = _shared_servers.get(flags)
     for fd in fds:
         if server is not None and server._state == "listening":
             server._accepted(fd)
@@ -367,7 +366,7 @@ def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
 
 def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     _worker.close_fds(fds)
-    server = _rr_servers.get(flags)
+    server = _shared_servers.get(flags)
     if server is not None:
         server._stopped_accepting()
 

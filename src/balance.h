@@ -1,20 +1,18 @@
 /* balance.h: the primary's SCHED_RR listening handle. It accepts in C, with
    the GIL released, and hands each connection to the next worker channel
    registered on its key (a NEWCONN frame carrying the fd): this path never
-   enters Python. Owns the listening fd; borrows the channels (the glue keeps
-   them alive while they are registered). SCHED_NONE needs no engine code:
-   the listening fd itself travels to each worker. */
+   enters Python. A listener whose accepts go to the channels instead of to
+   notes; it borrows the channels (the glue keeps them alive while they are
+   registered). SCHED_NONE needs no engine code: the listening fd itself
+   travels to each worker. */
 #ifndef CX_BALANCE_H
 #define CX_BALANCE_H
 
 #include "channel.h"
-#include "loop.h"
+#include "stream.h"
 
 typedef struct cx_balancer {
-    cx_handle h;
-    cx_io io;
-    cx_timer retry;            /* after EMFILE: accept again later */
-    int fd;                    /* owned */
+    cx_listener l;             /* owns the listening fd */
     int key;                   /* carried in the NEWCONN frame's flags */
     cx_chan **targets;
     size_t ntargets, cap, next;

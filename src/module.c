@@ -85,6 +85,45 @@ cxpy_take_fds(cx_note *note)
 }
 
 PyObject *
+cxpy_opened(CxObject *self, int r)
+{
+    self->hp->data = self;
+    if (r < 0) {
+        Py_DECREF(self);
+        return cxpy_raise_oserror(-r);
+    }
+    cxpy_pin_update(self);
+    return (PyObject *)self;
+}
+
+PyObject *
+cxpy_set_ref(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_handle_ref(((CxObject *)self)->hp, on);
+    Py_RETURN_NONE;
+}
+
+void
+cxpy_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    cx_handle *h = ((CxObject *)self)->hp;
+
+    PyObject_GC_UnTrack(self);
+    /* Pinned while linked, so only an unlinked handle gets here; forget
+       frees what a failed open may have left. */
+    h->forget(h);
+    tp->tp_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+PyObject *
 cxpy_new_type(PyObject *mod, PyType_Spec *spec)
 {
     PyObject *type = PyType_FromModuleAndSpec(mod, spec, NULL);
@@ -201,17 +240,6 @@ handle_clear(CxHandle *self)
     return 0;
 }
 
-static void
-handle_dealloc(CxHandle *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    PyObject_GC_UnTrack(self);
-    handle_clear(self);
-    PyObject_GC_Del(self);
-    Py_DECREF(tp);
-}
-
 static PyObject *
 handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
 {
@@ -235,18 +263,6 @@ handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-handle_set_ref(CxHandle *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-
-    if (on < 0 || cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    cx_handle_ref(self->hp, on);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 handle_active(CxHandle *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->hp->linked);
@@ -255,7 +271,7 @@ handle_active(CxHandle *self, void *Py_UNUSED(closure))
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS,
      "Stops the timer or the descriptor watch; harmless when done."},
-    {"set_ref", (PyCFunction)handle_set_ref, METH_O,
+    {"set_ref", cxpy_set_ref, METH_O,
      "Whether this handle keeps run() going."},
     {NULL, NULL, 0, NULL},
 };
@@ -266,7 +282,7 @@ static PyGetSetDef handle_getset[] = {
 };
 
 static PyType_Slot handle_slots[] = {
-    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, handle_traverse},
     {Py_tp_clear, handle_clear},
     {Py_tp_methods, handle_methods},
@@ -522,12 +538,7 @@ py_call_later(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     r = cx_timer_start(&self->u.timer,
                        delay <= 0 ? 0 : (uint64_t)(delay * 1e9));
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static PyObject *
@@ -551,12 +562,7 @@ py_watch_child(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     r = cx_child_watch(&self->u.child, (pid_t)pid);
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static PyObject *
@@ -581,12 +587,7 @@ py_watch_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     r = cx_fdwatch_start(&self->u.watch, fd, (uint32_t)events);
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 /* ---- spawn ------------------------------------------------------------------- */

@@ -42,7 +42,7 @@ balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL) {
         return NULL;
     }
-    self->hp = &self->b.h;
+    self->hp = &self->b.l.h;
     self->deliver = balancer_deliver;
     self->channels = PyList_New(0);
     if (self->channels == NULL) {
@@ -51,13 +51,7 @@ balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     r = cx_balancer_open(&cxpy.loop, &self->b, fd, key);
-    self->b.h.data = self;
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static int
@@ -73,18 +67,6 @@ balancer_clear(CxBalancer *self)
 {
     Py_CLEAR(self->channels);
     return 0;
-}
-
-static void
-balancer_dealloc(CxBalancer *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    PyObject_GC_UnTrack(self);
-    self->b.h.forget(&self->b.h);
-    balancer_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
 static int
@@ -173,7 +155,7 @@ balancer_stats(CxBalancer *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 balancer_get_fd(CxBalancer *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromLong(self->b.fd);
+    return PyLong_FromLong(self->b.l.fd);
 }
 
 static PyMethodDef balancer_methods[] = {
@@ -195,7 +177,7 @@ static PyGetSetDef balancer_getset[] = {
 
 static PyType_Slot balancer_slots[] = {
     {Py_tp_new, balancer_new},
-    {Py_tp_dealloc, balancer_dealloc},
+    {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, balancer_traverse},
     {Py_tp_clear, balancer_clear},
     {Py_tp_methods, balancer_methods},

@@ -50,13 +50,7 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->deliver = channel_deliver;
     r = cx_chan_open(&cxpy.loop, &self->ch, fd, (size_t)max_frame,
                      (size_t)hwm);
-    self->ch.h.data = self;
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static int
@@ -74,20 +68,6 @@ channel_clear(CxChannel *self)
     Py_CLEAR(self->on_frame);
     Py_CLEAR(self->on_event);
     return 0;
-}
-
-static void
-channel_dealloc(CxChannel *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    PyObject_GC_UnTrack(self);
-    /* Pinned while linked, so only a channel whose fd is closed gets here;
-       the forget hook frees what a failed open left. */
-    self->ch.h.forget(&self->ch.h);
-    channel_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
 /* send(type, flags, payload, fds=(), notify=False) -> bool */
@@ -172,18 +152,6 @@ channel_drain_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-channel_set_ref(CxChannel *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-
-    if (on < 0 || cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    cx_handle_ref(&self->ch.h, on);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 channel_get_closed(CxChannel *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->ch.fd < 0 || self->ch.closing);
@@ -209,7 +177,7 @@ static PyMethodDef channel_methods[] = {
      "Closes once the write queue has drained."},
     {"drain_close", (PyCFunction)channel_drain_close, METH_NOARGS,
      "The peer is gone: reads what it left, then closes."},
-    {"set_ref", (PyCFunction)channel_set_ref, METH_O, NULL},
+    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -222,7 +190,7 @@ static PyGetSetDef channel_getset[] = {
 
 static PyType_Slot channel_slots[] = {
     {Py_tp_new, channel_new},
-    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, channel_traverse},
     {Py_tp_clear, channel_clear},
     {Py_tp_methods, channel_methods},

@@ -64,13 +64,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->hp = &self->s.h;
     self->deliver = stream_deliver;
     r = cx_stream_open(&cxpy.loop, &self->s, fd, (size_t)hwm);
-    self->s.h.data = self;
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static int
@@ -88,18 +82,6 @@ stream_clear(CxStream *self)
     Py_CLEAR(self->on_data);
     Py_CLEAR(self->on_event);
     return 0;
-}
-
-static void
-stream_dealloc(CxStream *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    PyObject_GC_UnTrack(self);
-    self->s.h.forget(&self->s.h);   /* only an unlinked stream gets here */
-    stream_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
 /* Runs an engine call that may unlink the stream, then settles the pin. */
@@ -185,18 +167,6 @@ stream_set_no_delay(CxStream *self, PyObject *arg)
 }
 
 static PyObject *
-stream_set_ref(CxStream *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-
-    if (on < 0 || cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    cx_handle_ref(&self->s.h, on);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 stream_get_fd(CxStream *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong(self->s.fd);
@@ -224,7 +194,7 @@ static PyMethodDef stream_methods[] = {
     {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
     {"set_no_delay", (PyCFunction)stream_set_no_delay, METH_O,
      "TCP_NODELAY on a TCP socket."},
-    {"set_ref", (PyCFunction)stream_set_ref, METH_O, NULL},
+    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -237,7 +207,7 @@ static PyGetSetDef stream_getset[] = {
 
 static PyType_Slot stream_slots[] = {
     {Py_tp_new, stream_new},
-    {Py_tp_dealloc, stream_dealloc},
+    {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, stream_traverse},
     {Py_tp_clear, stream_clear},
     {Py_tp_methods, stream_methods},
@@ -306,13 +276,7 @@ listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->hp = &self->l.h;
     self->deliver = listener_deliver;
     r = cx_listener_open(&cxpy.loop, &self->l, fd, exclusive, max_accepts);
-    self->l.h.data = self;
-    if (r < 0) {
-        Py_DECREF(self);
-        return cxpy_raise_oserror(-r);
-    }
-    cxpy_pin_update((CxObject *)self);
-    return (PyObject *)self;
+    return cxpy_opened((CxObject *)self, r);
 }
 
 static int
@@ -328,18 +292,6 @@ listener_clear(CxListener *self)
 {
     Py_CLEAR(self->on_connection);
     return 0;
-}
-
-static void
-listener_dealloc(CxListener *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-
-    PyObject_GC_UnTrack(self);
-    self->l.h.forget(&self->l.h);
-    listener_clear(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
 static PyObject *
@@ -371,18 +323,6 @@ listener_pause(CxListener *self, PyObject *arg)
 }
 
 static PyObject *
-listener_set_ref(CxListener *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-
-    if (on < 0 || cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    cx_handle_ref(&self->l.h, on);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 listener_get_fd(CxListener *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong(self->l.fd);
@@ -392,7 +332,7 @@ static PyMethodDef listener_methods[] = {
     {"close", (PyCFunction)listener_close, METH_NOARGS,
      "Stops accepting and closes the listening fd."},
     {"pause", (PyCFunction)listener_pause, METH_O, "pause(True|False)"},
-    {"set_ref", (PyCFunction)listener_set_ref, METH_O, NULL},
+    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -403,7 +343,7 @@ static PyGetSetDef listener_getset[] = {
 
 static PyType_Slot listener_slots[] = {
     {Py_tp_new, listener_new},
-    {Py_tp_dealloc, listener_dealloc},
+    {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, listener_traverse},
     {Py_tp_clear, listener_clear},
     {Py_tp_methods, listener_methods},

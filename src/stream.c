@@ -293,8 +293,8 @@ cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm)
 
 /* ---- listeners ------------------------------------------------------------- */
 
-int
-cx_accept(int fd)
+static int
+accept_one(int fd)
 {
     int c;
 
@@ -304,10 +304,26 @@ cx_accept(int fd)
     return c >= 0 ? c : -errno;
 }
 
-int
-cx_accept_exhausted(int err)
+/* Out of descriptors or memory: stop accepting for a while instead of
+   spinning on a full backlog; the backlog keeps the connections. */
+static int
+accept_exhausted(int err)
 {
     return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+static void
+note_connection(cx_listener *l, int fd)
+{
+    cx_note *note = cx_note_new(&l->h, CX_NOTE_CONNECTION, 0);
+
+    if (note == NULL) {
+        cx_close(&fd);
+        return;
+    }
+    note->nfds = 1;
+    note->fds[0] = fd;
+    cx_note_push(l->h.loop, note);
 }
 
 static int
@@ -339,41 +355,37 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
     cx_listener *l = cx_container_of(io, cx_listener, io);
 
     CX_UNUSED(events);
-    for (int i = 0; i < l->max_accepts; i++) {
-        int c = cx_accept(l->fd);
-        cx_note *note;
+    loop->deferring = 1;
+    for (int i = 0; i < l->max_accepts && l->fd >= 0; i++) {
+        int c = accept_one(l->fd);
         if (c == -EAGAIN) {
-            return;
+            break;
         }
-        if (cx_accept_exhausted(-c)) {
-            /* The backlog keeps the connections; take them once
-               descriptors are free again. */
+        if (accept_exhausted(-c)) {
             cx_io_stop(loop, &l->io);
             cx_timer_start(&l->retry, EMFILE_RETRY_NS);
-            return;
+            break;
         }
-        if (c < 0) {
-            continue;           /* ECONNABORTED and the like: that one is gone */
+        if (c >= 0) {           /* else ECONNABORTED and the like: gone */
+            l->on_accept(l, c);
         }
-        note = cx_note_new(&l->h, CX_NOTE_CONNECTION, 0);
-        if (note == NULL) {
-            cx_close(&c);
-            return;
-        }
-        note->nfds = 1;
-        note->fds[0] = c;
-        cx_note_push(loop, note);
     }
+    loop->deferring = 0;
+    cx_loop_flush(loop);
+}
+
+void
+cx_listener_release(cx_listener *l)
+{
+    cx_timer_stop(&l->retry);
+    cx_io_stop(l->h.loop, &l->io);
+    cx_close(&l->fd);
 }
 
 static void
 listener_forget(cx_handle *h)
 {
-    cx_listener *l = cx_container_of(h, cx_listener, h);
-
-    cx_io_stop(h->loop, &l->io);
-    cx_close(&l->fd);
-    cx_handle_unlink(&l->retry.h);
+    cx_listener_release(cx_container_of(h, cx_listener, h));
     cx_handle_unlink(h);
 }
 
@@ -393,6 +405,7 @@ cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
     l->io.cb = listener_ready;
     l->exclusive = exclusive;
     l->max_accepts = max_accepts > 0 ? max_accepts : 64;
+    l->on_accept = note_connection;
     r = listener_watch(l);
     if (r < 0) {
         cx_close(&l->fd);
@@ -405,9 +418,7 @@ cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
 void
 cx_listener_close(cx_listener *l)
 {
-    cx_timer_stop(&l->retry);
-    cx_io_stop(l->h.loop, &l->io);
-    cx_close(&l->fd);
+    cx_listener_release(l);
     cx_handle_unlink(&l->h);
 }
 

@@ -30,7 +30,8 @@ void cx_stream_destroy(cx_stream *s, int err);
 int cx_stream_pause(cx_stream *s, int paused);
 void cx_stream_set_no_delay(cx_stream *s, int on);
 
-typedef struct cx_listener {
+typedef struct cx_listener cx_listener;
+struct cx_listener {
     cx_handle h;
     cx_io io;
     cx_timer retry;            /* after EMFILE: accept again later */
@@ -38,18 +39,17 @@ typedef struct cx_listener {
     int exclusive;             /* shared with other processes: EPOLLEXCLUSIVE */
     int max_accepts;           /* per wakeup */
     int paused;
-} cx_listener;
+    /* Takes each accepted fd; NULL: a CONNECTION note for the glue. Runs
+       with sends deferred, so that one burst leaves in few writes. */
+    void (*on_accept)(cx_listener *l, int fd);
+};
 
 /* Takes ownership of a listening fd, even on failure. */
 int cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
                      int max_accepts);
 void cx_listener_close(cx_listener *l);
+/* Stops watching and closes the fd, without unlinking the handle. */
+void cx_listener_release(cx_listener *l);
 int cx_listener_pause(cx_listener *l, int paused);
-/* Shared by listeners and the balancer: accept4 one connection, close-on-
-   exec and non-blocking. Returns the fd, -EAGAIN, or -errno. */
-int cx_accept(int fd);
-/* Whether an accept error means "out of descriptors or memory": stop
-   accepting for a while instead of spinning on a full backlog. */
-int cx_accept_exhausted(int err);
 
 #endif

@@ -1,0 +1,33 @@
+"""Clients that reset (RST) must not kill a worker, though its sockets have
+no 'error' listener. One worker; a request is one line: 'big' is answered
+with 8 MiB, anything else with a short line, both as 'PID ...'. Each socket's
+'close' prints CLOSED {had_error}. The primary prints EXIT if the worker ends."""
+import os
+
+import cluster_ext as cluster
+from cluster_ext import net
+from net_util import on_stdin_eof, say
+
+if cluster.is_primary:
+    w = cluster.fork()
+    cluster.on("listening", lambda w, address: say("LISTENING", port=address[1]))
+    w.on("exit", lambda code, sig: say("EXIT", code=code, signal=sig and sig.name))
+    on_stdin_eof(cluster.disconnect)
+    cluster.run()
+else:
+    def connection(sock):
+        buf = bytearray()
+
+        @sock.on("data")
+        def data(chunk):
+            buf.extend(chunk)
+            if b"\n" in buf:
+                line = bytes(buf).partition(b"\n")[0]
+                head = f"{os.getpid()} ".encode()
+                sock.end(head + (b"." * (8 << 20) if line == b"big" else line + b"\n"))
+
+        # Deliberately no 'error' listener.
+        sock.on("close", lambda had_error: say("CLOSED", had_error=had_error))
+
+    net.create_server(connection).listen(0, "127.0.0.1")
+    cluster.run()
