@@ -158,6 +158,7 @@ class Server(EventEmitter):
         if on_connection is not None:
             self.on("connection", on_connection)
         self._listener: Any = None       # a native Listener (plain, SCHED_NONE)
+        self._closed_listener: Any = None  # closed, its last accepts still on their way
         self._key: int | None = None     # the primary's key for a shared server
         self._address: _protocol.Address | None = None
         self._sockets: set[Socket] = set()
@@ -216,7 +217,7 @@ class Server(EventEmitter):
         self._state = "closing"
         if self._listener is not None:
             self._listener.close()
-            self._listener = None
+            self._closed_listener, self._listener = self._listener, None
         # A shared server tells the primary, which closes the port with its
         # last server; the ack also means no SCHED_RR hand-off is on its way.
         if self._key is not None and cluster.worker._send_frame(
@@ -243,15 +244,16 @@ class Server(EventEmitter):
             self.emit("listening")
 
     def _accepted(self, fd: int) -> None:
-        if self._state == "closing":     # an RR hand-off that crossed our close
-            os.close(fd)
-            return
+        # Accepted before close() (its note was on its way): served all the
+        # same, and close() waits for it like for any connection.
         sock = Socket(fd, self)
         self._sockets.add(sock)
         self.emit("connection", sock)
 
     def _maybe_closed(self) -> None:
-        if self._state == "closing" and self._key is None and not self._sockets:
+        if self._state == "closing" and self._key is None and not self._sockets and (
+                self._closed_listener is None or not self._closed_listener.pending):
+            self._closed_listener = None
             self._finish_close()
 
     def _stopped_accepting(self) -> None:

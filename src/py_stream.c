@@ -328,6 +328,12 @@ listener_get_fd(CxListener *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->l.fd);
 }
 
+static PyObject *
+listener_get_pending(CxListener *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->l.h.pending);
+}
+
 static PyMethodDef listener_methods[] = {
     {"close", (PyCFunction)listener_close, METH_NOARGS,
      "Stops accepting and closes the listening fd."},
@@ -338,6 +344,8 @@ static PyMethodDef listener_methods[] = {
 
 static PyGetSetDef listener_getset[] = {
     {"fd", (getter)listener_get_fd, NULL, NULL, NULL},
+    {"pending", (getter)listener_get_pending, NULL,
+     "Accepted connections not yet handed to Python.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
