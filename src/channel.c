@@ -87,6 +87,9 @@ parse_frames(cx_chan *ch)
         }
         note->a = hdr.type;
         note->b = hdr.flags;
+        if (hdr.type == CX_FRAME_USER) {
+            ch->h.loop->busy = 1;   /* a conversation: the answer may be near */
+        }
         note->nfds = hdr.nfds;
         if (hdr.nfds > 0) {
             memcpy(note->fds, ch->fifo, hdr.nfds * sizeof(int));

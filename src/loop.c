@@ -645,9 +645,12 @@ cx_loop_reinit_after_fork(cx_loop *loop)
 }
 
 /* Before sleeping, poll for a short while: waking an idle vCPU costs tens of
-   microseconds, more than a message round trip, so a conversation (ping-pong
-   over IPC, request and reply) is far faster when the loop stays awake for
-   the answer. Spinning stops by itself when it keeps finding nothing. */
+   microseconds, more than a message round trip, so a conversation between
+   processes (messages to and fro over IPC) is far faster when the loop stays
+   awake for the answer. Only a turn that delivered a user message spins
+   (channel.c sets loop->busy): under socket load the wait is for clients,
+   and spinning would only take CPU from them. Spinning stops by itself when
+   it keeps finding nothing. */
 static int
 spin_wait(cx_loop *loop, struct epoll_event *events)
 {
@@ -695,7 +698,7 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     if (n < 0) {
         return -errno;
     }
-    loop->busy = n > 0;
+    loop->busy = 0;
     loop->batch = events;
     loop->batch_len = n;
     for (int i = 0; i < n; i++) {

@@ -104,7 +104,7 @@ struct cx_loop {
     int nref;
     uint64_t spin_ns;                  /* busy-poll budget before sleeping */
     int spin_misses, spin_rest;        /* adaptive: stop spinning when idle */
-    int busy;                          /* the last wait found work */
+    int busy;                          /* the last turn carried a message */
     int deferring;                     /* sends wait for cx_loop_flush() */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
