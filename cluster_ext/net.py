@@ -33,6 +33,10 @@ NONE_ACCEPTS = 4                # SCHED_NONE: one busy worker must not drain the
 _PEER_ERRORS = {errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ECONNABORTED}
 
 
+_EVENT_END, _EVENT_DRAIN = _core.EVENT_END, _core.EVENT_DRAIN
+_EVENT_WRITTEN, _EVENT_CLOSE = _core.EVENT_WRITTEN, _core.EVENT_CLOSE
+
+
 def create_server(on_connection: Callable[[Socket], Any] | None = None) -> Server:
     """A server; on_connection listens on 'connection'."""
     return Server(on_connection)
@@ -43,8 +47,10 @@ class Socket(EventEmitter):
     'close'(had_error), 'error'(exc). When the peer ends, this side ends too."""
 
     def __init__(self, fd: int, server: Server | None = None) -> None:
-        super().__init__()
-        self._stream = _core.Stream(fd, self._on_data, self._on_event, HWM)
+        self._events = {}
+        # A server's connection is a socket: the engine need not ask (fstat).
+        self._stream = _core.Stream(fd, self._on_data, self._on_event, HWM,
+                                    1 if server is not None else -1)
         self._server = server
         self._written: deque[Callable[[BaseException | None], Any]] = deque()
         self._closed = False
@@ -126,13 +132,13 @@ class Socket(EventEmitter):
         self.emit("data", data)
 
     def _on_event(self, kind: int, err: int) -> None:
-        if kind == _core.EVENT_END:
+        if kind == _EVENT_END:
             self.emit("end")
-        elif kind == _core.EVENT_DRAIN:
+        elif kind == _EVENT_DRAIN:
             self.emit("drain")
-        elif kind == _core.EVENT_WRITTEN:
+        elif kind == _EVENT_WRITTEN:
             self._written.popleft()(None if err == 0 else OSError(err, os.strerror(err)))
-        elif kind == _core.EVENT_CLOSE:
+        elif kind == _EVENT_CLOSE:
             self._closed = True
             error = self._error
             if error is None and err:

@@ -39,11 +39,11 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     CxStream *self;
     PyObject *on_data, *on_event;
     Py_ssize_t hwm;
-    int fd, r;
+    int fd, is_socket = -1, r;
 
     if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
-        !PyArg_ParseTuple(args, "iOOn:Stream", &fd, &on_data, &on_event,
-                          &hwm) ||
+        !PyArg_ParseTuple(args, "iOOn|i:Stream", &fd, &on_data, &on_event,
+                          &hwm, &is_socket) ||
         cxpy_check_owner() < 0) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "Stream() takes no keywords");
@@ -63,7 +63,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->on_event = Py_NewRef(on_event);
     self->hp = &self->s.h;
     self->deliver = stream_deliver;
-    r = cx_stream_open(&cxpy.loop, &self->s, fd, (size_t)hwm);
+    r = cx_stream_open(&cxpy.loop, &self->s, fd, (size_t)hwm, is_socket);
     return cxpy_opened((CxObject *)self, r);
 }
 
@@ -212,7 +212,7 @@ static PyType_Slot stream_slots[] = {
     {Py_tp_clear, stream_clear},
     {Py_tp_methods, stream_methods},
     {Py_tp_getset, stream_getset},
-    {Py_tp_doc, "Stream(fd, on_data, on_event, hwm)"},
+    {Py_tp_doc, "Stream(fd, on_data, on_event, hwm, is_socket=-1)"},
     {0, NULL},
 };
 

@@ -268,7 +268,7 @@ stream_forget(cx_handle *h)
 }
 
 int
-cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm)
+cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm, int is_socket)
 {
     struct stat st;
     int r;
@@ -281,7 +281,8 @@ cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm)
     s->io.fd = fd;
     s->io.cb = stream_ready;
     s->hwm = hwm;
-    s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    s->is_socket = is_socket >= 0 ? is_socket
+                                  : fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
     r = cx_io_start(loop, &s->io, EPOLLIN);
     if (r < 0) {
         cx_close(&s->fd);

@@ -21,8 +21,10 @@ typedef struct cx_stream {
     cx_outq out;
 } cx_stream;
 
-/* Takes ownership of fd, even on failure. */
-int cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm);
+/* Takes ownership of fd, even on failure. is_socket: 1, 0, or -1 to ask
+   the kernel (an accepted connection is known to be one: no fstat). */
+int cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm,
+                   int is_socket);
 /* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
 int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);
 void cx_stream_end(cx_stream *s);
