@@ -29,7 +29,6 @@ cx_balancer_route(cx_balancer *b, int fd)
     while ((ch = next_target(b)) != NULL) {
         int r = cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, &fd);
         if (r >= 0) {
-            b->routed++;
             return;
         }
         if (fd < 0) {
@@ -37,7 +36,6 @@ cx_balancer_route(cx_balancer *b, int fd)
         }
     }
     /* Nobody listens any more: the client sees the connection close. */
-    b->dropped++;
     cx_close(&fd);
 }
 

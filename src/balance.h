@@ -16,7 +16,6 @@ typedef struct cx_balancer {
     int key;                   /* carried in the NEWCONN frame's flags */
     cx_chan **targets;
     size_t ntargets, cap, next;
-    uint64_t routed, dropped;
 } cx_balancer;
 
 /* Takes ownership of a listening fd, even on failure. */

@@ -479,62 +479,6 @@ cx_child_watch(cx_child *c, pid_t pid)
     return 0;
 }
 
-/* ---- plain descriptor watches (for the glue's own readers) ----------------- */
-
-static void
-fdwatch_ready(cx_loop *loop, cx_io *io, uint32_t events)
-{
-    cx_fdwatch *w = cx_container_of(io, cx_fdwatch, io);
-    cx_note *note;
-
-    if (w->noted) {
-        return;                 /* level-triggered: one note until delivered */
-    }
-    note = cx_note_new(&w->h, CX_NOTE_IO, 0);
-    if (note != NULL) {
-        note->a = (int)events;
-        w->noted = 1;
-        cx_note_push(loop, note);
-    }
-}
-
-static void
-fdwatch_forget(cx_handle *h)
-{
-    cx_handle_unlink(h);        /* the fd is not ours; the epoll set is gone */
-}
-
-void
-cx_fdwatch_init(cx_loop *loop, cx_fdwatch *w)
-{
-    cx_handle_init(loop, &w->h, fdwatch_forget);
-    w->io.fd = -1;
-}
-
-int
-cx_fdwatch_start(cx_fdwatch *w, int fd, uint32_t events)
-{
-    int r;
-
-    if (w->io.registered && w->io.fd != fd) {
-        cx_fdwatch_stop(w);
-    }
-    w->io.fd = fd;
-    w->io.cb = fdwatch_ready;
-    r = cx_io_start(w->h.loop, &w->io, events);
-    if (r == 0) {
-        cx_handle_link(&w->h);
-    }
-    return r;
-}
-
-void
-cx_fdwatch_stop(cx_fdwatch *w)
-{
-    cx_io_stop(w->h.loop, &w->io);
-    cx_handle_unlink(&w->h);
-}
-
 /* ---- the loop ------------------------------------------------------------ */
 
 static void

@@ -25,7 +25,6 @@ struct cx_io {
 enum cx_note_kind {
     CX_NOTE_TIMER = 1,         /* a timer fired */
     CX_NOTE_EXIT,              /* a child exited: a = code or -1, b = signal */
-    CX_NOTE_IO,                /* a watched fd is ready: a = epoll events */
     CX_NOTE_WAKE,              /* cx_loop_wakeup() was called */
     CX_NOTE_FRAME,             /* a channel frame: a = type, b = flags */
     CX_NOTE_WRITTEN,           /* a frame sent with notify is written */
@@ -76,12 +75,6 @@ typedef struct cx_child {
     int pidfd;                 /* owned; -1 under the SIGCHLD fallback */
     cx_list sig_node;          /* in the fallback's list */
 } cx_child;
-
-typedef struct cx_fdwatch {
-    cx_handle h;
-    cx_io io;
-    int noted;                 /* an IO note is already queued */
-} cx_fdwatch;
 
 /* Something with output to push once the current drain has ended. */
 typedef struct cx_flusher {
@@ -141,8 +134,5 @@ void cx_timer_stop(cx_timer *t);
 void cx_child_init(cx_loop *loop, cx_child *c);
 int cx_child_watch(cx_child *c, pid_t pid);
 
-void cx_fdwatch_init(cx_loop *loop, cx_fdwatch *w);
-int cx_fdwatch_start(cx_fdwatch *w, int fd, uint32_t events);
-void cx_fdwatch_stop(cx_fdwatch *w);
 
 #endif

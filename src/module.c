@@ -184,9 +184,8 @@ typedef struct {
     union {                    /* each starts with its cx_handle */
         cx_timer timer;
         cx_child child;
-        cx_fdwatch watch;
     } u;
-    int kind;                  /* CX_NOTE_TIMER, _EXIT or _IO */
+    int kind;                  /* CX_NOTE_TIMER or CX_NOTE_EXIT */
     PyObject *callback;
 } CxHandle;
 
@@ -212,11 +211,8 @@ handle_new(int kind, PyObject *callback)
     if (kind == CX_NOTE_TIMER) {
         cx_timer_init(&cxpy.loop, &self->u.timer);
     }
-    else if (kind == CX_NOTE_EXIT) {
-        cx_child_init(&cxpy.loop, &self->u.child);
-    }
     else {
-        cx_fdwatch_init(&cxpy.loop, &self->u.watch);
+        cx_child_init(&cxpy.loop, &self->u.child);
     }
     self->hp = &self->u.timer.h;
     self->hp->data = self;
@@ -249,9 +245,6 @@ handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
     if (self->kind == CX_NOTE_TIMER) {
         cx_timer_stop(&self->u.timer);
     }
-    else if (self->kind == CX_NOTE_IO) {
-        cx_fdwatch_stop(&self->u.watch);
-    }
     else {
         PyErr_SetString(PyExc_ValueError, "a child watch cannot be cancelled");
         return NULL;
@@ -270,7 +263,7 @@ handle_active(CxHandle *self, void *Py_UNUSED(closure))
 
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS,
-     "Stops the timer or the descriptor watch; harmless when done."},
+     "Stops the timer; harmless when it is done."},
     {"set_ref", cxpy_set_ref, METH_O,
      "Whether this handle keeps run() going."},
     {NULL, NULL, 0, NULL},
@@ -309,11 +302,6 @@ handle_deliver(CxObject *obj, cx_note *note)
     }
     if (note->kind == CX_NOTE_TIMER) {
         return cxpy_call(self->callback, NULL, 0);
-    }
-    if (note->kind == CX_NOTE_IO) {
-        self->u.watch.noted = 0;
-        args[0] = PyLong_FromLong(note->a);
-        return cxpy_call_steal(self->callback, args, 1);
     }
     /* CX_NOTE_EXIT: exactly one of code and signal is not None. */
     if (note->b != 0) {
@@ -476,20 +464,6 @@ py_stop(PyObject *mod, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-py_alive(PyObject *mod, PyObject *Py_UNUSED(ignored))
-{
-    CX_UNUSED(mod);
-    return PyBool_FromLong(cx_loop_alive(&cxpy.loop));
-}
-
-static PyObject *
-py_running(PyObject *mod, PyObject *Py_UNUSED(ignored))
-{
-    CX_UNUSED(mod);
-    return PyBool_FromLong(cxpy.running);
-}
-
-static PyObject *
 py_fileno(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     CX_UNUSED(mod);
@@ -562,31 +536,6 @@ py_watch_child(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     r = cx_child_watch(&self->u.child, (pid_t)pid);
-    return cxpy_opened((CxObject *)self, r);
-}
-
-static PyObject *
-py_watch_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    int fd, events;
-    CxHandle *self;
-    int r;
-
-    CX_UNUSED(mod);
-    if (!_PyArg_CheckPositional("watch_fd", nargs, 3, 3) ||
-        cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    fd = PyObject_AsFileDescriptor(args[0]);
-    events = _PyLong_AsInt(args[1]);
-    if (fd < 0 || (events == -1 && PyErr_Occurred())) {
-        return NULL;
-    }
-    self = (CxHandle *)handle_new(CX_NOTE_IO, args[2]);
-    if (self == NULL) {
-        return NULL;
-    }
-    r = cx_fdwatch_start(&self->u.watch, fd, (uint32_t)events);
     return cxpy_opened((CxObject *)self, r);
 }
 
@@ -799,8 +748,6 @@ static PyMethodDef core_methods[] = {
     {"turn", py_turn, METH_O,
      "One turn: wait up to timeout seconds (-1: forever), then deliver."},
     {"stop", py_stop, METH_NOARGS, "Makes run() return after this callback."},
-    {"alive", py_alive, METH_NOARGS, "Whether anything keeps the loop going."},
-    {"running", py_running, METH_NOARGS, "Whether run() or turn() is active."},
     {"fileno", py_fileno, METH_NOARGS, "The epoll descriptor."},
     {"wakeup", py_wakeup, METH_NOARGS,
      "Thread-safe: makes the loop call the wake callback."},
@@ -809,8 +756,6 @@ static PyMethodDef core_methods[] = {
      "call_later(seconds, fn) -> Handle"},
     {"watch_child", (PyCFunction)(void (*)(void))py_watch_child,
      METH_FASTCALL, "watch_child(pid, fn(code, signal)) -> Handle"},
-    {"watch_fd", (PyCFunction)(void (*)(void))py_watch_fd, METH_FASTCALL,
-     "watch_fd(fd, epoll_events, fn(events)) -> Handle"},
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
      "spawn(path, argv, envp, cwd, chan_fd, stdio, uid, gid) -> pid"},
     {"socketpair", py_socketpair, METH_NOARGS,
@@ -845,8 +790,6 @@ add_constants(PyObject *mod)
         {"EVENT_CLOSE", CX_NOTE_CLOSE},
         {"EVENT_END", CX_NOTE_END},
         {"MAX_FDS", CX_MAX_FDS},
-        {"EPOLLIN", EPOLLIN},
-        {"EPOLLOUT", EPOLLOUT},
     };
 
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {

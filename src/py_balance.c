@@ -145,14 +145,6 @@ balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-balancer_stats(CxBalancer *self, PyObject *Py_UNUSED(ignored))
-{
-    return Py_BuildValue("{s:n,s:K,s:K}", "workers", (Py_ssize_t)self->b.ntargets,
-                         "routed", (unsigned long long)self->b.routed,
-                         "dropped", (unsigned long long)self->b.dropped);
-}
-
-static PyObject *
 balancer_get_fd(CxBalancer *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong(self->b.l.fd);
@@ -166,7 +158,6 @@ static PyMethodDef balancer_methods[] = {
      "Hands a connection fd (owned from here) to the next worker."},
     {"close", (PyCFunction)balancer_close, METH_NOARGS,
      "Closes the listening fd."},
-    {"stats", (PyCFunction)balancer_stats, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
