@@ -19,16 +19,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from typing import Any, Callable, Mapping
 
-from . import _core, _primary, _shared, _worker
+from . import _core, _fleet, _primary, _shared, _worker
+from ._fleet import CrashLoopError, reload, supervise
 from ._primary import SCHED_NONE, SCHED_RR
 from ._worker import ChannelClosedError, Worker
 from .events import EventEmitter
 
 __all__ = [
-    "ChannelClosedError", "EventEmitter", "SCHED_NONE", "SCHED_RR", "Worker",
-    "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
-    "is_primary", "is_worker", "run", "settings", "setup_master", "setup_primary",
-    "stop", "worker", "workers",
+    "ChannelClosedError", "CrashLoopError", "EventEmitter", "SCHED_NONE", "SCHED_RR",
+    "Worker", "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
+    "is_primary", "is_worker", "reload", "run", "settings", "setup_master",
+    "setup_primary", "stop", "supervise", "worker", "workers",
 ]
 
 is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ
@@ -257,7 +258,7 @@ def _boot_from_env() -> None:
 _module = sys.modules[__name__]
 _module.__class__ = _ClusterModule
 EventEmitter.__init__(_module)
-_worker.cluster = _module
+_worker.cluster = _fleet.cluster = _module
 _shared.install(_module)
 if is_worker:
     _boot_from_env()

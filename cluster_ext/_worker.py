@@ -218,8 +218,12 @@ class Worker(EventEmitter):
                 self._on_online()
             elif frame_type == _core.FRAME_EXITED_AFTER_DISCONNECT:
                 self.exited_after_disconnect = True
+            elif frame_type == _core.FRAME_PONG:
+                cluster._fleet.on_pong(self)
         elif frame_type == _core.FRAME_DISCONNECT:
             self.disconnect()
+        elif frame_type == _core.FRAME_PING:     # the heartbeat: our loop is alive
+            self._send_frame(_core.FRAME_PONG)
 
     def _on_user_frame(self, flags: int, payload: bytes, fds: tuple) -> None:
         handle = None

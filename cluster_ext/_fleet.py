@@ -1,0 +1,203 @@
+"""Keeping a fleet up, beyond Node: supervise() (respawn with back-off, a
+crash-loop stop, graceful stop on SIGTERM/SIGINT, SIGHUP reload, SIGTTIN and
+SIGTTOU), reload() (rolling restart, each replacement serving before its
+predecessor disconnects) and the heartbeat (a worker whose loop does not answer
+in time is SIGKILLed and replaced)."""
+from __future__ import annotations
+
+import os
+import time
+
+from . import _core
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+cluster: Any = None              # the cluster_ext module, set by its __init__
+
+CRASH_WINDOW = 1.0               # a worker dead this soon after its start crashed
+CRASH_LOOP = 10                  # this many crashes in a row: stop
+HEALTHY_AFTER = 30.0             # this long alive resets the back-off
+
+
+class CrashLoopError(RuntimeError):
+    """Every new worker died within a second of starting, again and again."""
+
+
+def reload(callback: Callable[[], Any] | None = None) -> None:
+    """Rolling restart, one worker at a time: fork a replacement, wait for its
+    'listening' ('online' if the old one served nothing), then disconnect
+    the old one; callback() once every old worker is replaced."""
+    if not cluster.is_primary:
+        raise RuntimeError("reload() is the primary's")
+    old = list(cluster.workers.values())
+
+    def step() -> None:
+        while old and (old[0].is_dead() or not old[0].is_connected()):
+            old.pop(0)
+        if not old:
+            if callback is not None:
+                callback()
+            return
+        w = old.pop(0)
+        ready = "listening" if w.state == "listening" else "online"
+        new = cluster.fork()
+
+        def replaced(*_: Any) -> None:
+            new.off(ready, replaced)
+            new.off("exit", failed)
+            w.once("exit", lambda *_: step())
+            w.disconnect()
+
+        def failed(*_: Any) -> None:      # the replacement died first: keep the old one
+            new.off(ready, replaced)
+            step()
+
+        new.once(ready, replaced)
+        new.once("exit", failed)
+
+    step()
+
+
+class _Fleet:
+    def __init__(self, size: int, respawn: bool, graceful_timeout: float,
+                 heartbeat_timeout: float | None, backoff: tuple[float, float]) -> None:
+        self.size, self.respawn = size, respawn
+        self.graceful_timeout, self.heartbeat_timeout = graceful_timeout, heartbeat_timeout
+        self.backoff_min, self.backoff_max = backoff
+        self.stopping = 0                # signals received
+        self.crashes = 0                 # in a row, each within CRASH_WINDOW
+        self.delay = 0.0
+        self.started: dict[int, float] = {}
+        self.pongs: dict[int, float] = {}
+        self.error: BaseException | None = None
+        self.pending: list[Any] = []     # respawn timers waiting out their back-off
+        self.heartbeat: Any = None
+
+    def spawn(self) -> None:
+        if self.stopping or self.error is not None:
+            return
+        w = cluster.fork()
+        now = time.monotonic()
+        self.started[w.id] = self.pongs[w.id] = now
+
+    def live(self) -> int:
+        return sum(1 for w in cluster.workers.values()
+                   if not w.exited_after_disconnect) + len(self.pending)
+
+    def on_exit(self, w: Any, code: int | None, sig: Any) -> None:
+        started = self.started.pop(w.id, time.monotonic())
+        self.pongs.pop(w.id, None)
+        if self.stopping or w.exited_after_disconnect or not self.respawn:
+            return
+        lived = time.monotonic() - started
+        if lived < CRASH_WINDOW:
+            self.crashes += 1
+            if self.crashes >= CRASH_LOOP:
+                self.error = CrashLoopError(
+                    f"{self.crashes} workers in a row died within {CRASH_WINDOW:g} s of "
+                    f"starting (the last: code={code}, signal={sig})")
+                self.stop(now=True)
+                return
+        else:
+            self.crashes = 0
+        if lived >= HEALTHY_AFTER:
+            self.delay = 0.0
+        self.delay = min(self.backoff_max, max(self.backoff_min, self.delay * 2))
+        if self.live() < self.size:
+            timer: list[Any] = []
+            timer.append(cluster.call_later(self.delay, lambda: self.respawn_one(timer[0])))
+            self.pending.append(timer[0])
+
+    def respawn_one(self, timer: Any) -> None:
+        self.pending.remove(timer)
+        if self.live() < self.size:
+            self.spawn()
+
+    def stop(self, now: bool = False) -> None:
+        self.stopping += 1
+        for timer in self.pending:
+            timer.cancel()
+        self.pending.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            self.heartbeat = None
+        if now or self.stopping > 1:     # a second signal: at once
+            for w in list(cluster.workers.values()):
+                w.kill("SIGKILL")
+        else:
+            cluster.disconnect(timeout=self.graceful_timeout)
+
+    def grow(self) -> None:
+        self.size += 1
+        self.spawn()
+
+    def shrink(self) -> None:
+        if self.size <= 1:
+            return
+        self.size -= 1
+        oldest = min((w for w in cluster.workers.values() if not w.exited_after_disconnect),
+                     key=lambda w: w.id, default=None)
+        if oldest is not None:
+            oldest.disconnect(timeout=self.graceful_timeout)
+
+    def on_pong(self, w: Any) -> None:
+        self.pongs[w.id] = time.monotonic()
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        for w in list(cluster.workers.values()):
+            if w.is_dead() or not w.is_connected():
+                continue
+            if now - self.pongs.get(w.id, now) > self.heartbeat_timeout:
+                os.kill(w.process.pid, 9)   # its Python code is stuck: replace it
+                self.pongs[w.id] = now
+            else:
+                w._send_frame(_core.FRAME_PING)
+        self.heartbeat = cluster.call_later(self.heartbeat_timeout / 3, self.beat)
+
+
+def supervise(workers: int | None = None, *, respawn: bool = True,
+              graceful_timeout: float = 30.0, heartbeat_timeout: float | None = None,
+              backoff: tuple[float, float] = (0.1, 15.0)) -> None:
+    """Keeps `workers` workers (default: one per core) alive and runs the loop
+    until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
+    at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
+    oldest. Raises CrashLoopError instead of respawning forever."""
+    import signal
+    if not cluster.is_primary:
+        raise RuntimeError("supervise() is the primary's")
+    size = workers if workers is not None else (os.cpu_count() or 1)
+    if size < 1:
+        raise ValueError("supervise() needs at least one worker")
+    if heartbeat_timeout is not None and heartbeat_timeout <= 0:
+        raise ValueError("heartbeat_timeout must be positive")
+    fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
+    handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),
+                signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
+                signal.SIGTTOU: lambda *_: fleet.shrink()}
+    previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
+    _pong_hooks.append(fleet.on_pong)
+    cluster.on("exit", fleet.on_exit)
+    try:
+        for _ in range(size):
+            fleet.spawn()
+        if heartbeat_timeout is not None:
+            fleet.heartbeat = cluster.call_later(heartbeat_timeout / 3, fleet.beat)
+        cluster.run()
+    finally:
+        cluster.off("exit", fleet.on_exit)
+        _pong_hooks.remove(fleet.on_pong)
+        for sig, fn in previous.items():
+            signal.signal(sig, fn)
+    if fleet.error is not None:
+        raise fleet.error
+
+
+_pong_hooks: list[Callable[[Any], None]] = []
+
+
+def on_pong(w: Any) -> None:
+    for hook in _pong_hooks:
+        hook(w)

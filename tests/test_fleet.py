@@ -1,0 +1,104 @@
+"""supervise(), reload() and the heartbeat through real processes and signals."""
+import os
+import signal
+import socket
+import threading
+import time
+
+from conftest import App
+
+
+def lines_until(a, prefix, seen):
+    while True:
+        line = a.read_line(20)
+        assert line is not None, f"ended before {prefix!r}: {a.lines}\n{a.stderr()}"
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+
+
+def test_a_crashed_worker_is_respawned_and_sigterm_stops_gracefully(app):
+    a = app("fleet.py", "respawn")
+    seen = []
+    lines_until(a, "online 3", seen)             # 1 and 2, then 3 replacing 1
+    assert "exit 1 3 None False" in seen
+    os.kill(a.pid, signal.SIGTERM)
+    rest = a.finish(code=0)
+    assert rest[-1] == "stopped"
+    exits = sorted(line for line in rest if line.startswith("exit "))
+    assert exits == ["exit 1 3 None False", "exit 2 0 None True", "exit 3 0 None True"]
+
+
+def test_a_crash_loop_stops_instead_of_spinning(app):
+    a = app("fleet.py", "crashloop")
+    lines = a.finish(code=0, timeout=30)
+    assert any(line.startswith("crashloop ") for line in lines), lines
+    forks = [line for line in lines if line.startswith("exit ")]
+    assert len(forks) >= 10
+    assert lines[-1] == "stopped"
+
+
+def test_a_second_sigterm_stops_at_once(app):
+    a = app("fleet.py", "linger")
+    seen = []
+    lines_until(a, "online", seen)
+    lines_until(a, "online", seen)
+    os.kill(a.pid, signal.SIGTERM)               # graceful: workers linger on a timer
+    lines_until(a, "disconnect", seen)
+    lines_until(a, "disconnect", seen)
+    t0 = time.monotonic()
+    os.kill(a.pid, signal.SIGTERM)               # at once
+    lines = a.finish(code=0, timeout=10)
+    assert time.monotonic() - t0 < 5
+    exits = [line for line in lines if line.startswith("exit ")]
+    assert len(exits) == 2 and all(" SIGKILL " in line for line in exits), exits
+
+
+def test_the_heartbeat_replaces_a_stuck_worker(app):
+    a = app("fleet.py", "heartbeat")
+    seen = []
+    lines_until(a, "online 2", seen)
+    assert "exit 1 None SIGKILL False" in seen
+    os.kill(a.pid, signal.SIGTERM)
+    assert a.finish(code=0)[-1] == "stopped"
+
+
+def test_reload_under_load_replaces_every_worker_without_errors(app):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    a = app("fleet.py", "reload", env={"PORT": str(port)})
+    seen = []
+    lines_until(a, "listening", seen)
+    lines_until(a, "listening", seen)
+    stop, stats = threading.Event(), {"ok": 0, "errors": [], "pids": set()}
+
+    def load():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline and stats["ok"] < 20000:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    c.sendall(b"ping\n")
+                    reply = c.recv(64)
+                if not reply.startswith(b"pong "):
+                    stats["errors"].append(reply)
+                else:
+                    stats["pids"].add(int(reply.split()[1]))
+                    stats["ok"] += 1
+            except OSError as exc:
+                stats["errors"].append(repr(exc))
+
+    client = threading.Thread(target=load)
+    client.start()
+    try:
+        os.kill(a.pid, signal.SIGHUP)
+        lines_until(a, "exit 1 ", seen)
+        lines_until(a, "exit 2 ", seen)
+        assert "exit 1 0 None True" in seen and "exit 2 0 None True" in seen
+    finally:
+        stop.set()
+        client.join()
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
+    assert stats["errors"] == []
+    assert stats["ok"] > 0 and len(stats["pids"]) >= 3   # old and new workers served
