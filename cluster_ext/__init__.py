@@ -28,7 +28,7 @@ from .events import EventEmitter
 __all__ = [
     "ChannelClosedError", "CrashLoopError", "EventEmitter", "SCHED_NONE", "SCHED_RR",
     "Worker", "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
-    "is_primary", "is_worker", "reload", "run", "settings", "setup_master",
+    "is_primary", "is_worker", "listen_socket", "reload", "run", "settings", "setup_master",
     "setup_primary", "stop", "supervise", "worker", "workers",
 ]
 
@@ -189,6 +189,51 @@ def _on_worker_gone(w: Worker) -> None:
 def _remove_worker(w: Worker) -> None:
     if workers.get(w.id) is w:
         del workers[w.id]
+
+
+def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
+                  path: str | None = None) -> Any:
+    """A non-blocking listening socket.socket shared through the primary (the
+    listening descriptor itself, whatever the policy), for socketserver,
+    http.server, wsgiref or uvicorn(fd=...). The worker's disconnect() closes
+    it; end the application's connections on 'disconnecting'. In a worker it
+    waits for the primary's answer: call it before run()."""
+    import socket
+    if not is_worker:
+        return _shared.listen_socket(host, port, None if path is None else os.fspath(path),
+                                     backlog)[0]
+    from . import net
+    answer: list[tuple] = []
+    spec = net.ask_primary(port, host, backlog, None if path is None else os.fspath(path),
+                           True, lambda *reply: answer.append(reply))
+    while not answer:
+        _core.turn(-1)
+    err, key, address, fd = answer[0]
+    if err:
+        net.release_index(spec)
+        raise net.listen_error(err, address)
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    _servers.add(_SharedSocket(sock, key, spec))
+    net.announce_listening(address)
+    return sock
+
+
+class _SharedSocket:
+    """A listen_socket() among the worker's servers: disconnect() closes it."""
+
+    def __init__(self, sock: Any, key: int, spec: tuple | None) -> None:
+        self.sock, self.key, self.spec = sock, key, spec
+
+    def close(self, callback: Callable[[], Any] | None = None) -> None:
+        from . import net
+        if self in _servers:
+            _servers.discard(self)
+            worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=self.key)
+            self.sock.close()
+            net.release_index(self.spec)
+        if callback is not None:
+            callback()
 
 
 # ---- the worker ----------------------------------------------------------------------

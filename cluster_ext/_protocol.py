@@ -1,7 +1,8 @@
 """The binary records of the servers' internal frames (not JSON: small fixed
 headers and, last, an address). Both roles use these to speak of servers.
 
-    QUERY_SERVER   W->P  seq u32, port i32, backlog i32, index u16, unix u8 | host or path
+    QUERY_SERVER   W->P  seq u32, port i32, backlog i32, index u16, kind u8 | host or path
+                         (kind: 1 a Unix path, 2 the listening fd itself is wanted)
     SERVER_REPLY   P->W  seq u32, errno i32, key u16, policy u8, port u16 | host or path (+fd: NONE)
     LISTENING      W->P  port u16, unix u8 | host or path
     SERVER_CLOSE   W->P  (flags: key) stop routing to me; P->W the same: nothing more is coming
@@ -23,18 +24,23 @@ _LISTENING = struct.Struct("<HB")
 
 
 
+QUERY_UNIX, QUERY_WANT_FD = 1, 2
+
+
 def pack_query(seq: int, port: int, backlog: int, index: int, host: str | None,
-               path: str | None) -> bytes:
+               path: str | None, want_fd: bool = False) -> bytes:
     where = path if path is not None else (host or "")
-    return _QUERY.pack(seq, port, backlog, index, path is not None) + where.encode()
+    kind = (QUERY_UNIX if path is not None else 0) | (QUERY_WANT_FD if want_fd else 0)
+    return _QUERY.pack(seq, port, backlog, index, kind) + where.encode()
 
 
-def unpack_query(payload: bytes) -> tuple[int, int, int, int, str | None, str | None]:
-    seq, port, backlog, index, unix = _QUERY.unpack_from(payload)
+def unpack_query(payload: bytes) -> tuple[int, int, int, int, str | None, str | None, bool]:
+    seq, port, backlog, index, kind = _QUERY.unpack_from(payload)
     where = payload[_QUERY.size:].decode()
-    if unix:
-        return seq, port, backlog, index, None, where
-    return seq, port, backlog, index, where or None, None
+    want_fd = bool(kind & QUERY_WANT_FD)
+    if kind & QUERY_UNIX:
+        return seq, port, backlog, index, None, where, want_fd
+    return seq, port, backlog, index, where or None, None, want_fd
 
 
 def _pack_address(address: Address) -> tuple[int, bytes]:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from typing import Any
 
 from . import _core, _protocol, _worker
-from ._primary import SCHED_RR
+from ._primary import SCHED_NONE, SCHED_RR
 
 cluster: Any = None            # the cluster_ext module, set by its __init__
 
@@ -123,7 +123,7 @@ def _drop_if_unused(handle: SharedHandle) -> None:
 
 def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     _worker.close_fds(fds)
-    seq, port, backlog, index, host, path = _protocol.unpack_query(payload)
+    seq, port, backlog, index, host, path, want_fd = _protocol.unpack_query(payload)
 
     def reply(err: int, handle: SharedHandle | None = None) -> None:
         body = _protocol.pack_reply(seq, err, handle.key if handle else 0,
@@ -137,7 +137,10 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
         return
     if path is not None:
         path = os.path.abspath(path)
-    spec = (host, port, path, index)
+    # A worker that wants the listening socket itself (listen_socket(), an
+    # asyncio server under SCHED_NONE) shares it whatever the policy.
+    policy = SCHED_NONE if want_fd else cluster.scheduling_policy
+    spec = (host, port, path, index, policy)
     handle = _handles.get(spec)
     if handle is None:
         try:
@@ -145,7 +148,7 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
         except OSError as exc:
             reply(exc.errno or errno.EINVAL)
             return
-        handle = SharedHandle(spec, _new_key(), sock, address, cluster.scheduling_policy)
+        handle = SharedHandle(spec, _new_key(), sock, address, policy)
         _handles[spec] = handle
         _by_key[handle.key] = handle
     handle.add(w)

@@ -202,7 +202,7 @@ class Server(EventEmitter):
             self.once("listening", callback)
         self._state = "asking"
         if cluster.is_worker:
-            _ask_primary(self, port, host, backlog, path)
+            _ask_for(self, port, host, backlog, path)
         else:
             try:
                 sock, address = _shared.listen_socket(host, port, path, backlog)
@@ -271,9 +271,8 @@ class Server(EventEmitter):
     def _finish_close(self) -> None:
         self._state = "closed"
         cluster._servers.discard(self)
-        if self._spec is not None:
-            _release_index(self._spec)
-            self._spec = None
+        release_index(self._spec)
+        self._spec = None
         if self._listener is None and isinstance(self._address, str) and not cluster.is_worker:
             try:
                 os.unlink(self._address)
@@ -296,14 +295,18 @@ class Server(EventEmitter):
 
 # ---- the worker's side of shared servers -----------------------------------------
 
-_pending: dict[int, tuple[Server, bool]] = {}     # query seq -> (server, unix)
-_shared_servers: dict[int, Server] = {}           # the primary's key -> server
+_pending: dict[int, tuple[Callable[..., None], bool]] = {}   # query seq -> (on_reply, unix)
+_shared_servers: dict[int, Any] = {}              # the primary's key -> server
 _indexes: dict[tuple, list[int]] = {}             # listen spec -> [next index, open]
 _seq = [0]
 
 
-def _ask_primary(server: Server, port: int, host: str | None, backlog: int,
-                 path: str | None) -> None:
+def ask_primary(port: int, host: str | None, backlog: int, path: str | None,
+                want_fd: bool, on_reply: Callable[..., None]) -> tuple | None:
+    """Asks the primary to share an address; on_reply(err, key, address, fd)
+    follows (fd: the listening socket, under SCHED_NONE or with want_fd).
+    Returns the listen spec, to release with release_index() once closed, or
+    None if the channel is closed (on_reply then reports it, later)."""
     if path is not None:
         path = os.path.abspath(path)
     spec = (host, port, path)
@@ -311,54 +314,74 @@ def _ask_primary(server: Server, port: int, host: str | None, backlog: int,
     index = slot[0]
     slot[0] += 1
     slot[1] += 1
-    server._spec = spec
     _seq[0] += 1
-    _pending[_seq[0]] = (server, path is not None)
+    _pending[_seq[0]] = (on_reply, path is not None)
     if not cluster.worker._send_frame(_core.FRAME_QUERY_SERVER, _protocol.pack_query(
-            _seq[0], port, backlog, index, host, path)):
+            _seq[0], port, backlog, index, host, path, want_fd)):
         del _pending[_seq[0]]
-        server._state = "closed"
-        _release_index(spec)
-        cluster.call_later(0, server.emit, "error", _worker.ChannelClosedError(
-            errno.EPIPE, "the IPC channel to the primary is closed"))
+        release_index(spec)
+        cluster.call_later(0, on_reply, errno.EPIPE, 0, None, None)
+        return None
+    return spec
 
 
-def _release_index(spec: tuple) -> None:
-    slot = _indexes.get(spec)
+def release_index(spec: tuple | None) -> None:
+    slot = _indexes.get(spec) if spec is not None else None
     if slot is not None:
         slot[1] -= 1
         if slot[1] <= 0:             # the last server of that spec: indexes restart
             del _indexes[spec]
 
 
+def listen_error(err: int, address: Any) -> OSError:
+    if err == errno.EPIPE:
+        return _worker.ChannelClosedError(errno.EPIPE, "the IPC channel to the primary is closed")
+    where = f" {address}" if address else ""
+    return OSError(err, f"listen {errno.errorcode.get(err, err)}: {os.strerror(err)}{where}")
+
+
+def announce_listening(address: Any) -> None:
+    """Tells the primary: 'listening' on this worker and the cluster."""
+    cluster.worker.state = "listening"
+    cluster.worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
+
+
 def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     seq = _protocol.unpack_reply(payload, False)[0]
-    server, unix = _pending.pop(seq, (None, False))
-    if server is None:
+    on_reply, unix = _pending.pop(seq, (None, False))
+    if on_reply is None:
         _worker.close_fds(fds)
         return
     _, err, key, _policy, address = _protocol.unpack_reply(payload, unix)
-    if err:
+    if err and fds:
         _worker.close_fds(fds)
-        server._state = "closed"
-        _release_index(server._spec)
-        server._spec = None
-        where = address if address else ""
-        server.emit("error", OSError(err, f"listen {errno.errorcode.get(err, err)}: "
-                                          f"{os.strerror(err)} {where}".rstrip()))
-        return
-    if server._state != "asking":        # closed while the primary was asked
-        _worker.close_fds(fds)
-        cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
-        return
-    if fds:                              # SCHED_NONE: accept on the shared socket
-        server._listen_on(fds[0], address, exclusive=True, accepts=NONE_ACCEPTS)
-    server._key = key
-    _shared_servers[key] = server
-    server._became_listening(address)
-    server.emit("listening")
-    cluster.worker.state = "listening"
-    cluster.worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
+        fds = ()
+    on_reply(err, key, address, fds[0] if fds else None)
+
+
+def _ask_for(server: Server, port: int, host: str | None, backlog: int,
+             path: str | None) -> None:
+    def on_reply(err: int, key: int, address: Any, fd: int | None) -> None:
+        if err:
+            server._state = "closed"
+            release_index(server._spec)
+            server._spec = None
+            server.emit("error", listen_error(err, address))
+            return
+        if server._state != "asking":    # closed while the primary was asked
+            if fd is not None:
+                os.close(fd)
+            cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
+            return
+        if fd is not None:               # SCHED_NONE: accept on the shared socket
+            server._listen_on(fd, address, exclusive=True, accepts=NONE_ACCEPTS)
+        server._key = key
+        _shared_servers[key] = server
+        server._became_listening(address)
+        server.emit("listening")
+        announce_listening(address)
+
+    server._spec = ask_primary(port, host, backlog, path, False, on_reply)
 
 
 def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:

@@ -137,6 +137,12 @@ cx_note_new(cx_handle *h, int kind, size_t len)
 void
 cx_note_push(cx_loop *loop, cx_note *note)
 {
+    /* A note made outside a turn (a close called from Python) must still
+       make the epoll fd readable: another loop that embeds this one (aio)
+       only turns it when the fd says so. */
+    if (loop->head == NULL && !loop->in_turn && !loop->deferring) {
+        (void)cx_loop_wakeup(loop);
+    }
     note->h->pending++;
     if (loop->tail != NULL) {
         loop->tail->next = note;
@@ -645,6 +651,7 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     loop->busy = 0;
     loop->batch = events;
     loop->batch_len = n;
+    loop->in_turn = 1;
     for (int i = 0; i < n; i++) {
         int fd = events[i].data.fd;
         cx_io *io;
@@ -656,6 +663,7 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     }
     loop->batch = NULL;
     loop->batch_len = 0;
+    loop->in_turn = 0;
     return n;
 }
 

@@ -99,6 +99,7 @@ struct cx_loop {
     int spin_misses, spin_rest;        /* adaptive: stop spinning when idle */
     int busy;                          /* the last turn carried a message */
     int deferring;                     /* sends wait for cx_loop_flush() */
+    int in_turn;                       /* dispatching an epoll batch */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
 };
