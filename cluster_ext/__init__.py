@@ -40,7 +40,7 @@ worker: Worker | None = None
 
 _settings: dict[str, Any] = _primary.default_settings()
 settings: Mapping[str, Any] = type(type.__dict__)(_settings)    # a MappingProxyType
-_state: dict[str, Any] = {"next_id": 1, "forked": False}
+_state: dict[str, Any] = {"next_id": 1, "forked": False, "ran": False}
 _servers: set[Any] = set()          # the worker's servers: disconnect() closes them
 _gone_hooks: list[Callable[[Worker], None]] = []   # a worker stops taking connections
 _threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
@@ -69,6 +69,7 @@ def run() -> None:
     """Runs the event loop until nothing is left to wait for (no worker, server,
     connection, timer or connected channel) or stop(); re-raises the first
     exception a callback raised."""
+    _state["ran"] = True
     _core.run()
 
 

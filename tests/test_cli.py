@@ -1,0 +1,113 @@
+"""python -m cluster_ext: the demo and `run` on each example, from the outside."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cli:
+    def __init__(self, *argv):
+        self.proc = subprocess.Popen([sys.executable, "-m", "cluster_ext", *argv], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        self.log = []
+
+    def wait_log(self, text, count=1, timeout=20):
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.log) < count:
+            assert time.monotonic() < deadline, f"no {text!r} in {self.log}"
+            line = self.proc.stderr.readline().decode()
+            assert line, f"ended before {text!r}: {self.log}"
+            self.log.append(line.rstrip())
+
+    def stop(self, sig=signal.SIGINT):
+        os.kill(self.proc.pid, sig)                 # the primary only
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.extend(err.decode().splitlines())
+        return self.proc.returncode
+
+
+@pytest.fixture
+def cli():
+    started = []
+
+    def start(*argv):
+        c = Cli(*argv)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        if c.proc.poll() is None:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
+
+
+def test_help_speaks_to_a_newcomer():
+    out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for word in ("APP", "--workers", "--sched", "--graceful-timeout",
+                 "--heartbeat-timeout", "example:"):
+        assert word in out
+
+
+def test_demo_answers_and_stops_on_sigint(cli):
+    port = free_port()
+    c = cli("demo", "-w", "2", "--port", str(port))
+    c.wait_log("listening on", count=2)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        hello = s.recv(100)
+        assert hello.startswith(b"hello from worker")
+        s.sendall(b"ping\n")
+        assert s.recv(100).endswith(b"] ping\n")
+    assert c.stop(signal.SIGINT) == 0
+    exits = [line for line in c.log if "exited" in line]
+    assert len(exits) == 2 and all("code 0, as asked" in line for line in exits), exits
+
+
+@pytest.mark.parametrize("example,kind", [("asyncio_echo.py", "line"),
+                                          ("http_server.py", "http"),
+                                          ("wsgi_app.py", "http")])
+def test_run_serves_each_example(cli, example, kind):
+    port = free_port()
+    c = cli("run", "-w", "2", f"examples/{example}", "--port", str(port))
+    c.wait_log("listening on", count=2)
+    pids = set()
+    for i in range(10):
+        if kind == "line":
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(f"ping {i}\n".encode())
+                reply = s.recv(100).decode()
+            assert reply.endswith(f"] ping {i}\n")
+            pids.add(reply.split("]")[0])
+        else:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=10) as r:
+                body = r.read().decode()
+            assert "pid" in body
+            pids.add(body.split()[-1])
+    assert pids
+    assert c.stop(signal.SIGTERM) == 0
+    assert sum("exited (code 0, as asked)" in line for line in c.log) == 2, c.log
+
+
+def test_run_reports_a_missing_app(cli):
+    c = cli("run", "nothing_here.py")
+    assert c.proc.wait(timeout=20) == 2
