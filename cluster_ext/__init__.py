@@ -40,7 +40,7 @@ worker: Worker | None = None
 
 _settings: dict[str, Any] = _primary.default_settings()
 settings: Mapping[str, Any] = type(type.__dict__)(_settings)    # a MappingProxyType
-_state: dict[str, Any] = {"next_id": 1, "forked": False, "ran": False}
+_state: dict[str, Any] = {"next_id": 1, "forked": False, "ran": False, "wakeup_fd": -1}
 _servers: set[Any] = set()          # the worker's servers: disconnect() closes them
 _gone_hooks: list[Callable[[Worker], None]] = []   # a worker stops taking connections
 _threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
@@ -89,6 +89,21 @@ def call_soon_threadsafe(fn: Callable[..., Any], *args: Any) -> None:
     _core.wakeup()
 
 
+def _wake_on_signals() -> None:
+    """A signal that lands just before the loop sleeps must still wake it:
+    Python's handlers only run once the wait ends. Unless the application
+    (or asyncio) has a wakeup fd of its own; only the main thread can."""
+    fd = _core.signal_fd()
+    try:
+        previous = _signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:
+        return
+    if previous not in (-1, _state["wakeup_fd"]):
+        _signal.set_wakeup_fd(previous)
+        return
+    _state["wakeup_fd"] = fd
+
+
 def _run_threadsafe() -> None:
     while _threadsafe:
         fn, args = _threadsafe.popleft()
@@ -96,6 +111,7 @@ def _run_threadsafe() -> None:
 
 
 _core.set_wake_callback(_run_threadsafe)
+_wake_on_signals()
 
 
 # ---- the primary -------------------------------------------------------------------
@@ -278,6 +294,7 @@ def _become_worker(worker_id: int, fd: int, settings_now: Mapping[str, Any],
     """In the child of fork(target=...): drop the primary's state, boot as a
     worker, run target() and the loop. Returns the exit code."""
     _primary.reset_signal_handlers()
+    _wake_on_signals()                  # the engine was rebuilt: a new pipe
     _module.remove_all_listeners()
     _shared.forget()
     _boot_worker(worker_id, fd, settings_now["serialization"],

@@ -520,6 +520,7 @@ cx_loop_init(cx_loop *loop)
     memset(loop, 0, sizeof(*loop));
     loop->epfd = loop->timerfd = loop->wakefd = -1;
     loop->sigchld_pipe[0] = loop->sigchld_pipe[1] = -1;
+    loop->signal_pipe[0] = loop->signal_pipe[1] = -1;
     cx_list_init(&loop->handles);
     cx_list_init(&loop->children_sig);
     cx_list_init(&loop->flushers);
@@ -567,6 +568,8 @@ cx_loop_close(cx_loop *loop)
     }
     cx_close(&loop->sigchld_pipe[0]);
     cx_close(&loop->sigchld_pipe[1]);
+    cx_close(&loop->signal_pipe[0]);
+    cx_close(&loop->signal_pipe[1]);
     free(loop->watchers);
     free(loop->heap);
     loop->watchers = NULL;
@@ -681,6 +684,40 @@ cx_loop_flush(cx_loop *loop)
         cx_list_remove(&f->node);
         f->flush(f);
     }
+}
+
+static void
+signal_readable(cx_loop *loop, cx_io *io, uint32_t events)
+{
+    char buf[64];
+
+    CX_UNUSED(loop);
+    CX_UNUSED(events);
+    /* Only ends the wait: the glue runs Python's handlers after each turn. */
+    while (read(io->fd, buf, sizeof(buf)) > 0) {
+    }
+}
+
+int
+cx_loop_signal_fd(cx_loop *loop)
+{
+    int r;
+
+    if (loop->signal_pipe[1] >= 0) {
+        return loop->signal_pipe[1];
+    }
+    if (pipe2(loop->signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        return -errno;
+    }
+    loop->signal_io.fd = loop->signal_pipe[0];
+    loop->signal_io.cb = signal_readable;
+    r = cx_io_start(loop, &loop->signal_io, EPOLLIN);
+    if (r < 0) {
+        cx_close(&loop->signal_pipe[0]);
+        cx_close(&loop->signal_pipe[1]);
+        return r;
+    }
+    return loop->signal_pipe[1];
 }
 
 int

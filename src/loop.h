@@ -85,7 +85,8 @@ typedef struct cx_flusher {
 struct cx_loop {
     int epfd, timerfd, wakefd;         /* owned */
     int sigchld_pipe[2];               /* owned, fallback only */
-    cx_io timer_io, wake_io, sigchld_io;
+    int signal_pipe[2];                /* owned: Python's signal wakeup fd */
+    cx_io timer_io, wake_io, sigchld_io, signal_io;
     cx_io **watchers;                  /* indexed by fd */
     int nwatchers;
     struct epoll_event *batch;         /* being dispatched; scrubbed on stop */
@@ -114,6 +115,10 @@ int cx_loop_turn(cx_loop *loop, int timeout_ms);
 int cx_loop_alive(const cx_loop *loop);
 void cx_loop_flush(cx_loop *loop);
 int cx_loop_wakeup(cx_loop *loop);     /* async-signal- and thread-safe */
+/* A pipe whose write end Python's signal module writes to when a signal
+   arrives (signal.set_wakeup_fd), so that a signal that lands just before
+   epoll_wait() still ends the wait. Returns the write end, or -errno. */
+int cx_loop_signal_fd(cx_loop *loop);
 
 int cx_io_start(cx_loop *loop, cx_io *io, uint32_t events);
 void cx_io_stop(cx_loop *loop, cx_io *io);

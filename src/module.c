@@ -374,14 +374,13 @@ turn_once(int timeout_ms)
     Py_BEGIN_ALLOW_THREADS
     rc = cx_loop_turn(&cxpy.loop, timeout_ms);
     Py_END_ALLOW_THREADS
-    if (rc == -EINTR) {
-        /* Python's signal handlers run here (SIGTERM -> disconnect...). */
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-    }
-    else if (rc < 0) {
+    if (rc < 0 && rc != -EINTR) {
         cxpy_raise_oserror(-rc);
+        return -1;
+    }
+    /* Python's signal handlers run here (SIGTERM -> disconnect...): after
+       EINTR, or after the wakeup fd ended the wait. */
+    if (PyErr_CheckSignals() < 0) {
         return -1;
     }
     drain_notes();
@@ -468,6 +467,18 @@ py_fileno(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     CX_UNUSED(mod);
     return PyLong_FromLong(cxpy.loop.epfd);
+}
+
+static PyObject *
+py_signal_fd(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int fd = cx_loop_signal_fd(&cxpy.loop);
+
+    CX_UNUSED(mod);
+    if (fd < 0) {
+        return cxpy_raise_oserror(-fd);
+    }
+    return PyLong_FromLong(fd);
 }
 
 static PyObject *
@@ -749,6 +760,9 @@ static PyMethodDef core_methods[] = {
      "One turn: wait up to timeout seconds (-1: forever), then deliver."},
     {"stop", py_stop, METH_NOARGS, "Makes run() return after this callback."},
     {"fileno", py_fileno, METH_NOARGS, "The epoll descriptor."},
+    {"signal_fd", py_signal_fd, METH_NOARGS,
+     "The write end of a pipe that ends the loop's wait: for "
+     "signal.set_wakeup_fd()."},
     {"wakeup", py_wakeup, METH_NOARGS,
      "Thread-safe: makes the loop call the wake callback."},
     {"set_wake_callback", py_set_wake_callback, METH_O, NULL},

@@ -33,9 +33,13 @@ def test_a_crash_loop_stops_instead_of_spinning(app):
     a = app("fleet.py", "crashloop")
     lines = a.finish(code=0, timeout=30)
     assert any(line.startswith("crashloop ") for line in lines), lines
-    forks = [line for line in lines if line.startswith("exit ")]
-    assert len(forks) >= 10
+    exits = [line for line in lines if line.startswith("exit ")]
+    assert len(exits) >= 10
     assert lines[-1] == "stopped"
+    # the back-off grows: respawns come further and further apart
+    forks = [float(line.split()[2]) for line in lines if line.startswith("fork ")]
+    gaps = [b - a for a, b in zip(forks[2:], forks[3:])]
+    assert max(gaps) > 4 * gaps[0] and max(gaps) >= 0.3, gaps
 
 
 def test_a_second_sigterm_stops_at_once(app):
@@ -102,3 +106,39 @@ def test_reload_under_load_replaces_every_worker_without_errors(app):
     a.finish(code=0)
     assert stats["errors"] == []
     assert stats["ok"] > 0 and len(stats["pids"]) >= 3   # old and new workers served
+
+
+def test_a_retired_worker_is_not_replaced(app):
+    a = app("fleet.py", "retire")
+    seen = []
+    lines_until(a, "online", seen)
+    lines_until(a, "online", seen)
+    os.kill(a.pid, signal.SIGTTOU)               # retire the oldest: asked, not a crash
+    lines_until(a, "exit 1 0 None True", seen)
+    os.kill(a.pid, signal.SIGTTIN)               # one more: it is the only new fork
+    lines_until(a, "online 3", seen)
+    os.kill(a.pid, signal.SIGTERM)
+    lines = a.finish(code=0)                     # every line, from the start
+    assert sorted(line for line in lines if line.startswith("online")) == \
+        ["online 1", "online 2", "online 3"]
+
+
+def test_sigterm_drains_held_connections_then_exits_0(app):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    a = app("fleet.py", "drain", env={"PORT": str(port)})
+    seen = []
+    lines_until(a, "listening", seen)
+    lines_until(a, "listening", seen)
+    held = socket.create_connection(("127.0.0.1", port), timeout=10)
+    held.sendall(b"ping\n")
+    assert held.recv(64).startswith(b"pong ")
+    os.kill(a.pid, signal.SIGTERM)
+    lines_until(a, "disconnect", seen)           # the worker without a connection
+    held.sendall(b"ping\n")                      # the other still serves its client
+    assert held.recv(64).startswith(b"pong ")
+    held.close()                                 # now it can finish
+    lines = a.finish(code=0)
+    exits = sorted(line for line in lines if line.startswith("exit "))
+    assert exits == ["exit 1 0 None True", "exit 2 0 None True"]

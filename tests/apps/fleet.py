@@ -5,9 +5,12 @@
   linger     workers keep a long timer after disconnect: a second SIGTERM kills
   heartbeat  worker 1 busy-loops: the heartbeat SIGKILLs and replaces it
   reload     workers serve a port; SIGHUP replaces each of them
+  retire     SIGTTOU retires the oldest (not replaced), SIGTTIN adds one
+  drain      workers serve a port; SIGTERM waits for a held connection
 """
 import os
 import sys
+import time
 
 import cluster_ext as cluster
 from cluster_ext import net
@@ -20,6 +23,7 @@ def say(*parts):
 
 
 if cluster.is_primary:
+    cluster.on("fork", lambda w: say("fork", w.id, round(time.monotonic(), 4)))
     cluster.on("online", lambda w: say("online", w.id))
     cluster.on("listening", lambda w, a: say("listening", w.id, a[1]))
     cluster.on("disconnect", lambda w: say("disconnect", w.id))
@@ -27,7 +31,8 @@ if cluster.is_primary:
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
     size = 1 if MODE == "heartbeat" else 2
     try:
-        cluster.supervise(size, backoff=(0.01, 0.05), graceful_timeout=10,
+        backoff = (0.01, 0.64) if MODE == "crashloop" else (0.01, 0.05)
+        cluster.supervise(size, backoff=backoff, graceful_timeout=10,
                           heartbeat_timeout=0.5 if MODE == "heartbeat" else None)
     except cluster.CrashLoopError as exc:
         say("crashloop", exc)
@@ -42,8 +47,11 @@ else:
         cluster.call_later(60, lambda: None)     # outlives the disconnect
     if MODE == "heartbeat" and me.id == 1:
         cluster.call_later(0.05, lambda: exec("while True: pass"))
-    if MODE == "reload":
+    if MODE in ("reload", "drain"):
         def answer(sock):
-            sock.on("data", lambda d: sock.end(f"pong {os.getpid()}\n".encode()))
+            if MODE == "drain":          # answer each line, keep the connection
+                sock.on("data", lambda d: sock.write(f"pong {os.getpid()}\n".encode()))
+            else:
+                sock.on("data", lambda d: sock.end(f"pong {os.getpid()}\n".encode()))
         net.create_server(answer).listen(int(os.environ["PORT"]), "127.0.0.1")
     cluster.run()
