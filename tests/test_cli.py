@@ -21,7 +21,9 @@ def free_port():
 
 class Cli:
     def __init__(self, *argv):
-        self.proc = subprocess.Popen([sys.executable, "-m", "cluster_ext", *argv], cwd=ROOT,
+        # Not from the source tree: `-m` puts the cwd first on sys.path, and the
+        # tree's cluster_ext has no built extension; the installed one is wanted.
+        self.proc = subprocess.Popen([sys.executable, "-m", "cluster_ext", *argv], cwd="/",
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self.log = []
@@ -62,7 +64,7 @@ def cli():
 
 
 def test_help_speaks_to_a_newcomer():
-    out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"],
+    out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"], cwd="/",
                          capture_output=True, text=True, check=True).stdout
     for word in ("APP", "--workers", "--sched", "--graceful-timeout",
                  "--heartbeat-timeout", "example:"):
@@ -88,7 +90,7 @@ def test_demo_answers_and_stops_on_sigint(cli):
                                           ("wsgi_app.py", "http")])
 def test_run_serves_each_example(cli, example, kind):
     port = free_port()
-    c = cli("run", "-w", "2", f"examples/{example}", "--port", str(port))
+    c = cli("run", "-w", "2", str(ROOT / "examples" / example), "--port", str(port))
     c.wait_log("listening on", count=2)
     pids = set()
     for i in range(10):
