@@ -150,7 +150,8 @@ class _Fleet:
         for w in list(cluster.workers.values()):
             if w.is_dead() or not w.is_connected():
                 continue
-            if now - self.pongs.get(w.id, now) > self.heartbeat_timeout:
+            # A worker forked elsewhere (reload()) is timed from its first beat.
+            if now - self.pongs.setdefault(w.id, now) > self.heartbeat_timeout:
                 os.kill(w.process.pid, 9)   # its Python code is stuck: replace it
                 self.pongs[w.id] = now
             else:
