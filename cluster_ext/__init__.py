@@ -220,6 +220,10 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
         return _shared.listen_socket(host, port, None if path is None else os.fspath(path),
                                      backlog)[0]
     from . import net
+    if _core.running():
+        raise RuntimeError("listen_socket() waits for the primary's answer: call it before "
+                           "run(), or use net.create_server() / aio.start_server() in a "
+                           "callback")
     answer: list[tuple] = []
     spec = net.ask_primary(port, host, backlog, None if path is None else os.fspath(path),
                            True, lambda *reply: answer.append(reply))

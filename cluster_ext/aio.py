@@ -79,7 +79,7 @@ class _Shared:
     def _accepted(self, fd: int) -> None:
         """SCHED_RR: a connection from the primary."""
         sock = socket.socket(fileno=fd)
-        loop = asyncio.get_event_loop()
+        loop = asyncio.get_running_loop()    # we run inside its reader callback
         loop.create_task(loop.connect_accepted_socket(self.factory, sock))
 
     def close(self, callback: Callable[[], Any] | None = None) -> None:

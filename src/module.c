@@ -463,6 +463,13 @@ py_stop(PyObject *mod, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+py_running(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    return PyBool_FromLong(cxpy.running);
+}
+
+static PyObject *
 py_fileno(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     CX_UNUSED(mod);
@@ -759,6 +766,8 @@ static PyMethodDef core_methods[] = {
     {"turn", py_turn, METH_O,
      "One turn: wait up to timeout seconds (-1: forever), then deliver."},
     {"stop", py_stop, METH_NOARGS, "Makes run() return after this callback."},
+    {"running", py_running, METH_NOARGS,
+     "Whether run() or turn() is on the stack."},
     {"fileno", py_fileno, METH_NOARGS, "The epoll descriptor."},
     {"signal_fd", py_signal_fd, METH_NOARGS,
      "The write end of a pipe that ends the loop's wait: for "

@@ -66,3 +66,9 @@ def test_http_server_on_listen_socket_in_two_workers(app):
     a.proc.stdin.flush()
     lines = a.finish(code=0)
     assert sorted(ln for ln in lines if ln.startswith("exit")) == ["exit 1 0", "exit 2 0"]
+
+
+def test_listen_socket_in_a_callback_says_what_to_do():
+    from conftest import run_app
+    line = run_app("listen_misuse.py")[0]
+    assert line.startswith("RuntimeError: ") and "before run()" in line
