@@ -5,14 +5,10 @@ The test sends commands on stdin: 'disconnect' (cluster.disconnect())."""
 import asyncio
 import os
 import sys
-import threading
 
 import cluster_ext as cluster
 from cluster_ext import aio
-
-
-def say(*parts):
-    os.write(1, (" ".join(map(str, parts)) + "\n").encode())
+from disc_util import on_commands, say
 
 
 if cluster.is_primary:
@@ -31,12 +27,7 @@ if cluster.is_primary:
     cluster.on("disconnect", lambda w: say("disconnect", w.id))
     cluster.on("exit", lambda w, code, sig: say("exit", w.id, code))
 
-    def commands():
-        for line in sys.stdin:
-            if line.strip() == "disconnect":
-                cluster.call_soon_threadsafe(cluster.disconnect)
-
-    threading.Thread(target=commands, daemon=True).start()
+    on_commands(lambda words: words == ["disconnect"] and cluster.disconnect())
     cluster.fork()
     cluster.fork()
     cluster.run()

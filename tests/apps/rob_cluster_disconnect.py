@@ -43,8 +43,11 @@ if cluster.is_primary:
 else:
     @cluster.worker.on("disconnecting")
     def linger():
-        # Stands for work the worker finishes before it lets go; the channel
-        # closes after this returns. Different for each worker on purpose.
-        time.sleep(0.1 * cluster.worker.id)
+        # Stands for work the worker finishes before it lets go (busy, as
+        # work is); the channel closes after this returns. Different for each
+        # worker on purpose.
+        done = time.monotonic() + 0.1 * cluster.worker.id
+        while time.monotonic() < done:
+            pass
 
     cluster.run()
