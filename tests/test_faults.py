@@ -14,3 +14,27 @@ def test_workers_sigkilled_mid_stream_leave_the_primary_whole():
         assert r["events"][-2:] == ["disconnect", ["exit", None, "SIGKILL", False]], r
         assert [e for e in r["events"][:-2] if e != "ChannelClosedError"] == [], r
     assert fds["fds_after"] == fds["fds_before"]
+
+
+def test_the_primary_out_of_descriptors_serves_every_connection_later(app):
+    import socket
+    import subprocess
+    a = app("fault_emfile.py", stdin=subprocess.PIPE)
+    port = int(a.wait_for("LISTENING").split()[1])
+    a.proc.stdin.write(b"low\n")
+    a.proc.stdin.flush()
+    a.wait_for("LOW")
+    # The kernel completes the handshakes; the primary cannot accept them.
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=15) for _ in range(5)]
+    for c in clients:
+        c.sendall(b"ping\n")
+    a.proc.stdin.write(b"high\n")
+    a.proc.stdin.flush()
+    a.wait_for("HIGH")
+    replies = []
+    for c in clients:
+        replies.append(c.recv(64))
+        c.close()
+    assert all(r.startswith(b"pong ") for r in replies), replies
+    lines = a.finish(code=0)                     # stdin closes: disconnect, exit 0
+    assert "LOW" in lines and "HIGH" in lines
