@@ -38,3 +38,24 @@ def test_the_primary_out_of_descriptors_serves_every_connection_later(app):
     assert all(r.startswith(b"pong ") for r in replies), replies
     lines = a.finish(code=0)                     # stdin closes: disconnect, exit 0
     assert "LOW" in lines and "HIGH" in lines
+
+
+def test_a_client_that_never_reads_stalls_nobody(app):
+    import socket
+    import subprocess
+    a = app("fault_slow_reader.py", stdin=subprocess.PIPE)
+    port = int(a.wait_for("LISTENING").split()[1])
+    slow = socket.create_connection(("127.0.0.1", port), timeout=15)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(b"big\n")                       # and never read
+    a.wait_for("BLOCKED")
+    pids = set()
+    for _ in range(20):                          # both workers, the slow one's too
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"ping\n")
+            reply = c.recv(64)
+        assert reply.startswith(b"pong "), reply
+        pids.add(reply.split()[1])
+    assert len(pids) == 2
+    slow.close()
+    a.finish(code=0)
