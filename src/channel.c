@@ -18,17 +18,6 @@
 static void chan_finish(cx_chan *ch, int err);
 static void chan_flush(cx_chan *ch);
 
-static void
-push_note(cx_chan *ch, int kind, int a)
-{
-    cx_note *note = cx_note_new(&ch->h, kind, 0);
-
-    if (note != NULL) {
-        note->a = a;
-        cx_note_push(ch->h.loop, note);
-    }
-}
-
 /* ---- reading ------------------------------------------------------------- */
 
 static int
@@ -195,7 +184,7 @@ chan_read_and_settle(cx_chan *ch, int max_reads)
     }
     else if (r < 0) {
         if (r == -EPROTO || r == -EMSGSIZE) {
-            push_note(ch, CX_NOTE_ERROR, -r);
+            cx_note_post(&ch->h, CX_NOTE_ERROR, -r);
         }
         chan_finish(ch, -r);
     }
@@ -224,7 +213,7 @@ static void
 written_notes(cx_chan *ch, int count, int err)
 {
     while (count-- > 0) {
-        push_note(ch, CX_NOTE_WRITTEN, err);
+        cx_note_post(&ch->h, CX_NOTE_WRITTEN, err);
     }
 }
 
@@ -260,7 +249,7 @@ chan_flush(cx_chan *ch)
     }
     if (ch->above_hwm && cx_outq_size(&ch->out) <= ch->hwm) {
         ch->above_hwm = 0;
-        push_note(ch, CX_NOTE_DRAIN, 0);
+        cx_note_post(&ch->h, CX_NOTE_DRAIN, 0);
     }
     if (ch->closing && (cx_outq_size(&ch->out) == 0 || ch->write_err)) {
         chan_finish(ch, 0);
@@ -375,7 +364,7 @@ chan_finish(cx_chan *ch, int err)
     cx_outq_free(&ch->out);
     chan_release(ch);
     cx_handle_unlink(&ch->h);
-    push_note(ch, CX_NOTE_CLOSE, err);
+    cx_note_post(&ch->h, CX_NOTE_CLOSE, err);
 }
 
 static void

@@ -54,8 +54,7 @@ PyObject *cxpy_new_type(PyObject *mod, PyType_Spec *spec);
 /* The end of every constructor: r is what the engine's open returned. Links
    the object to its handle and pins it; returns it, or NULL (OSError). */
 PyObject *cxpy_opened(CxObject *self, int r);
-/* Shared methods and slots of the glue types. */
-PyObject *cxpy_set_ref(PyObject *self, PyObject *arg);
+/* The shared dealloc slot of the glue types. */
 void cxpy_dealloc(PyObject *self);
 /* A tuple of the note's fds as ints; from then on Python owns them. */
 PyObject *cxpy_take_fds(cx_note *note);

@@ -108,16 +108,6 @@ cx_handle_unlink(cx_handle *h)
     }
 }
 
-void
-cx_handle_ref(cx_handle *h, int referenced)
-{
-    referenced = !!referenced;
-    if (h->linked) {
-        h->loop->nref += referenced - h->referenced;
-    }
-    h->referenced = referenced;
-}
-
 cx_note *
 cx_note_new(cx_handle *h, int kind, size_t len)
 {
@@ -151,6 +141,17 @@ cx_note_push(cx_loop *loop, cx_note *note)
         loop->head = note;
     }
     loop->tail = note;
+}
+
+void
+cx_note_post(cx_handle *h, int kind, int a)
+{
+    cx_note *note = cx_note_new(h, kind, 0);
+
+    if (note != NULL) {
+        note->a = a;
+        cx_note_push(h->loop, note);
+    }
 }
 
 cx_note *

@@ -126,12 +126,13 @@ void cx_io_stop(cx_loop *loop, cx_io *io);
 void cx_handle_init(cx_loop *loop, cx_handle *h, void (*forget)(cx_handle *));
 void cx_handle_link(cx_handle *h);
 void cx_handle_unlink(cx_handle *h);
-void cx_handle_ref(cx_handle *h, int referenced);
 
 cx_note *cx_note_new(cx_handle *h, int kind, size_t len);
 void cx_note_push(cx_loop *loop, cx_note *note);
 cx_note *cx_note_pop(cx_loop *loop);   /* caller frees, then h->pending-- */
 void cx_note_free(cx_note *note);      /* closes fds not claimed */
+/* A note with no payload (kind, a) for h; dropped if memory is short. */
+void cx_note_post(cx_handle *h, int kind, int a);
 
 void cx_timer_init(cx_loop *loop, cx_timer *t);
 int cx_timer_start(cx_timer *t, uint64_t delay_ns);

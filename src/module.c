@@ -96,18 +96,6 @@ cxpy_opened(CxObject *self, int r)
     return (PyObject *)self;
 }
 
-PyObject *
-cxpy_set_ref(PyObject *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-
-    if (on < 0 || cxpy_check_owner() < 0) {
-        return NULL;
-    }
-    cx_handle_ref(((CxObject *)self)->hp, on);
-    Py_RETURN_NONE;
-}
-
 void
 cxpy_dealloc(PyObject *self)
 {
@@ -255,23 +243,10 @@ handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *
-handle_active(CxHandle *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->hp->linked);
-}
-
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS,
      "Stops the timer; harmless when it is done."},
-    {"set_ref", cxpy_set_ref, METH_O,
-     "Whether this handle keeps run() going."},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef handle_getset[] = {
-    {"active", (getter)handle_active, NULL, "Still waiting to fire.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot handle_slots[] = {
@@ -279,7 +254,6 @@ static PyType_Slot handle_slots[] = {
     {Py_tp_traverse, handle_traverse},
     {Py_tp_clear, handle_clear},
     {Py_tp_methods, handle_methods},
-    {Py_tp_getset, handle_getset},
     {0, NULL},
 };
 

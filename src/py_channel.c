@@ -177,7 +177,6 @@ static PyMethodDef channel_methods[] = {
      "Closes once the write queue has drained."},
     {"drain_close", (PyCFunction)channel_drain_close, METH_NOARGS,
      "The peer is gone: reads what it left, then closes."},
-    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

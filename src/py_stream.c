@@ -194,7 +194,6 @@ static PyMethodDef stream_methods[] = {
     {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
     {"set_no_delay", (PyCFunction)stream_set_no_delay, METH_O,
      "TCP_NODELAY on a TCP socket."},
-    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -338,7 +337,6 @@ static PyMethodDef listener_methods[] = {
     {"close", (PyCFunction)listener_close, METH_NOARGS,
      "Stops accepting and closes the listening fd."},
     {"pause", (PyCFunction)listener_pause, METH_O, "pause(True|False)"},
-    {"set_ref", cxpy_set_ref, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,17 +18,6 @@
 
 static void stream_flush(cx_stream *s);
 
-static void
-push_note(cx_handle *h, int kind, int a)
-{
-    cx_note *note = cx_note_new(h, kind, 0);
-
-    if (note != NULL) {
-        note->a = a;
-        cx_note_push(h->loop, note);
-    }
-}
-
 /* ---- streams -------------------------------------------------------------- */
 
 static void
@@ -52,12 +41,12 @@ cx_stream_destroy(cx_stream *s, int err)
     }
     pending = cx_outq_clear(&s->out);
     while (pending-- > 0) {
-        push_note(&s->h, CX_NOTE_WRITTEN, EPIPE);
+        cx_note_post(&s->h, CX_NOTE_WRITTEN, EPIPE);
     }
     cx_outq_free(&s->out);
     stream_release(s);
     cx_handle_unlink(&s->h);
-    push_note(&s->h, CX_NOTE_CLOSE, err);
+    cx_note_post(&s->h, CX_NOTE_CLOSE, err);
 }
 
 static int
@@ -112,7 +101,7 @@ stream_read(cx_stream *s)
         }
         if (n == 0) {
             s->read_eof = 1;
-            push_note(&s->h, CX_NOTE_END, 0);
+            cx_note_post(&s->h, CX_NOTE_END, 0);
             cx_stream_end(s);   /* Node's allowHalfOpen: false */
             return;
         }
@@ -159,7 +148,7 @@ stream_flush(cx_stream *s)
     }
     r = cx_outq_write(&s->out, s->fd, s->is_socket, &reached);
     while (reached-- > 0) {
-        push_note(&s->h, CX_NOTE_WRITTEN, 0);
+        cx_note_post(&s->h, CX_NOTE_WRITTEN, 0);
     }
     if (r < 0) {
         cx_stream_destroy(s, -r);
@@ -167,7 +156,7 @@ stream_flush(cx_stream *s)
     }
     if (s->above_hwm && cx_outq_size(&s->out) <= s->hwm) {
         s->above_hwm = 0;
-        push_note(&s->h, CX_NOTE_DRAIN, 0);
+        cx_note_post(&s->h, CX_NOTE_DRAIN, 0);
     }
     if (r == 0 && s->ending && !s->write_shut) {
         s->write_shut = 1;

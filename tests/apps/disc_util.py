@@ -14,6 +14,17 @@ def say(*parts):
     sys.stdout.flush()
 
 
+def say_when_listening(count):
+    """Primary: 'LISTENING <port>' once count workers listen."""
+    seen = []
+
+    @cluster.on("listening")
+    def listening(worker, address):
+        seen.append(worker.id)
+        if len(seen) == count:
+            say("LISTENING", address[1])
+
+
 def set_policy(name):
     cluster.scheduling_policy = {"rr": cluster.SCHED_RR, "none": cluster.SCHED_NONE}[name]
 

@@ -10,17 +10,11 @@ import resource
 
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say
+from disc_util import on_commands, say, say_when_listening
 
 if cluster.is_primary:
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)
-    ready = []
-
-    @cluster.on("listening")
-    def listening(w, address):
-        ready.append(w.id)
-        if len(ready) == 2:
-            say("LISTENING", address[1])
+    say_when_listening(2)
 
     def command(words):
         if words == ["low"]:

@@ -7,16 +7,10 @@ import os
 
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say
+from disc_util import on_commands, say, say_when_listening
 
 if cluster.is_primary:
-    ready = []
-
-    @cluster.on("listening")
-    def listening(w, address):
-        ready.append(w.id)
-        if len(ready) == 2:
-            say("LISTENING", address[1])
+    say_when_listening(2)
 
     cluster.on("message", lambda w, msg, handle: say(msg))
     on_commands(lambda words: words == ["eof"] and cluster.disconnect())

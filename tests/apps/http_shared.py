@@ -5,17 +5,11 @@ import os
 import threading
 
 import cluster_ext as cluster
-from disc_util import on_commands, say
+from disc_util import on_commands, say, say_when_listening
 
 
 if cluster.is_primary:
-    seen = []
-
-    @cluster.on("listening")
-    def listening(w, address):
-        seen.append(w.id)
-        if len(seen) == 2:
-            say("LISTENING", address[1])
+    say_when_listening(2)
 
     cluster.on("exit", lambda w, code, sig: say("exit", w.id, code))
 
