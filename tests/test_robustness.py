@@ -143,7 +143,9 @@ def test_no_descriptor_leak_over_fork_exit_cycles(mode):
 # ---- a corrupt channel -----------------------------------------------------------------
 
 @pytest.mark.parametrize("mode, errno_name", [("badtype", "EPROTO"),
-                                              ("oversize", "EMSGSIZE")])
+                                              ("oversize", "EMSGSIZE"),
+                                              ("overlimit", "EMSGSIZE"),
+                                              ("nofds", "EPROTO")])
 def test_garbage_on_one_channel_spares_the_others(mode, errno_name):
     log = only_json(run_app("rob_garbage.py", mode))["log"]
     names = [e[0] for e in log]
@@ -158,6 +160,16 @@ def test_garbage_on_one_channel_spares_the_others(mode, errno_name):
     assert ["good.message", "pong"] in log
     assert ["good.exit", 0, None] in log
     assert "bad.exit" in names
+    assert names[-1] == "run returned", log
+
+
+def test_a_truncated_last_frame_is_dropped_without_an_error():
+    log = only_json(run_app("rob_garbage.py", "truncated"))["log"]
+    names = [e[0] for e in log]
+    assert "bad.error" not in names, log
+    assert names.index("bad.disconnect") < names.index("bad.exit"), log
+    assert ["good.message", "pong"] in log
+    assert ["good.exit", 0, None] in log
     assert names[-1] == "run returned", log
 
 

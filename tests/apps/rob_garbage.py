@@ -1,8 +1,12 @@
-"""A worker writes raw garbage on its IPC channel, behind the framing's back
-(MODE 'badtype': 64 bytes 0xff, an impossible frame type; MODE 'oversize': a
-well-formed header announcing a 2 GiB frame). The primary must report an
-'error' on that Worker, then 'disconnect', and go on serving the other
-worker. Prints one JSON line with the primary's log."""
+"""A worker writes raw bytes on its IPC channel, behind the framing's back.
+MODE 'badtype': 64 bytes 0xff, an impossible frame type; 'oversize': a
+well-formed header announcing a 2 GiB frame; 'overlimit': 64 KiB over
+max_message_size; 'nofds': a frame that claims two descriptors and carries
+none. The primary must report an 'error' on that Worker, then 'disconnect',
+and go on serving the other worker. MODE 'truncated': half a frame, then the
+worker dies: no 'error' (a cut last frame is what any death mid-write
+leaves), just 'disconnect' and 'exit'. Prints one JSON line with the
+primary's log."""
 import json
 import os
 import struct
@@ -50,12 +54,19 @@ else:
     @cluster.worker.on("message")
     def order(msg, handle):
         if msg == "corrupt":
-            if MODE == "badtype":
-                garbage = b"\xff" * 64
-            else:   # header {u32 len, u8 type, u8 nfds, u16 flags}: type 1 is a user message
-                garbage = struct.pack("=IBBH", 0x7FFFFFFF, 1, 0, 0) + b"x" * 56
+            # header {u32 len, u8 type, u8 nfds, u16 flags}: type 1 is a user message
+            garbage = {
+                "badtype": b"\xff" * 64,
+                "oversize": struct.pack("=IBBH", 0x7FFFFFFF, 1, 0, 0) + b"x" * 56,
+                "overlimit": struct.pack("=IBBH", cluster.settings["max_message_size"] + 65536,
+                                         1, 0, 0) + b"x" * 56,
+                "nofds": struct.pack("=IBBH", 2, 1, 2, 0) + b"{}",
+                "truncated": struct.pack("=IBBH", 1000, 1, 0, 0) + b"x" * 500,
+            }[MODE]
             # The channel's descriptor, reached directly: no API writes raw bytes.
             os.write(cluster.worker._chan.fd, garbage)
+            if MODE == "truncated":
+                os._exit(0)
         elif msg == "ping":
             cluster.worker.send("pong")
 
