@@ -181,6 +181,17 @@ def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
     return merged
 
 
+def fork_refused(exc: OSError) -> OSError:
+    """fork() failed: say which limit was hit, not only 'Resource temporarily
+    unavailable'."""
+    import errno
+    why = {errno.EAGAIN: "the process limit is reached (RLIMIT_NPROC, or the "
+                         "system's pid_max/threads-max)",
+           errno.ENOMEM: "no memory for a new process"}.get(exc.errno)
+    text = f"fork() failed: {exc.strerror}" + (f": {why}" if why else "")
+    return OSError(exc.errno, text)
+
+
 def start_exec(worker_id: int, settings: Mapping[str, Any],
                env: Mapping[str, str] | None) -> tuple[int, int, Stdio]:
     """Fork + exec of a worker. Returns (pid, our channel fd, stdio)."""
@@ -194,9 +205,14 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
             envp = [f"{k}={v}" for k, v in
                     worker_env(worker_id, their_fd, settings, env).items()]
             uid, gid = settings["uid"], settings["gid"]
-            pid = _core.spawn(path, argv, envp, settings["cwd"], their_fd,
-                              tuple(stdio.child), -1 if uid is None else uid,
-                              -1 if gid is None else gid)
+            try:
+                pid = _core.spawn(path, argv, envp, settings["cwd"], their_fd,
+                                  tuple(stdio.child), -1 if uid is None else uid,
+                                  -1 if gid is None else gid)
+            except OSError as exc:
+                if exc.filename is None:     # fork() itself, not the program
+                    raise fork_refused(exc) from None
+                raise
         finally:
             os.close(their_fd)
             stdio.close_child()
@@ -218,7 +234,10 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
     try:
         stdio = Stdio(settings)
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            raise fork_refused(exc) from None
     except BaseException:
         os.close(ours)
         os.close(theirs)

@@ -629,7 +629,9 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_END_ALLOW_THREADS
     if (pid < 0) {
         errno = -pid;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+        /* The filename says the program is at fault: only when it is. */
+        PyErr_SetFromErrnoWithFilenameObject(
+            PyExc_OSError, plan.failed_in_parent ? NULL : args[0]);
         goto done;
     }
     result = PyLong_FromLong(pid);

@@ -81,13 +81,14 @@ cx_spawn_die_with_parent(pid_t parent)
 }
 
 pid_t
-cx_spawn(const cx_spawn_plan *plan)
+cx_spawn(cx_spawn_plan *plan)
 {
     int errpipe[2], err = 0;
     sigset_t all, old;
     pid_t parent = getpid(), pid;
     ssize_t n;
 
+    plan->failed_in_parent = 1;
     if (pipe2(errpipe, O_CLOEXEC) < 0) {
         return -errno;
     }
@@ -106,6 +107,7 @@ cx_spawn(const cx_spawn_plan *plan)
         cx_close(&errpipe[0]);
         return -err;
     }
+    plan->failed_in_parent = 0;
     /* EOF: execve() succeeded and closed the pipe; 4 bytes: an errno. */
     do {
         n = read(errpipe[0], &err, sizeof(err));

@@ -13,6 +13,7 @@ typedef struct cx_spawn_plan {
     int chan_fd;               /* the one fd the worker inherits (>= 3) */
     int stdio[3];              /* fd (>= 3) for 0, 1, 2; -1 inherits */
     int uid, gid;              /* -1: unchanged */
+    int failed_in_parent;      /* out: set when pipe2() or fork() failed */
 } cx_spawn_plan;
 
 /* Exit status of a child that found its parent gone before it could set the
@@ -22,7 +23,7 @@ typedef struct cx_spawn_plan {
 /* Returns the pid, or -errno: an exec failure comes back through a
    close-on-exec error pipe and the child is reaped. Blocks until the child
    has exec'ed: call it without the GIL. */
-pid_t cx_spawn(const cx_spawn_plan *plan);
+pid_t cx_spawn(cx_spawn_plan *plan);
 /* For a child made by fork() without exec: die with the parent, like an
    exec'ed worker. Returns 0, or -errno. */
 int cx_spawn_die_with_parent(pid_t parent);

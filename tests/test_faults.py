@@ -1,5 +1,8 @@
 """Fault injection: processes killed at the worst moments."""
+import errno
 import json
+
+import pytest
 
 from conftest import run_app
 
@@ -59,3 +62,23 @@ def test_a_client_that_never_reads_stalls_nobody(app):
     assert len(pids) == 2
     slow.close()
     a.finish(code=0)
+
+
+def test_fork_refused_by_rlimit_nproc_raises_a_clear_oserror_and_leaks_nothing():
+    result = json.loads(run_app("fault_nproc.py")[0])
+    if "skip" in result:
+        pytest.skip(result["skip"])
+    assert [a["kind"] for a in result["attempts"]] == ["exec", "exec_silent", "target"]
+    for a in result["attempts"]:
+        _name, is_oserror, err, text = a["raised"]
+        assert is_oserror and err == errno.EAGAIN, a
+        assert text.endswith("fork() failed: Resource temporarily unavailable: the process "
+                             "limit is reached (RLIMIT_NPROC, or the system's "
+                             "pid_max/threads-max)"), a
+        assert (a["workers"], a["fd_delta"], a["children"]) == (0, 0, []), a
+    # the limit lifted, the primary forks, talks to and loses a worker as usual;
+    # the refused forks emitted no 'fork' and used no worker id
+    assert result["good_said"] == "hello"
+    assert result["good_exit"] == [0, None]
+    assert result["forks_seen"] == [result["good_id"]] == [1]
+    assert (result["fd_delta_end"], result["children_end"]) == (0, [])
