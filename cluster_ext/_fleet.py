@@ -19,6 +19,7 @@ cluster: Any = None              # the cluster_ext module, set by its __init__
 CRASH_WINDOW = 1.0               # a worker dead this soon after its start crashed
 CRASH_LOOP = 10                  # this many crashes in a row: stop
 HEALTHY_AFTER = 30.0             # this long alive resets the back-off
+RELOAD_TRIES = 3                 # replacements for one worker before a reload gives up
 
 
 class CrashLoopError(RuntimeError):
@@ -28,7 +29,10 @@ class CrashLoopError(RuntimeError):
 def reload(callback: Callable[[], Any] | None = None) -> None:
     """Rolling restart, one worker at a time: fork a replacement, wait for its
     'listening' ('online' if the old one served nothing), then disconnect
-    the old one; callback() once every old worker is replaced."""
+    the old one; callback() once every old worker is replaced. A replacement
+    that dies before it is ready is tried again; after RELOAD_TRIES deaths in
+    a row the reload ends there and the old workers go on serving (code that
+    cannot start is not rolled out), without callback()."""
     if not cluster.is_primary:
         raise RuntimeError("reload() is the primary's")
     old = list(cluster.workers.values())
@@ -40,19 +44,26 @@ def reload(callback: Callable[[], Any] | None = None) -> None:
             if callback is not None:
                 callback()
             return
-        w = old.pop(0)
+        replace(old.pop(0), RELOAD_TRIES)
+
+    def replace(w: Any, tries: int) -> None:
         ready = "listening" if w.state == "listening" else "online"
         new = cluster.fork()
 
         def replaced(*_: Any) -> None:
-            new.off(ready, replaced)
             new.off("exit", failed)
+            if w.is_dead():               # killed meanwhile: nothing to retire
+                step()
+                return
             w.once("exit", lambda *_: step())
             w.disconnect()
 
-        def failed(*_: Any) -> None:      # the replacement died first: keep the old one
+        def failed(*_: Any) -> None:
             new.off(ready, replaced)
-            step()
+            if w.is_dead():               # both gone: its slot is the fleet's to refill
+                step()
+            elif tries > 1:
+                replace(w, tries - 1)
 
         new.once(ready, replaced)
         new.once("exit", failed)
@@ -89,22 +100,25 @@ class _Fleet:
     def on_exit(self, w: Any, code: int | None, sig: Any) -> None:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
-        if self.stopping or w.exited_after_disconnect or not self.respawn:
+        if self.stopping or not self.respawn:
             return
-        lived = time.monotonic() - started
-        if lived < CRASH_WINDOW:
-            self.crashes += 1
-            if self.crashes >= CRASH_LOOP:
-                self.error = CrashLoopError(
-                    f"{self.crashes} workers in a row died within {CRASH_WINDOW:g} s of "
-                    f"starting (the last: code={code}, signal={sig})")
-                self.stop(now=True)
-                return
-        else:
-            self.crashes = 0
-        if lived >= HEALTHY_AFTER:
-            self.delay = 0.0
-        self.delay = min(self.backoff_max, max(self.backoff_min, self.delay * 2))
+        if not w.exited_after_disconnect:
+            lived = time.monotonic() - started
+            if lived < CRASH_WINDOW:
+                self.crashes += 1
+                if self.crashes >= CRASH_LOOP:
+                    self.error = CrashLoopError(
+                        f"{self.crashes} workers in a row died within {CRASH_WINDOW:g} s "
+                        f"of starting (the last: code={code}, signal={sig})")
+                    self.stop(now=True)
+                    return
+            else:
+                self.crashes = 0
+            if lived >= HEALTHY_AFTER:
+                self.delay = 0.0
+            self.delay = min(self.backoff_max, max(self.backoff_min, self.delay * 2))
+        # Also after a retirement: a worker that died while a reload had one
+        # extra in flight was not replaced then, and the count is short now.
         if self.live() < self.size:
             timer: list[Any] = []
             timer.append(cluster.call_later(self.delay, lambda: self.respawn_one(timer[0])))

@@ -82,3 +82,29 @@ def test_fork_refused_by_rlimit_nproc_raises_a_clear_oserror_and_leaks_nothing()
     assert result["good_exit"] == [0, None]
     assert result["forks_seen"] == [result["good_id"]] == [1]
     assert (result["fd_delta_end"], result["children_end"]) == (0, [])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_worker_sigkilled_at_any_point_of_a_reload_leaves_a_whole_fleet(seed):
+    lines = run_app("fault_kill_reload.py", "kill", "8", str(seed), timeout=50)
+    report, stopped = map(json.loads, lines)
+    assert len(report["rounds"]) == 8
+    for r in report["rounds"]:
+        # the reload finished; 3 new workers, every one of them serving
+        assert r["reload_done"] and r["every_worker_served"], r
+        assert r["errors"] == [], r
+    # the kills landed on old workers and on replacements, at different points
+    assert {r["killed"][1] for r in report["rounds"]} == {"old", "new"}
+    assert len({r["killed"][0] for r in report["rounds"]}) >= 3
+    assert report["fds_end"] == report["fds_start"]
+    assert stopped == {"stopped": True, "children": []}     # and no zombie
+
+
+def test_a_reload_whose_new_code_cannot_start_keeps_the_old_workers():
+    lines = run_app("fault_kill_reload.py", "bad", timeout=30)
+    report, stopped = map(json.loads, lines)
+    # three replacements died; the reload gave up (no callback, no crash-loop
+    # stop), the old workers kept serving, and good code then replaced them
+    assert report == {"log": [{"crashes": 3, "served_by_old": True, "errors": []},
+                              {"replaced": True}], "crashes": 3}
+    assert stopped == {"stopped": True, "children": []}
