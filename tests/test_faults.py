@@ -108,3 +108,23 @@ def test_a_reload_whose_new_code_cannot_start_keeps_the_old_workers():
     assert report == {"log": [{"crashes": 3, "served_by_old": True, "errors": []},
                               {"replaced": True}], "crashes": 3}
     assert stopped == {"stopped": True, "children": []}
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_worker_sigkilled_at_any_point_of_its_disconnect_spares_the_rest(seed):
+    report = json.loads(run_app("fault_kill_disconnect.py", "12", str(seed), timeout=50)[0])
+    rounds = report["rounds"]
+    assert len(rounds) == 12
+    assert {r["point"] for r in rounds} == {
+        "primary_sync", "primary_delay", "disconnecting", "waiting", "mid_reply",
+        "last_connection"}
+    for r in rounds:
+        assert r["held"][0] >= 2 and r["held"][1] >= 1, r
+        # 'disconnect' then 'exit' (SIGKILL, and it had been asked to leave)
+        assert r["events"] == ["disconnect", ["exit", None, "SIGKILL", True]], r
+        assert r["v_conns_ended"], r      # the dead worker's clients do not hang
+        assert r["stay_answers"], r       # the other worker's do not notice
+        assert r["new_served_by_stay"], r
+    fds = report["fds_at_each_round"]
+    assert fds == [fds[0]] * len(fds)
+    assert report["children"] == [] and report["stay_exit"] == [0, None]
