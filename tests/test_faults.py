@@ -1,6 +1,10 @@
 """Fault injection: processes killed at the worst moments."""
 import errno
 import json
+import os
+import select
+import signal
+import time
 
 import pytest
 
@@ -128,3 +132,49 @@ def test_a_worker_sigkilled_at_any_point_of_its_disconnect_spares_the_rest(seed)
     fds = report["fds_at_each_round"]
     assert fds == [fds[0]] * len(fds)
     assert report["children"] == [] and report["stay_exit"] == [0, None]
+
+
+def session_members(sid):
+    """Live processes (zombies excepted) of a session."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _ppid, _pgrp, session = f.read().rsplit(")", 1)[1].split()[:4]
+        except OSError:
+            continue
+        if int(session) == sid and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_gone(pids, seconds):
+    """Waits on pidfds (readable once the process ends) up to seconds."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass
+    try:
+        deadline = time.monotonic() + seconds
+        while fds and time.monotonic() < deadline:
+            ready, _, _ = select.select(fds, [], [], deadline - time.monotonic())
+            fds = [fd for fd in fds if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("activity", ["stream", "disconnect", "reload"])
+@pytest.mark.parametrize("seed", [1, 2, 14, 31])   # points include 'at once' and a fork
+def test_no_worker_outlives_a_primary_sigkilled_mid_activity(app, activity, seed):
+    a = app("fault_kill_primary.py", activity, str(seed))
+    point = a.wait_for("dying ", timeout=30)
+    a.proc.wait(timeout=10)
+    assert a.proc.returncode == -signal.SIGKILL, point
+    left = session_members(a.pid)
+    wait_gone(left, 2.0)
+    assert session_members(a.pid) == [], f"{point}: workers outlived their primary"
