@@ -174,6 +174,9 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int *reached)
                 batch++;
             }
             msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+            /* An odd count leaves alignment padding: the kernel reads it. */
+            memset((char *)cm + CMSG_LEN(sizeof(int) * nfds), 0,
+                   msg.msg_controllen - CMSG_LEN(sizeof(int) * nfds));
             cm->cmsg_level = SOL_SOCKET;
             cm->cmsg_type = SCM_RIGHTS;
             cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
