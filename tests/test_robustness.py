@@ -163,6 +163,23 @@ def test_garbage_on_one_channel_spares_the_others(mode, errno_name):
     assert names[-1] == "run returned", log
 
 
+def test_garbage_from_the_primary_ends_that_worker_cleanly():
+    lines = run_app("rob_garbage_down.py")
+    log = only_json(lines)["log"]
+    # EPROTO, then 'disconnect', then exit 0 from inside run(), as Node's
+    # process.exit(0): the line after run() never comes
+    assert [line for line in lines if line.startswith("worker 1")] == [
+        "worker 1 error OSError 71", "worker 1 disconnect"], lines
+    assert [line for line in lines if line.startswith("worker 2")] == [
+        "worker 2 disconnect", "worker 2 loop ended"], lines
+    assert log[0] == "bad.disconnect" and ["bad.exit", 0, None] in log, log
+    # the other worker answered after it and left cleanly; no 'error' in the
+    # primary: nothing was wrong with what the worker wrote
+    assert log.index("bad.disconnect") < log.index(["good.message", "pong"]), log
+    assert ["good.exit", 0, None] in log, log
+    assert not any(e[0] == "bad.error" for e in log if isinstance(e, list)), log
+
+
 def test_a_truncated_last_frame_is_dropped_without_an_error():
     log = only_json(run_app("rob_garbage.py", "truncated"))["log"]
     names = [e[0] for e in log]
