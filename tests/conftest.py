@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -164,6 +165,26 @@ def run_app(name: str, *argv: str, timeout: float = 30.0, code: int | None = 0,
 def json_lines(lines: list[str], prefix: str = "") -> list[dict]:
     return [json.loads(line[len(prefix):]) for line in lines
             if line.startswith(prefix) and line[len(prefix):].startswith("{")]
+
+
+def wait_gone(pids: list[int], seconds: float) -> None:
+    """Waits up to seconds for the processes to end, on pidfds (readable once
+    a process exits, child of ours or not)."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass
+    try:
+        deadline = time.monotonic() + seconds
+        waiting = list(fds)
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(waiting, [], [], deadline - time.monotonic())
+            waiting = [fd for fd in waiting if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,13 +2,11 @@
 import errno
 import json
 import os
-import select
 import signal
-import time
 
 import pytest
 
-from conftest import run_app
+from conftest import run_app, wait_gone
 
 
 def test_workers_sigkilled_mid_stream_leave_the_primary_whole():
@@ -148,24 +146,6 @@ def session_members(sid):
         if int(session) == sid and state != "Z":
             found.append(int(entry))
     return found
-
-
-def wait_gone(pids, seconds):
-    """Waits on pidfds (readable once the process ends) up to seconds."""
-    fds = []
-    for pid in pids:
-        try:
-            fds.append(os.pidfd_open(pid))
-        except ProcessLookupError:
-            pass
-    try:
-        deadline = time.monotonic() + seconds
-        while fds and time.monotonic() < deadline:
-            ready, _, _ = select.select(fds, [], [], deadline - time.monotonic())
-            fds = [fd for fd in fds if fd not in ready]
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 @pytest.mark.parametrize("activity", ["stream", "disconnect", "reload"])

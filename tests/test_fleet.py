@@ -5,8 +5,6 @@ import socket
 import threading
 import time
 
-from conftest import App
-
 
 def lines_until(a, prefix, seen):
     while True:

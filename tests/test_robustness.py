@@ -4,13 +4,11 @@ processes (apps in tests/apps/rob_*.py)."""
 import errno
 import json
 import os
-import select
 import signal
-import time
 
 import pytest
 
-from conftest import json_lines, pid_alive, run_app
+from conftest import json_lines, pid_alive, run_app, wait_gone
 
 
 def only_json(lines):
@@ -99,18 +97,8 @@ def test_busy_workers_die_with_a_sigkilled_primary(app):
     a = app("rob_orphan.py")
     pids = json.loads(a.wait_for("pids ")[len("pids "):])
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
-    # A pidfd becomes readable when its process exits, child of ours or not.
-    pidfds = [os.pidfd_open(p) for p in pids]
-    try:
-        os.kill(a.pid, signal.SIGKILL)        # the primary only, not its group
-        deadline = time.monotonic() + 1.0
-        waiting = list(pidfds)
-        while waiting and time.monotonic() < deadline:
-            ready, _, _ = select.select(waiting, [], [], deadline - time.monotonic())
-            waiting = [fd for fd in waiting if fd not in ready]
-    finally:
-        for fd in pidfds:
-            os.close(fd)
+    os.kill(a.pid, signal.SIGKILL)            # the primary only, not its group
+    wait_gone(pids, 1.0)
     assert not [p for p in pids if pid_alive(p)], "workers outlived their primary"
     a.proc.wait()
     assert a.proc.returncode == -signal.SIGKILL

@@ -29,6 +29,20 @@ def set_policy(name):
     cluster.scheduling_policy = {"rr": cluster.SCHED_RR, "none": cluster.SCHED_NONE}[name]
 
 
+def stream_to_primary(batch, max_size):
+    """Worker: batch messages of random sizes up to max_size a loop turn,
+    for as long as the process lives; what comes back is dropped."""
+    import random
+
+    def stream():
+        for _ in range(batch):
+            cluster.worker.send({"blob": "x" * random.randint(1, max_size)})
+        cluster.call_later(0, stream)
+
+    cluster.worker.on("message", lambda msg, handle: None)
+    stream()
+
+
 def on_commands(handler):
     """Primary: the test writes commands on our stdin, one a line; each runs
     as handler(words) on the loop's thread, and ['eof'] once stdin closes.

@@ -22,7 +22,7 @@ import threading
 import cluster_ext as cluster
 from cluster_ext import net
 
-from disc_util import say, serve_lines
+from disc_util import say, serve_lines, stream_to_primary
 
 ACTIVITY = sys.argv[1]
 EVENTS = ("fork", "online", "listening", "disconnect", "exit")
@@ -119,13 +119,7 @@ def primary(rng):
 
 
 def stream_worker():
-    def stream():
-        for _ in range(10):
-            cluster.worker.send({"blob": "x" * random.randint(1, 20000)})
-        cluster.call_later(0, stream)
-
-    cluster.worker.on("message", lambda msg, handle: None)
-    stream()
+    stream_to_primary(10, 20000)
 
 
 def server_worker():

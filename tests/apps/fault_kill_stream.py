@@ -9,6 +9,7 @@ import signal
 import sys
 
 import cluster_ext as cluster
+from disc_util import stream_to_primary
 
 ROUNDS = int(sys.argv[1])
 
@@ -50,11 +51,5 @@ if cluster.is_primary:
     round_(0)
     cluster.run()
 else:
-    def stream():
-        for _ in range(20):
-            cluster.worker.send({"blob": "x" * random.randint(1, 60000)})
-        cluster.call_later(0, stream)
-
-    cluster.worker.on("message", lambda msg, handle: None)
-    stream()
+    stream_to_primary(20, 60000)
     cluster.run()

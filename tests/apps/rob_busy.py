@@ -2,7 +2,6 @@
 primary ends it with kill() (MODE 'kill') or disconnect(timeout=0.5) (MODE
 'disconnect_timeout'). Prints one JSON line with what the primary saw."""
 import json
-import signal
 import sys
 import time
 
