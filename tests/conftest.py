@@ -9,6 +9,7 @@ import os
 import select
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,6 +166,13 @@ def run_app(name: str, *argv: str, timeout: float = 30.0, code: int | None = 0,
 def json_lines(lines: list[str], prefix: str = "") -> list[dict]:
     return [json.loads(line[len(prefix):]) for line in lines
             if line.startswith(prefix) and line[len(prefix):].startswith("{")]
+
+
+def free_port() -> int:
+    """A port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_gone(pids: list[int], seconds: float) -> None:

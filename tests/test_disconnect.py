@@ -17,19 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed_disconnect.py"
 TIMEOUT = 10.0          # any one client operation
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-def free_port():
-    """A port that nothing listens on right now (for the seed's PORT)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def connect(port):
     return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)

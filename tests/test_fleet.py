@@ -5,6 +5,19 @@ import socket
 import threading
 import time
 
+from conftest import free_port
+
+
+def fleet_on_a_port(app, mode):
+    """fleet.py MODE on a free port, once both its workers listen:
+    (the app, the port, the lines seen so far)."""
+    port = free_port()
+    a = app("fleet.py", mode, env={"PORT": str(port)})
+    seen = []
+    lines_until(a, "listening", seen)
+    lines_until(a, "listening", seen)
+    return a, port, seen
+
 
 def lines_until(a, prefix, seen):
     while True:
@@ -66,13 +79,7 @@ def test_the_heartbeat_replaces_a_stuck_worker(app):
 
 
 def test_reload_under_load_replaces_every_worker_without_errors(app):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    a = app("fleet.py", "reload", env={"PORT": str(port)})
-    seen = []
-    lines_until(a, "listening", seen)
-    lines_until(a, "listening", seen)
+    a, port, seen = fleet_on_a_port(app, "reload")
     stop, stats = threading.Event(), {"ok": 0, "errors": [], "pids": set()}
 
     def load():
@@ -122,13 +129,7 @@ def test_a_retired_worker_is_not_replaced(app):
 
 
 def test_sigterm_drains_held_connections_then_exits_0(app):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    a = app("fleet.py", "drain", env={"PORT": str(port)})
-    seen = []
-    lines_until(a, "listening", seen)
-    lines_until(a, "listening", seen)
+    a, port, seen = fleet_on_a_port(app, "drain")
     held = socket.create_connection(("127.0.0.1", port), timeout=10)
     held.sendall(b"ping\n")
     assert held.recv(64).startswith(b"pong ")

@@ -8,7 +8,7 @@ import sys
 
 import cluster_ext as cluster
 from cluster_ext import aio
-from disc_util import on_commands, say
+from disc_util import run_until_told, say
 
 
 if cluster.is_primary:
@@ -25,12 +25,7 @@ if cluster.is_primary:
 
     cluster.on("message", lambda w, msg, handle: say("msg", w.id, msg))
     cluster.on("disconnect", lambda w: say("disconnect", w.id))
-    cluster.on("exit", lambda w, code, sig: say("exit", w.id, code))
-
-    on_commands(lambda words: words == ["disconnect"] and cluster.disconnect())
-    cluster.fork()
-    cluster.fork()
-    cluster.run()
+    run_until_told(2)
 else:
     async def echo(reader, writer):
         while line := await reader.readline():

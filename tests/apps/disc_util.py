@@ -25,6 +25,16 @@ def say_when_listening(count):
             say("LISTENING", address[1])
 
 
+def run_until_told(workers):
+    """Primary: forks the workers, says 'exit <id> <code>' for each, and
+    disconnects them all on the test's 'disconnect' command; runs the loop."""
+    cluster.on("exit", lambda w, code, sig: say("exit", w.id, code))
+    on_commands(lambda words: words == ["disconnect"] and cluster.disconnect())
+    for _ in range(workers):
+        cluster.fork()
+    cluster.run()
+
+
 def set_policy(name):
     cluster.scheduling_policy = {"rr": cluster.SCHED_RR, "none": cluster.SCHED_NONE}[name]
 

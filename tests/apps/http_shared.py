@@ -5,18 +5,12 @@ import os
 import threading
 
 import cluster_ext as cluster
-from disc_util import on_commands, say, say_when_listening
+from disc_util import run_until_told, say_when_listening
 
 
 if cluster.is_primary:
     say_when_listening(2)
-
-    cluster.on("exit", lambda w, code, sig: say("exit", w.id, code))
-
-    on_commands(lambda words: words == ["disconnect"] and cluster.disconnect())
-    cluster.fork()
-    cluster.fork()
-    cluster.run()
+    run_until_told(2)
 else:
     from http.server import BaseHTTPRequestHandler, HTTPServer
 

@@ -4,7 +4,7 @@ does not read yet. It writes while write() returns True, then waits for
 then); at the socket's 'close', WROTE {...} tells how it went."""
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import on_stdin_eof, say
+from net_util import one_worker_until_stdin_eof, say
 
 CHUNKS = 128                     # 128 * 64 KiB = 8 MiB
 
@@ -16,9 +16,7 @@ def chunk(i):
 
 
 if cluster.is_primary:
-    cluster.fork()
-    cluster.on("listening", lambda w, address: say("LISTENING", port=address[1]))
-    on_stdin_eof(cluster.disconnect)
+    one_worker_until_stdin_eof()
     cluster.run()
 else:
     def connection(sock):

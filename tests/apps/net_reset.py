@@ -6,13 +6,11 @@ import os
 
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import on_stdin_eof, say
+from net_util import one_worker_until_stdin_eof, say
 
 if cluster.is_primary:
-    w = cluster.fork()
-    cluster.on("listening", lambda w, address: say("LISTENING", port=address[1]))
+    w = one_worker_until_stdin_eof()
     w.on("exit", lambda code, sig: say("EXIT", code=code, signal=sig and sig.name))
-    on_stdin_eof(cluster.disconnect)
     cluster.run()
 else:
     def connection(sock):

@@ -13,12 +13,10 @@ import select
 
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import on_stdin_eof, say
+from net_util import one_worker_until_stdin_eof, say
 
 if cluster.is_primary:
-    cluster.fork()
-    cluster.on("listening", lambda w, address: say("LISTENING", port=address[1]))
-    on_stdin_eof(cluster.disconnect)
+    one_worker_until_stdin_eof()
     cluster.run()
 else:
     def connection(sock):

@@ -30,6 +30,15 @@ def policy_name():
     return {cluster.SCHED_RR: "rr", cluster.SCHED_NONE: "none"}[cluster.scheduling_policy]
 
 
+def one_worker_until_stdin_eof():
+    """Primary: forks one worker, says LISTENING port=... when it listens and
+    disconnects once the test closes our stdin. Returns the worker."""
+    w = cluster.fork()
+    cluster.on("listening", lambda w, address: say("LISTENING", port=address[1]))
+    on_stdin_eof(cluster.disconnect)
+    return w
+
+
 def on_stdin_eof(fn):
     """Runs fn on the loop once the test closes our stdin: the test's way to
     say 'done'. A thread, since the primary must never block its own loop."""
