@@ -14,7 +14,7 @@ next_target(cx_balancer *b)
 {
     for (size_t tried = 0; tried < b->ntargets; tried++) {
         cx_chan *ch = b->targets[b->next++ % b->ntargets];
-        if (ch->fd >= 0 && !ch->closing && !ch->write_err) {
+        if (cx_chan_writable(ch)) {
             return ch;
         }
     }

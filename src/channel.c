@@ -42,6 +42,7 @@ static int
 parse_frames(cx_chan *ch)
 {
     size_t off = 0;
+    int used = 0;               /* fds claimed from the front of the fifo */
     int r = 0;
 
     while (ch->rlen - off >= sizeof(cx_frame_header)) {
@@ -65,7 +66,7 @@ parse_frames(cx_chan *ch)
             break;
         }
         /* The fds came with the frame's first byte, so they are here. */
-        if (hdr.nfds > ch->fifo_len) {
+        if (hdr.nfds > ch->fifo_len - used) {
             r = -EPROTO;
             break;
         }
@@ -81,14 +82,16 @@ parse_frames(cx_chan *ch)
         }
         note->nfds = hdr.nfds;
         if (hdr.nfds > 0) {
-            memcpy(note->fds, ch->fifo, hdr.nfds * sizeof(int));
-            ch->fifo_len -= hdr.nfds;
-            memmove(ch->fifo, ch->fifo + hdr.nfds,
-                    (size_t)ch->fifo_len * sizeof(int));
+            memcpy(note->fds, ch->fifo + used, hdr.nfds * sizeof(int));
+            used += hdr.nfds;
         }
         memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
         cx_note_push(ch->h.loop, note);
         off += sizeof(hdr) + hdr.len;
+    }
+    if (used > 0) {
+        ch->fifo_len -= used;
+        memmove(ch->fifo, ch->fifo + used, (size_t)ch->fifo_len * sizeof(int));
     }
     if (off > 0) {
         memmove(ch->rbuf, ch->rbuf + off, ch->rlen - off);
@@ -209,14 +212,6 @@ chan_ready(cx_loop *loop, cx_io *io, uint32_t events)
 
 /* ---- writing ------------------------------------------------------------- */
 
-static void
-written_notes(cx_chan *ch, int count, int err)
-{
-    while (count-- > 0) {
-        cx_note_post(&ch->h, CX_NOTE_WRITTEN, err);
-    }
-}
-
 static int
 want_events(cx_chan *ch)
 {
@@ -233,19 +228,16 @@ chan_flush(cx_chan *ch)
 {
     int reached, r = 0;
 
-    if (ch->flush_queued) {     /* flushed early: off the deferred list */
-        cx_list_remove(&ch->flusher.node);
-        ch->flush_queued = 0;
-    }
+    cx_list_remove(&ch->flusher.node);  /* flushed early: off the deferred list */
     if (!ch->write_err) {
         r = cx_outq_write(&ch->out, ch->fd, 1, &reached);
-        written_notes(ch, reached, 0);
+        cx_note_post_n(&ch->h, CX_NOTE_WRITTEN, 0, reached);
     }
     if (r < 0) {
         /* The peer is gone: fail what is queued; the read side will see
            EOF and close the channel. */
         ch->write_err = -r;
-        written_notes(ch, cx_outq_clear(&ch->out), -r);
+        cx_note_post_n(&ch->h, CX_NOTE_WRITTEN, -r, cx_outq_clear(&ch->out));
     }
     if (ch->above_hwm && cx_outq_size(&ch->out) <= ch->hwm) {
         ch->above_hwm = 0;
@@ -296,9 +288,8 @@ chan_push(cx_chan *ch, int type, int flags, const void *payload, size_t len,
     }
     if (ch->h.loop->deferring && cx_outq_size(&ch->out) < FLUSH_AT) {
         /* Inside a drain: batch the frames of this turn into few writes. */
-        if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {
-            ch->flush_queued = 1;
-            cx_list_push(&ch->h.loop->flushers, &ch->flusher.node);
+        if (!(ch->io.events & EPOLLOUT)) {
+            cx_loop_defer(ch->h.loop, &ch->flusher);
         }
     }
     else if (!(ch->io.events & EPOLLOUT)) {
@@ -323,7 +314,7 @@ cx_chan_send_owned(cx_chan *ch, int type, int flags, int *fdp)
 {
     int r;
 
-    if (ch->fd < 0 || ch->closing || ch->write_err) {
+    if (!cx_chan_writable(ch)) {
         return -EPIPE;          /* the caller keeps the fd */
     }
     r = chan_push(ch, type, flags, NULL, 0, fdp, 1, 1, 0);
@@ -333,14 +324,14 @@ cx_chan_send_owned(cx_chan *ch, int type, int flags, int *fdp)
 
 /* ---- opening and closing -------------------------------------------------- */
 
+/* Lets go of everything, without notes (also the after-fork path). */
 static void
-chan_release(cx_chan *ch)
+chan_forget(cx_handle *h)
 {
-    cx_io_stop(ch->h.loop, &ch->io);
-    if (ch->flush_queued) {
-        cx_list_remove(&ch->flusher.node);
-        ch->flush_queued = 0;
-    }
+    cx_chan *ch = cx_container_of(h, cx_chan, h);
+
+    cx_io_stop(h->loop, &ch->io);
+    cx_list_remove(&ch->flusher.node);
     cx_close(&ch->fd);
     for (int i = 0; i < ch->fifo_len; i++) {
         cx_close(&ch->fifo[i]);
@@ -351,6 +342,8 @@ chan_release(cx_chan *ch)
     ch->fifo = NULL;
     ch->rlen = ch->rcap = 0;
     ch->fifo_len = ch->fifo_cap = 0;
+    cx_outq_free(&ch->out);
+    cx_handle_unlink(h);
 }
 
 static void
@@ -360,21 +353,9 @@ chan_finish(cx_chan *ch, int err)
         return;
     }
     /* Frames never written fail their callbacks. */
-    written_notes(ch, cx_outq_clear(&ch->out), EPIPE);
-    cx_outq_free(&ch->out);
-    chan_release(ch);
-    cx_handle_unlink(&ch->h);
+    cx_note_post_n(&ch->h, CX_NOTE_WRITTEN, EPIPE, cx_outq_clear(&ch->out));
+    chan_forget(&ch->h);
     cx_note_post(&ch->h, CX_NOTE_CLOSE, err);
-}
-
-static void
-chan_forget(cx_handle *h)
-{
-    cx_chan *ch = cx_container_of(h, cx_chan, h);
-
-    chan_release(ch);
-    cx_outq_free(&ch->out);
-    cx_handle_unlink(h);
 }
 
 int
@@ -410,7 +391,7 @@ cx_chan_close(cx_chan *ch)
     if (cx_outq_size(&ch->out) == 0 || ch->write_err) {
         chan_finish(ch, 0);
     }
-    else if (!ch->flush_queued && !(ch->io.events & EPOLLOUT)) {
+    else if (!cx_flusher_queued(&ch->flusher) && !(ch->io.events & EPOLLOUT)) {
         chan_flush(ch);
     }
 }

@@ -43,7 +43,7 @@ typedef struct cx_chan {
     cx_io io;
     cx_flusher flusher;
     int fd;                        /* owned */
-    int closing, write_err, flush_queued;
+    int closing, write_err;
     size_t max_frame, hwm;
     int above_hwm;
     /* read side */
@@ -71,5 +71,12 @@ void cx_chan_close(cx_chan *ch);
 /* The peer is gone: read what it left, then close. */
 void cx_chan_drain_close(cx_chan *ch);
 size_t cx_chan_queued(const cx_chan *ch);
+
+/* Open, not closing, not failed: a frame sent now can be written. */
+static inline int
+cx_chan_writable(const cx_chan *ch)
+{
+    return ch->fd >= 0 && !ch->closing && !ch->write_err;
+}
 
 #endif

@@ -39,14 +39,13 @@ cx_io_start(cx_loop *loop, cx_io *io, uint32_t events)
         loop->watchers = grown;
         loop->nwatchers = n;
     }
-    if (io->registered && io->events == events) {
+    if (io->events == events) {
         return 0;
     }
-    if (epoll_ctl(loop->epfd, io->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+    if (epoll_ctl(loop->epfd, io->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
                   io->fd, &ev) < 0) {
         return -errno;
     }
-    io->registered = 1;
     io->events = events;
     loop->watchers[io->fd] = io;
     return 0;
@@ -58,18 +57,17 @@ cx_io_start(cx_loop *loop, cx_io *io, uint32_t events)
 void
 cx_io_stop(cx_loop *loop, cx_io *io)
 {
-    if (!io->registered) {
+    if (!io->events) {
         return;
     }
     if (loop->epfd >= 0) {
         (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
     }
-    io->registered = 0;
     io->events = 0;
     if (io->fd < loop->nwatchers && loop->watchers[io->fd] == io) {
         loop->watchers[io->fd] = NULL;
     }
-    for (int i = 0; loop->batch != NULL && i < loop->batch_len; i++) {
+    for (int i = 0; i < loop->batch_len; i++) {
         if (loop->batch[i].data.fd == io->fd) {
             loop->batch[i].data.fd = -1;
         }
@@ -130,7 +128,7 @@ cx_note_push(cx_loop *loop, cx_note *note)
     /* A note made outside a turn (a close called from Python) must still
        make the epoll fd readable: another loop that embeds this one (aio)
        only turns it when the fd says so. */
-    if (loop->head == NULL && !loop->in_turn && !loop->deferring) {
+    if (loop->head == NULL && loop->batch == NULL && !loop->deferring) {
         (void)cx_loop_wakeup(loop);
     }
     note->h->pending++;
@@ -151,6 +149,14 @@ cx_note_post(cx_handle *h, int kind, int a)
     if (note != NULL) {
         note->a = a;
         cx_note_push(h->loop, note);
+    }
+}
+
+void
+cx_note_post_n(cx_handle *h, int kind, int a, int count)
+{
+    while (count-- > 0) {
+        cx_note_post(h, kind, a);
     }
 }
 
@@ -334,6 +340,35 @@ cx_timer_stop(cx_timer *t)
 
 static int sigchld_wfd = -1;
 
+/* A non-blocking pipe p whose read end io watches for cb. */
+static int
+watch_pipe(cx_loop *loop, int p[2], cx_io *io, cx_io_cb cb)
+{
+    int r;
+
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        return -errno;
+    }
+    io->fd = p[0];
+    io->cb = cb;
+    r = cx_io_start(loop, io, EPOLLIN);
+    if (r < 0) {
+        cx_close(&p[0]);
+        cx_close(&p[1]);
+    }
+    return r;
+}
+
+/* Empties a non-blocking pipe whose bytes only say "wake up". */
+static void
+drain_pipe(int fd)
+{
+    char buf[64];
+
+    while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+}
+
 static void
 sigchld_handler(int sig)
 {
@@ -343,6 +378,16 @@ sigchld_handler(int sig)
     CX_UNUSED(sig);
     (void)!write(sigchld_wfd, &byte, 1);
     errno = saved;
+}
+
+static void
+child_forget(cx_handle *h)
+{
+    cx_child *c = cx_container_of(h, cx_child, h);
+
+    cx_close(&c->pidfd);
+    cx_list_remove(&c->sig_node);
+    cx_handle_unlink(h);
 }
 
 static void
@@ -377,9 +422,7 @@ child_reap(cx_child *c)
         note->b = info.si_status;
     }
     cx_io_stop(loop, &c->io);
-    cx_close(&c->pidfd);
-    cx_list_remove(&c->sig_node);
-    cx_handle_unlink(&c->h);
+    child_forget(&c->h);
     cx_note_push(loop, note);
 }
 
@@ -394,12 +437,10 @@ child_readable(cx_loop *loop, cx_io *io, uint32_t events)
 static void
 sigchld_readable(cx_loop *loop, cx_io *io, uint32_t events)
 {
-    char buf[64];
     cx_list *n, *next;
 
     CX_UNUSED(events);
-    while (read(io->fd, buf, sizeof(buf)) > 0) {
-    }
+    drain_pipe(io->fd);
     for (n = loop->children_sig.next; n != &loop->children_sig; n = next) {
         next = n->next;
         child_reap(cx_container_of(n, cx_child, sig_node));
@@ -415,15 +456,8 @@ sigchld_fallback_start(cx_loop *loop)
     if (loop->sigchld_pipe[0] >= 0) {
         return 0;
     }
-    if (pipe2(loop->sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-        return -errno;
-    }
-    loop->sigchld_io.fd = loop->sigchld_pipe[0];
-    loop->sigchld_io.cb = sigchld_readable;
-    r = cx_io_start(loop, &loop->sigchld_io, EPOLLIN);
+    r = watch_pipe(loop, loop->sigchld_pipe, &loop->sigchld_io, sigchld_readable);
     if (r < 0) {
-        cx_close(&loop->sigchld_pipe[0]);
-        cx_close(&loop->sigchld_pipe[1]);
         return r;
     }
     sigchld_wfd = loop->sigchld_pipe[1];
@@ -432,16 +466,6 @@ sigchld_fallback_start(cx_loop *loop)
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
     sigemptyset(&sa.sa_mask);
     return sigaction(SIGCHLD, &sa, NULL) < 0 ? -errno : 0;
-}
-
-static void
-child_forget(cx_handle *h)
-{
-    cx_child *c = cx_container_of(h, cx_child, h);
-
-    cx_close(&c->pidfd);
-    cx_list_remove(&c->sig_node);
-    cx_handle_unlink(h);
 }
 
 void
@@ -492,16 +516,11 @@ static void
 wake_readable(cx_loop *loop, cx_io *io, uint32_t events)
 {
     uint64_t count;
-    cx_note *note;
 
     CX_UNUSED(events);
     (void)!read(io->fd, &count, sizeof(count));
-    if (loop->wake.pending) {
-        return;
-    }
-    note = cx_note_new(&loop->wake, CX_NOTE_WAKE, 0);
-    if (note != NULL) {
-        cx_note_push(loop, note);
+    if (!loop->wake.pending) {
+        cx_note_post(&loop->wake, CX_NOTE_WAKE, 0);
     }
 }
 
@@ -592,8 +611,6 @@ cx_loop_reinit_after_fork(cx_loop *loop)
         h->forget(h);
         cx_handle_unlink(h);
     }
-    cx_list_init(&loop->children_sig);
-    cx_list_init(&loop->flushers);
     cx_loop_close(loop);
     return cx_loop_init(loop);
 }
@@ -655,7 +672,6 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     loop->busy = 0;
     loop->batch = events;
     loop->batch_len = n;
-    loop->in_turn = 1;
     for (int i = 0; i < n; i++) {
         int fd = events[i].data.fd;
         cx_io *io;
@@ -667,7 +683,6 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     }
     loop->batch = NULL;
     loop->batch_len = 0;
-    loop->in_turn = 0;
     return n;
 }
 
@@ -675,6 +690,14 @@ int
 cx_loop_alive(const cx_loop *loop)
 {
     return loop->nref > 0 || loop->head != NULL;
+}
+
+void
+cx_loop_defer(cx_loop *loop, cx_flusher *f)
+{
+    if (!cx_flusher_queued(f)) {
+        cx_list_push(&loop->flushers, &f->node);
+    }
 }
 
 void
@@ -690,13 +713,10 @@ cx_loop_flush(cx_loop *loop)
 static void
 signal_readable(cx_loop *loop, cx_io *io, uint32_t events)
 {
-    char buf[64];
-
     CX_UNUSED(loop);
     CX_UNUSED(events);
     /* Only ends the wait: the glue runs Python's handlers after each turn. */
-    while (read(io->fd, buf, sizeof(buf)) > 0) {
-    }
+    drain_pipe(io->fd);
 }
 
 int
@@ -707,18 +727,8 @@ cx_loop_signal_fd(cx_loop *loop)
     if (loop->signal_pipe[1] >= 0) {
         return loop->signal_pipe[1];
     }
-    if (pipe2(loop->signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-        return -errno;
-    }
-    loop->signal_io.fd = loop->signal_pipe[0];
-    loop->signal_io.cb = signal_readable;
-    r = cx_io_start(loop, &loop->signal_io, EPOLLIN);
-    if (r < 0) {
-        cx_close(&loop->signal_pipe[0]);
-        cx_close(&loop->signal_pipe[1]);
-        return r;
-    }
-    return loop->signal_pipe[1];
+    r = watch_pipe(loop, loop->signal_pipe, &loop->signal_io, signal_readable);
+    return r < 0 ? r : loop->signal_pipe[1];
 }
 
 int

@@ -18,7 +18,6 @@ typedef void (*cx_io_cb)(cx_loop *loop, cx_io *io, uint32_t events);
 struct cx_io {
     int fd;                    /* not owned: the embedding object owns it */
     uint32_t events;           /* EPOLLIN|EPOLLOUT wanted now; 0 = stopped */
-    int registered;
     cx_io_cb cb;
 };
 
@@ -76,11 +75,18 @@ typedef struct cx_child {
     cx_list sig_node;          /* in the fallback's list */
 } cx_child;
 
-/* Something with output to push once the current drain has ended. */
+/* Something with output to push once the current drain has ended. Its node
+   points to itself while it is not queued. */
 typedef struct cx_flusher {
     cx_list node;
     void (*flush)(struct cx_flusher *f);
 } cx_flusher;
+
+static inline int
+cx_flusher_queued(const cx_flusher *f)
+{
+    return !cx_list_empty(&f->node);
+}
 
 struct cx_loop {
     int epfd, timerfd, wakefd;         /* owned */
@@ -100,7 +106,6 @@ struct cx_loop {
     int spin_misses, spin_rest;        /* adaptive: stop spinning when idle */
     int busy;                          /* the last turn carried a message */
     int deferring;                     /* sends wait for cx_loop_flush() */
-    int in_turn;                       /* dispatching an epoll batch */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
 };
@@ -114,6 +119,8 @@ int cx_loop_reinit_after_fork(cx_loop *loop);
 int cx_loop_turn(cx_loop *loop, int timeout_ms);
 int cx_loop_alive(const cx_loop *loop);
 void cx_loop_flush(cx_loop *loop);
+/* Queues f for the next cx_loop_flush(), once. */
+void cx_loop_defer(cx_loop *loop, cx_flusher *f);
 int cx_loop_wakeup(cx_loop *loop);     /* async-signal- and thread-safe */
 /* A pipe whose write end Python's signal module writes to when a signal
    arrives (signal.set_wakeup_fd), so that a signal that lands just before
@@ -133,6 +140,8 @@ cx_note *cx_note_pop(cx_loop *loop);   /* caller frees, then h->pending-- */
 void cx_note_free(cx_note *note);      /* closes fds not claimed */
 /* A note with no payload (kind, a) for h; dropped if memory is short. */
 void cx_note_post(cx_handle *h, int kind, int a);
+/* count of them, one after the other. */
+void cx_note_post_n(cx_handle *h, int kind, int a, int count);
 
 void cx_timer_init(cx_loop *loop, cx_timer *t);
 int cx_timer_start(cx_timer *t, uint64_t delay_ns);

@@ -54,10 +54,7 @@ compact(cx_outq *q)
                 q->marks_len * sizeof(uint64_t));
         q->marks_head = 0;
     }
-    if (q->off > 0 && q->off == q->len) {
-        q->off = q->len = 0;
-    }
-    else if (q->off > q->cap / 2) {
+    if (q->off > q->cap / 2) {
         memmove(q->buf, q->buf + q->off, q->len - q->off);
         q->len -= q->off;
         q->off = 0;

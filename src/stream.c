@@ -20,32 +20,27 @@ static void stream_flush(cx_stream *s);
 
 /* ---- streams -------------------------------------------------------------- */
 
+/* Lets go of everything, without notes (also the after-fork path). */
 static void
-stream_release(cx_stream *s)
+stream_forget(cx_handle *h)
 {
-    cx_io_stop(s->h.loop, &s->io);
-    if (s->flush_queued) {
-        cx_list_remove(&s->flusher.node);
-        s->flush_queued = 0;
-    }
+    cx_stream *s = cx_container_of(h, cx_stream, h);
+
+    cx_io_stop(h->loop, &s->io);
+    cx_list_remove(&s->flusher.node);
     cx_close(&s->fd);
+    cx_outq_free(&s->out);
+    cx_handle_unlink(h);
 }
 
 void
 cx_stream_destroy(cx_stream *s, int err)
 {
-    int pending;
-
     if (s->fd < 0) {
         return;
     }
-    pending = cx_outq_clear(&s->out);
-    while (pending-- > 0) {
-        cx_note_post(&s->h, CX_NOTE_WRITTEN, EPIPE);
-    }
-    cx_outq_free(&s->out);
-    stream_release(s);
-    cx_handle_unlink(&s->h);
+    cx_note_post_n(&s->h, CX_NOTE_WRITTEN, EPIPE, cx_outq_clear(&s->out));
+    stream_forget(&s->h);
     cx_note_post(&s->h, CX_NOTE_CLOSE, err);
 }
 
@@ -139,17 +134,12 @@ stream_flush(cx_stream *s)
 {
     int reached, r;
 
-    if (s->flush_queued) {
-        cx_list_remove(&s->flusher.node);
-        s->flush_queued = 0;
-    }
+    cx_list_remove(&s->flusher.node);   /* flushed early: off the deferred list */
     if (s->fd < 0) {
         return;
     }
     r = cx_outq_write(&s->out, s->fd, s->is_socket, &reached);
-    while (reached-- > 0) {
-        cx_note_post(&s->h, CX_NOTE_WRITTEN, 0);
-    }
+    cx_note_post_n(&s->h, CX_NOTE_WRITTEN, 0, reached);
     if (r < 0) {
         cx_stream_destroy(s, -r);
         return;
@@ -184,10 +174,7 @@ stream_kick(cx_stream *s)
         return;                 /* the fd is full: EPOLLOUT will flush */
     }
     if (s->h.loop->deferring) {
-        if (!s->flush_queued) {
-            s->flush_queued = 1;
-            cx_list_push(&s->h.loop->flushers, &s->flusher.node);
-        }
+        cx_loop_defer(s->h.loop, &s->flusher);
         return;
     }
     stream_flush(s);
@@ -244,16 +231,6 @@ cx_stream_set_no_delay(cx_stream *s, int on)
     if (s->fd >= 0 && s->is_socket) {
         (void)setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     }
-}
-
-static void
-stream_forget(cx_handle *h)
-{
-    cx_stream *s = cx_container_of(h, cx_stream, h);
-
-    stream_release(s);
-    cx_outq_free(&s->out);
-    cx_handle_unlink(h);
 }
 
 int
@@ -408,8 +385,7 @@ cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
 void
 cx_listener_close(cx_listener *l)
 {
-    cx_listener_release(l);
-    cx_handle_unlink(&l->h);
+    listener_forget(&l->h);
 }
 
 int

@@ -15,7 +15,7 @@ typedef struct cx_stream {
     cx_flusher flusher;
     int fd;                    /* owned */
     int is_socket;
-    int paused, read_eof, ending, write_shut, flush_queued;
+    int paused, read_eof, ending, write_shut;
     size_t hwm;
     int above_hwm;
     cx_outq out;
