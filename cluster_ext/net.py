@@ -108,7 +108,7 @@ class Socket(EventEmitter):
         """Closes at once; with error, 'error' then 'close'(True)."""
         if not self._closed:
             self._error = error
-            self._stream.destroy(0)
+            self._stream.destroy()
         return self
 
     def pause(self) -> Socket:

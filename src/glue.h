@@ -1,5 +1,6 @@
-/* glue.h: what module.c and py_channel.c share. Only the glue includes
-   Python.h; it turns engine notes into calls and errnos into exceptions. */
+/* glue.h: what the glue files (module.c, py_channel.c, py_stream.c,
+   py_balance.c) share. Only the glue includes Python.h; it turns engine notes
+   into calls and errnos into exceptions. */
 #ifndef CX_GLUE_H
 #define CX_GLUE_H
 
@@ -25,6 +26,19 @@ struct CxObject {
     CXPY_HEAD
 };
 
+#define CXPY_TPFLAGS \
+    (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE)
+
+/* Runs an engine call that may unlink the object's handle, then settles
+   the pin (the object stays alive across the call). */
+#define CXPY_SETTLE(self, call)                         \
+    do {                                                \
+        Py_INCREF(self);                                \
+        call;                                           \
+        cxpy_pin_update((CxObject *)(self));            \
+        Py_DECREF(self);                                \
+    } while (0)
+
 typedef struct {
     cx_loop loop;              /* one per process: epoll is process-wide */
     PyTypeObject *handle_type, *channel_type, *stream_type, *listener_type,
@@ -40,6 +54,10 @@ extern cx_state cxpy;
 
 int cxpy_check_owner(void);
 PyObject *cxpy_raise_oserror(int err);
+/* None for r >= 0, else the OSError of -r. */
+PyObject *cxpy_none_or_oserror(int r);
+/* -1 with a TypeError when a constructor got keyword arguments. */
+int cxpy_no_kwds(const char *type_name, PyObject *kwds);
 void cxpy_pin_update(CxObject *obj);
 /* Calls fn; on an exception parks it (the first one) and stops the loop.
    Returns -1 when the loop must stop. */
@@ -60,8 +78,8 @@ void cxpy_dealloc(PyObject *self);
 PyObject *cxpy_take_fds(cx_note *note);
 
 int cxpy_channel_init_type(PyObject *mod);
-/* The engine struct of a Channel object (checked by the caller). */
-cx_chan *cxpy_channel_engine(PyObject *channel);
+/* The engine struct of a Channel object, or NULL with a TypeError. */
+cx_chan *cxpy_channel_arg(PyObject *obj);
 int cxpy_stream_init_types(PyObject *mod);
 int cxpy_balancer_init_type(PyObject *mod);
 

@@ -34,14 +34,35 @@ cxpy_raise_oserror(int err)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+PyObject *
+cxpy_none_or_oserror(int r)
+{
+    return r < 0 ? cxpy_raise_oserror(-r) : Py_NewRef(Py_None);
+}
+
+int
+cxpy_no_kwds(const char *type_name, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no keywords", type_name);
+        return -1;
+    }
+    return 0;
+}
+
 int
 cxpy_park_current(void)
 {
     if (cxpy.exc_type == NULL) {
         PyErr_Fetch(&cxpy.exc_type, &cxpy.exc_value, &cxpy.exc_tb);
+        PyErr_NormalizeException(&cxpy.exc_type, &cxpy.exc_value,
+                                 &cxpy.exc_tb);
+        if (cxpy.exc_tb != NULL) {
+            PyException_SetTraceback(cxpy.exc_value, cxpy.exc_tb);
+        }
     }
     else {
-        PyErr_Clear();
+        PyErr_WriteUnraisable(NULL);    /* only the first one is raised */
     }
     cxpy.stop = 1;
     return -1;
@@ -146,23 +167,11 @@ cxpy_call(PyObject *fn, PyObject *const *args, size_t nargs)
     Py_INCREF(fn);              /* the listener may drop the last reference */
     res = PyObject_Vectorcall(fn, args, nargs, NULL);
     Py_DECREF(fn);
-    if (res != NULL) {
-        Py_DECREF(res);
-        return 0;
+    if (res == NULL) {
+        return cxpy_park_current();
     }
-    if (cxpy.exc_type == NULL) {
-        PyErr_Fetch(&cxpy.exc_type, &cxpy.exc_value, &cxpy.exc_tb);
-        PyErr_NormalizeException(&cxpy.exc_type, &cxpy.exc_value,
-                                 &cxpy.exc_tb);
-        if (cxpy.exc_tb != NULL) {
-            PyException_SetTraceback(cxpy.exc_value, cxpy.exc_tb);
-        }
-    }
-    else {
-        PyErr_WriteUnraisable(fn);
-    }
-    cxpy.stop = 1;
-    return -1;
+    Py_DECREF(res);
+    return 0;
 }
 
 /* ---- Handle: a timer, a child watch or a descriptor watch ------------------- */
@@ -230,16 +239,11 @@ handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    if (self->kind == CX_NOTE_TIMER) {
-        cx_timer_stop(&self->u.timer);
-    }
-    else {
+    if (self->kind != CX_NOTE_TIMER) {
         PyErr_SetString(PyExc_ValueError, "a child watch cannot be cancelled");
         return NULL;
     }
-    Py_INCREF(self);
-    cxpy_pin_update((CxObject *)self);
-    Py_DECREF(self);
+    CXPY_SETTLE(self, cx_timer_stop(&self->u.timer));
     Py_RETURN_NONE;
 }
 
@@ -260,8 +264,7 @@ static PyType_Slot handle_slots[] = {
 static PyType_Spec handle_spec = {
     .name = "cluster_ext._core.Handle",
     .basicsize = sizeof(CxHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = CXPY_TPFLAGS | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = handle_slots,
 };
 
@@ -672,17 +675,12 @@ static PyObject *
 py_die_with_parent(PyObject *mod, PyObject *arg)
 {
     long parent = PyLong_AsLong(arg);
-    int r;
 
     CX_UNUSED(mod);
     if (parent == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    r = cx_spawn_die_with_parent((pid_t)parent);
-    if (r < 0) {
-        return cxpy_raise_oserror(-r);
-    }
-    Py_RETURN_NONE;
+    return cxpy_none_or_oserror(cx_spawn_die_with_parent((pid_t)parent));
 }
 
 /* In the child of os.fork(): the parent's engine is dropped without a note
@@ -723,10 +721,7 @@ py_after_fork(PyObject *mod, PyObject *Py_UNUSED(ignored))
     cxpy.owner = PyThread_get_thread_ident();
     cxpy.running = cxpy.stop = 0;
     clear_parked();
-    if (r < 0) {
-        return cxpy_raise_oserror(-r);
-    }
-    Py_RETURN_NONE;
+    return cxpy_none_or_oserror(r);
 
 fail:
     Py_DECREF(pinned);
@@ -788,7 +783,6 @@ add_constants(PyObject *mod)
         {"EVENT_ERROR", CX_NOTE_ERROR},
         {"EVENT_CLOSE", CX_NOTE_CLOSE},
         {"EVENT_END", CX_NOTE_END},
-        {"MAX_FDS", CX_MAX_FDS},
     };
 
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {

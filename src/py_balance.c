@@ -26,12 +26,9 @@ balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     CxBalancer *self;
     int fd, key, r;
 
-    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+    if (cxpy_no_kwds("Balancer", kwds) < 0 ||
         !PyArg_ParseTuple(args, "ii:Balancer", &fd, &key) ||
         cxpy_check_owner() < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "Balancer() takes no keywords");
-        }
         return NULL;
     }
     if (fd < 0 || key < 0 || key > UINT16_MAX) {
@@ -69,26 +66,17 @@ balancer_clear(CxBalancer *self)
     return 0;
 }
 
-static int
-check_channel(PyObject *arg)
-{
-    if (!Py_IS_TYPE(arg, cxpy.channel_type)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Channel");
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *
 balancer_add(CxBalancer *self, PyObject *arg)
 {
+    cx_chan *ch;
     int r;
 
-    if (cxpy_check_owner() < 0 || check_channel(arg) < 0 ||
+    if (cxpy_check_owner() < 0 || (ch = cxpy_channel_arg(arg)) == NULL ||
         PyList_Append(self->channels, arg) < 0) {
         return NULL;
     }
-    r = cx_balancer_add(&self->b, cxpy_channel_engine(arg));
+    r = cx_balancer_add(&self->b, ch);
     if (r < 0) {
         PySequence_DelItem(self->channels, PyList_GET_SIZE(self->channels) - 1);
         return cxpy_raise_oserror(-r);
@@ -99,12 +87,13 @@ balancer_add(CxBalancer *self, PyObject *arg)
 static PyObject *
 balancer_remove(CxBalancer *self, PyObject *arg)
 {
+    cx_chan *ch;
     Py_ssize_t i;
 
-    if (cxpy_check_owner() < 0 || check_channel(arg) < 0) {
+    if (cxpy_check_owner() < 0 || (ch = cxpy_channel_arg(arg)) == NULL) {
         return NULL;
     }
-    if (!cx_balancer_remove(&self->b, cxpy_channel_engine(arg))) {
+    if (!cx_balancer_remove(&self->b, ch)) {
         Py_RETURN_FALSE;
     }
     for (i = 0; i < PyList_GET_SIZE(self->channels); i++) {
@@ -136,18 +125,9 @@ balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    Py_INCREF(self);
-    cx_balancer_close(&self->b);
+    CXPY_SETTLE(self, cx_balancer_close(&self->b));
     PyList_SetSlice(self->channels, 0, PyList_GET_SIZE(self->channels), NULL);
-    cxpy_pin_update((CxObject *)self);
-    Py_DECREF(self);
     Py_RETURN_NONE;
-}
-
-static PyObject *
-balancer_get_fd(CxBalancer *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLong(self->b.l.fd);
 }
 
 static PyMethodDef balancer_methods[] = {
@@ -161,18 +141,12 @@ static PyMethodDef balancer_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef balancer_getset[] = {
-    {"fd", (getter)balancer_get_fd, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyType_Slot balancer_slots[] = {
     {Py_tp_new, balancer_new},
     {Py_tp_dealloc, cxpy_dealloc},
     {Py_tp_traverse, balancer_traverse},
     {Py_tp_clear, balancer_clear},
     {Py_tp_methods, balancer_methods},
-    {Py_tp_getset, balancer_getset},
     {Py_tp_doc, "Balancer(listen_fd, key): SCHED_RR in C."},
     {0, NULL},
 };
@@ -180,8 +154,7 @@ static PyType_Slot balancer_slots[] = {
 static PyType_Spec balancer_spec = {
     .name = "cluster_ext._core.Balancer",
     .basicsize = sizeof(CxBalancer),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = CXPY_TPFLAGS,
     .slots = balancer_slots,
 };
 

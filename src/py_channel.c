@@ -23,11 +23,8 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_ssize_t max_frame, hwm;
     int fd, r;
 
-    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
-        PyErr_SetString(PyExc_TypeError, "Channel() takes no keywords");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "iOOnn:Channel", &fd, &on_frame, &on_event,
+    if (cxpy_no_kwds("Channel", kwds) < 0 ||
+        !PyArg_ParseTuple(args, "iOOnn:Channel", &fd, &on_frame, &on_event,
                           &max_frame, &hwm) ||
         cxpy_check_owner() < 0) {
         return NULL;
@@ -137,7 +134,7 @@ channel_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    cx_chan_close(&self->ch);
+    CXPY_SETTLE(self, cx_chan_close(&self->ch));
     Py_RETURN_NONE;
 }
 
@@ -147,7 +144,7 @@ channel_drain_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    cx_chan_drain_close(&self->ch);
+    CXPY_SETTLE(self, cx_chan_drain_close(&self->ch));
     Py_RETURN_NONE;
 }
 
@@ -201,15 +198,18 @@ static PyType_Slot channel_slots[] = {
 static PyType_Spec channel_spec = {
     .name = "cluster_ext._core.Channel",
     .basicsize = sizeof(CxChannel),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = CXPY_TPFLAGS,
     .slots = channel_slots,
 };
 
 cx_chan *
-cxpy_channel_engine(PyObject *channel)
+cxpy_channel_arg(PyObject *obj)
 {
-    return &((CxChannel *)channel)->ch;
+    if (!Py_IS_TYPE(obj, cxpy.channel_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Channel");
+        return NULL;
+    }
+    return &((CxChannel *)obj)->ch;
 }
 
 int

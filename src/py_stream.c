@@ -41,13 +41,10 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_ssize_t hwm;
     int fd, is_socket = -1, r;
 
-    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+    if (cxpy_no_kwds("Stream", kwds) < 0 ||
         !PyArg_ParseTuple(args, "iOOn|i:Stream", &fd, &on_data, &on_event,
                           &hwm, &is_socket) ||
         cxpy_check_owner() < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "Stream() takes no keywords");
-        }
         return NULL;
     }
     if (!PyCallable_Check(on_data) || !PyCallable_Check(on_event) || fd < 0 ||
@@ -84,15 +81,6 @@ stream_clear(CxStream *self)
     return 0;
 }
 
-/* Runs an engine call that may unlink the stream, then settles the pin. */
-#define STREAM_CALL(self, call)                         \
-    do {                                                \
-        Py_INCREF(self);                                \
-        call;                                           \
-        cxpy_pin_update((CxObject *)(self));            \
-        Py_DECREF(self);                                \
-    } while (0)
-
 static PyObject *
 stream_write(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -105,7 +93,7 @@ stream_write(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    STREAM_CALL(self, r = cx_stream_write(&self->s, view.buf,
+    CXPY_SETTLE(self, r = cx_stream_write(&self->s, view.buf,
                                           (size_t)view.len, notify));
     PyBuffer_Release(&view);
     if (r < 0) {
@@ -120,38 +108,29 @@ stream_end(CxStream *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    STREAM_CALL(self, cx_stream_end(&self->s));
+    CXPY_SETTLE(self, cx_stream_end(&self->s));
     Py_RETURN_NONE;
 }
 
 static PyObject *
-stream_destroy(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
+stream_destroy(CxStream *self, PyObject *Py_UNUSED(ignored))
 {
-    int err = 0;
-
-    if (!_PyArg_CheckPositional("destroy", nargs, 0, 1) ||
-        cxpy_check_owner() < 0 ||
-        (nargs > 0 && (err = _PyLong_AsInt(args[0])) == -1 &&
-         PyErr_Occurred())) {
+    if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    STREAM_CALL(self, cx_stream_destroy(&self->s, err));
+    CXPY_SETTLE(self, cx_stream_destroy(&self->s, 0));
     Py_RETURN_NONE;
 }
 
 static PyObject *
 stream_pause(CxStream *self, PyObject *arg)
 {
-    int on = PyObject_IsTrue(arg), r;
+    int on = PyObject_IsTrue(arg);
 
     if (on < 0 || cxpy_check_owner() < 0) {
         return NULL;
     }
-    r = cx_stream_pause(&self->s, on);
-    if (r < 0) {
-        return cxpy_raise_oserror(-r);
-    }
-    Py_RETURN_NONE;
+    return cxpy_none_or_oserror(cx_stream_pause(&self->s, on));
 }
 
 static PyObject *
@@ -173,12 +152,6 @@ stream_get_fd(CxStream *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-stream_get_queued(CxStream *self, void *Py_UNUSED(closure))
-{
-    return PyLong_FromSize_t(cx_outq_size(&self->s.out));
-}
-
-static PyObject *
 stream_get_ended(CxStream *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->s.fd < 0 || self->s.ending);
@@ -189,8 +162,8 @@ static PyMethodDef stream_methods[] = {
      "write(data, notify=False) -> bool: False once over the high-water mark."},
     {"end", (PyCFunction)stream_end, METH_NOARGS,
      "Shuts the write side down once the queue has drained."},
-    {"destroy", (PyCFunction)(void (*)(void))stream_destroy, METH_FASTCALL,
-     "destroy(errno=0): closes at once; queued writes fail."},
+    {"destroy", (PyCFunction)stream_destroy, METH_NOARGS,
+     "Closes at once; queued writes fail."},
     {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
     {"set_no_delay", (PyCFunction)stream_set_no_delay, METH_O,
      "TCP_NODELAY on a TCP socket."},
@@ -199,7 +172,6 @@ static PyMethodDef stream_methods[] = {
 
 static PyGetSetDef stream_getset[] = {
     {"fd", (getter)stream_get_fd, NULL, NULL, NULL},
-    {"queued", (getter)stream_get_queued, NULL, NULL, NULL},
     {"ended", (getter)stream_get_ended, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -218,8 +190,7 @@ static PyType_Slot stream_slots[] = {
 static PyType_Spec stream_spec = {
     .name = "cluster_ext._core.Stream",
     .basicsize = sizeof(CxStream),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = CXPY_TPFLAGS,
     .slots = stream_slots,
 };
 
@@ -254,13 +225,10 @@ listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *on_connection;
     int fd, exclusive, max_accepts, r;
 
-    if ((kwds != NULL && PyDict_GET_SIZE(kwds) > 0) ||
+    if (cxpy_no_kwds("Listener", kwds) < 0 ||
         !PyArg_ParseTuple(args, "iOpi:Listener", &fd, &on_connection,
                           &exclusive, &max_accepts) ||
         cxpy_check_owner() < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "Listener() takes no keywords");
-        }
         return NULL;
     }
     if (!PyCallable_Check(on_connection) || fd < 0) {
@@ -299,26 +267,19 @@ listener_close(CxListener *self, PyObject *Py_UNUSED(ignored))
     if (cxpy_check_owner() < 0) {
         return NULL;
     }
-    Py_INCREF(self);
-    cx_listener_close(&self->l);
-    cxpy_pin_update((CxObject *)self);
-    Py_DECREF(self);
+    CXPY_SETTLE(self, cx_listener_close(&self->l));
     Py_RETURN_NONE;
 }
 
 static PyObject *
 listener_pause(CxListener *self, PyObject *arg)
 {
-    int on = PyObject_IsTrue(arg), r;
+    int on = PyObject_IsTrue(arg);
 
     if (on < 0 || cxpy_check_owner() < 0) {
         return NULL;
     }
-    r = cx_listener_pause(&self->l, on);
-    if (r < 0) {
-        return cxpy_raise_oserror(-r);
-    }
-    Py_RETURN_NONE;
+    return cxpy_none_or_oserror(cx_listener_pause(&self->l, on));
 }
 
 static PyObject *
@@ -361,8 +322,7 @@ static PyType_Slot listener_slots[] = {
 static PyType_Spec listener_spec = {
     .name = "cluster_ext._core.Listener",
     .basicsize = sizeof(CxListener),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = CXPY_TPFLAGS,
     .slots = listener_slots,
 };
 
