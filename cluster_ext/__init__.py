@@ -40,9 +40,8 @@ worker: Worker | None = None
 
 _settings: dict[str, Any] = _primary.default_settings()
 settings: Mapping[str, Any] = type(type.__dict__)(_settings)    # a MappingProxyType
-_state: dict[str, Any] = {"next_id": 1, "forked": False, "ran": False, "wakeup_fd": -1}
+_state: dict[str, Any] = {"next_id": 1, "ran": False, "wakeup_fd": -1}
 _servers: set[Any] = set()          # the worker's servers: disconnect() closes them
-_gone_hooks: list[Callable[[Worker], None]] = []   # a worker stops taking connections
 _threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
 
 
@@ -57,7 +56,7 @@ class _ClusterModule(type(sys), EventEmitter):
     def scheduling_policy(self, policy: int) -> None:
         if not is_primary:
             raise RuntimeError("scheduling_policy is the primary's")
-        if _state["forked"]:
+        if _state["next_id"] > 1:
             raise RuntimeError("scheduling_policy cannot change after the first fork()")
         _primary.check_policy(policy)
         _settings["scheduling_policy"] = policy
@@ -121,7 +120,7 @@ def setup_primary(**changes: Any) -> None:
     if not is_primary:
         raise RuntimeError("setup_primary() is the primary's")
     checked = _primary.check_settings(changes)
-    if "scheduling_policy" in checked and _state["forked"] and \
+    if "scheduling_policy" in checked and _state["next_id"] > 1 and \
             checked["scheduling_policy"] != _settings["scheduling_policy"]:
         raise RuntimeError("scheduling_policy cannot change after the first fork()")
     _settings.update(checked)
@@ -150,7 +149,6 @@ def fork(env: Mapping[str, Any] | None = None, *,
         pid, fd, stdio = _primary.start_target(worker_id, _settings, env, target,
                                                _become_worker)
     _state["next_id"] += 1
-    _state["forked"] = True
     w = Worker(worker_id, pid, primary_side=True,
                serialization=_worker.SERIALIZATIONS[_settings["serialization"]],
                max_message_size=_settings["max_message_size"])
@@ -199,8 +197,8 @@ def disconnect(callback: Callable[[], Any] | None = None, *,
 
 
 def _on_worker_gone(w: Worker) -> None:
-    for hook in _gone_hooks:
-        hook(w)
+    """w stops taking connections."""
+    _shared.worker_gone(w)
 
 
 def _remove_worker(w: Worker) -> None:
@@ -216,17 +214,17 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
     it; end the application's connections on 'disconnecting'. In a worker it
     waits for the primary's answer: call it before run()."""
     import socket
+    if path is not None:
+        path = os.fspath(path)
     if not is_worker:
-        return _shared.listen_socket(host, port, None if path is None else os.fspath(path),
-                                     backlog)[0]
+        return _shared.listen_socket(host, port, path, backlog)[0]
     from . import net
     if _core.running():
         raise RuntimeError("listen_socket() waits for the primary's answer: call it before "
                            "run(), or use net.create_server() / aio.start_server() in a "
                            "callback")
     answer: list[tuple] = []
-    spec = net.ask_primary(port, host, backlog, None if path is None else os.fspath(path),
-                           True, lambda *reply: answer.append(reply))
+    spec = net.ask_primary(port, host, backlog, path, True, lambda *reply: answer.append(reply))
     while not answer:
         _core.turn(-1)
     err, key, address, fd = answer[0]

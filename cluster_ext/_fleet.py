@@ -120,9 +120,8 @@ class _Fleet:
         # Also after a retirement: a worker that died while a reload had one
         # extra in flight was not replaced then, and the count is short now.
         if self.live() < self.size:
-            timer: list[Any] = []
-            timer.append(cluster.call_later(self.delay, lambda: self.respawn_one(timer[0])))
-            self.pending.append(timer[0])
+            timer = cluster.call_later(self.delay, lambda: self.respawn_one(timer))
+            self.pending.append(timer)
 
     def respawn_one(self, timer: Any) -> None:
         self.pending.remove(timer)
@@ -193,7 +192,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
                 signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
                 signal.SIGTTOU: lambda *_: fleet.shrink()}
     previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
-    _pong_hooks.append(fleet.on_pong)
+    from . import _worker
+    _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
     cluster.on("exit", fleet.on_exit)
     try:
         for _ in range(size):
@@ -203,16 +203,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         cluster.run()
     finally:
         cluster.off("exit", fleet.on_exit)
-        _pong_hooks.remove(fleet.on_pong)
+        _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():
             signal.signal(sig, fn)
     if fleet.error is not None:
         raise fleet.error
 
-
-_pong_hooks: list[Callable[[Any], None]] = []
-
-
-def on_pong(w: Any) -> None:
-    for hook in _pong_hooks:
-        hook(w)

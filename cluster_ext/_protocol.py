@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _QUERY = struct.Struct("<IiiHB")
 _REPLY = struct.Struct("<IiHBH")
 _LISTENING = struct.Struct("<HB")
+_SEQ = struct.Struct("<I")
 
 
 
@@ -56,6 +57,10 @@ def _unpack_address(port: int, unix: int, rest: bytes) -> Address:
 def pack_reply(seq: int, err: int, key: int, policy: int, address: Address | None) -> bytes:
     port, where = _pack_address(address) if address is not None else (0, b"")
     return _REPLY.pack(seq, err, key, policy, port) + where
+
+
+def reply_seq(payload: bytes) -> int:
+    return _SEQ.unpack_from(payload)[0]
 
 
 def unpack_reply(payload: bytes, unix: bool) -> tuple[int, int, int, int, Address]:

@@ -210,4 +210,3 @@ def install(module: Any) -> None:
         _core.FRAME_SERVER_CLOSE: _on_server_close,
         _core.FRAME_NEWCONN_ACK: _on_newconn_ack,
     })
-    module._gone_hooks.append(worker_gone)

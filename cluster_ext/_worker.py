@@ -3,8 +3,8 @@
 Both sides speak the internal protocol over one native Channel: frames of a
 type (see _core.FRAME_*) and a small payload. User messages are FRAME_USER,
 serialized here (json or pickle, named in the frame's flags so that either side
-can read them). Servers (net) join through Worker.frame_handlers and the
-handle codecs, without this file knowing them.
+can read them). Servers (net) and the fleet join through primary_frame_handlers
+/ worker_frame_handlers and the handle codecs, without this file knowing them.
 """
 from __future__ import annotations
 
@@ -155,6 +155,7 @@ class Worker(EventEmitter):
         self.state = "none" if primary_side else "online"
         self.exited_after_disconnect: bool | None = None
         self._primary_side = primary_side
+        self._frame_handlers = primary_frame_handlers if primary_side else worker_frame_handlers
         self._serialization = serialization
         self._max_message_size = max_message_size
         self._chan: Any = None
@@ -206,24 +207,11 @@ class Worker(EventEmitter):
                 return
             self._on_user_frame(flags, payload, fds)
             return
-        handlers = primary_frame_handlers if self._primary_side else worker_frame_handlers
-        handler = handlers.get(frame_type)
+        handler = self._frame_handlers.get(frame_type)
         if handler is not None:
             handler(self, flags, payload, fds)
-            return
-        if fds:
+        elif fds:
             close_fds(fds)
-        if self._primary_side:
-            if frame_type == _core.FRAME_ONLINE:
-                self._on_online()
-            elif frame_type == _core.FRAME_EXITED_AFTER_DISCONNECT:
-                self.exited_after_disconnect = True
-            elif frame_type == _core.FRAME_PONG:
-                cluster._fleet.on_pong(self)
-        elif frame_type == _core.FRAME_DISCONNECT:
-            self.disconnect()
-        elif frame_type == _core.FRAME_PING:     # the heartbeat: our loop is alive
-            self._send_frame(_core.FRAME_PONG)
 
     def _on_user_frame(self, flags: int, payload: bytes, fds: tuple) -> None:
         handle = None
@@ -332,9 +320,7 @@ class Worker(EventEmitter):
 
     def is_dead(self) -> bool:
         """The process has exited."""
-        if self._primary_side:
-            return self._dead
-        return False
+        return self._dead
 
     def send(self, message: Any, handle: Any = None,
              callback: Callable[[BaseException | None], Any] | None = None) -> bool:
@@ -450,3 +436,26 @@ class Worker(EventEmitter):
                 suicide()
         else:
             suicide()
+
+
+def control_handler(fn: Callable[[Worker], Any]) -> Callable[..., None]:
+    """A frame that carries no descriptors: close any, then fn(worker)."""
+    def handler(w: Worker, flags: int, payload: bytes, fds: tuple) -> None:
+        close_fds(fds)
+        fn(w)
+    return handler
+
+
+def _exited_after_disconnect(w: Worker) -> None:
+    w.exited_after_disconnect = True
+
+
+primary_frame_handlers.update({
+    _core.FRAME_ONLINE: control_handler(Worker._on_online),
+    _core.FRAME_EXITED_AFTER_DISCONNECT: control_handler(_exited_after_disconnect),
+})
+worker_frame_handlers.update({
+    _core.FRAME_DISCONNECT: control_handler(Worker.disconnect),
+    # the heartbeat: our loop is alive
+    _core.FRAME_PING: control_handler(lambda w: w._send_frame(_core.FRAME_PONG)),
+})

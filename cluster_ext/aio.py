@@ -56,14 +56,14 @@ class _Protocol(asyncio.StreamReaderProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._shared.connections -= 1
-        self._shared.maybe_closed()
+        self._shared._maybe_closed()
 
 
-class _Shared:
+class _Shared(net._SharedServer):
     """A worker's asyncio server among its servers (what disconnect() closes)."""
 
     def __init__(self, key: int, spec: tuple | None) -> None:
-        self.key: int | None = key
+        self._key: int | None = key
         self.spec = spec
         self.server: asyncio.base_events.Server | None = None
         self.connections = 0
@@ -90,19 +90,10 @@ class _Shared:
         self.closing = True
         if self.server is not None:
             self.server.close()
-        if self.key is not None and cluster.worker._send_frame(
-                _core.FRAME_SERVER_CLOSE, flags=self.key):
-            return                        # the primary's ack: nothing more is coming
-        self._stopped_accepting()
+        self._stop_sharing()
 
-    def _stopped_accepting(self) -> None:
-        if self.key is not None:
-            net._shared_servers.pop(self.key, None)
-            self.key = None
-        self.maybe_closed()
-
-    def maybe_closed(self) -> None:
-        if self.closing and self.key is None and self.connections == 0:
+    def _maybe_closed(self) -> None:
+        if self.closing and self._key is None and self.connections == 0:
             cluster._servers.discard(self)
             net.release_index(self.spec)
             self.spec = None

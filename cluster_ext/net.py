@@ -124,10 +124,6 @@ class Socket(EventEmitter):
         self._stream.set_no_delay(no_delay)
         return self
 
-    def _detach_for_send(self) -> None:
-        """Sent to another process: close ours without ending the connection."""
-        self.destroy()
-
     def _on_data(self, data: bytes) -> None:
         self.emit("data", data)
 
@@ -155,7 +151,26 @@ class Socket(EventEmitter):
                     self._server._maybe_closed()
 
 
-class Server(EventEmitter):
+class _SharedServer:
+    """What a worker's shared server (net.Server, aio's) does to stop: the
+    primary's ack of SERVER_CLOSE means no SCHED_RR hand-off is on its way."""
+
+    _key: int | None
+
+    def _stop_sharing(self) -> None:
+        if self._key is not None and cluster.worker._send_frame(
+                _core.FRAME_SERVER_CLOSE, flags=self._key):
+            return
+        self._stopped_accepting()
+
+    def _stopped_accepting(self) -> None:
+        if self._key is not None:
+            _shared_servers.pop(self._key, None)
+            self._key = None
+        self._maybe_closed()
+
+
+class Server(EventEmitter, _SharedServer):
     """A TCP or Unix server. Events: 'listening', 'connection'(socket),
     'close', 'error'(exc)."""
 
@@ -225,11 +240,8 @@ class Server(EventEmitter):
             self._listener.close()
             self._closed_listener, self._listener = self._listener, None
         # A shared server tells the primary, which closes the port with its
-        # last server; the ack also means no SCHED_RR hand-off is on its way.
-        if self._key is not None and cluster.worker._send_frame(
-                _core.FRAME_SERVER_CLOSE, flags=self._key):
-            return self
-        self._stopped_accepting()
+        # last server.
+        self._stop_sharing()
         return self
 
     # ---- internals ------------------------------------------------------------
@@ -262,12 +274,6 @@ class Server(EventEmitter):
             self._closed_listener = None
             self._finish_close()
 
-    def _stopped_accepting(self) -> None:
-        if self._key is not None:
-            _shared_servers.pop(self._key, None)
-            self._key = None
-        self._maybe_closed()
-
     def _finish_close(self) -> None:
         self._state = "closed"
         cluster._servers.discard(self)
@@ -288,9 +294,6 @@ class Server(EventEmitter):
         self._state = "asking"
         self._listen_on(fd, address, exclusive=False, accepts=64)
         self._became_listening(address)
-
-    def _detach_for_send(self) -> None:
-        self.close()
 
 
 # ---- the worker's side of shared servers -----------------------------------------
@@ -347,7 +350,7 @@ def announce_listening(address: Any) -> None:
 
 
 def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
-    seq = _protocol.unpack_reply(payload, False)[0]
+    seq = _protocol.reply_seq(payload)
     on_reply, unix = _pending.pop(seq, (None, False))
     if on_reply is None:
         _worker.close_fds(fds)
@@ -424,8 +427,8 @@ def _sendable_fd(obj: Any) -> int:
     return fd
 
 
+# Sent to another process: ours closes, the connection or the port stays.
 _worker.handle_codecs.update({
-    _worker.HANDLE_NET_SOCKET: (Socket, _sendable_fd, lambda s: s._detach_for_send(), Socket),
-    _worker.HANDLE_NET_SERVER: (Server, _sendable_fd, lambda s: s._detach_for_send(),
-                                _server_from_fd),
+    _worker.HANDLE_NET_SOCKET: (Socket, _sendable_fd, Socket.destroy, Socket),
+    _worker.HANDLE_NET_SERVER: (Server, _sendable_fd, Server.close, _server_from_fd),
 })

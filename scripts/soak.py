@@ -139,9 +139,14 @@ def connections(total: int, done) -> None:
 
     def finish(result: dict) -> None:
         exits = []
+
+        def exited(code, sig):
+            exits.append(code != 0 or sig is not None)
+            if len(exits) == 2:
+                done({**result, "bad_exits": sum(exits)})
+
         for w in workers:
-            w.on("exit", lambda code, sig: exits.append(code != 0 or sig is not None)
-                 or (len(exits) == 2 and done({**result, "bad_exits": sum(exits)})))
+            w.on("exit", exited)
             w.disconnect()
 
     @cluster.on("listening")
