@@ -89,9 +89,11 @@ class _Fleet:
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
             return
-        w = cluster.fork()
-        now = time.monotonic()
-        self.started[w.id] = self.pongs[w.id] = now
+        cluster.fork()
+
+    def on_fork(self, w: Any) -> None:
+        """Every worker is timed from its fork, reload()'s replacements too."""
+        self.started[w.id] = self.pongs[w.id] = time.monotonic()
 
     def live(self) -> int:
         return sum(1 for w in cluster.workers.values()
@@ -163,7 +165,7 @@ class _Fleet:
         for w in list(cluster.workers.values()):
             if w.is_dead() or not w.is_connected():
                 continue
-            # A worker forked elsewhere (reload()) is timed from its first beat.
+            # A worker forked before supervise() is timed from its first beat.
             if now - self.pongs.setdefault(w.id, now) > self.heartbeat_timeout:
                 os.kill(w.process.pid, 9)   # its Python code is stuck: replace it
                 self.pongs[w.id] = now
@@ -194,6 +196,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
     from . import _worker
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
+    cluster.on("fork", fleet.on_fork)
     cluster.on("exit", fleet.on_exit)
     try:
         for _ in range(size):
@@ -202,6 +205,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
             fleet.heartbeat = cluster.call_later(heartbeat_timeout / 3, fleet.beat)
         cluster.run()
     finally:
+        cluster.off("fork", fleet.on_fork)
         cluster.off("exit", fleet.on_exit)
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():

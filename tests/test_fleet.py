@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from conftest import free_port
+from conftest import free_port, run_app
 
 
 def fleet_on_a_port(app, mode):
@@ -141,3 +141,8 @@ def test_sigterm_drains_held_connections_then_exits_0(app):
     lines = a.finish(code=0)
     exits = sorted(line for line in lines if line.startswith("exit "))
     assert exits == ["exit 1 0 None True", "exit 2 0 None True"]
+
+
+def test_workers_forked_by_reload_are_timed_from_their_fork():
+    lines = run_app("fleet_reload_crash.py", "serve", timeout=30)
+    assert lines == ["whole", "stopped"], lines
