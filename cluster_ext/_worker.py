@@ -389,8 +389,7 @@ class Worker(EventEmitter):
 
     def _servers_closed(self) -> None:
         self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT)
-        if self._chan is not None:
-            self._chan.close()
+        self._chan.close()
 
     def _disconnect_primary(self, timeout: float | None) -> "Worker":
         if self._dead or not self._connected:

@@ -279,7 +279,7 @@ class Server(EventEmitter, _SharedServer):
         cluster._servers.discard(self)
         release_index(self._spec)
         self._spec = None
-        if self._listener is None and isinstance(self._address, str) and not cluster.is_worker:
+        if isinstance(self._address, str) and not cluster.is_worker:   # our Unix path
             try:
                 os.unlink(self._address)
             except OSError:
