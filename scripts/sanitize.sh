@@ -9,16 +9,16 @@ py=$(command -v "${PYTHON:-python3}")
 case $py in /*) ;; *) py="$PWD/$py" ;; esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/src" "$root/cluster_ext" "$root/tests" "$root/examples" "$root/bench" \
+cp -r "$root/src" "$root/tests" "$root/examples" "$root/bench" \
       "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
-rm -f "$work"/cluster_ext/*.so
+rm -f "$work"/src/cluster_ext/*.so
 (cd "$work" && CX_SANITIZE=1 "$py" setup.py -q build_ext --inplace > /dev/null)
 # The interpreter itself is not built with ASan: the runtime is preloaded, and
 # leak detection is off (CPython keeps memory until exit on purpose).
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-export PYTHONPATH="$work"
+export PYTHONPATH="$work/src"
 cd "$work"
 echo "+ sanitizer build: pytest $*"
 "$py" -m pytest -q -p no:cacheprovider "$@" tests

@@ -15,11 +15,11 @@ py=$("$py" -c 'import sys; print(sys.executable)')     # not a shim: memcheck th
 command -v valgrind > /dev/null || { echo "valgrind is not installed" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/src" "$root/cluster_ext" "$root/tests" "$root/setup.py" \
+cp -r "$root/src" "$root/tests" "$root/setup.py" \
       "$root/pyproject.toml" "$root/README.md" "$work/"
-rm -f "$work"/cluster_ext/*.so
+rm -f "$work"/src/cluster_ext/*.so
 (cd "$work" && CFLAGS="-O1 -g" "$py" setup.py -q build_ext --inplace > /dev/null 2>&1)
-export PYTHONPATH="$work" PYTHONMALLOC=malloc
+export PYTHONPATH="$work/src" PYTHONMALLOC=malloc
 if ! valgrind -q --error-exitcode=1 "$py" -c pass 2> "$work/baseline.log"; then
     echo "$py has memcheck errors of its own (python -c pass); try PYTHON=/usr/bin/python3" >&2
     exit 2

@@ -56,6 +56,13 @@ int cxpy_check_owner(void);
 PyObject *cxpy_raise_oserror(int err);
 /* None for r >= 0, else the OSError of -r. */
 PyObject *cxpy_none_or_oserror(int r);
+/* -1 with a TypeError unless min <= nargs <= max (public-API stand-in for
+   CPython's private _PyArg_CheckPositional). */
+int cxpy_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min,
+                     Py_ssize_t max);
+/* obj as a C int; -1 with an exception set on error (PyLong_AsInt is
+   public only from 3.13). */
+int cxpy_as_int(PyObject *obj);
 /* -1 with a TypeError when a constructor got keyword arguments. */
 int cxpy_no_kwds(const char *type_name, PyObject *kwds);
 void cxpy_pin_update(CxObject *obj);

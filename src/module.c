@@ -41,6 +41,30 @@ cxpy_none_or_oserror(int r)
 }
 
 int
+cxpy_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min,
+                 Py_ssize_t max)
+{
+    if (nargs < min || nargs > max) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd arguments (%zd given)",
+                     name, min, max, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+int
+cxpy_as_int(PyObject *obj)
+{
+    long value = PyLong_AsLong(obj);
+
+    if (value < INT_MIN || value > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
+        return -1;
+    }
+    return (int)value;
+}
+
+int
 cxpy_no_kwds(const char *type_name, PyObject *kwds)
 {
     if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
@@ -493,7 +517,7 @@ py_call_later(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     int r;
 
     CX_UNUSED(mod);
-    if (!_PyArg_CheckPositional("call_later", nargs, 2, 2) ||
+    if (cxpy_check_nargs("call_later", nargs, 2, 2) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -518,7 +542,7 @@ py_watch_child(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     int r;
 
     CX_UNUSED(mod);
-    if (!_PyArg_CheckPositional("watch_child", nargs, 2, 2) ||
+    if (cxpy_check_nargs("watch_child", nargs, 2, 2) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -592,7 +616,7 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
     CX_UNUSED(mod);
     /* spawn(path, argv, envp, cwd, chan_fd, (fd0, fd1, fd2), uid, gid) */
-    if (!_PyArg_CheckPositional("spawn", nargs, 8, 8) ||
+    if (cxpy_check_nargs("spawn", nargs, 8, 8) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -602,9 +626,9 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
                           &plan.stdio[2])) {
         goto done;
     }
-    plan.chan_fd = _PyLong_AsInt(args[4]);
-    plan.uid = _PyLong_AsInt(args[6]);
-    plan.gid = _PyLong_AsInt(args[7]);
+    plan.chan_fd = cxpy_as_int(args[4]);
+    plan.uid = cxpy_as_int(args[6]);
+    plan.gid = cxpy_as_int(args[7]);
     if (PyErr_Occurred()) {
         goto done;
     }

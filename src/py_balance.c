@@ -110,7 +110,7 @@ balancer_remove(CxBalancer *self, PyObject *arg)
 static PyObject *
 balancer_route(CxBalancer *self, PyObject *arg)
 {
-    int fd = _PyLong_AsInt(arg);
+    int fd = cxpy_as_int(arg);
 
     if ((fd == -1 && PyErr_Occurred()) || cxpy_check_owner() < 0) {
         return NULL;

@@ -75,12 +75,12 @@ channel_send(CxChannel *self, PyObject *const *args, Py_ssize_t nargs)
     int type, flags, notify = 0, nfds = 0, fds[CX_MAX_FDS];
     int r;
 
-    if (!_PyArg_CheckPositional("send", nargs, 3, 5) ||
+    if (cxpy_check_nargs("send", nargs, 3, 5) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
-    type = _PyLong_AsInt(args[0]);
-    flags = _PyLong_AsInt(args[1]);
+    type = cxpy_as_int(args[0]);
+    flags = cxpy_as_int(args[1]);
     if (PyErr_Occurred()) {
         return NULL;
     }

@@ -87,7 +87,7 @@ stream_write(CxStream *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     int notify = 0, r;
 
-    if (!_PyArg_CheckPositional("write", nargs, 1, 2) ||
+    if (cxpy_check_nargs("write", nargs, 1, 2) < 0 ||
         cxpy_check_owner() < 0 ||
         (nargs > 1 && (notify = PyObject_IsTrue(args[1])) < 0) ||
         PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {

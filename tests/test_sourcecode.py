@@ -14,7 +14,7 @@ GLUE = {"module.c", "py_channel.c", "glue.h"}
 
 
 def test_stub_names_match_the_module():
-    tree = ast.parse((ROOT / "cluster_ext" / "_core.pyi").read_text())
+    tree = ast.parse((ROOT / "src" / "cluster_ext" / "_core.pyi").read_text())
     stub = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):

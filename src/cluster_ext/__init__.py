@@ -15,11 +15,33 @@ import os
 import sys
 from _collections import deque
 
+
+def _unbuilt_source_tree() -> None:
+    """Explains an import from the source tree, where the C extension was never
+    built (python -m puts the current directory first on sys.path)."""
+    here = os.path.dirname(__file__)
+    if any(name.startswith("_core.") and not name.endswith(".pyi") for name in os.listdir(here)):
+        return                  # built, but it failed to load: the real error says why
+    message = (f"cluster_ext: {here} is the source tree, whose C extension is not built; "
+               "install the package (pip install . in the repository's root) and run it "
+               "from outside src/")
+    if sys.argv[:1] == ["-m"]:  # python -m cluster_ext: one line, not a traceback
+        raise SystemExit(message)
+    raise ImportError(message) from None
+
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from typing import Any, Callable, Mapping
 
-from . import _core, _fleet, _primary, _shared, _worker
+__version__ = "0.1.0"        # the one source: pyproject.toml reads it from here
+
+try:
+    from . import _core
+except ImportError:
+    _unbuilt_source_tree()
+    raise
+from . import _fleet, _primary, _shared, _worker
 from ._fleet import CrashLoopError, reload, supervise
 from ._primary import SCHED_NONE, SCHED_RR
 from ._worker import ChannelClosedError, Worker
