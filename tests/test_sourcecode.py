@@ -1,7 +1,9 @@
 """The source keeps its promises: the stub matches the module, only the glue
 includes Python.h, and the C builds clean with -Wall -Wextra."""
 import ast
+import re
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -41,3 +43,43 @@ def test_c_is_warning_free():
         if r.returncode == 127:
             pytest.skip("no gcc")
         assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+# What public macros and inline functions of CPython's headers compile to; any
+# other _Py symbol is private API, which a release may remove (3.13 removed
+# _PyLong_AsInt, and the module then failed at import).
+PUBLIC_EXPANSIONS = {
+    "_Py_Dealloc",                                  # Py_DECREF
+    "_Py_NoneStruct", "_Py_TrueStruct", "_Py_FalseStruct",    # Py_None, Py_True, Py_False
+    "_PyObject_GC_New",                             # PyObject_GC_New
+    "_PyArg_ParseTuple_SizeT", "_Py_BuildValue_SizeT",         # PY_SSIZE_T_CLEAN, < 3.13
+    "_PyObject_MakeTpCall", "_Py_CheckFunctionResult",        # PyObject_Vectorcall, 3.10
+}
+
+
+def test_only_public_c_api_in_the_source():
+    for path in sorted((ROOT / "src").glob("*.[ch]")):
+        code = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+        assert not re.findall(r"\b_Py[A-Za-z_]+", code), path.name
+
+
+def test_only_public_c_api_in_the_built_module():
+    r = subprocess.run(["nm", "-D", "--undefined-only", _core.__file__],
+                       capture_output=True, text=True, check=True)
+    private = {line.split()[-1] for line in r.stdout.splitlines()
+               if line.split()[-1].startswith("_Py")}
+    assert private <= PUBLIC_EXPANSIONS, private - PUBLIC_EXPANSIONS
+
+
+def test_mypy_strict_is_clean():
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir",
+                        str(ROOT / ".mypy_cache"), str(ROOT / "src" / "cluster_ext")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_stub_agrees_with_the_module():
+    """stubtest imports the built _core and checks every name and signature."""
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "cluster_ext._core"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
