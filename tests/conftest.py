@@ -168,6 +168,13 @@ def json_lines(lines: list[str], prefix: str = "") -> list[dict]:
             if line.startswith(prefix) and line[len(prefix):].startswith("{")]
 
 
+def only_json(lines: list[str], prefix: str = "") -> dict:
+    """The one JSON object line (after prefix) an app printed."""
+    found = json_lines(lines, prefix)
+    assert len(found) == 1, lines
+    return found[0]
+
+
 def free_port() -> int:
     """A port that nothing listens on right now."""
     with socket.socket() as s:

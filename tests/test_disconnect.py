@@ -100,8 +100,9 @@ def test_seed_example_as_written_with_no_client(app):
     ended = time.monotonic()
     # The timer was armed when the worker listened, just before its exit; only
     # the example's 'disconnect' handler cancels it, and a pending timer keeps
-    # run() going: without that cancel, the program would linger ~2 s here.
-    assert ended - exited < 1.0, ended - exited
+    # run() going: without that cancel, the program would linger 2 s here. The
+    # bound is that timer, with room for a loaded machine.
+    assert ended - exited < 1.8, ended - exited
     assert ended - start < 10.0      # the whole program, starts included (loose: load)
 
 
@@ -117,7 +118,7 @@ def test_seed_example_events_seen_from_outside(app):
     assert lines[exit_].split()[3:] == ["1", "0", "None", "True"], lines
     assert "worker 1 exited: code=0 signal=None exited_after_disconnect=True" in lines
     # from disconnect() to the end of run(): no 2 s timer in between
-    assert seconds(lines[-1], "run-returned") < 1.0, lines
+    assert seconds(lines[-1], "run-returned") < 1.8, lines
 
 
 def test_seed_with_a_client_that_never_ends_is_killed_by_the_timer(app):

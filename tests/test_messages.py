@@ -5,16 +5,9 @@ import json
 import pytest
 
 import cluster_ext
-from conftest import json_lines, run_app
+from conftest import only_json, run_app
 
 SERIALIZATIONS = ["json", "pickle"]
-
-
-def only_json(lines, prefix=""):
-    """The one JSON object line (after prefix) an app printed."""
-    found = json_lines(lines, prefix)
-    assert len(found) == 1, lines
-    return found[0]
 
 
 def only_json_list(lines):

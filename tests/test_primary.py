@@ -6,13 +6,7 @@ import types
 
 import pytest
 
-from conftest import json_lines, run_app
-
-
-def only_json(lines):
-    found = json_lines(lines)
-    assert len(found) == 1, lines
-    return found[0]
+from conftest import only_json, run_app
 
 
 # ---- fork(target=fn) --------------------------------------------------------------
@@ -28,8 +22,9 @@ def test_fork_target_runs_fn_as_a_worker():
     assert pong == ["pong", "ping"]
     assert out["exits"] == {"1": [0, None, True]}   # exit 0 after disconnect()
     assert "gave_up" not in out
-    # no interpreter to start: 'online' comes at once
-    assert out["online_after"] < 1.0
+    # no interpreter to start: 'online' comes at once (an exec'd worker takes
+    # ~50 ms on an idle machine; the bound leaves room for a loaded one)
+    assert out["online_after"] < 3.0
 
 
 def test_fork_target_after_another_fork_keeps_the_first_worker_heard():

@@ -8,13 +8,7 @@ import signal
 
 import pytest
 
-from conftest import json_lines, pid_alive, run_app, wait_gone
-
-
-def only_json(lines):
-    found = json_lines(lines)
-    assert len(found) == 1, lines
-    return found[0]
+from conftest import only_json, pid_alive, run_app, wait_gone
 
 
 # ---- a worker stuck in `while True: pass` --------------------------------------
