@@ -1,6 +1,6 @@
 /* cx.h: the engine's shared basics: descriptor closing, the intrusive list,
-   error conventions. No Python.h here or in any engine file: only module.c and
-   py_*.c see Python objects.
+   array growth, error conventions. No Python.h here or in any engine file:
+   only module.c and py_*.c see Python objects.
    Engine functions return 0 (or a count) on success and -errno on failure. */
 #ifndef CX_H
 #define CX_H
@@ -54,6 +54,9 @@ int cx_write_all(int fd, const void *buf, size_t len);
 /* Moves fd to a number >= 3 (close-on-exec) so that it can never be mistaken
    for stdio; takes ownership of fd, even on failure. Returns the fd or -errno. */
 int cx_fd_above_stdio(int fd);
+/* Grows *buf (*cap elements of elem bytes) by doubling until need fits;
+   returns 0 or -ENOMEM (*buf untouched). */
+int cx_grow(void **buf, size_t *cap, size_t need, size_t elem);
 uint64_t cx_now_ns(void);
 /* stderr lines when CLUSTER_EXT_DEBUG=1; never used on the child path. */
 void cx_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -9,27 +9,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int
-cx_grow(void **buf, size_t *cap, size_t need, size_t elem)
-{
-    size_t n = *cap ? *cap : 16;
-    void *grown;
-
-    if (need <= *cap) {
-        return 0;
-    }
-    while (n < need) {
-        n *= 2;
-    }
-    grown = realloc(*buf, n * elem);
-    if (grown == NULL) {
-        return -ENOMEM;
-    }
-    *buf = grown;
-    *cap = n;
-    return 0;
-}
-
 static void
 close_fds(const int *fds, int nfds)
 {

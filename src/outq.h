@@ -46,7 +46,5 @@ int cx_outq_write(cx_outq *q, int fd, int is_socket, int *reached);
 /* Drops everything queued; returns how many marks were still pending. */
 int cx_outq_clear(cx_outq *q);
 void cx_outq_free(cx_outq *q);
-/* realloc-growth used by the queue and its users. */
-int cx_grow(void **buf, size_t *cap, size_t need, size_t elem);
 
 #endif

@@ -55,6 +55,27 @@ cx_fd_above_stdio(int fd)
     return moved;
 }
 
+int
+cx_grow(void **buf, size_t *cap, size_t need, size_t elem)
+{
+    size_t n = *cap ? *cap : 16;
+    void *grown;
+
+    if (need <= *cap) {
+        return 0;
+    }
+    while (n < need) {
+        n *= 2;
+    }
+    grown = realloc(*buf, n * elem);
+    if (grown == NULL) {
+        return -ENOMEM;
+    }
+    *buf = grown;
+    *cap = n;
+    return 0;
+}
+
 uint64_t
 cx_now_ns(void)
 {
