@@ -78,7 +78,8 @@ parse_frames(cx_chan *ch)
         note->a = hdr.type;
         note->b = hdr.flags;
         if (hdr.type == CX_FRAME_USER) {
-            ch->h.loop->busy = 1;   /* a conversation: the answer may be near */
+            /* a conversation: the answer may be near */
+            ch->h.loop->chan_policy.busy = 1;
         }
         note->nfds = hdr.nfds;
         if (hdr.nfds > 0) {
@@ -286,7 +287,7 @@ chan_push(cx_chan *ch, int type, int flags, const void *payload, size_t len,
     if (r < 0) {
         return r;
     }
-    if (ch->h.loop->deferring && cx_outq_size(&ch->out) < FLUSH_AT) {
+    if (ch->h.loop->chan_policy.deferring && cx_outq_size(&ch->out) < FLUSH_AT) {
         /* Inside a drain: batch the frames of this turn into few writes. */
         if (!(ch->io.events & EPOLLOUT)) {
             cx_loop_defer(ch->h.loop, &ch->flusher);

@@ -128,7 +128,8 @@ cx_note_push(cx_loop *loop, cx_note *note)
     /* A note made outside a turn (a close called from Python) must still
        make the epoll fd readable: another loop that embeds this one (aio)
        only turns it when the fd says so. */
-    if (loop->head == NULL && loop->batch == NULL && !loop->deferring) {
+    if (loop->head == NULL && loop->batch == NULL &&
+        !loop->chan_policy.deferring) {
         (void)cx_loop_wakeup(loop);
     }
     note->h->pending++;
@@ -535,7 +536,7 @@ cx_loop_init(cx_loop *loop)
 {
     int r;
     void *wake_data = loop->wake.data;
-    uint64_t spin_ns = loop->spin_ns;
+    uint64_t spin_ns = loop->chan_policy.spin_ns;
 
     memset(loop, 0, sizeof(*loop));
     loop->epfd = loop->timerfd = loop->wakefd = -1;
@@ -547,7 +548,7 @@ cx_loop_init(cx_loop *loop)
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
     loop->wake.data = wake_data;
-    loop->spin_ns = spin_ns;
+    loop->chan_policy.spin_ns = spin_ns;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -619,33 +620,34 @@ cx_loop_reinit_after_fork(cx_loop *loop)
    microseconds, more than a message round trip, so a conversation between
    processes (messages to and fro over IPC) is far faster when the loop stays
    awake for the answer. Only a turn that delivered a user message spins
-   (channel.c sets loop->busy): under socket load the wait is for clients,
-   and spinning would only take CPU from them. Spinning stops by itself when
-   it keeps finding nothing. */
+   (channel.c sets chan_policy.busy): under socket load the wait is for
+   clients, and spinning would only take CPU from them. Spinning stops by
+   itself when it keeps finding nothing. */
 static int
 spin_wait(cx_loop *loop, struct epoll_event *events)
 {
     uint64_t until;
     int n;
 
-    if (loop->spin_ns == 0) {
+    if (loop->chan_policy.spin_ns == 0) {
         return 0;
     }
-    if (loop->spin_rest > 0) {
-        loop->spin_rest--;
+    if (loop->chan_policy.spin_rest > 0) {
+        loop->chan_policy.spin_rest--;
         return 0;
     }
-    until = cx_now_ns() + loop->spin_ns;
+    until = cx_now_ns() + loop->chan_policy.spin_ns;
     do {
         n = epoll_wait(loop->epfd, events, BATCH, 0);
         if (n != 0) {
-            loop->spin_misses = 0;
+            loop->chan_policy.spin_misses = 0;
             return n;
         }
     } while (cx_now_ns() < until);
-    if (++loop->spin_misses >= 4) {
-        loop->spin_misses = 0;
-        loop->spin_rest = 64;   /* idle lately: sleep at once for a while */
+    if (++loop->chan_policy.spin_misses >= 4) {
+        loop->chan_policy.spin_misses = 0;
+        /* idle lately: sleep at once for a while */
+        loop->chan_policy.spin_rest = 64;
     }
     return 0;
 }
@@ -660,7 +662,7 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     if (loop->head != NULL) {
         timeout_ms = 0;
     }
-    if (timeout_ms != 0 && loop->busy) {
+    if (timeout_ms != 0 && loop->chan_policy.busy) {
         n = spin_wait(loop, events);
     }
     if (n == 0) {
@@ -669,7 +671,7 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     if (n < 0) {
         return -errno;
     }
-    loop->busy = 0;
+    loop->chan_policy.busy = 0;
     loop->batch = events;
     loop->batch_len = n;
     for (int i = 0; i < n; i++) {

@@ -102,10 +102,18 @@ struct cx_loop {
     uint64_t timer_seq, armed_for;
     cx_list handles, children_sig, flushers;
     int nref;
-    uint64_t spin_ns;                  /* busy-poll budget before sleeping */
-    int spin_misses, spin_rest;        /* adaptive: stop spinning when idle */
-    int busy;                          /* the last turn carried a message */
-    int deferring;                     /* sends wait for cx_loop_flush() */
+    /* The channels' policy, applied by the reactor on their behalf: it spans
+       every channel (and stream) of a turn, so it lives here and not in
+       cx_chan. channel.c marks a turn busy when a user message arrives, and
+       the next wait spins for the answer (spin_wait); while deferring (the
+       glue's drain, a listener's accept burst) channel.c and stream.c queue
+       their writes for cx_loop_flush(), so one turn's frames leave together. */
+    struct {
+        int busy;                      /* the last turn carried a message */
+        uint64_t spin_ns;              /* busy-poll budget; 0: never spin */
+        int spin_misses, spin_rest;    /* adaptive: stop spinning when idle */
+        int deferring;                 /* sends wait for cx_loop_flush() */
+    } chan_policy;
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
 };

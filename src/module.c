@@ -333,7 +333,7 @@ drain_notes(void)
 {
     cx_note *note;
 
-    cxpy.loop.deferring = 1;
+    cxpy.loop.chan_policy.deferring = 1;
     while (!cxpy.stop && (note = cx_note_pop(&cxpy.loop)) != NULL) {
         cx_handle *h = note->h;
         CxObject *obj = h->data;
@@ -360,7 +360,7 @@ drain_notes(void)
             break;
         }
     }
-    cxpy.loop.deferring = 0;
+    cxpy.loop.chan_policy.deferring = 0;
     cx_loop_flush(&cxpy.loop);
 }
 
@@ -831,7 +831,7 @@ core_exec(PyObject *mod)
         return -1;
     }
     spin = getenv("CLUSTER_EXT_SPIN_US");
-    cxpy.loop.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
+    cxpy.loop.chan_policy.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
     r = cx_loop_init(&cxpy.loop);
     if (r < 0) {
         cxpy_raise_oserror(-r);

@@ -173,7 +173,7 @@ stream_kick(cx_stream *s)
     if (s->io.events & EPOLLOUT) {
         return;                 /* the fd is full: EPOLLOUT will flush */
     }
-    if (s->h.loop->deferring) {
+    if (s->h.loop->chan_policy.deferring) {
         cx_loop_defer(s->h.loop, &s->flusher);
         return;
     }
@@ -322,7 +322,7 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
     cx_listener *l = cx_container_of(io, cx_listener, io);
 
     CX_UNUSED(events);
-    loop->deferring = 1;
+    loop->chan_policy.deferring = 1;
     for (int i = 0; i < l->max_accepts && l->fd >= 0; i++) {
         int c = accept_one(l->fd);
         if (c == -EAGAIN) {
@@ -337,7 +337,7 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
             l->on_accept(l, c);
         }
     }
-    loop->deferring = 0;
+    loop->chan_policy.deferring = 0;
     cx_loop_flush(loop);
 }
 
