@@ -84,10 +84,10 @@ void cxpy_dealloc(PyObject *self);
 /* A tuple of the note's fds as ints; from then on Python owns them. */
 PyObject *cxpy_take_fds(cx_note *note);
 
-int cxpy_channel_init_type(PyObject *mod);
+int cxpy_channel_init(PyObject *mod);
 /* The engine struct of a Channel object, or NULL with a TypeError. */
 cx_chan *cxpy_channel_arg(PyObject *obj);
-int cxpy_stream_init_types(PyObject *mod);
-int cxpy_balancer_init_type(PyObject *mod);
+int cxpy_stream_init(PyObject *mod);
+int cxpy_balancer_init(PyObject *mod);
 
 #endif

@@ -849,8 +849,8 @@ core_exec(PyObject *mod)
     if (cxpy.channel_closed == NULL ||
         PyModule_AddObjectRef(mod, "ChannelClosedError",
                               cxpy.channel_closed) < 0 ||
-        cxpy_channel_init_type(mod) < 0 || cxpy_stream_init_types(mod) < 0 ||
-        cxpy_balancer_init_type(mod) < 0 || add_constants(mod) < 0) {
+        cxpy_channel_init(mod) < 0 || cxpy_stream_init(mod) < 0 ||
+        cxpy_balancer_init(mod) < 0 || add_constants(mod) < 0) {
         return -1;
     }
     return 0;

@@ -159,7 +159,7 @@ static PyType_Spec balancer_spec = {
 };
 
 int
-cxpy_balancer_init_type(PyObject *mod)
+cxpy_balancer_init(PyObject *mod)
 {
     cxpy.balancer_type = (PyTypeObject *)cxpy_new_type(mod, &balancer_spec);
     return cxpy.balancer_type == NULL ? -1 : 0;

@@ -213,7 +213,7 @@ cxpy_channel_arg(PyObject *obj)
 }
 
 int
-cxpy_channel_init_type(PyObject *mod)
+cxpy_channel_init(PyObject *mod)
 {
     cxpy.channel_type = (PyTypeObject *)cxpy_new_type(mod, &channel_spec);
     return cxpy.channel_type == NULL ? -1 : 0;

@@ -327,7 +327,7 @@ static PyType_Spec listener_spec = {
 };
 
 int
-cxpy_stream_init_types(PyObject *mod)
+cxpy_stream_init(PyObject *mod)
 {
     cxpy.stream_type = (PyTypeObject *)cxpy_new_type(mod, &stream_spec);
     cxpy.listener_type = (PyTypeObject *)cxpy_new_type(mod, &listener_spec);
