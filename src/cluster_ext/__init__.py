@@ -10,10 +10,21 @@ an EventEmitter: 'fork', 'online', 'listening', 'message', 'disconnect',
 """
 from __future__ import annotations
 
-import _signal
 import os
 import sys
-from _collections import deque
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
+    import signal as _signal
+    from collections import deque
+    from types import ModuleType as _ModuleType
+    from typing import Any, Callable, Mapping
+
+    from . import net
+else:                       # the C modules behind signal and collections: cheaper to import
+    import _signal
+    from _collections import deque
+    _ModuleType = type(sys)
 
 
 def _unbuilt_source_tree() -> None:
@@ -29,10 +40,6 @@ def _unbuilt_source_tree() -> None:
         raise SystemExit(message)
     raise ImportError(message) from None
 
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
-    from typing import Any, Callable, Mapping
 
 __version__ = "0.1.0"        # the one source: pyproject.toml reads it from here
 
@@ -64,15 +71,16 @@ _settings: dict[str, Any] = _primary.default_settings()
 settings: Mapping[str, Any] = type(type.__dict__)(_settings)    # a MappingProxyType
 _state: dict[str, Any] = {"next_id": 1, "ran": False, "wakeup_fd": -1}
 _servers: set[Any] = set()          # the worker's servers: disconnect() closes them
-_threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+_threadsafe: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
 
 
-class _ClusterModule(type(sys), EventEmitter):
+class _ClusterModule(_ModuleType, EventEmitter):
     """The module object: an EventEmitter whose scheduling_policy is checked."""
 
     @property
     def scheduling_policy(self) -> int:
-        return _settings["scheduling_policy"]
+        policy: int = _settings["scheduling_policy"]
+        return policy
 
     @scheduling_policy.setter
     def scheduling_policy(self, policy: int) -> None:
@@ -99,7 +107,7 @@ def stop() -> None:
     _core.stop()
 
 
-def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> _core.Handle:
     """A timer on the loop; returns a handle with .cancel()."""
     return _core.call_later(seconds, (lambda: fn(*args)) if args else fn)
 
@@ -164,6 +172,7 @@ def fork(env: Mapping[str, Any] | None = None, *,
         raise TypeError("target must be callable")
     if _signal.getsignal(_signal.SIGCHLD) == _signal.SIG_IGN:
         raise RuntimeError("SIGCHLD is ignored: worker exits could not be seen")
+    assert workers is not None          # the primary's
     worker_id = _state["next_id"]
     if target is None:
         pid, fd, stdio = _primary.start_exec(worker_id, _settings, env)
@@ -200,6 +209,7 @@ def disconnect(callback: Callable[[], Any] | None = None, *,
     disconnected. With timeout, workers still connected after it are killed."""
     if not is_primary:
         raise RuntimeError("cluster.disconnect() is the primary's")
+    assert workers is not None
     pending = {w.id for w in workers.values() if w.is_connected()}
     if callback is not None and not pending:
         call_later(0, callback)
@@ -224,6 +234,7 @@ def _on_worker_gone(w: Worker) -> None:
 
 
 def _remove_worker(w: Worker) -> None:
+    assert workers is not None          # only the primary's workers exit
     if workers.get(w.id) is w:
         del workers[w.id]
 
@@ -245,7 +256,7 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
         raise RuntimeError("listen_socket() waits for the primary's answer: call it before "
                            "run(), or use net.create_server() / aio.start_server() in a "
                            "callback")
-    answer: list[tuple] = []
+    answer: list[tuple[Any, ...]] = []
     spec = net.ask_primary(port, host, backlog, path, True, lambda *reply: answer.append(reply))
     while not answer:
         _core.turn(-1)
@@ -263,12 +274,13 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
 class _SharedSocket:
     """A listen_socket() among the worker's servers: disconnect() closes it."""
 
-    def __init__(self, sock: Any, key: int, spec: tuple | None) -> None:
+    def __init__(self, sock: Any, key: int, spec: net.ListenSpec | None) -> None:
         self.sock, self.key, self.spec = sock, key, spec
 
     def close(self, callback: Callable[[], Any] | None = None) -> None:
         from . import net
         if self in _servers:
+            assert worker is not None   # a worker's, made by listen_socket()
             _servers.discard(self)
             worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=self.key)
             self.sock.close()
@@ -342,9 +354,26 @@ def _boot_from_env() -> None:
     _boot_worker(worker_id, fd, serialization, max_size)
 
 
-_module = sys.modules[__name__]
-_module.__class__ = _ClusterModule
-EventEmitter.__init__(_module)
+def _swap_module_class() -> _ClusterModule:
+    module = sys.modules[__name__]
+    module.__class__ = _ClusterModule
+    assert isinstance(module, _ClusterModule)
+    EventEmitter.__init__(module)
+    return module
+
+
+_module = _swap_module_class()
+if TYPE_CHECKING:
+    # What type checkers see of the module object, a _ClusterModule:
+    # cluster.on("exit", fn), @cluster.once("online"), cluster.scheduling_policy.
+    scheduling_policy: int = _module.scheduling_policy
+    on, add_listener, once = _module.on, _module.add_listener, _module.once
+    prepend_listener, prepend_once_listener = (_module.prepend_listener,
+                                               _module.prepend_once_listener)
+    off, remove_listener = _module.off, _module.remove_listener
+    remove_all_listeners, emit = _module.remove_all_listeners, _module.emit
+    listeners, listener_count = _module.listeners, _module.listener_count
+    event_names = _module.event_names
 _worker.cluster = _fleet.cluster = _module
 _shared.install(_module)
 if is_worker:

@@ -83,8 +83,8 @@ class _Fleet:
         self.started: dict[int, float] = {}
         self.pongs: dict[int, float] = {}
         self.error: BaseException | None = None
-        self.pending: list[Any] = []     # respawn timers waiting out their back-off
-        self.heartbeat: Any = None
+        self.pending: list[_core.Handle] = []    # respawn timers waiting out their back-off
+        self.heartbeat: _core.Handle | None = None
 
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
@@ -122,10 +122,11 @@ class _Fleet:
         # Also after a retirement: a worker that died while a reload had one
         # extra in flight was not replaced then, and the count is short now.
         if self.live() < self.size:
-            timer = cluster.call_later(self.delay, lambda: self.respawn_one(timer))
+            timer: _core.Handle = cluster.call_later(self.delay,
+                                                     lambda: self.respawn_one(timer))
             self.pending.append(timer)
 
-    def respawn_one(self, timer: Any) -> None:
+    def respawn_one(self, timer: _core.Handle) -> None:
         self.pending.remove(timer)
         if self.live() < self.size:
             self.spawn()
@@ -161,17 +162,19 @@ class _Fleet:
         self.pongs[w.id] = time.monotonic()
 
     def beat(self) -> None:
+        timeout = self.heartbeat_timeout
+        assert timeout is not None       # beat() runs only with a heartbeat
         now = time.monotonic()
         for w in list(cluster.workers.values()):
             if w.is_dead() or not w.is_connected():
                 continue
             # A worker forked before supervise() is timed from its first beat.
-            if now - self.pongs.setdefault(w.id, now) > self.heartbeat_timeout:
+            if now - self.pongs.setdefault(w.id, now) > timeout:
                 os.kill(w.process.pid, 9)   # its Python code is stuck: replace it
                 self.pongs[w.id] = now
             else:
                 w._send_frame(_core.FRAME_PING)
-        self.heartbeat = cluster.call_later(self.heartbeat_timeout / 3, self.beat)
+        self.heartbeat = cluster.call_later(timeout / 3, self.beat)
 
 
 def supervise(workers: int | None = None, *, respawn: bool = True,

@@ -185,9 +185,11 @@ def fork_refused(exc: OSError) -> OSError:
     """fork() failed: say which limit was hit, not only 'Resource temporarily
     unavailable'."""
     import errno
-    why = {errno.EAGAIN: "the process limit is reached (RLIMIT_NPROC, or the "
-                         "system's pid_max/threads-max)",
-           errno.ENOMEM: "no memory for a new process"}.get(exc.errno)
+    reasons: dict[int | None, str] = {
+        errno.EAGAIN: "the process limit is reached (RLIMIT_NPROC, or the system's "
+                      "pid_max/threads-max)",
+        errno.ENOMEM: "no memory for a new process"}
+    why = reasons.get(exc.errno)
     text = f"fork() failed: {exc.strerror}" + (f": {why}" if why else "")
     return OSError(exc.errno, text)
 
@@ -207,7 +209,8 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
             uid, gid = settings["uid"], settings["gid"]
             try:
                 pid = _core.spawn(path, argv, envp, settings["cwd"], their_fd,
-                                  tuple(stdio.child), -1 if uid is None else uid,
+                                  (stdio.child[0], stdio.child[1], stdio.child[2]),
+                                  -1 if uid is None else uid,
                                   -1 if gid is None else gid)
             except OSError as exc:
                 if exc.filename is None:     # fork() itself, not the program
@@ -225,7 +228,8 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
 
 
 def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, str] | None,
-                 target: Callable[[], Any], become_worker: Callable[..., None]
+                 target: Callable[[], Any],
+                 become_worker: Callable[[int, int, Mapping[str, Any], Callable[[], Any]], int]
                  ) -> tuple[int, int, Stdio]:
     """os.fork() without exec: the child becomes worker worker_id and runs
     target(); it never returns from here."""
@@ -285,7 +289,10 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
 def reset_signal_handlers() -> None:
     """The primary's Python handlers are not the worker's: back to defaults,
     SIGINT ignored (the primary decides how its workers stop)."""
-    import _signal      # not signal: its enums cost a fork(target) child milliseconds
+    if TYPE_CHECKING:
+        import signal as _signal
+    else:
+        import _signal  # not signal: its enums cost a fork(target) child milliseconds
     for sig in _signal.valid_signals():
         try:
             handler = _signal.getsignal(sig)

@@ -60,7 +60,8 @@ def pack_reply(seq: int, err: int, key: int, policy: int, address: Address | Non
 
 
 def reply_seq(payload: bytes) -> int:
-    return _SEQ.unpack_from(payload)[0]
+    seq: int = _SEQ.unpack_from(payload)[0]
+    return seq
 
 
 def unpack_reply(payload: bytes, unix: bool) -> tuple[int, int, int, int, Address]:

@@ -11,7 +11,10 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     import socket
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    # (host, port, path, index, policy): one shared listening socket
+    Spec: TypeAlias = tuple[str | None, int, str | None, int, int]
 
 from . import _core, _protocol, _worker
 from ._primary import SCHED_NONE, SCHED_RR
@@ -51,8 +54,10 @@ def listen_socket(host: str | None, port: int, path: str | None,
     except OSError as exc:
         sock.close()
         where = path if path is not None else f"{target[0]}:{target[1]}"
-        raise OSError(exc.errno, f"listen {errno.errorcode.get(exc.errno, exc.errno)}: "
-                                 f"{exc.strerror} {where}") from None
+        # 'AF_UNIX path too long' has no errno: EINVAL, as a worker is told
+        code, why = ((exc.errno, exc.strerror) if exc.errno is not None
+                     else (errno.EINVAL, str(exc)))
+        raise OSError(code, f"listen {errno.errorcode.get(code, code)}: {why} {where}") from None
     return sock, address_of(sock)
 
 
@@ -67,7 +72,7 @@ def address_of(sock: socket.socket) -> _protocol.Address:
 class SharedHandle:
     """One address shared by the workers that listen on it."""
 
-    def __init__(self, spec: tuple, key: int, sock: socket.socket,
+    def __init__(self, spec: Spec, key: int, sock: socket.socket,
                  address: _protocol.Address, policy: int) -> None:
         self.spec, self.key, self.address, self.policy = spec, key, address, policy
         self.workers: dict[int, Any] = {}
@@ -100,7 +105,7 @@ class SharedHandle:
                 pass
 
 
-_handles: dict[tuple, SharedHandle] = {}
+_handles: dict[Spec, SharedHandle] = {}
 _by_key: dict[int, SharedHandle] = {}
 _next_key = [1]
 
@@ -121,7 +126,7 @@ def _drop_if_unused(handle: SharedHandle) -> None:
         handle.close()
 
 
-def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
     seq, port, backlog, index, host, path, want_fd = _protocol.unpack_query(payload)
 
@@ -140,7 +145,7 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     # A worker that wants the listening socket itself (listen_socket(), an
     # asyncio server under SCHED_NONE) shares it whatever the policy.
     policy = SCHED_NONE if want_fd else cluster.scheduling_policy
-    spec = (host, port, path, index, policy)
+    spec: Spec = (host, port, path, index, policy)
     handle = _handles.get(spec)
     if handle is None:
         try:
@@ -155,7 +160,7 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     reply(0, handle)
 
 
-def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
     address = _protocol.unpack_listening(payload)
     if w.state in ("none", "online"):
@@ -164,7 +169,7 @@ def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     cluster.emit("listening", w, address)
 
 
-def _on_server_close(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_server_close(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
     handle = _by_key.get(flags)
     if handle is not None:
@@ -175,7 +180,7 @@ def _on_server_close(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
     w._send_frame(_core.FRAME_SERVER_CLOSE, flags=flags)
 
 
-def _on_newconn_ack(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_newconn_ack(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     """A worker could not take a connection (its server is closing)."""
     handle = _by_key.get(flags)
     for fd in fds:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from _collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     import signal as _signal
+    from collections import deque
     from typing import Any, Callable
+else:
+    from _collections import deque
 
 from . import _core
 from .events import EventEmitter
@@ -48,7 +50,8 @@ def _load_json() -> None:
     _json_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
         {}, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
         True)
-    _json_scan = json.JSONDecoder().scan_once
+    # scan_once is set by JSONDecoder.__init__, and typeshed does not declare it
+    _json_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _json_decode(payload: bytes) -> Any:
@@ -68,7 +71,8 @@ def _json_decode(payload: bytes) -> Any:
 primary_frame_handlers: dict[int, Callable[..., None]] = {}
 worker_frame_handlers: dict[int, Callable[..., None]] = {}
 # handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj)
-handle_codecs: dict[int, tuple[type, Callable, Callable, Callable]] = {}
+handle_codecs: dict[int, tuple[type[Any], Callable[[Any], int], Callable[[Any], Any],
+                               Callable[[int], Any]]] = {}
 
 
 def _socket_codec() -> None:
@@ -158,11 +162,11 @@ class Worker(EventEmitter):
         self._frame_handlers = primary_frame_handlers if primary_side else worker_frame_handlers
         self._serialization = serialization
         self._max_message_size = max_message_size
-        self._chan: Any = None
+        self._chan: _core.Channel | None = None   # set at once by _open_channel()
         self._connected = False          # until the channel's close is delivered
         self._disconnecting = False
         self._written: deque[Callable[[BaseException | None], Any]] = deque()
-        self._exit_status: tuple[int | None, Any] | None = None
+        self._exit_status: tuple[int | None, _signal.Signals | None] | None = None
         self._dead = False
         self._timers: list[Any] = []     # disconnect(timeout) deadlines
         self._exit_watch: Any = None     # the engine's watch on the process
@@ -182,10 +186,13 @@ class Worker(EventEmitter):
                                    self._max_message_size + 4096, HWM)
         self._connected = True
 
-    def _send_frame(self, frame_type: int, payload: bytes = b"", fds: tuple = (),
+    def _send_frame(self, frame_type: int, payload: bytes = b"", fds: tuple[int, ...] = (),
                     flags: int = 0, notify: bool = False) -> bool:
         """An internal frame; False if the channel is already closed."""
-        if not self._connected or self._chan.closed:
+        if not self._connected:
+            return False
+        assert self._chan is not None    # _connected: the channel is open
+        if self._chan.closed:
             return False
         try:
             self._chan.send(frame_type, flags, payload, fds, notify)
@@ -193,7 +200,8 @@ class Worker(EventEmitter):
             return False
         return True
 
-    def _on_frame(self, frame_type: int, flags: int, payload: bytes, fds: tuple) -> None:
+    def _on_frame(self, frame_type: int, flags: int, payload: bytes,
+                  fds: tuple[int, ...]) -> None:
         if frame_type == _FRAME_USER:
             if flags == SER_JSON and not fds:      # the hot path: a plain JSON message
                 try:
@@ -213,7 +221,7 @@ class Worker(EventEmitter):
         elif fds:
             close_fds(fds)
 
-    def _on_user_frame(self, flags: int, payload: bytes, fds: tuple) -> None:
+    def _on_user_frame(self, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         handle = None
         try:
             message = decode(flags, payload)
@@ -297,11 +305,13 @@ class Worker(EventEmitter):
         self._exit_status = (code, sig)
         cluster._on_worker_gone(self)
         if self._connected:
+            assert self._chan is not None
             self._chan.drain_close()     # 'disconnect' first, then 'exit'
         else:
             self._finish_exit()
 
     def _finish_exit(self) -> None:
+        assert self._exit_status is not None    # set by _on_exit(), which leads here
         code, sig = self._exit_status
         self._exit_status = None
         self._emit_fork()
@@ -316,7 +326,10 @@ class Worker(EventEmitter):
 
     def is_connected(self) -> bool:
         """The IPC channel is open."""
-        return self._connected and not self._chan.closed
+        if not self._connected:
+            return False
+        assert self._chan is not None
+        return not self._chan.closed
 
     def is_dead(self) -> bool:
         """The process has exited."""
@@ -332,12 +345,15 @@ class Worker(EventEmitter):
             raise ValueError(f"message of {len(payload)} bytes is over max_message_size "
                              f"({self._max_message_size})")
         if handle is None and callback is None and self._connected:
+            assert self._chan is not None
             try:                         # the common case, kept short
                 return self._chan.send(_FRAME_USER, self._serialization, payload)
             except ChannelClosedError:
                 self._report_closed(None)
                 return False
-        kind, fds, after = 0, (), None
+        kind = 0
+        fds: tuple[int, ...] = ()
+        after: Callable[[Any], Any] | None = None
         if handle is not None:
             kind, fds, after = self._encode_handle(handle)
         if callback is not None and not callable(callback):
@@ -345,6 +361,7 @@ class Worker(EventEmitter):
         if not self.is_connected():
             self._report_closed(callback)
             return False
+        assert self._chan is not None
         try:
             ok = self._chan.send(_core.FRAME_USER, self._serialization | kind << HANDLE_SHIFT,
                                  payload, fds, callback is not None)
@@ -358,7 +375,7 @@ class Worker(EventEmitter):
         return ok
 
     @staticmethod
-    def _encode_handle(handle: Any) -> tuple[int, tuple[int], Callable]:
+    def _encode_handle(handle: Any) -> tuple[int, tuple[int], Callable[[Any], Any]]:
         if HANDLE_SOCKET not in handle_codecs and "socket" in sys.modules:
             _socket_codec()     # a socket.socket exists only once socket is imported
         for kind, (cls, to_fd, after, _) in handle_codecs.items():
@@ -367,7 +384,7 @@ class Worker(EventEmitter):
         raise TypeError("handle must be a net.Server, a net.Socket or a socket.socket, "
                         f"not {type(handle).__name__}")
 
-    def _report_closed(self, callback: Callable | None) -> None:
+    def _report_closed(self, callback: Callable[[BaseException | None], Any] | None) -> None:
         err = ChannelClosedError(errno.EPIPE, "the IPC channel is closed")
         if callback is not None:
             cluster.call_later(0, callback, err)
@@ -389,6 +406,7 @@ class Worker(EventEmitter):
 
     def _servers_closed(self) -> None:
         self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT)
+        assert self._chan is not None    # a worker's channel opens at its boot
         self._chan.close()
 
     def _disconnect_primary(self, timeout: float | None) -> "Worker":
@@ -422,7 +440,7 @@ class Worker(EventEmitter):
                 pass
             return
         self.exited_after_disconnect = True
-        fired = []
+        fired: list[_signal.Signals] = []
 
         def suicide(_err: BaseException | None = None) -> None:
             if not fired:                # once: the written-callback may follow
@@ -430,6 +448,7 @@ class Worker(EventEmitter):
                 os.kill(os.getpid(), sig)
 
         if self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT, notify=True):
+            assert self._chan is not None    # the frame went out on it
             self._written.append(suicide)
             if self._chan.queued == 0:
                 suicide()
@@ -439,7 +458,7 @@ class Worker(EventEmitter):
 
 def control_handler(fn: Callable[[Worker], Any]) -> Callable[..., None]:
     """A frame that carries no descriptors: close any, then fn(worker)."""
-    def handler(w: Worker, flags: int, payload: bytes, fds: tuple) -> None:
+    def handler(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         close_fds(fds)
         fn(w)
     return handler

@@ -62,7 +62,7 @@ class _Protocol(asyncio.StreamReaderProtocol):
 class _Shared(net._SharedServer):
     """A worker's asyncio server among its servers (what disconnect() closes)."""
 
-    def __init__(self, key: int, spec: tuple | None) -> None:
+    def __init__(self, key: int, spec: net.ListenSpec | None) -> None:
         self._key: int | None = key
         self.spec = spec
         self.server: asyncio.base_events.Server | None = None
@@ -78,6 +78,7 @@ class _Shared(net._SharedServer):
 
     def _accepted(self, fd: int) -> None:
         """SCHED_RR: a connection from the primary."""
+        assert self.factory is not None      # set before the server is shared
         sock = socket.socket(fileno=fd)
         loop = asyncio.get_running_loop()    # we run inside its reader callback
         loop.create_task(loop.connect_accepted_socket(self.factory, sock))
@@ -114,9 +115,13 @@ async def start_server(client_connected_cb: Callable[..., Any], host: str | None
                                                    backlog=backlog, limit=limit, **kw)
         return await asyncio.start_server(client_connected_cb, host, port, backlog=backlog,
                                           limit=limit, **kw)
-    answer: asyncio.Future[tuple] = loop.create_future()
-    spec = net.ask_primary(port, host, backlog, path, False,
-                           lambda *reply: answer.done() or answer.set_result(reply))
+    answer: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+
+    def on_reply(*reply: Any) -> None:
+        if not answer.done():
+            answer.set_result(reply)
+
+    spec = net.ask_primary(port, host, backlog, path, False, on_reply)
     err, key, address, fd = await answer
     if err:
         net.release_index(spec)

@@ -12,6 +12,10 @@ import sys
 
 import cluster_ext as cluster
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._protocol import Address
+
 log = logging.getLogger("cluster_ext")
 
 DESCRIPTION = """\
@@ -32,8 +36,8 @@ APP returns without calling cluster.run(). The primary never runs APP.
 example:  python -m cluster_ext run -w 4 server.py --port 8000"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cluster_ext", description=DESCRIPTION,
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
@@ -77,8 +81,8 @@ def _log_lifecycle() -> None:
         ", as asked" if w.exited_after_disconnect else ""))
 
 
-def _where(address: object) -> str:
-    return address if isinstance(address, str) else "%s:%d" % address  # type: ignore[str-format]
+def _where(address: Address) -> str:
+    return address if isinstance(address, str) else "%s:%d" % address
 
 
 def _run_app(app: str, args: list[str]) -> None:
@@ -95,6 +99,7 @@ def _demo_worker(host: str, port: int) -> None:
     pid = os.getpid()
 
     def echo(sock: net.Socket) -> None:
+        assert cluster.worker is not None    # main() runs the demo in workers only
         sock.write(f"hello from worker {cluster.worker.id} (pid {pid})\n")
         sock.on("data", lambda data: sock.write(f"[{pid}] ".encode() + data))
 
@@ -102,8 +107,9 @@ def _demo_worker(host: str, port: int) -> None:
     cluster.run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
+    """The console script cluster-ext; __main__ names itself python -m cluster_ext."""
+    args = _parser(prog).parse_args(argv)
     if cluster.is_worker:
         if args.command == "run":
             _run_app(args.app, args.args)

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
-    from typing import Any, Callable
+    from typing import Any, Callable, TypeAlias, TypeVar, overload
+
+    from typing_extensions import Self
+
+    _L = TypeVar("_L", bound=Callable[..., Any])
 
 __all__ = ["EventEmitter"]
 
-Listener = "Callable[..., Any]"
+# A string at run time (the annotation is not evaluated), an alias to type checkers.
+Listener: TypeAlias = "Callable[..., Any]"
 
 
 class _Entry:
@@ -31,6 +36,12 @@ class EventEmitter:
     def __init__(self) -> None:
         self._events = {}
 
+    if TYPE_CHECKING:   # with fn, the emitter; without, a decorator
+        @overload
+        def on(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+        @overload
+        def on(self, event: str, fn: Listener) -> Self: ...
+
     def on(self, event: str, fn: Listener | None = None) -> Any:
         """Adds fn for event; without fn, returns a decorator."""
         if fn is None or not callable(fn):
@@ -41,13 +52,31 @@ class EventEmitter:
 
     add_listener = on
 
+    if TYPE_CHECKING:
+        @overload
+        def once(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+        @overload
+        def once(self, event: str, fn: Listener) -> Self: ...
+
     def once(self, event: str, fn: Listener | None = None) -> Any:
         """Like on(), but fn runs at most once."""
         return self._add(event, fn, once=True, prepend=False)
 
+    if TYPE_CHECKING:
+        @overload
+        def prepend_listener(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+        @overload
+        def prepend_listener(self, event: str, fn: Listener) -> Self: ...
+
     def prepend_listener(self, event: str, fn: Listener | None = None) -> Any:
         """Like on(), but fn runs before the listeners already there."""
         return self._add(event, fn, once=False, prepend=True)
+
+    if TYPE_CHECKING:
+        @overload
+        def prepend_once_listener(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+        @overload
+        def prepend_once_listener(self, event: str, fn: Listener) -> Self: ...
 
     def prepend_once_listener(self, event: str, fn: Listener | None = None) -> Any:
         return self._add(event, fn, once=True, prepend=True)
@@ -65,7 +94,7 @@ class EventEmitter:
         self._events[event] = (entry, *entries) if prepend else (*entries, entry)
         return self
 
-    def off(self, event: str, fn: Listener) -> Any:
+    def off(self, event: str, fn: Listener) -> Self:
         """Removes the most recently added registration of fn for event."""
         entries = self._events.get(event, ())
         for i in range(len(entries) - 1, -1, -1):
@@ -76,7 +105,7 @@ class EventEmitter:
 
     remove_listener = off
 
-    def remove_all_listeners(self, event: str | None = None) -> Any:
+    def remove_all_listeners(self, event: str | None = None) -> Self:
         if event is None:
             self._events.clear()
         else:

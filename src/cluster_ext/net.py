@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import errno
 import os
-from _collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
-    from typing import Any, Callable
+    from collections import deque
+    from typing import Any, Callable, TypeAlias
+else:
+    from _collections import deque
 
 import cluster_ext as cluster
 
 from . import _core, _protocol, _shared, _worker
 from .events import EventEmitter
+
+if TYPE_CHECKING:
+    # (host, port, path) of a worker's listen(); its listen() calls number the indexes
+    ListenSpec: TypeAlias = tuple[str | None, int, str | None]
+    # ask_primary()'s on_reply(err, key, address, fd)
+    OnReply: TypeAlias = Callable[[int, int, _protocol.Address | None, int | None], object]
 
 __all__ = ["Server", "Socket", "create_server"]
 
@@ -157,10 +165,15 @@ class _SharedServer:
 
     _key: int | None
 
+    if TYPE_CHECKING:
+        def _maybe_closed(self) -> None: ...
+
     def _stop_sharing(self) -> None:
-        if self._key is not None and cluster.worker._send_frame(
-                _core.FRAME_SERVER_CLOSE, flags=self._key):
-            return
+        if self._key is not None:
+            worker = cluster.worker
+            assert worker is not None    # only a worker's servers have a key
+            if worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=self._key):
+                return
         self._stopped_accepting()
 
     def _stopped_accepting(self) -> None:
@@ -183,7 +196,7 @@ class Server(EventEmitter, _SharedServer):
         self._key: int | None = None     # the primary's key for a shared server
         self._address: _protocol.Address | None = None
         self._sockets: set[Socket] = set()
-        self._spec: tuple | None = None  # (host, port, path) of a cluster listen
+        self._spec: ListenSpec | None = None   # (host, port, path) of a cluster listen
         self._state = "new"              # new, asking, listening, closing, closed
 
     def __repr__(self) -> str:
@@ -204,7 +217,7 @@ class Server(EventEmitter, _SharedServer):
 
     def listen(self, port: int = 0, host: str | None = None, backlog: int = 511,
                callback: Callable[[], Any] | None = None, *,
-               path: str | os.PathLike | None = None) -> Server:
+               path: str | os.PathLike[str] | None = None) -> Server:
         """Listens on port (0: any free one) and host, or on a Unix path;
         'listening' once bound, 'error' (an OSError) if it cannot."""
         if self._state != "new":
@@ -258,6 +271,7 @@ class Server(EventEmitter, _SharedServer):
 
     def _emit_listening(self) -> None:
         if self._state == "asking":
+            assert self._address is not None     # _listen_on() came first
             self._became_listening(self._address)
             self.emit("listening")
 
@@ -298,28 +312,30 @@ class Server(EventEmitter, _SharedServer):
 
 # ---- the worker's side of shared servers -----------------------------------------
 
-_pending: dict[int, tuple[Callable[..., None], bool]] = {}   # query seq -> (on_reply, unix)
+_pending: dict[int, tuple[OnReply, bool]] = {}    # query seq -> (on_reply, unix)
 _shared_servers: dict[int, Any] = {}              # the primary's key -> server
-_indexes: dict[tuple, list[int]] = {}             # listen spec -> [next index, open]
+_indexes: dict[ListenSpec, list[int]] = {}        # listen spec -> [next index, open]
 _seq = [0]
 
 
 def ask_primary(port: int, host: str | None, backlog: int, path: str | None,
-                want_fd: bool, on_reply: Callable[..., None]) -> tuple | None:
+                want_fd: bool, on_reply: OnReply) -> ListenSpec | None:
     """Asks the primary to share an address; on_reply(err, key, address, fd)
     follows (fd: the listening socket, under SCHED_NONE or with want_fd).
     Returns the listen spec, to release with release_index() once closed, or
     None if the channel is closed (on_reply then reports it, later)."""
     if path is not None:
         path = os.path.abspath(path)
-    spec = (host, port, path)
+    spec: ListenSpec = (host, port, path)
     slot = _indexes.setdefault(spec, [0, 0])
     index = slot[0]
     slot[0] += 1
     slot[1] += 1
     _seq[0] += 1
     _pending[_seq[0]] = (on_reply, path is not None)
-    if not cluster.worker._send_frame(_core.FRAME_QUERY_SERVER, _protocol.pack_query(
+    worker = cluster.worker
+    assert worker is not None            # the primary is asked by its workers
+    if not worker._send_frame(_core.FRAME_QUERY_SERVER, _protocol.pack_query(
             _seq[0], port, backlog, index, host, path, want_fd)):
         del _pending[_seq[0]]
         release_index(spec)
@@ -328,8 +344,10 @@ def ask_primary(port: int, host: str | None, backlog: int, path: str | None,
     return spec
 
 
-def release_index(spec: tuple | None) -> None:
-    slot = _indexes.get(spec) if spec is not None else None
+def release_index(spec: ListenSpec | None) -> None:
+    if spec is None:
+        return
+    slot = _indexes.get(spec)
     if slot is not None:
         slot[1] -= 1
         if slot[1] <= 0:             # the last server of that spec: indexes restart
@@ -345,11 +363,13 @@ def listen_error(err: int, address: Any) -> OSError:
 
 def announce_listening(address: Any) -> None:
     """Tells the primary: 'listening' on this worker and the cluster."""
-    cluster.worker.state = "listening"
-    cluster.worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
+    worker = cluster.worker
+    assert worker is not None
+    worker.state = "listening"
+    worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
 
 
-def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     seq = _protocol.reply_seq(payload)
     on_reply, unix = _pending.pop(seq, (None, False))
     if on_reply is None:
@@ -374,6 +394,7 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
         if server._state != "asking":    # closed while the primary was asked
             if fd is not None:
                 os.close(fd)
+            assert cluster.worker is not None    # a worker asked
             cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
             return
         if fd is not None:               # SCHED_NONE: accept on the shared socket
@@ -387,7 +408,7 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
     server._spec = ask_primary(port, host, backlog, path, False, on_reply)
 
 
-def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     server = _shared_servers.get(flags)
     for fd in fds:
         if server is not None and server._state == "listening":
@@ -398,7 +419,7 @@ def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
             os.close(fd)
 
 
-def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple) -> None:
+def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
     server = _shared_servers.get(flags)
     if server is not None:
