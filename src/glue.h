@@ -1,6 +1,8 @@
-/* glue.h: what the glue files (module.c, py_channel.c, py_stream.c,
-   py_balance.c) share. Only the glue includes Python.h; it turns engine notes
-   into calls and errnos into exceptions. */
+/* glue.h: what the glue files share: module.c (the module), glue.c (the
+   helpers declared here), and one py_*.c per part: py_loop.c, py_handle.c,
+   py_spawn.c, py_channel.c, py_stream.c, py_balance.c. Only the glue includes
+   Python.h; it turns engine notes into calls and errnos into exceptions.
+   Calls run one way: module.c -> py_*.c -> glue.c -> the engine. */
 #ifndef CX_GLUE_H
 #define CX_GLUE_H
 
@@ -84,9 +86,14 @@ void cxpy_dealloc(PyObject *self);
 /* A tuple of the note's fds as ints; from then on Python owns them. */
 PyObject *cxpy_take_fds(cx_note *note);
 
-int cxpy_channel_init(PyObject *mod);
 /* The engine struct of a Channel object, or NULL with a TypeError. */
 cx_chan *cxpy_channel_arg(PyObject *obj);
+
+/* Each part adds its types and functions to the module; 0 or -1. */
+int cxpy_loop_init(PyObject *mod);     /* first: claims the process */
+int cxpy_handle_init(PyObject *mod);
+int cxpy_spawn_init(PyObject *mod);
+int cxpy_channel_init(PyObject *mod);
 int cxpy_stream_init(PyObject *mod);
 int cxpy_balancer_init(PyObject *mod);
 

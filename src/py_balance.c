@@ -1,6 +1,7 @@
 /* py_balance.c: the Balancer type, the glue over balance.c. It owns the
    listening fd and holds a reference to every Channel registered with it, so
-   that the engine's borrowed pointers stay valid. It makes no notes. */
+   that the engine's borrowed pointers stay valid. It makes no notes. Called
+   by module.c through cxpy_balancer_init(). */
 #include "glue.h"
 #include "balance.h"
 

@@ -1,6 +1,7 @@
-/* py_channel.c: the Channel type, the glue over channel.c. A Channel owns its
-   fd from construction; descriptors that arrive with a frame are handed to
-   Python as ints, and from then on the receiver owns them. */
+/* py_channel.c: the Channel type, the glue over channel.c, and
+   ChannelClosedError. A Channel owns its fd from construction; descriptors
+   that arrive with a frame are handed to Python as ints, and from then on the
+   receiver owns them. Called by module.c through cxpy_channel_init(). */
 #include "glue.h"
 
 #include <errno.h>
@@ -202,21 +203,21 @@ static PyType_Spec channel_spec = {
     .slots = channel_slots,
 };
 
-cx_chan *
-cxpy_channel_arg(PyObject *obj)
-{
-    if (!Py_IS_TYPE(obj, cxpy.channel_type)) {
-        PyErr_SetString(PyExc_TypeError, "expected a Channel");
-        return NULL;
-    }
-    return &((CxChannel *)obj)->ch;
-}
-
 int
 cxpy_channel_init(PyObject *mod)
 {
     cxpy.channel_type = (PyTypeObject *)cxpy_new_type(mod, &channel_spec);
-    return cxpy.channel_type == NULL ? -1 : 0;
+    if (cxpy.channel_type == NULL) {
+        return -1;
+    }
+    cxpy.channel_closed = PyErr_NewExceptionWithDoc(
+        "cluster_ext.ChannelClosedError",
+        "The IPC channel is closed.", PyExc_BrokenPipeError, NULL);
+    if (cxpy.channel_closed == NULL) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(mod, "ChannelClosedError",
+                                 cxpy.channel_closed);
 }
 
 static int

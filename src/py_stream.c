@@ -1,6 +1,7 @@
 /* py_stream.c: the Stream and Listener types, the glue over stream.c. Each
    owns its fd from construction; an accepted connection's fd is handed to
-   Python as an int, and from then on the receiver owns it. */
+   Python as an int, and from then on the receiver owns it. Called by
+   module.c through cxpy_stream_init(). */
 #include "glue.h"
 #include "stream.h"
 

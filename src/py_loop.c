@@ -1,0 +1,291 @@
+/* py_loop.c: the loop driver. Owns the process's one loop (cxpy.loop,
+   loop.c): turns it with the GIL released, delivers its notes to Python with
+   the GIL held, re-raises the exception a callback parked, and rebuilds the
+   loop in the child of os.fork(). Called by module.c through
+   cxpy_loop_init(), which also claims the loop for this process. */
+#include "glue.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+static int claimed;
+
+static void
+clear_parked(void)
+{
+    Py_CLEAR(cxpy.exc_type);
+    Py_CLEAR(cxpy.exc_value);
+    Py_CLEAR(cxpy.exc_tb);
+}
+
+/* Delivers queued notes until none is left or a callback stops the loop.
+   Frames sent by the callbacks are batched and written at the end. */
+static void
+drain_notes(void)
+{
+    cx_note *note;
+
+    cxpy.loop.chan_policy.deferring = 1;
+    while (!cxpy.stop && (note = cx_note_pop(&cxpy.loop)) != NULL) {
+        cx_handle *h = note->h;
+        CxObject *obj = h->data;
+        int r = 0;
+
+        if (note->kind == CX_NOTE_WAKE) {
+            h->pending--;
+            cx_note_free(note);
+            if (cxpy.wake_cb != NULL) {
+                r = cxpy_call(cxpy.wake_cb, NULL, 0);
+            }
+            if (r < 0) {
+                break;
+            }
+            continue;
+        }
+        Py_INCREF(obj);
+        r = obj->deliver(obj, note);
+        h->pending--;
+        cx_note_free(note);
+        cxpy_pin_update(obj);
+        Py_DECREF(obj);
+        if (r < 0) {
+            break;
+        }
+    }
+    cxpy.loop.chan_policy.deferring = 0;
+    cx_loop_flush(&cxpy.loop);
+}
+
+/* One turn: wait (timeout_ms, -1 forever), do the C work, deliver notes.
+   Returns 0, or -1 with an exception set (a signal handler raised, or the
+   wait failed). A callback's exception is parked, not set. */
+static int
+turn_once(int timeout_ms)
+{
+    int rc;
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = cx_loop_turn(&cxpy.loop, timeout_ms);
+    Py_END_ALLOW_THREADS
+    if (rc < 0 && rc != -EINTR) {
+        cxpy_raise_oserror(-rc);
+        return -1;
+    }
+    /* Python's signal handlers run here (SIGTERM -> disconnect...): after
+       EINTR, or after the wakeup fd ended the wait. */
+    if (PyErr_CheckSignals() < 0) {
+        return -1;
+    }
+    drain_notes();
+    return 0;
+}
+
+static PyObject *
+leave_run(int failed)
+{
+    cxpy.running = 0;
+    if (failed) {
+        return NULL;
+    }
+    if (cxpy.exc_type != NULL) {
+        PyErr_Restore(cxpy.exc_type, cxpy.exc_value, cxpy.exc_tb);
+        cxpy.exc_type = cxpy.exc_value = cxpy.exc_tb = NULL;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+enter_run(void)
+{
+    if (cxpy_check_owner() < 0) {
+        return -1;
+    }
+    if (cxpy.running) {
+        PyErr_SetString(PyExc_RuntimeError, "the loop is already running");
+        return -1;
+    }
+    cxpy.running = 1;
+    cxpy.stop = 0;
+    return 0;
+}
+
+static PyObject *
+py_run(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int failed = 0;
+
+    CX_UNUSED(mod);
+    if (enter_run() < 0) {
+        return NULL;
+    }
+    drain_notes();              /* what a stopped run() left behind */
+    while (!cxpy.stop && cx_loop_alive(&cxpy.loop)) {
+        if (turn_once(-1) < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    return leave_run(failed);
+}
+
+static PyObject *
+py_turn(PyObject *mod, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    int ms, failed;
+
+    CX_UNUSED(mod);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (enter_run() < 0) {
+        return NULL;
+    }
+    ms = timeout < 0 ? -1 : (int)(timeout * 1000.0 + 0.999);
+    failed = turn_once(ms) < 0;
+    return leave_run(failed);
+}
+
+static PyObject *
+py_stop(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    cxpy.stop = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_running(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    return PyBool_FromLong(cxpy.running);
+}
+
+static PyObject *
+py_fileno(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    return PyLong_FromLong(cxpy.loop.epfd);
+}
+
+static PyObject *
+py_signal_fd(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int fd = cx_loop_signal_fd(&cxpy.loop);
+
+    CX_UNUSED(mod);
+    if (fd < 0) {
+        return cxpy_raise_oserror(-fd);
+    }
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *
+py_wakeup(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int r = cx_loop_wakeup(&cxpy.loop);     /* any thread */
+
+    CX_UNUSED(mod);
+    if (r < 0 && r != -EAGAIN) {
+        return cxpy_raise_oserror(-r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_set_wake_callback(PyObject *mod, PyObject *fn)
+{
+    CX_UNUSED(mod);
+    Py_XSETREF(cxpy.wake_cb, fn == Py_None ? NULL : Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+/* In the child of os.fork(): the parent's engine is dropped without a note
+   and without touching the shared epoll set; a fresh loop takes its place. */
+static PyObject *
+py_after_fork(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *pinned = PyList_New(0);
+    cx_list *n;
+    cx_note *note;
+    int r;
+
+    CX_UNUSED(mod);
+    if (pinned == NULL) {
+        return NULL;
+    }
+    for (n = cxpy.loop.handles.next; n != &cxpy.loop.handles; n = n->next) {
+        CxObject *obj = cx_container_of(n, cx_handle, node)->data;
+        if (obj != NULL && obj->pinned && PyList_Append(pinned,
+                                                       (PyObject *)obj) < 0) {
+            goto fail;
+        }
+    }
+    for (note = cxpy.loop.head; note != NULL; note = note->next) {
+        CxObject *obj = note->h->data;
+        if (note->kind != CX_NOTE_WAKE && obj != NULL && obj->pinned &&
+            PyList_Append(pinned, (PyObject *)obj) < 0) {
+            goto fail;
+        }
+    }
+    r = cx_loop_reinit_after_fork(&cxpy.loop);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pinned); i++) {
+        CxObject *obj = (CxObject *)PyList_GET_ITEM(pinned, i);
+        obj->hp->pending = 0;
+        cxpy_pin_update(obj);
+    }
+    Py_DECREF(pinned);
+    cxpy.owner = PyThread_get_thread_ident();
+    cxpy.running = cxpy.stop = 0;
+    clear_parked();
+    return cxpy_none_or_oserror(r);
+
+fail:
+    Py_DECREF(pinned);
+    return NULL;
+}
+
+static PyMethodDef loop_functions[] = {
+    {"run", py_run, METH_NOARGS,
+     "Runs the loop until nothing is left to wait for or stop() is called; "
+     "re-raises the first exception a callback raised."},
+    {"turn", py_turn, METH_O,
+     "One turn: wait up to timeout seconds (-1: forever), then deliver."},
+    {"stop", py_stop, METH_NOARGS, "Makes run() return after this callback."},
+    {"running", py_running, METH_NOARGS,
+     "Whether run() or turn() is on the stack."},
+    {"fileno", py_fileno, METH_NOARGS, "The epoll descriptor."},
+    {"signal_fd", py_signal_fd, METH_NOARGS,
+     "The write end of a pipe that ends the loop's wait: for "
+     "signal.set_wakeup_fd()."},
+    {"wakeup", py_wakeup, METH_NOARGS,
+     "Thread-safe: makes the loop call the wake callback."},
+    {"set_wake_callback", py_set_wake_callback, METH_O, NULL},
+    {"after_fork", py_after_fork, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+cxpy_loop_init(PyObject *mod)
+{
+    const char *spin;
+    int r;
+
+    /* Epoll, children and signals belong to the process: one loop. */
+    if (claimed) {
+        PyErr_SetString(PyExc_ImportError,
+                        "cluster_ext._core can be loaded once per process");
+        return -1;
+    }
+    spin = getenv("CLUSTER_EXT_SPIN_US");
+    cxpy.loop.chan_policy.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
+    r = cx_loop_init(&cxpy.loop);
+    if (r < 0) {
+        cxpy_raise_oserror(-r);
+        return -1;
+    }
+    claimed = 1;
+    cxpy.owner = PyThread_get_thread_ident();
+    return PyModule_AddFunctions(mod, loop_functions);
+}

@@ -1,0 +1,172 @@
+/* py_spawn.c: starting workers: spawn() (fork + exec, spawn.c) with argv and
+   envp built here, before the fork, so that the child allocates nothing;
+   socketpair() for a worker's channel; die_with_parent() for a child forked
+   without exec. The caller owns every descriptor these return. Called by
+   module.c through cxpy_spawn_init(). */
+#include "glue.h"
+#include "spawn.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+/* A NULL-terminated char ** copy of a sequence of str/bytes (fs encoding),
+   kept alive by *keep. */
+static char **
+cstring_array(PyObject *seq, PyObject **keep)
+{
+    Py_ssize_t n;
+    char **out;
+
+    *keep = PySequence_Fast(seq, "expected a sequence of str or bytes");
+    if (*keep == NULL) {
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(*keep);
+    out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(*keep, i), *enc;
+        if (!PyUnicode_FSConverter(item, &enc)) {
+            goto fail;
+        }
+        /* The encoded bytes replace the item so that *keep owns them. */
+        if (PyList_Check(*keep)) {
+            PyList_SetItem(*keep, i, enc);
+        }
+        else {
+            PyObject *copy = PySequence_List(*keep);
+            if (copy == NULL) {
+                Py_DECREF(enc);
+                goto fail;
+            }
+            Py_SETREF(*keep, copy);
+            PyList_SetItem(*keep, i, enc);
+        }
+        out[i] = PyBytes_AS_STRING(enc);
+    }
+    return out;
+
+fail:
+    PyMem_Free(out);
+    return NULL;
+}
+
+static PyObject *
+py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    cx_spawn_plan plan = {0};
+    PyObject *argv_keep = NULL, *envp_keep = NULL, *path = NULL,
+             *cwd = NULL, *result = NULL;
+    char **argv = NULL, **envp = NULL;
+    pid_t pid;
+
+    CX_UNUSED(mod);
+    /* spawn(path, argv, envp, cwd, chan_fd, (fd0, fd1, fd2), uid, gid) */
+    if (cxpy_check_nargs("spawn", nargs, 8, 8) < 0 ||
+        cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    if (!PyUnicode_FSConverter(args[0], &path) ||
+        (args[3] != Py_None && !PyUnicode_FSConverter(args[3], &cwd)) ||
+        !PyArg_ParseTuple(args[5], "iii", &plan.stdio[0], &plan.stdio[1],
+                          &plan.stdio[2])) {
+        goto done;
+    }
+    plan.chan_fd = cxpy_as_int(args[4]);
+    plan.uid = cxpy_as_int(args[6]);
+    plan.gid = cxpy_as_int(args[7]);
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (plan.stdio[i] >= 0 && plan.stdio[i] < 3) {
+            PyErr_SetString(PyExc_ValueError, "stdio fds must be >= 3");
+            goto done;
+        }
+    }
+    if (plan.chan_fd < 3) {
+        PyErr_SetString(PyExc_ValueError, "the channel fd must be >= 3");
+        goto done;
+    }
+    argv = cstring_array(args[1], &argv_keep);
+    envp = argv ? cstring_array(args[2], &envp_keep) : NULL;
+    if (envp == NULL) {
+        goto done;
+    }
+    plan.path = PyBytes_AS_STRING(path);
+    plan.cwd = cwd ? PyBytes_AS_STRING(cwd) : NULL;
+    plan.argv = argv;
+    plan.envp = envp;
+    Py_BEGIN_ALLOW_THREADS
+    pid = cx_spawn(&plan);
+    Py_END_ALLOW_THREADS
+    if (pid < 0) {
+        errno = -pid;
+        /* The filename says the program is at fault: only when it is. */
+        PyErr_SetFromErrnoWithFilenameObject(
+            PyExc_OSError, plan.failed_in_parent ? NULL : args[0]);
+        goto done;
+    }
+    result = PyLong_FromLong(pid);
+
+done:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    Py_XDECREF(argv_keep);
+    Py_XDECREF(envp_keep);
+    Py_XDECREF(path);
+    Py_XDECREF(cwd);
+    return result;
+}
+
+/* An AF_UNIX stream pair for a worker's channel, close-on-exec, both ends
+   numbered 3 and up (the child's 0-2 are its stdio). */
+static PyObject *
+py_socketpair(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int sv[2];
+
+    CX_UNUSED(mod);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        return cxpy_raise_oserror(errno);
+    }
+    sv[0] = cx_fd_above_stdio(sv[0]);
+    sv[1] = cx_fd_above_stdio(sv[1]);
+    if (sv[0] < 0 || sv[1] < 0) {
+        int err = sv[0] < 0 ? -sv[0] : -sv[1];
+        cx_close(&sv[0]);
+        cx_close(&sv[1]);
+        return cxpy_raise_oserror(err);
+    }
+    return Py_BuildValue("ii", sv[0], sv[1]);
+}
+
+static PyObject *
+py_die_with_parent(PyObject *mod, PyObject *arg)
+{
+    long parent = PyLong_AsLong(arg);
+
+    CX_UNUSED(mod);
+    if (parent == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return cxpy_none_or_oserror(cx_spawn_die_with_parent((pid_t)parent));
+}
+
+static PyMethodDef spawn_functions[] = {
+    {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
+     "spawn(path, argv, envp, cwd, chan_fd, stdio, uid, gid) -> pid"},
+    {"socketpair", py_socketpair, METH_NOARGS,
+     "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
+    {"die_with_parent", py_die_with_parent, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+cxpy_spawn_init(PyObject *mod)
+{
+    return PyModule_AddFunctions(mod, spawn_functions);
+}
