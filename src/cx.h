@@ -1,6 +1,6 @@
 /* cx.h: the engine's shared basics: descriptor closing, the intrusive list,
    array growth, error conventions. No Python.h here or in any engine file:
-   only module.c and py_*.c see Python objects.
+   only the glue (module.c, glue.c, py_*.c) sees Python objects.
    Engine functions return 0 (or a count) on success and -errno on failure. */
 #ifndef CX_H
 #define CX_H
