@@ -179,8 +179,9 @@ main(int argc, char **argv)
         if (rnd() % 4 == 0) {
             nfds += (int)(rnd() % 3);   /* descriptors nobody declared */
         }
+        cx_chan_init(&loop, &ch);
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ||
-            cx_chan_open(&loop, &ch, sv[0], 64 * 1024, 1 << 16) < 0) {
+            cx_chan_open(&ch, sv[0], 64 * 1024, 1 << 16) < 0) {
             return 2;
         }
         (void)feed(sv[1], buf, len, nfds);

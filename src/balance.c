@@ -57,17 +57,20 @@ balancer_forget(cx_handle *h)
     cx_handle_unlink(h);
 }
 
-int
-cx_balancer_open(cx_loop *loop, cx_balancer *b, int fd, int key)
+void
+cx_balancer_init(cx_loop *loop, cx_balancer *b)
 {
-    int r;
-
     memset(b, 0, sizeof(*b));
-    b->key = key;
-    r = cx_listener_open(loop, &b->l, fd, 0, ACCEPTS_PER_WAKEUP);
+    cx_listener_init(loop, &b->l);
     b->l.on_accept = balancer_accepted;
     b->l.h.forget = balancer_forget;
-    return r;
+}
+
+int
+cx_balancer_open(cx_balancer *b, int fd, int key)
+{
+    b->key = key;
+    return cx_listener_open(&b->l, fd, 0, ACCEPTS_PER_WAKEUP);
 }
 
 int

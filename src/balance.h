@@ -18,8 +18,10 @@ typedef struct cx_balancer {
     size_t ntargets, cap, next;
 } cx_balancer;
 
+/* A balancer without a descriptor (fd -1), as cx_listener_init(). */
+void cx_balancer_init(cx_loop *loop, cx_balancer *b);
 /* Takes ownership of a listening fd, even on failure. */
-int cx_balancer_open(cx_loop *loop, cx_balancer *b, int fd, int key);
+int cx_balancer_open(cx_balancer *b, int fd, int key);
 int cx_balancer_add(cx_balancer *b, cx_chan *ch);
 /* Returns 1 if ch was registered. */
 int cx_balancer_remove(cx_balancer *b, cx_chan *ch);

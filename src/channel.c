@@ -359,21 +359,27 @@ chan_finish(cx_chan *ch, int err)
     cx_note_post(&ch->h, CX_NOTE_CLOSE, err);
 }
 
-int
-cx_chan_open(cx_loop *loop, cx_chan *ch, int fd, size_t max_frame, size_t hwm)
+void
+cx_chan_init(cx_loop *loop, cx_chan *ch)
 {
-    int r;
-
     memset(ch, 0, sizeof(*ch));
     cx_handle_init(loop, &ch->h, chan_forget);
     cx_list_init(&ch->flusher.node);
     ch->flusher.flush = flusher_cb;
+    ch->fd = ch->io.fd = -1;
+    ch->io.cb = chan_ready;
+}
+
+int
+cx_chan_open(cx_chan *ch, int fd, size_t max_frame, size_t hwm)
+{
+    int r;
+
     ch->max_frame = max_frame;
     ch->hwm = hwm;
     ch->fd = fd;
     ch->io.fd = fd;
-    ch->io.cb = chan_ready;
-    r = cx_io_start(loop, &ch->io, EPOLLIN);
+    r = cx_io_start(ch->h.loop, &ch->io, EPOLLIN);
     if (r < 0) {
         cx_close(&ch->fd);
         return r;

@@ -54,9 +54,11 @@ typedef struct cx_chan {
     cx_outq out;
 } cx_chan;
 
+/* A channel without a descriptor (fd -1): forgetting it is harmless, so an
+   owner may fail between this and cx_chan_open(). */
+void cx_chan_init(cx_loop *loop, cx_chan *ch);
 /* Takes ownership of fd, even on failure. */
-int cx_chan_open(cx_loop *loop, cx_chan *ch, int fd, size_t max_frame,
-                 size_t hwm);
+int cx_chan_open(cx_chan *ch, int fd, size_t max_frame, size_t hwm);
 /* Queues one frame; the fds are duplicated (the caller keeps its own).
    Returns 1 if the queue is under the high-water mark, 0 if over it (the
    frame is queued all the same), or -errno (EPIPE: the channel is closed). */

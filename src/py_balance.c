@@ -5,8 +5,6 @@
 #include "glue.h"
 #include "balance.h"
 
-#include <unistd.h>
-
 typedef struct {
     CXPY_HEAD
     cx_balancer b;
@@ -38,17 +36,19 @@ balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self = (CxBalancer *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        cx_close(&fd);
         return NULL;
     }
+    cx_balancer_init(&cxpy.loop, &self->b);
     self->hp = &self->b.l.h;
     self->deliver = balancer_deliver;
     self->channels = PyList_New(0);
     if (self->channels == NULL) {
-        close(fd);
+        cx_close(&fd);          /* not the engine's yet */
         Py_DECREF(self);
         return NULL;
     }
-    r = cx_balancer_open(&cxpy.loop, &self->b, fd, key);
+    r = cx_balancer_open(&self->b, fd, key);
     return cxpy_opened((CxObject *)self, r);
 }
 

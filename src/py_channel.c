@@ -40,14 +40,15 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self = (CxChannel *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        cx_close(&fd);
         return NULL;
     }
-    self->on_frame = Py_NewRef(on_frame);
-    self->on_event = Py_NewRef(on_event);
+    cx_chan_init(&cxpy.loop, &self->ch);
     self->hp = &self->ch.h;
     self->deliver = channel_deliver;
-    r = cx_chan_open(&cxpy.loop, &self->ch, fd, (size_t)max_frame,
-                     (size_t)hwm);
+    self->on_frame = Py_NewRef(on_frame);
+    self->on_event = Py_NewRef(on_event);
+    r = cx_chan_open(&self->ch, fd, (size_t)max_frame, (size_t)hwm);
     return cxpy_opened((CxObject *)self, r);
 }
 

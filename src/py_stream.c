@@ -55,13 +55,15 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self = (CxStream *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        cx_close(&fd);
         return NULL;
     }
-    self->on_data = Py_NewRef(on_data);
-    self->on_event = Py_NewRef(on_event);
+    cx_stream_init(&cxpy.loop, &self->s);
     self->hp = &self->s.h;
     self->deliver = stream_deliver;
-    r = cx_stream_open(&cxpy.loop, &self->s, fd, (size_t)hwm, is_socket);
+    self->on_data = Py_NewRef(on_data);
+    self->on_event = Py_NewRef(on_event);
+    r = cx_stream_open(&self->s, fd, (size_t)hwm, is_socket);
     return cxpy_opened((CxObject *)self, r);
 }
 
@@ -238,12 +240,14 @@ listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self = (CxListener *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        cx_close(&fd);
         return NULL;
     }
-    self->on_connection = Py_NewRef(on_connection);
+    cx_listener_init(&cxpy.loop, &self->l);
     self->hp = &self->l.h;
     self->deliver = listener_deliver;
-    r = cx_listener_open(&cxpy.loop, &self->l, fd, exclusive, max_accepts);
+    self->on_connection = Py_NewRef(on_connection);
+    r = cx_listener_open(&self->l, fd, exclusive, max_accepts);
     return cxpy_opened((CxObject *)self, r);
 }
 

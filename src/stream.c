@@ -233,23 +233,29 @@ cx_stream_set_no_delay(cx_stream *s, int on)
     }
 }
 
-int
-cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm, int is_socket)
+void
+cx_stream_init(cx_loop *loop, cx_stream *s)
 {
-    struct stat st;
-    int r;
-
     memset(s, 0, sizeof(*s));
     cx_handle_init(loop, &s->h, stream_forget);
     cx_list_init(&s->flusher.node);
     s->flusher.flush = flusher_cb;
+    s->fd = s->io.fd = -1;
+    s->io.cb = stream_ready;
+}
+
+int
+cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket)
+{
+    struct stat st;
+    int r;
+
     s->fd = fd;
     s->io.fd = fd;
-    s->io.cb = stream_ready;
     s->hwm = hwm;
     s->is_socket = is_socket >= 0 ? is_socket
                                   : fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
-    r = cx_io_start(loop, &s->io, EPOLLIN);
+    r = cx_io_start(s->h.loop, &s->io, EPOLLIN);
     if (r < 0) {
         cx_close(&s->fd);
         return r;
@@ -356,23 +362,28 @@ listener_forget(cx_handle *h)
     cx_handle_unlink(h);
 }
 
-int
-cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
-                 int max_accepts)
+void
+cx_listener_init(cx_loop *loop, cx_listener *l)
 {
-    int r;
-
     memset(l, 0, sizeof(*l));
     cx_handle_init(loop, &l->h, listener_forget);
     cx_timer_init(loop, &l->retry);
     l->retry.cb = listener_retry;
     l->retry.h.referenced = 0;
+    l->fd = l->io.fd = -1;
+    l->io.cb = listener_ready;
+    l->on_accept = note_connection;
+}
+
+int
+cx_listener_open(cx_listener *l, int fd, int exclusive, int max_accepts)
+{
+    int r;
+
     l->fd = fd;
     l->io.fd = fd;
-    l->io.cb = listener_ready;
     l->exclusive = exclusive;
     l->max_accepts = max_accepts > 0 ? max_accepts : 64;
-    l->on_accept = note_connection;
     r = listener_watch(l);
     if (r < 0) {
         cx_close(&l->fd);

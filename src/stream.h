@@ -21,10 +21,12 @@ typedef struct cx_stream {
     cx_outq out;
 } cx_stream;
 
+/* A stream without a descriptor (fd -1): forgetting it is harmless, so an
+   owner may fail between this and cx_stream_open(). */
+void cx_stream_init(cx_loop *loop, cx_stream *s);
 /* Takes ownership of fd, even on failure. is_socket: 1, 0, or -1 to ask
    the kernel (an accepted connection is known to be one: no fstat). */
-int cx_stream_open(cx_loop *loop, cx_stream *s, int fd, size_t hwm,
-                   int is_socket);
+int cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket);
 /* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
 int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);
 void cx_stream_end(cx_stream *s);
@@ -46,9 +48,11 @@ struct cx_listener {
     void (*on_accept)(cx_listener *l, int fd);
 };
 
+/* A listener without a descriptor (fd -1), as cx_stream_init(). Its
+   accepts become CONNECTION notes unless on_accept is set after this. */
+void cx_listener_init(cx_loop *loop, cx_listener *l);
 /* Takes ownership of a listening fd, even on failure. */
-int cx_listener_open(cx_loop *loop, cx_listener *l, int fd, int exclusive,
-                     int max_accepts);
+int cx_listener_open(cx_listener *l, int fd, int exclusive, int max_accepts);
 void cx_listener_close(cx_listener *l);
 /* Stops watching and closes the fd, without unlinking the handle. */
 void cx_listener_release(cx_listener *l);
