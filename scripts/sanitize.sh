@@ -12,7 +12,9 @@ trap 'rm -rf "$work"' EXIT
 cp -r "$root/src" "$root/tests" "$root/examples" "$root/bench" \
       "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
 rm -f "$work"/src/cluster_ext/*.so
-(cd "$work" && CX_SANITIZE=1 "$py" setup.py -q build_ext --inplace > /dev/null)
+# shellcheck source=build_inplace.sh
+source "$root/scripts/build_inplace.sh"
+build_inplace "$py" "$work" CX_SANITIZE=1
 # The interpreter itself is not built with ASan: the runtime is preloaded, and
 # leak detection is off (CPython keeps memory until exit on purpose).
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"

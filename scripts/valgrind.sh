@@ -18,7 +18,9 @@ trap 'rm -rf "$work"' EXIT
 cp -r "$root/src" "$root/tests" "$root/setup.py" \
       "$root/pyproject.toml" "$root/README.md" "$work/"
 rm -f "$work"/src/cluster_ext/*.so
-(cd "$work" && CFLAGS="-O1 -g" "$py" setup.py -q build_ext --inplace > /dev/null 2>&1)
+# shellcheck source=build_inplace.sh
+source "$root/scripts/build_inplace.sh"
+build_inplace "$py" "$work" CFLAGS="-O1 -g" > /dev/null 2>&1
 export PYTHONPATH="$work/src" PYTHONMALLOC=malloc
 if ! valgrind -q --error-exitcode=1 "$py" -c pass 2> "$work/baseline.log"; then
     echo "$py has memcheck errors of its own (python -c pass); try PYTHON=/usr/bin/python3" >&2
