@@ -47,7 +47,8 @@ cx_list_remove(cx_list *node)
     node->prev = node->next = node;
 }
 
-/* Closes *fdp once and sets it to -1; keeps errno. */
+/* Closes *fdp once and sets it to -1; keeps errno. Asserts that *fdp is not
+   stdio (0-2) where asserts are on (CX_SANITIZE=1 builds). */
 void cx_close(int *fdp);
 /* Writes all of buf, retrying EINTR; returns 0 or -errno. */
 int cx_write_all(int fd, const void *buf, size_t len);
