@@ -251,8 +251,8 @@ timers_arm(cx_loop *loop)
     struct itimerspec its = {{0, 0}, {0, 0}};
     uint64_t when = loop->heap_len ? loop->heap[0]->when : 0;
 
-    if (when == loop->armed_for) {
-        return;
+    if (when == loop->armed_for || loop->timerfd < 0) {
+        return;                 /* < 0: closed after fork, nothing to arm */
     }
     if (when != 0) {
         its.it_value.tv_sec = (time_t)(when / 1000000000u);
@@ -571,15 +571,11 @@ fail:
     return r;
 }
 
-void
-cx_loop_close(cx_loop *loop)
+/* The loop's own kernel objects: the epoll instance, the timerfd, the
+   eventfd and the pipes. */
+static void
+loop_close_fds(cx_loop *loop)
 {
-    cx_note *note;
-
-    while ((note = cx_note_pop(loop)) != NULL) {
-        note->h->pending--;
-        cx_note_free(note);
-    }
     cx_close(&loop->epfd);
     cx_close(&loop->timerfd);
     cx_close(&loop->wakefd);
@@ -591,6 +587,18 @@ cx_loop_close(cx_loop *loop)
     cx_close(&loop->sigchld_pipe[1]);
     cx_close(&loop->signal_pipe[0]);
     cx_close(&loop->signal_pipe[1]);
+}
+
+void
+cx_loop_close(cx_loop *loop)
+{
+    cx_note *note;
+
+    while ((note = cx_note_pop(loop)) != NULL) {
+        note->h->pending--;
+        cx_note_free(note);
+    }
+    loop_close_fds(loop);
     free(loop->watchers);
     free(loop->heap);
     loop->watchers = NULL;
@@ -602,11 +610,14 @@ cx_loop_close(cx_loop *loop)
 int
 cx_loop_reinit_after_fork(cx_loop *loop)
 {
-    /* The inherited epoll instance is shared with the parent: an epoll_ctl
-       here would edit the parent's interest list. Drop it before anything
-       else, then forget every handle (their fds are the parent's). The glue
-       already took the list of handles it must unpin. */
-    cx_close(&loop->epfd);
+    /* Every kernel object of the loop is shared with the parent: an
+       epoll_ctl here would edit the parent's interest list, a
+       timerfd_settime (a forget that stops a timer) re-arm the parent's
+       timers, a wakeup wake the parent. Close them all before any forget
+       function runs, so that nothing below can reach them; then forget every
+       handle (their fds are the parent's). The glue already took the list
+       of handles it must unpin. */
+    loop_close_fds(loop);
     while (!cx_list_empty(&loop->handles)) {
         cx_handle *h = cx_container_of(loop->handles.next, cx_handle, node);
         h->forget(h);

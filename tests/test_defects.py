@@ -1,8 +1,28 @@
 """Regressions of defects found in review, each proved through a real process
 (or, for an engine path that Python cannot reach, a small C program)."""
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from conftest import only_json, run_app
+
+
+def run_python(code: str, timeout: float = 30.0) -> dict:
+    """Runs code as a program of its own (its own session, so that a kill takes
+    its workers too) and returns the one JSON line it prints."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"no exit after {timeout}s\n{err.decode()}")
+    assert proc.returncode == 0, err.decode()
+    return only_json(out.decode().splitlines())
 
 
 def test_a_constructor_out_of_memory_crashes_nothing_and_keeps_stdin():
@@ -13,3 +33,69 @@ def test_a_constructor_out_of_memory_crashes_nothing_and_keeps_stdin():
         pytest.skip(result["skip"])
     assert result["stdin_intact"], result
     assert result["memory_errors"]["Balancer"] >= 2, result   # the object, then its list
+
+
+# The primary turns its loop by hand (_core.turn with a timeout) so that every
+# wait has a deadline of epoll_wait's own, which holds even when its timers do
+# not. A fork hook holds the child back until the primary has armed its
+# timerfd again for the 'fork' event, so the child's forgetting always comes
+# after it.
+FORK_IN_BACKOFF = r'''
+import json, os, resource, socket, time
+import cluster_ext as cluster
+from cluster_ext import _core, net
+
+def turn_until(done, seconds):
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        _core.turn(0.05)
+    return done()
+
+seen = {"listening": 0, "accepted": 0, "online": 0, "fired": 0, "exit": 0}
+def mark(what):
+    return lambda *args: seen.__setitem__(what, 1)
+
+server = net.create_server(lambda sock: (mark("accepted")(), sock.destroy()))
+server.listen(0, "127.0.0.1", callback=mark("listening"))
+assert turn_until(lambda: seen["listening"], 10)
+
+# Python has no timer now: the timerfd is armed only for the listener's retry.
+timerfd = next(int(n) for n in os.listdir("/proc/self/fd")
+               if os.readlink(f"/proc/self/fd/{n}") == "anon_inode:[timerfd]")
+fdinfo = os.open(f"/proc/self/fdinfo/{timerfd}", os.O_RDONLY)
+def backing_off():
+    return b"it_value: (0, 0)" not in os.pread(fdinfo, 4096, 0)
+
+client = socket.socket()
+client.setblocking(False)
+limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+lowest_free = os.dup(0)
+os.close(lowest_free)
+resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+client.connect_ex(server.address())          # accept4 fails: EMFILE
+assert turn_until(backing_off, 10)
+resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+gate_r, gate_w = os.pipe()
+os.register_at_fork(after_in_child=lambda: (os.close(gate_w), os.read(gate_r, 1)))
+w = cluster.fork(target=lambda: None)        # while the retry timer is armed
+w.on("online", mark("online"))
+w.on("exit", mark("exit"))
+os.write(gate_w, b"go")
+assert turn_until(lambda: seen["online"], 10)   # the child has forgotten its loop
+cluster.call_later(0.1, mark("fired"))
+turn_until(lambda: seen["fired"] and seen["accepted"], 3)
+w.kill("SIGKILL")
+turn_until(lambda: seen["exit"], 10)
+print(json.dumps(seen), flush=True)
+'''
+
+
+def test_b_a_worker_forked_during_an_accept_backoff_leaves_the_primarys_timers_alone():
+    # The child's forget of the listener stopped its retry timer, which re-armed
+    # the timerfd the child still shared with the primary (disarmed it): the
+    # primary's retry never came, and no later timer of its fired.
+    seen = run_python(FORK_IN_BACKOFF)
+    assert seen["exit"], seen
+    assert seen["fired"], seen                # a timer of the primary's fires
+    assert seen["accepted"], seen             # the retry came: the client is served
