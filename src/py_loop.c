@@ -19,7 +19,9 @@ clear_parked(void)
 }
 
 /* Delivers queued notes until none is left or a callback stops the loop.
-   Frames sent by the callbacks are batched and written at the end. */
+   Frames sent by the callbacks are batched and written at the end. Notes
+   left behind keep the descriptor readable: a loop that embeds this one
+   (aio) turns it only when the descriptor says so. */
 static void
 drain_notes(void)
 {
@@ -54,6 +56,9 @@ drain_notes(void)
     }
     cxpy.loop.chan_policy.deferring = 0;
     cx_loop_flush(&cxpy.loop);
+    if (cxpy.loop.head != NULL) {
+        (void)cx_loop_wakeup(&cxpy.loop);
+    }
 }
 
 /* One turn: wait (timeout_ms, -1 forever), do the C work, deliver notes.

@@ -99,3 +99,42 @@ def test_b_a_worker_forked_during_an_accept_backoff_leaves_the_primarys_timers_a
     assert seen["exit"], seen
     assert seen["fired"], seen                # a timer of the primary's fires
     assert seen["accepted"], seen             # the retry came: the client is served
+
+
+# Two timers fire in one turn; the first one's callback raises, so turn()
+# raises (asyncio's exception handler gets it) with the second one's note
+# still queued. No other descriptor of the engine's will ever be readable.
+RAISE_UNDER_ASYNCIO = r'''
+import asyncio, json
+import cluster_ext as cluster
+from cluster_ext import aio
+
+async def main():
+    loop = asyncio.get_running_loop()
+    raised, second = [], loop.create_future()
+    loop.set_exception_handler(lambda loop, context: raised.append(
+        repr(context.get("exception"))))
+    aio.attach()
+
+    def first():
+        raise ValueError("from the first callback")
+
+    cluster.call_later(0, first)
+    cluster.call_later(0, lambda: second.set_result("delivered"))
+    try:
+        result = await asyncio.wait_for(second, 5)
+    except asyncio.TimeoutError:
+        result = "still queued"
+    print(json.dumps({"raised": raised, "second": result}), flush=True)
+
+asyncio.run(main())
+'''
+
+
+def test_c_notes_left_by_a_raising_callback_reach_asyncio():
+    # turn() stopped at the exception with the other note queued, and nothing
+    # made the engine's descriptor readable again: under aio.attach() the
+    # note waited for unrelated I/O (here: forever).
+    result = run_python(RAISE_UNDER_ASYNCIO)
+    assert result["raised"] == ["ValueError('from the first callback')"], result
+    assert result["second"] == "delivered", result
