@@ -9,47 +9,43 @@
 #include <errno.h>
 #include <sys/socket.h>
 
-/* A NULL-terminated char ** copy of a sequence of str/bytes (fs encoding),
-   kept alive by *keep. */
+/* A NULL-terminated char ** over an iterable of str, bytes or path-like
+   items (fs encoding), whose strings *keep owns. The caller's sequence is
+   left as it is: the items are read from a tuple copy, which an item's
+   __fspath__ cannot resize under the loop either. */
 static char **
 cstring_array(PyObject *seq, PyObject **keep)
 {
+    PyObject *items = PySequence_Tuple(seq);
     Py_ssize_t n;
-    char **out;
+    char **out = NULL;
 
-    *keep = PySequence_Fast(seq, "expected a sequence of str or bytes");
-    if (*keep == NULL) {
+    if (items == NULL) {
         return NULL;
     }
-    n = PySequence_Fast_GET_SIZE(*keep);
+    n = PyTuple_GET_SIZE(items);
+    *keep = PyTuple_New(n);
+    if (*keep == NULL) {
+        goto fail;
+    }
     out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     if (out == NULL) {
         PyErr_NoMemory();
-        return NULL;
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(*keep, i), *enc;
-        if (!PyUnicode_FSConverter(item, &enc)) {
+        PyObject *enc;
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(items, i), &enc)) {
             goto fail;
         }
-        /* The encoded bytes replace the item so that *keep owns them. */
-        if (PyList_Check(*keep)) {
-            PyList_SetItem(*keep, i, enc);
-        }
-        else {
-            PyObject *copy = PySequence_List(*keep);
-            if (copy == NULL) {
-                Py_DECREF(enc);
-                goto fail;
-            }
-            Py_SETREF(*keep, copy);
-            PyList_SetItem(*keep, i, enc);
-        }
+        PyTuple_SET_ITEM(*keep, i, enc);
         out[i] = PyBytes_AS_STRING(enc);
     }
+    Py_DECREF(items);
     return out;
 
 fail:
+    Py_DECREF(items);
     PyMem_Free(out);
     return NULL;
 }

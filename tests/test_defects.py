@@ -138,3 +138,27 @@ def test_c_notes_left_by_a_raising_callback_reach_asyncio():
     result = run_python(RAISE_UNDER_ASYNCIO)
     assert result["raised"] == ["ValueError('from the first callback')"], result
     assert result["second"] == "delivered", result
+
+
+SPAWN_KEEPS_ITS_ARGUMENTS = r'''
+import json, os, shutil
+from cluster_ext import _core
+
+true = shutil.which("true")
+argv, envp = [true, "one"], ["A=1"]
+ours, theirs = _core.socketpair()
+pid = _core.spawn(true, argv, envp, None, theirs, (-1, -1, -1), -1, -1)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps({"argv": repr(argv), "envp": repr(envp), "expected": repr([true, "one"]),
+                  "code": code}), flush=True)
+'''
+
+
+def test_d_spawn_leaves_the_callers_lists_alone():
+    # cstring_array() stored the encoded bytes back into the list it was
+    # given (PySequence_Fast returns a list itself): spawn() turned the
+    # caller's argv and envp into lists of bytes.
+    result = run_python(SPAWN_KEEPS_ITS_ARGUMENTS)
+    assert result["code"] == 0, result
+    assert result["argv"] == result["expected"], result
+    assert result["envp"] == "['A=1']", result
