@@ -49,11 +49,15 @@ spawn_child(const cx_spawn_plan *p, pid_t parent, int errpipe_w)
         goto fail;
     }
     /* A handler inherited from Python would write to the parent's wakeup fd
-       and fake a signal over there: restore defaults before unblocking. */
+       and fake a signal over there: restore defaults before unblocking.
+       Signals the application ignores stay ignored (nohup), except the two
+       Python ignores for itself, which subprocess resets too
+       (restore_signals): the program exec'd must get them as from a shell. */
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction old;
         if (sig != SIGKILL && sig != SIGSTOP &&
-            sigaction(sig, NULL, &old) == 0 && old.sa_handler != SIG_IGN) {
+            sigaction(sig, NULL, &old) == 0 &&
+            (old.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
             (void)sigaction(sig, &dfl, NULL);
         }
     }

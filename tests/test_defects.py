@@ -162,3 +162,33 @@ def test_d_spawn_leaves_the_callers_lists_alone():
     assert result["code"] == 0, result
     assert result["argv"] == result["expected"], result
     assert result["envp"] == "['A=1']", result
+
+
+# The worker is grep(1), exec'd by the primary as any program could be: it
+# prints the set of signals it was started with ignored.
+SIGNALS_OF_AN_EXEC_WORKER = r'''
+import json, shutil
+import cluster_ext as cluster
+
+cluster.setup_primary(exec=[shutil.which("grep"), "^SigIgn:", "/proc/self/status"],
+                      args=[], silent=True)
+w = cluster.fork()
+out = []
+w.process.stdout.on("data", out.append)
+cluster.run()
+with open("/proc/self/status") as f:
+    primary = next(line for line in f if line.startswith("SigIgn:"))
+print(json.dumps({"worker": int(b"".join(out).split()[1], 16),
+                  "primary": int(primary.split()[1], 16)}), flush=True)
+'''
+
+
+def test_f_an_exec_worker_starts_with_sigpipe_and_sigxfsz_at_their_defaults():
+    # Python ignores SIGPIPE and SIGXFSZ for itself; spawn() kept every
+    # ignored signal ignored, so an exec'd program inherited them (a
+    # pipeline's writer never died of SIGPIPE). subprocess resets them
+    # (restore_signals=True).
+    result = run_python(SIGNALS_OF_AN_EXEC_WORKER)
+    bits = 1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)
+    assert result["primary"] & bits == bits, result     # what the worker could inherit
+    assert result["worker"] & bits == 0, result
