@@ -24,6 +24,13 @@ cx_io_start(cx_loop *loop, cx_io *io, uint32_t events)
 {
     struct epoll_event ev = {.events = events, .data.fd = io->fd};
 
+    /* No events is a stop: an EPOLL_CTL_MOD to nothing would leave the fd
+       in the epoll set (its hang-ups still reported) while io->events == 0
+       says it is not, and the next start would fail with EEXIST. */
+    if (events == 0) {
+        cx_io_stop(loop, io);
+        return 0;
+    }
     if (io->fd >= loop->nwatchers) {
         int n = loop->nwatchers ? loop->nwatchers : 64;
         cx_io **grown;
@@ -535,7 +542,6 @@ int
 cx_loop_init(cx_loop *loop)
 {
     int r;
-    void *wake_data = loop->wake.data;
     uint64_t spin_ns = loop->chan_policy.spin_ns;
 
     memset(loop, 0, sizeof(*loop));
@@ -547,7 +553,6 @@ cx_loop_init(cx_loop *loop)
     cx_list_init(&loop->flushers);
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
-    loop->wake.data = wake_data;
     loop->chan_policy.spin_ns = spin_ns;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);

@@ -135,6 +135,7 @@ int cx_loop_wakeup(cx_loop *loop);     /* async-signal- and thread-safe */
    epoll_wait() still ends the wait. Returns the write end, or -errno. */
 int cx_loop_signal_fd(cx_loop *loop);
 
+/* Watches io for events (epoll flags), or stops it when events is 0. */
 int cx_io_start(cx_loop *loop, cx_io *io, uint32_t events);
 void cx_io_stop(cx_loop *loop, cx_io *io);
 

@@ -55,11 +55,7 @@ stream_want(cx_stream *s)
     if (cx_outq_size(&s->out) > 0) {
         ev |= EPOLLOUT;
     }
-    if (ev == 0) {
-        cx_io_stop(s->h.loop, &s->io);
-        return 0;
-    }
-    return cx_io_start(s->h.loop, &s->io, ev);
+    return cx_io_start(s->h.loop, &s->io, ev);    /* 0: stopped */
 }
 
 /* Both directions are done: the stream is over. */

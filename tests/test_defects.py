@@ -1,13 +1,17 @@
 """Regressions of defects found in review, each proved through a real process
 (or, for an engine path that Python cannot reach, a small C program)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import only_json, run_app
+
+SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 def run_python(code: str, timeout: float = 30.0) -> dict:
@@ -23,6 +27,22 @@ def run_python(code: str, timeout: float = 30.0) -> dict:
         pytest.fail(f"no exit after {timeout}s\n{err.decode()}")
     assert proc.returncode == 0, err.decode()
     return only_json(out.decode().splitlines())
+
+
+def run_c(tmp_path: Path, code: str, *link_flags: str) -> dict:
+    """Compiles code with the engine's loop (loop.c, util.c: no Python), runs
+    it and returns the one JSON line it prints."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    exe = tmp_path / "harness"
+    (tmp_path / "harness.c").write_text(code)
+    r = subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", f"-I{SRC}",
+                        str(tmp_path / "harness.c"), str(SRC / "loop.c"), str(SRC / "util.c"),
+                        "-o", str(exe), *link_flags], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return only_json(r.stdout.splitlines())
 
 
 def test_a_constructor_out_of_memory_crashes_nothing_and_keeps_stdin():
@@ -192,3 +212,60 @@ def test_f_an_exec_worker_starts_with_sigpipe_and_sigxfsz_at_their_defaults():
     bits = 1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)
     assert result["primary"] & bits == bits, result     # what the worker could inherit
     assert result["worker"] & bits == 0, result
+
+
+# A watcher is started, then started with no events, while its pipe's write
+# end closes (epoll reports EPOLLHUP even for a descriptor that wants
+# nothing), then started again.
+IO_START_WITH_NO_EVENTS = r"""
+#include "loop.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static int calls;
+
+static void
+readable(cx_loop *loop, cx_io *io, uint32_t events)
+{
+    (void)loop, (void)io, (void)events;
+    calls++;
+}
+
+int
+main(void)
+{
+    cx_loop loop = {0};
+    cx_io io = {0};
+    int p[2], stop, restart;
+
+    if (cx_loop_init(&loop) < 0 || pipe2(p, O_CLOEXEC) < 0) {
+        return 2;
+    }
+    io.fd = p[0];
+    io.cb = readable;
+    if (cx_io_start(&loop, &io, EPOLLIN) < 0) {
+        return 3;
+    }
+    stop = cx_io_start(&loop, &io, 0);
+    close(p[1]);
+    cx_loop_turn(&loop, 0);
+    printf("{\"stop\": %d, \"calls_while_stopped\": %d, ", stop, calls);
+    restart = cx_io_start(&loop, &io, EPOLLIN);
+    printf("\"restart\": %d}\n", restart);
+    cx_io_stop(&loop, &io);
+    close(p[0]);
+    cx_loop_close(&loop);
+    return 0;
+}
+"""
+
+
+def test_g_io_start_with_no_events_stops_the_watcher(tmp_path):
+    # cx_io_start(io, 0) on a registered watcher did EPOLL_CTL_MOD with no
+    # events and marked it stopped while it stayed in the epoll set and in
+    # the watcher table: its hang-up still reached the callback, and the
+    # next start did EPOLL_CTL_ADD and failed with EEXIST.
+    result = run_c(tmp_path, IO_START_WITH_NO_EVENTS)
+    assert result == {"stop": 0, "calls_while_stopped": 0, "restart": 0}, result
