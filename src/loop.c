@@ -554,10 +554,11 @@ cx_loop_init(cx_loop *loop)
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
     loop->chan_policy.spin_ns = spin_ns;
-    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
-    loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (loop->epfd < 0 || loop->timerfd < 0 || loop->wakefd < 0) {
+    /* || stops at the first failure: errno is read right after it. */
+    if ((loop->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (loop->timerfd = timerfd_create(CLOCK_MONOTONIC,
+                                        TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+        (loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
         r = -errno;
         goto fail;
     }

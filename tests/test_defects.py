@@ -269,3 +269,74 @@ def test_g_io_start_with_no_events_stops_the_watcher(tmp_path):
     # next start did EPOLL_CTL_ADD and failed with EEXIST.
     result = run_c(tmp_path, IO_START_WITH_NO_EVENTS)
     assert result == {"stop": 0, "calls_while_stopped": 0, "restart": 0}, result
+
+
+# epoll_create1() fails with ENOMEM; the two calls after it succeed but, as
+# POSIX allows a successful call to, leave errno changed (here 0). Linked
+# with --wrap, so that loop.c's calls reach these.
+INIT_ERRNO = r"""
+#include "loop.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int __real_timerfd_create(int clockid, int flags);
+int __real_eventfd(unsigned int count, int flags);
+int __wrap_epoll_create1(int flags);
+int __wrap_timerfd_create(int clockid, int flags);
+int __wrap_eventfd(unsigned int count, int flags);
+
+int
+__wrap_epoll_create1(int flags)
+{
+    (void)flags;
+    errno = ENOMEM;
+    return -1;
+}
+
+int
+__wrap_timerfd_create(int clockid, int flags)
+{
+    int fd = __real_timerfd_create(clockid, flags);
+    errno = 0;
+    return fd;
+}
+
+int
+__wrap_eventfd(unsigned int count, int flags)
+{
+    int fd = __real_eventfd(count, flags);
+    errno = 0;
+    return fd;
+}
+
+static int
+lowest_free_fd(void)
+{
+    int fd = dup(0);
+    close(fd);
+    return fd;
+}
+
+int
+main(void)
+{
+    cx_loop loop = {0};
+    int before = lowest_free_fd(), r = cx_loop_init(&loop);
+
+    printf("{\"init\": %d, \"enomem\": %d, \"fds_left\": %d}\n", r, -ENOMEM,
+           lowest_free_fd() - before);
+    return 0;
+}
+"""
+
+
+def test_h_a_failed_loop_init_reports_the_errno_of_the_call_that_failed(tmp_path):
+    # cx_loop_init() made all three calls and read errno after the last: a
+    # later call's errno replaced the failed one's (here 0, so the failed
+    # init returned success with no epoll fd).
+    result = run_c(tmp_path, INIT_ERRNO, "-Wl,--wrap=epoll_create1,--wrap=timerfd_create,"
+                                         "--wrap=eventfd")
+    assert result["init"] == result["enomem"], result
+    assert result["fds_left"] == 0, result
