@@ -85,19 +85,40 @@ turn_once(int timeout_ms)
     return 0;
 }
 
+/* Ends run() or turn() (failed: an exception is set). The exception a
+   callback parked leaves the state here in every case, so that no later
+   run() can raise it: it is raised, or, when the run failed after it was
+   parked (a signal handler raised), it becomes the context of the newer
+   exception, as if that one had been raised while handling it. */
 static PyObject *
 leave_run(int failed)
 {
+    PyObject *type = cxpy.exc_type, *value = cxpy.exc_value,
+             *tb = cxpy.exc_tb;
+
     cxpy.running = 0;
+    cxpy.exc_type = cxpy.exc_value = cxpy.exc_tb = NULL;
+    if (type == NULL) {
+        return failed ? NULL : Py_NewRef(Py_None);
+    }
     if (failed) {
-        return NULL;
+        PyObject *parked = value;
+        Py_DECREF(type);
+        Py_XDECREF(tb);
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        if (value != parked) {
+            PyException_SetContext(value, parked);      /* steals parked */
+        }
+        else {
+            Py_DECREF(parked);
+        }
     }
-    if (cxpy.exc_type != NULL) {
-        PyErr_Restore(cxpy.exc_type, cxpy.exc_value, cxpy.exc_tb);
-        cxpy.exc_type = cxpy.exc_value = cxpy.exc_tb = NULL;
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    PyErr_Restore(type, value, tb);
+    return NULL;
 }
 
 static int
