@@ -276,7 +276,7 @@ def main() -> int:
         problems.append(f"descriptors {[p['fds'] for p in phases]}")
     if end["rss_kib"] - start["rss_kib"] > RSS_SLACK_KIB:
         problems.append(f"RSS {start['rss_kib']} -> {end['rss_kib']} KiB")
-    for before, after in zip(rounds_end, rounds_end[1:]):
+    for before, after in zip(rounds_end, rounds_end[1:], strict=False):
         if after["rss_kib"] - before["rss_kib"] > ROUND_SLACK_KIB:
             problems.append(f"RSS grew by round: {[p['rss_kib'] for p in rounds_end]} KiB")
             break

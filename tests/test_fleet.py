@@ -49,7 +49,7 @@ def test_a_crash_loop_stops_instead_of_spinning(app):
     assert lines[-1] == "stopped"
     # the back-off grows: respawns come further and further apart
     forks = [float(line.split()[2]) for line in lines if line.startswith("fork ")]
-    gaps = [b - a for a, b in zip(forks[2:], forks[3:])]
+    gaps = [b - a for a, b in zip(forks[2:], forks[3:], strict=False)]
     assert max(gaps) > 4 * gaps[0] and max(gaps) >= 0.3, gaps
 
 

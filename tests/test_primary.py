@@ -8,7 +8,6 @@ import pytest
 
 from conftest import only_json, run_app
 
-
 # ---- fork(target=fn) --------------------------------------------------------------
 
 def test_fork_target_runs_fn_as_a_worker():

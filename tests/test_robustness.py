@@ -10,7 +10,6 @@ import pytest
 
 from conftest import only_json, pid_alive, run_app, wait_gone
 
-
 # ---- a worker stuck in `while True: pass` --------------------------------------
 
 def test_kill_ends_a_busy_worker_with_sigterm():

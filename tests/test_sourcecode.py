@@ -89,6 +89,14 @@ def test_mypy_strict_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_ruff_is_clean():
+    """Style, import order, pyupgrade and bugbear over the package, its tests
+    and scripts, with pyproject.toml's rules."""
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_the_stub_agrees_with_the_module():
     """stubtest imports the built _core and checks every name and signature."""
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "cluster_ext._core"],

@@ -6,10 +6,10 @@ import asyncio
 import os
 import sys
 
-import cluster_ext as cluster
-from cluster_ext import aio
 from disc_util import run_until_told, say
 
+import cluster_ext as cluster
+from cluster_ext import aio
 
 if cluster.is_primary:
     if sys.argv[1] == "none":

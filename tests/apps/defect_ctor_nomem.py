@@ -11,7 +11,7 @@ try:
     import _testcapi
 except ImportError:
     print(json.dumps({"skip": "no _testcapi in this Python"}), flush=True)
-    raise SystemExit(0)
+    raise SystemExit(0) from None
 
 from cluster_ext import _core
 

@@ -15,9 +15,10 @@ are 'WHO:LINE'. The test closes our stdin when it is done: cluster.disconnect().
 Lines: 'ready PORT', 'P ...' (primary), 'W ...' (worker), 'P done'."""
 import sys
 
+from disc_util import on_commands, say, serve_lines, set_policy, show
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say, serve_lines, set_policy, show
 
 MODE = sys.argv[1]
 

@@ -14,9 +14,10 @@ called disconnect() or sent the message), 'disconnect w<id>',
 'exit w<id> code=.. signal=.. ead=..', 'status ...', 'pids ...', 'primary done'."""
 import sys
 
+from disc_util import on_commands, say, serve_lines, set_policy, show
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say, serve_lines, set_policy, show
 
 POLICY, COUNT = sys.argv[1], int(sys.argv[2])
 

@@ -9,9 +9,10 @@ primary disconnects it. Lines: 'P ...' (primary), 'W ...' (worker)."""
 import socket
 import sys
 
+from disc_util import say, serve_lines, show
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import say, serve_lines, show
 
 if cluster.is_primary:
     w = cluster.fork()

@@ -11,9 +11,10 @@ Lines: 'ready PORT', 'replaced w<old> by w<new>', 'exit w<id> ...', 'rolled',
 'primary done'; stdin: 'roll', then 'quit' (or EOF) disconnects the rest."""
 import sys
 
+from disc_util import on_commands, say, serve_lines, set_policy, show
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say, serve_lines, set_policy, show
 
 WHO = sys.argv[2]
 

@@ -14,9 +14,10 @@ import socket
 import threading
 import time
 
+from disc_util import say, show
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import say, show
 
 if cluster.is_master:
     worker = cluster.fork()

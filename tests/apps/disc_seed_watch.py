@@ -10,8 +10,9 @@ import runpy
 import time
 from pathlib import Path
 
-import cluster_ext as cluster
 from disc_util import say, show
+
+import cluster_ext as cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed_disconnect.py"
 

@@ -8,9 +8,10 @@ stdout: LISTENING <port>, LOW, HIGH."""
 import os
 import resource
 
+from disc_util import on_commands, say, say_when_listening
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say, say_when_listening
 
 if cluster.is_primary:
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -19,10 +19,10 @@ import socket
 import sys
 import threading
 
+from disc_util import serve_lines
+
 import cluster_ext as cluster
 from cluster_ext import net
-
-from disc_util import serve_lines
 
 POINTS = ["primary_sync", "primary_delay", "disconnecting", "waiting", "mid_reply",
           "last_connection"]
@@ -50,7 +50,7 @@ def ended(conn):
             pass
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         return False
     conn.close()                         # our side too: V waits for it
     return True

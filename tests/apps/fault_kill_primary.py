@@ -19,10 +19,10 @@ import socket
 import sys
 import threading
 
+from disc_util import say, serve_lines, stream_to_primary
+
 import cluster_ext as cluster
 from cluster_ext import net
-
-from disc_util import say, serve_lines, stream_to_primary
 
 ACTIVITY = sys.argv[1]
 EVENTS = ("fork", "online", "listening", "disconnect", "exit")

@@ -22,10 +22,10 @@ import socket
 import sys
 import threading
 
+from disc_util import serve_lines
+
 import cluster_ext as cluster
 from cluster_ext import net
-
-from disc_util import serve_lines
 
 MODE = sys.argv[1]
 SIZE = 3 if MODE == "kill" else 2

@@ -8,8 +8,9 @@ import random
 import signal
 import sys
 
-import cluster_ext as cluster
 from disc_util import stream_to_primary
+
+import cluster_ext as cluster
 
 ROUNDS = int(sys.argv[1])
 

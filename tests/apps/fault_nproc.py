@@ -48,7 +48,7 @@ if cluster.is_primary:
             become_nobody()
         except PermissionError as exc:
             print(json.dumps({"skip": f"cannot become nobody: {exc}"}), flush=True)
-            raise SystemExit(0)
+            raise SystemExit(0) from None
     soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     fds_before = fd_count()
     resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))

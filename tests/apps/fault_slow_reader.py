@@ -5,9 +5,10 @@ stalls: other clients keep being served.
 stdout: LISTENING <port>, BLOCKED (the slow client's queue is over its mark)."""
 import os
 
+from disc_util import on_commands, say, say_when_listening
+
 import cluster_ext as cluster
 from cluster_ext import net
-from disc_util import on_commands, say, say_when_listening
 
 if cluster.is_primary:
     say_when_listening(2)

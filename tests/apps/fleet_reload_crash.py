@@ -8,10 +8,10 @@ import os
 import signal
 import sys
 
+from disc_util import say
+
 import cluster_ext as cluster
 from cluster_ext import net
-
-from disc_util import say
 
 if cluster.is_primary:
     cluster._fleet.CRASH_WINDOW = 0.5

@@ -4,9 +4,9 @@ Primary lines: LISTENING <port>, exit <id> <code>; stdin 'disconnect'."""
 import os
 import threading
 
-import cluster_ext as cluster
 from disc_util import run_until_told, say_when_listening
 
+import cluster_ext as cluster
 
 if cluster.is_primary:
     say_when_listening(2)

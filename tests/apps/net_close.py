@@ -10,9 +10,10 @@ answered with 'still more'. Once the last client has gone, CLOSED {log}
 tells what came in which order, and the worker disconnects."""
 import json
 
+from net_util import say
+
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import say
 
 if cluster.is_primary:
     w = cluster.fork()

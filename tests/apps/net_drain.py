@@ -2,9 +2,10 @@
 does not read yet. It writes while write() returns True, then waits for
 'drain'. BLOCKED {at} comes at the first False (the test starts reading only
 then); at the socket's 'close', WROTE {...} tells how it went."""
+from net_util import one_worker_until_stdin_eof, say
+
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import one_worker_until_stdin_eof, say
 
 CHUNKS = 128                     # 128 * 64 KiB = 8 MiB
 

@@ -8,8 +8,9 @@ then disconnects by itself (EXIT {...}).
 plain: no cluster; the server's 'error' is printed, then run() returns."""
 import sys
 
-import cluster_ext as cluster
 from net_util import line_server, on_stdin_eof, say
+
+import cluster_ext as cluster
 
 PORT, MODE = int(sys.argv[1]), sys.argv[2]
 

@@ -8,8 +8,9 @@ replies start with '1:' or '2:'."""
 import os
 import sys
 
-import cluster_ext as cluster
 from net_util import line_server, on_stdin_eof, say
+
+import cluster_ext as cluster
 
 N = int(sys.argv[1])
 

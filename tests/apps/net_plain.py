@@ -2,9 +2,10 @@
 (LISTENING {...}); the first client makes it close (CLOSING {...}) but is
 still served; run() must return only once that connection has ended
 (RETURNED {log})."""
+from net_util import say
+
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import say
 
 server = net.create_server()
 log = []

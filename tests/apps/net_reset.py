@@ -4,9 +4,10 @@ with 8 MiB, anything else with a short line, both as 'PID ...'. Each socket's
 'close' prints CLOSED {had_error}. The primary prints EXIT if the worker ends."""
 import os
 
+from net_util import one_worker_until_stdin_eof, say
+
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import one_worker_until_stdin_eof, say
 
 if cluster.is_primary:
     w = one_worker_until_stdin_eof()

@@ -4,8 +4,9 @@ The primary prints LISTENING {port, pids, policy} once every worker listens,
 then waits for the test to close stdin, and disconnects everyone."""
 import sys
 
-import cluster_ext as cluster
 from net_util import line_server, on_stdin_eof, policy_name, say, set_policy
+
+import cluster_ext as cluster
 
 N, MODE = int(sys.argv[1]), sys.argv[2]
 

@@ -11,9 +11,10 @@ destroy     destroy()
 destroy_err destroy(ValueError('boom'))"""
 import select
 
+from net_util import one_worker_until_stdin_eof, say
+
 import cluster_ext as cluster
 from cluster_ext import net
-from net_util import one_worker_until_stdin_eof, say
 
 if cluster.is_primary:
     one_worker_until_stdin_eof()

@@ -5,8 +5,9 @@ the test to close stdin and disconnects everyone."""
 import os
 import sys
 
-import cluster_ext as cluster
 from net_util import line_server, on_stdin_eof, say
+
+import cluster_ext as cluster
 
 PATH = sys.argv[1]
 

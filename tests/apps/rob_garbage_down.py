@@ -1,15 +1,15 @@
 """The other direction: raw garbage written on a worker's channel from the
 primary's end. The worker reports 'error' (EPROTO) and 'disconnect' and
 exits 0 from inside run(), as a Node worker does when its channel closes
-without a disconnect() (process.exit(0)); the primary sees 'disconnect' then a clean 'exit', and another
-worker beside it is untouched. Prints the worker's lines, then one JSON
-line with the primary's log."""
+without a disconnect() (process.exit(0)); the primary sees 'disconnect'
+then a clean 'exit', and another worker beside it is untouched. Prints the
+worker's lines, then one JSON line with the primary's log."""
 import json
 import os
 
-import cluster_ext as cluster
-
 from disc_util import say
+
+import cluster_ext as cluster
 
 if cluster.is_primary:
     log = []
