@@ -1,5 +1,6 @@
 """Types of the native engine, cluster_ext._core (src/*.c)."""
-from typing import Any, Callable, Sequence, final
+from collections.abc import Callable, Sequence
+from typing import Any, final
 
 class ChannelClosedError(BrokenPipeError): ...
 

@@ -8,47 +8,64 @@ from __future__ import annotations
 import os
 import time
 
-from . import _core
+from . import _core, _fast, _primary, _runtime, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
-cluster: Any = None              # the cluster_ext module, set by its __init__
+    from ._worker import Worker
 
 CRASH_WINDOW = 1.0               # a worker dead this soon after its start crashed
 CRASH_LOOP = 10                  # this many crashes in a row: stop
 HEALTHY_AFTER = 30.0             # this long alive resets the back-off
 RELOAD_TRIES = 3                 # replacements for one worker before a reload gives up
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
+
+_active: _Fleet | None = None    # the fleet supervise() is running, if any
 
 
 class CrashLoopError(RuntimeError):
     """Every new worker died within a second of starting, again and again."""
 
 
-def reload(callback: Callable[[], Any] | None = None) -> None:
+def reload(callback: Callable[[], Any] | None = None, *,
+           timeout: float | None = None) -> None:
     """Rolling restart, one worker at a time: fork a replacement, wait for its
     'listening' ('online' if the old one served nothing), then disconnect
-    the old one; callback() once every old worker is replaced. A replacement
-    that dies before it is ready is tried again; after RELOAD_TRIES deaths in
-    a row the reload ends there and the old workers go on serving (code that
-    cannot start is not rolled out), without callback()."""
-    if not cluster.is_primary:
+    the old one, SIGKILLed if its 'disconnect' has not come within timeout
+    seconds (by default the running supervise()'s graceful_timeout, else
+    30 s); callback() once every old worker is replaced. A replacement that dies before it is
+    ready is tried again; after RELOAD_TRIES deaths in a row the reload ends
+    there and the old workers go on serving (code that cannot start is not
+    rolled out), without callback(). A fleet that begins to stop ends the
+    reload: nothing more is forked."""
+    if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
-    old = list(cluster.workers.values())
+    if timeout is None:
+        timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
+    workers = _runtime.workers
+    assert workers is not None          # the primary's
+    old = list(workers.values())
+
+    def stopping() -> bool:
+        return _active is not None and _active.stopping > 0
 
     def step() -> None:
         while old and (old[0].is_dead() or not old[0].is_connected()):
             old.pop(0)
+        if stopping():
+            return
         if not old:
             if callback is not None:
                 callback()
             return
         replace(old.pop(0), RELOAD_TRIES)
 
-    def replace(w: Any, tries: int) -> None:
+    def replace(w: Worker, tries: int) -> None:
         ready = "listening" if w.state == "listening" else "online"
-        new = cluster.fork()
+        new = _primary.fork()
 
         def replaced(*_: Any) -> None:
             new.off("exit", failed)
@@ -56,10 +73,12 @@ def reload(callback: Callable[[], Any] | None = None) -> None:
                 step()
                 return
             w.once("exit", lambda *_: step())
-            w.disconnect()
+            w.disconnect(timeout=timeout)
 
         def failed(*_: Any) -> None:
             new.off(ready, replaced)
+            if stopping():
+                return
             if w.is_dead():               # both gone: its slot is the fleet's to refill
                 step()
             elif tries > 1:
@@ -89,17 +108,18 @@ class _Fleet:
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
             return
-        cluster.fork()
+        _primary.fork()
 
-    def on_fork(self, w: Any) -> None:
+    def on_fork(self, w: Worker) -> None:
         """Every worker is timed from its fork, reload()'s replacements too."""
         self.started[w.id] = self.pongs[w.id] = time.monotonic()
 
     def live(self) -> int:
-        return sum(1 for w in cluster.workers.values()
+        assert _runtime.workers is not None
+        return sum(1 for w in _runtime.workers.values()
                    if not w.exited_after_disconnect) + len(self.pending)
 
-    def on_exit(self, w: Any, code: int | None, sig: Any) -> None:
+    def on_exit(self, w: Worker, code: int | None, sig: Any) -> None:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
         if self.stopping or not self.respawn:
@@ -122,8 +142,8 @@ class _Fleet:
         # Also after a retirement: a worker that died while a reload had one
         # extra in flight was not replaced then, and the count is short now.
         if self.live() < self.size:
-            timer: _core.Handle = cluster.call_later(self.delay,
-                                                     lambda: self.respawn_one(timer))
+            timer: _core.Handle = _runtime.call_later(self.delay,
+                                                      lambda: self.respawn_one(timer))
             self.pending.append(timer)
 
     def respawn_one(self, timer: _core.Handle) -> None:
@@ -140,10 +160,14 @@ class _Fleet:
             self.heartbeat.cancel()
             self.heartbeat = None
         if now or self.stopping > 1:     # a second signal: at once
-            for w in list(cluster.workers.values()):
+            for w in self.workers():
                 w.kill("SIGKILL")
         else:
-            cluster.disconnect(timeout=self.graceful_timeout)
+            _primary.disconnect(timeout=self.graceful_timeout)
+
+    def workers(self) -> list[Worker]:
+        assert _runtime.workers is not None
+        return list(_runtime.workers.values())
 
     def grow(self) -> None:
         self.size += 1
@@ -153,40 +177,45 @@ class _Fleet:
         if self.size <= 1:
             return
         self.size -= 1
-        oldest = min((w for w in cluster.workers.values() if not w.exited_after_disconnect),
+        oldest = min((w for w in self.workers() if not w.exited_after_disconnect),
                      key=lambda w: w.id, default=None)
         if oldest is not None:
             oldest.disconnect(timeout=self.graceful_timeout)
 
-    def on_pong(self, w: Any) -> None:
+    def on_pong(self, w: Worker) -> None:
         self.pongs[w.id] = time.monotonic()
 
     def beat(self) -> None:
         timeout = self.heartbeat_timeout
         assert timeout is not None       # beat() runs only with a heartbeat
         now = time.monotonic()
-        for w in list(cluster.workers.values()):
+        for w in self.workers():
             if w.is_dead() or not w.is_connected():
                 continue
             # A worker forked before supervise() is timed from its first beat.
             if now - self.pongs.setdefault(w.id, now) > timeout:
-                os.kill(w.process.pid, 9)   # its Python code is stuck: replace it
+                # its Python code is stuck: replace it
+                os.kill(w.process.pid, _fast.signal.SIGKILL)
                 self.pongs[w.id] = now
             else:
                 w._send_frame(_core.FRAME_PING)
-        self.heartbeat = cluster.call_later(timeout / 3, self.beat)
+        self.heartbeat = _runtime.call_later(timeout / 3, self.beat)
 
 
 def supervise(workers: int | None = None, *, respawn: bool = True,
-              graceful_timeout: float = 30.0, heartbeat_timeout: float | None = None,
+              graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+              heartbeat_timeout: float | None = None,
               backoff: tuple[float, float] = (0.1, 15.0)) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
     at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
     oldest. Raises CrashLoopError instead of respawning forever."""
+    global _active
     import signal
-    if not cluster.is_primary:
+    if not _runtime.is_primary:
         raise RuntimeError("supervise() is the primary's")
+    if _active is not None:
+        raise RuntimeError("supervise() is already running")
     size = workers if workers is not None else (os.cpu_count() or 1)
     if size < 1:
         raise ValueError("supervise() needs at least one worker")
@@ -197,22 +226,23 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
                 signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
                 signal.SIGTTOU: lambda *_: fleet.shrink()}
     previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
-    from . import _worker
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
-    cluster.on("fork", fleet.on_fork)
-    cluster.on("exit", fleet.on_exit)
+    emitter = _runtime.emitter
+    emitter.on("fork", fleet.on_fork)
+    emitter.on("exit", fleet.on_exit)
+    _active = fleet
     try:
         for _ in range(size):
             fleet.spawn()
         if heartbeat_timeout is not None:
-            fleet.heartbeat = cluster.call_later(heartbeat_timeout / 3, fleet.beat)
-        cluster.run()
+            fleet.heartbeat = _runtime.call_later(heartbeat_timeout / 3, fleet.beat)
+        _runtime.run()
     finally:
-        cluster.off("fork", fleet.on_fork)
-        cluster.off("exit", fleet.on_exit)
+        _active = None
+        emitter.off("fork", fleet.on_fork)
+        emitter.off("exit", fleet.on_exit)
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():
             signal.signal(sig, fn)
     if fleet.error is not None:
         raise fleet.error
-

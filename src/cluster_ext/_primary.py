@@ -1,19 +1,23 @@
-"""The primary's side of starting a worker: settings, the worker's command
-line and environment, its stdio, and the two ways to start it (fork + exec
-through the engine, or os.fork() without exec for fork(target=...))."""
+"""The primary: its settings, fork() and the two ways it starts a worker (fork +
+exec through the engine, or os.fork() without exec for fork(target=...)), the
+worker's command line, environment and stdio, and cluster.disconnect()."""
 from __future__ import annotations
 
+import atexit
 import fcntl
+import gc
 import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
-    from typing import Any, Callable, Mapping
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
-from . import _core
+from . import _core, _fast, _runtime, _shared, _worker
+from ._runtime import SCHED_NONE, SCHED_RR
+from ._worker import Worker
 
-SCHED_NONE, SCHED_RR = 1, 2
 SETTING_KEYS = ("exec", "args", "exec_args", "cwd", "silent", "stdio", "uid", "gid",
                 "serialization", "max_message_size", "scheduling_policy")
 STDIO_WORDS = ("inherit", "pipe", "ignore")
@@ -228,9 +232,7 @@ def start_exec(worker_id: int, settings: Mapping[str, Any],
 
 
 def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, str] | None,
-                 target: Callable[[], Any],
-                 become_worker: Callable[[int, int, Mapping[str, Any], Callable[[], Any]], int]
-                 ) -> tuple[int, int, Stdio]:
+                 target: Callable[[], Any]) -> tuple[int, int, Stdio]:
     """os.fork() without exec: the child becomes worker worker_id and runs
     target(); it never returns from here."""
     ours, theirs = _core.socketpair()
@@ -254,6 +256,8 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
         try:
             _core.after_fork()
             _core.die_with_parent(parent)
+            atexit._clear()             # the primary's handlers are not the worker's
+            gc.freeze()                 # what the worker creates from here is its own
             os.close(ours)
             stdio.close_parent()
             for i, fd in enumerate(stdio.child):
@@ -268,31 +272,65 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
                 os.setuid(settings["uid"])
             if env:
                 os.environ.update({str(k): str(v) for k, v in env.items()})
-            code = become_worker(worker_id, theirs, settings, target)
+            code = _become_worker(worker_id, theirs, settings, target)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
             import traceback
             traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-            os._exit(code)
+            _exit_target_worker(code)
     os.close(theirs)
     stdio.close_child()
     return pid, ours, stdio
 
 
-def reset_signal_handlers() -> None:
+def _become_worker(worker_id: int, fd: int, settings: Mapping[str, Any],
+                   target: Callable[[], Any]) -> int:
+    """In the child of fork(target=...): drop the primary's state, boot as a
+    worker, run target() and the loop. Returns the exit code."""
+    _reset_signal_handlers()
+    _runtime.wake_on_signals()          # the engine was rebuilt: a new pipe
+    _runtime.emitter.remove_all_listeners()
+    _shared.forget()
+    _worker.boot(worker_id, fd, settings["serialization"], settings["max_message_size"])
+    target()
+    _runtime.run()
+    return 0
+
+
+def _exit_target_worker(code: int) -> None:
+    """The end of a fork(target=) worker. os._exit(), as multiprocessing does: a
+    normal exit would unwind into the primary's stack above fork() and run what
+    the primary registered. Before it, what a normal exit does for the worker's
+    own state: its atexit handlers run, and every buffered file it opened is
+    flushed (gc.freeze() at fork set the inherited objects apart, whose buffers
+    may hold the primary's unwritten bytes)."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass                    # _run_exitfuncs reports what its handlers raised
+    import io
+    files = [obj for obj in gc.get_objects() if isinstance(obj, io.IOBase)]
+    # text layers first: they write into the binary buffers under them
+    for obj in sorted(files, key=lambda f: not isinstance(f, io.TextIOBase)):
+        try:
+            if not obj.closed:
+                obj.flush()
+        except Exception:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _reset_signal_handlers() -> None:
     """The primary's Python handlers are not the worker's: back to defaults,
     SIGINT ignored (the primary decides how its workers stop)."""
-    if TYPE_CHECKING:
-        import signal as _signal
-    else:
-        import _signal  # not signal: its enums cost a fork(target) child milliseconds
+    _signal = _fast.signal
     for sig in _signal.valid_signals():
         try:
             handler = _signal.getsignal(sig)
@@ -300,3 +338,99 @@ def reset_signal_handlers() -> None:
             continue
         if callable(handler):
             _signal.signal(sig, _signal.SIG_IGN if sig == _signal.SIGINT else _signal.SIG_DFL)
+
+
+# ---- the public face (cluster.fork, setup_primary, disconnect) ------------------------
+
+def setup_primary(**changes: Any) -> None:
+    """Changes settings for later forks; emits 'setup'(settings)."""
+    if not _runtime.is_primary:
+        raise RuntimeError("setup_primary() is the primary's")
+    checked = check_settings(changes)
+    if "scheduling_policy" in checked and _runtime.forked() and \
+            checked["scheduling_policy"] != _runtime.settings["scheduling_policy"]:
+        raise RuntimeError("scheduling_policy cannot change after the first fork()")
+    _runtime.settings.update(checked)
+    _runtime.emitter.emit("setup", _runtime.settings_view)
+
+
+def set_scheduling_policy(policy: int) -> None:
+    if not _runtime.is_primary:
+        raise RuntimeError("scheduling_policy is the primary's")
+    if _runtime.forked():
+        raise RuntimeError("scheduling_policy cannot change after the first fork()")
+    check_policy(policy)
+    _runtime.settings["scheduling_policy"] = policy
+
+
+def fork(env: Mapping[str, Any] | None = None, *,
+         target: Callable[[], Any] | None = None) -> Worker:
+    """Starts a worker. By default it runs this program again (fork + exec);
+    with target, the child is forked without exec and calls target()."""
+    if not _runtime.is_primary:
+        raise RuntimeError("fork() is the primary's: this process is a worker")
+    if env is not None and not callable(getattr(env, "items", None)):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    if target is not None and not callable(target):
+        raise TypeError("target must be callable")
+    signal = _fast.signal
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        raise RuntimeError("SIGCHLD is ignored: worker exits could not be seen")
+    workers = _runtime.workers
+    assert workers is not None          # the primary's
+    worker_id, settings = _runtime.next_id, _runtime.settings
+    if target is None:
+        pid, fd, stdio = start_exec(worker_id, settings, env)
+    else:
+        pid, fd, stdio = start_target(worker_id, settings, env, target)
+    _runtime.next_id += 1
+    w = Worker(worker_id, pid, primary_side=True,
+               serialization=_worker.SERIALIZATIONS[settings["serialization"]],
+               max_message_size=settings["max_message_size"])
+    w._open_channel(fd)
+    w._exit_watch = _core.watch_child(pid, w._on_exit)
+    _attach_stdio(w, stdio)
+    workers[worker_id] = w
+    _runtime.call_later(0, w._emit_fork)
+    return w
+
+
+def _attach_stdio(w: Worker, stdio: Stdio) -> None:
+    for i, name in ((1, "stdout"), (2, "stderr")):
+        fd = stdio.parent[i]
+        if fd is not None:
+            from .net import Socket
+            stdio.parent[i] = None
+            setattr(w.process, name, Socket(fd))
+    if stdio.parent[0] is not None:
+        os.close(stdio.parent[0])       # a piped stdin is not offered (yet)
+        stdio.parent[0] = None
+
+
+def disconnect(callback: Callable[[], Any] | None = None, *,
+               timeout: float | None = None) -> None:
+    """disconnect() on every worker; callback() once every one of them has
+    disconnected. With timeout, workers still connected after it are killed."""
+    if not _runtime.is_primary:
+        raise RuntimeError("cluster.disconnect() is the primary's")
+    workers = _runtime.workers
+    assert workers is not None
+    pending = {w.id for w in workers.values() if w.is_connected()}
+    if callback is not None and not pending:
+        _runtime.call_later(0, callback)
+    elif callback is not None:
+        # On the cluster's event, so that the callback comes after the
+        # cluster's 'disconnect' of the last worker, not inside its own.
+        def one_done(w: Worker) -> None:
+            pending.discard(w.id)
+            if not pending:
+                _runtime.emitter.off("disconnect", one_done)
+                callback()
+
+        _runtime.emitter.on("disconnect", one_done)
+    for w in list(workers.values()):
+        if w.id in pending:
+            w.disconnect(timeout=timeout)
+
+
+_runtime.settings.update(default_settings())

@@ -15,8 +15,8 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Union
-    Address = Union[tuple[str, int], str]     # (host, port), or a Unix socket's path
+    from typing import TypeAlias
+    Address: TypeAlias = tuple[str, int] | str    # (host, port), or a Unix socket's path
 
 _QUERY = struct.Struct("<IiiHB")
 _REPLY = struct.Struct("<IiHBH")

@@ -16,10 +16,8 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     # (host, port, path, index, policy): one shared listening socket
     Spec: TypeAlias = tuple[str | None, int, str | None, int, int]
 
-from . import _core, _protocol, _worker
-from ._primary import SCHED_NONE, SCHED_RR
-
-cluster: Any = None            # the cluster_ext module, set by its __init__
+from . import _core, _protocol, _runtime, _worker
+from ._runtime import SCHED_NONE, SCHED_RR
 
 
 def listen_socket(host: str | None, port: int, path: str | None,
@@ -144,7 +142,7 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         path = os.path.abspath(path)
     # A worker that wants the listening socket itself (listen_socket(), an
     # asyncio server under SCHED_NONE) shares it whatever the policy.
-    policy = SCHED_NONE if want_fd else cluster.scheduling_policy
+    policy = SCHED_NONE if want_fd else _runtime.settings["scheduling_policy"]
     spec: Spec = (host, port, path, index, policy)
     handle = _handles.get(spec)
     if handle is None:
@@ -166,7 +164,7 @@ def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> N
     if w.state in ("none", "online"):
         w.state = "listening"
     w.emit("listening", address)
-    cluster.emit("listening", w, address)
+    _runtime.emitter.emit("listening", w, address)
 
 
 def _on_server_close(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
@@ -206,12 +204,9 @@ def forget() -> None:
     _by_key.clear()
 
 
-def install(module: Any) -> None:
-    global cluster
-    cluster = module
-    _worker.primary_frame_handlers.update({
-        _core.FRAME_QUERY_SERVER: _on_query,
-        _core.FRAME_LISTENING: _on_listening,
-        _core.FRAME_SERVER_CLOSE: _on_server_close,
-        _core.FRAME_NEWCONN_ACK: _on_newconn_ack,
-    })
+_worker.primary_frame_handlers.update({
+    _core.FRAME_QUERY_SERVER: _on_query,
+    _core.FRAME_LISTENING: _on_listening,
+    _core.FRAME_SERVER_CLOSE: _on_server_close,
+    _core.FRAME_NEWCONN_ACK: _on_newconn_ack,
+})

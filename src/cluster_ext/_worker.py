@@ -15,12 +15,10 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     import signal as _signal
-    from collections import deque
-    from typing import Any, Callable
-else:
-    from _collections import deque
+    from collections.abc import Callable
+    from typing import Any
 
-from . import _core
+from . import _core, _fast, _runtime
 from .events import EventEmitter
 
 ChannelClosedError = _core.ChannelClosedError
@@ -30,41 +28,6 @@ SERIALIZATIONS = {"json": SER_JSON, "pickle": SER_PICKLE}
 HANDLE_SHIFT = 2                 # flags: bits 0-1 serialization, 2-4 handle kind
 HANDLE_SOCKET, HANDLE_NET_SOCKET, HANDLE_NET_SERVER = 1, 2, 3   # net adds the last two
 HWM = 128 * 1024                 # send() returns False past this many queued bytes
-
-
-
-def _not_json(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-# The json module's C parts, called directly: json.dumps() and json.loads()
-# spend more in their Python wrappers than in the work, at IPC rates. Loaded
-# on the first message: a worker's start should not pay for it.
-_json_chunks: Any = None
-_json_scan: Any = None
-
-
-def _load_json() -> None:
-    global _json_chunks, _json_scan
-    import json.encoder
-    _json_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        {}, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
-        True)
-    # scan_once is set by JSONDecoder.__init__, and typeshed does not declare it
-    _json_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _json_decode(payload: bytes) -> Any:
-    if _json_scan is None:
-        _load_json()
-    text = payload.decode()
-    try:
-        obj, end = _json_scan(text, 0)
-    except StopIteration:
-        raise ValueError("not a JSON document") from None
-    if end != len(text):
-        raise ValueError(f"extra data after the JSON document at {end}")
-    return obj
 
 # frame type -> fn(worker, flags, payload, fds): the servers' messages, in the
 # primary (_shared) and in a worker (net).
@@ -81,7 +44,6 @@ def _socket_codec() -> None:
                                     lambda fd: socket.socket(fileno=fd))
 
 _FRAME_USER = _core.FRAME_USER
-cluster: Any = None              # the cluster_ext module, set by its __init__
 
 
 def parse_signal(sig: Any) -> _signal.Signals:
@@ -105,12 +67,9 @@ def parse_signal(sig: Any) -> _signal.Signals:
 def encode(message: Any, serialization: int) -> bytes:
     """Serializes a message; what the serializer cannot encode is a TypeError."""
     if serialization == SER_JSON:
-        if _json_chunks is None:
-            _load_json()
         try:
-            return "".join(_json_chunks(message, 0)).encode()
+            return _fast.json_encode(message)
         except (TypeError, ValueError, RecursionError) as exc:
-            _json_chunks.markers.clear()   # a failed encode leaves its containers there
             raise TypeError(f"message cannot be encoded as JSON: {exc}") from exc
     import pickle
     try:
@@ -121,7 +80,7 @@ def encode(message: Any, serialization: int) -> bytes:
 
 def decode(flags: int, payload: bytes) -> Any:
     if flags & 3 == SER_JSON:
-        return _json_decode(payload)
+        return _fast.json_decode(payload)
     if flags & 3 == SER_PICKLE:
         import pickle
         return pickle.loads(payload)
@@ -165,7 +124,7 @@ class Worker(EventEmitter):
         self._chan: _core.Channel | None = None   # set at once by _open_channel()
         self._connected = False          # until the channel's close is delivered
         self._disconnecting = False
-        self._written: deque[Callable[[BaseException | None], Any]] = deque()
+        self._written: _fast.deque[Callable[[BaseException | None], Any]] = _fast.deque()
         self._exit_status: tuple[int | None, _signal.Signals | None] | None = None
         self._dead = False
         self._timers: list[Any] = []     # disconnect(timeout) deadlines
@@ -205,13 +164,13 @@ class Worker(EventEmitter):
         if frame_type == _FRAME_USER:
             if flags == SER_JSON and not fds:      # the hot path: a plain JSON message
                 try:
-                    message = _json_decode(payload)
+                    message = _fast.json_decode(payload)
                 except ValueError as exc:
                     self._undecodable(exc)
                     return
                 self.emit("message", message, None)
                 if self._primary_side:
-                    cluster.emit("message", self, message, None)
+                    _runtime.emitter.emit("message", self, message, None)
                 return
             self._on_user_frame(flags, payload, fds)
             return
@@ -241,7 +200,7 @@ class Worker(EventEmitter):
             return
         self.emit("message", message, handle)
         if self._primary_side:
-            cluster.emit("message", self, message, handle)
+            _runtime.emitter.emit("message", self, message, handle)
 
     def _undecodable(self, exc: Exception) -> None:
         peer = f"worker {self.id}" if self._primary_side else "the primary"
@@ -276,7 +235,7 @@ class Worker(EventEmitter):
         self.state = "disconnected"      # even if the exit is known: it is emitted next
         try:
             self.emit("disconnect")
-            cluster.emit("disconnect", self)
+            _runtime.emitter.emit("disconnect", self)
         finally:
             if self._exit_status is not None:
                 self._finish_exit()
@@ -286,14 +245,19 @@ class Worker(EventEmitter):
     def _emit_fork(self) -> None:
         if not self._fork_emitted:
             self._fork_emitted = True
-            cluster.emit("fork", self)
+            _runtime.emitter.emit("fork", self)
 
     def _on_online(self) -> None:
         self._emit_fork()
         if self.state == "none":
             self.state = "online"
         self.emit("online")
-        cluster.emit("online", self)
+        _runtime.emitter.emit("online", self)
+
+    def _stop_routing(self) -> None:
+        """Connections stop going to this worker (disconnect, kill or exit)."""
+        from . import _shared  # the primary's routing, which imports this module
+        _shared.worker_gone(self)
 
     def _on_exit(self, code: int | None, signo: int | None) -> None:
         import signal as _signal
@@ -303,7 +267,7 @@ class Worker(EventEmitter):
         self.process.exit_code, self.process.signal_code = code, sig
         self._dead = True
         self._exit_status = (code, sig)
-        cluster._on_worker_gone(self)
+        self._stop_routing()
         if self._connected:
             assert self._chan is not None
             self._chan.drain_close()     # 'disconnect' first, then 'exit'
@@ -318,9 +282,10 @@ class Worker(EventEmitter):
         self.state = "dead"
         if self.exited_after_disconnect is None:
             self.exited_after_disconnect = False
-        cluster._remove_worker(self)
+        if _runtime.workers is not None and _runtime.workers.get(self.id) is self:
+            del _runtime.workers[self.id]
         self.emit("exit", code, sig)
-        cluster.emit("exit", self, code, sig)
+        _runtime.emitter.emit("exit", self, code, sig)
 
     # ---- the public face -------------------------------------------------------
 
@@ -387,11 +352,11 @@ class Worker(EventEmitter):
     def _report_closed(self, callback: Callable[[BaseException | None], Any] | None) -> None:
         err = ChannelClosedError(errno.EPIPE, "the IPC channel is closed")
         if callback is not None:
-            cluster.call_later(0, callback, err)
+            _runtime.call_later(0, callback, err)
         else:
-            cluster.call_later(0, self.emit, "error", err)
+            _runtime.call_later(0, self.emit, "error", err)
 
-    def disconnect(self, *, timeout: float | None = None) -> "Worker":
+    def disconnect(self, *, timeout: float | None = None) -> Worker:
         """Graceful shutdown: in a worker, close every server, wait for their
         connections, then close the channel. In the primary, ask the worker to;
         with timeout, SIGKILL it if 'disconnect' has not come in time."""
@@ -401,7 +366,7 @@ class Worker(EventEmitter):
             self._disconnecting = True
             self.exited_after_disconnect = True
             self.emit("disconnecting")
-            cluster._close_servers(self._servers_closed)
+            close_servers(self._servers_closed)
         return self
 
     def _servers_closed(self) -> None:
@@ -409,16 +374,16 @@ class Worker(EventEmitter):
         assert self._chan is not None    # a worker's channel opens at its boot
         self._chan.close()
 
-    def _disconnect_primary(self, timeout: float | None) -> "Worker":
+    def _disconnect_primary(self, timeout: float | None) -> Worker:
         if self._dead or not self._connected:
             return self
         self.exited_after_disconnect = True
         if timeout is not None:
-            self._timers.append(cluster.call_later(timeout, self._disconnect_overdue))
+            self._timers.append(_runtime.call_later(timeout, self._disconnect_overdue))
         if not self._disconnecting:
             self._disconnecting = True
             self._send_frame(_core.FRAME_DISCONNECT)
-            cluster._on_worker_gone(self)
+            self._stop_routing()
         return self
 
     def _disconnect_overdue(self) -> None:
@@ -433,7 +398,7 @@ class Worker(EventEmitter):
             if self._dead:
                 return
             self.exited_after_disconnect = True
-            cluster._on_worker_gone(self)
+            self._stop_routing()
             try:
                 os.kill(self.process.pid, sig)
             except ProcessLookupError:
@@ -454,6 +419,54 @@ class Worker(EventEmitter):
                 suicide()
         else:
             suicide()
+
+
+def close_servers(done: Callable[[], None]) -> None:
+    """Closes every server of this worker; done() once all have closed."""
+    pending = list(_runtime.servers)
+    if not pending:
+        done()
+        return
+    left = [len(pending)]
+
+    def closed(*_: Any) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done()
+
+    for server in pending:
+        server.close(closed)
+
+
+def boot(worker_id: int, fd: int, serialization: str, max_message_size: int) -> None:
+    """This process becomes worker worker_id, on channel fd, and says 'online'."""
+    os.set_inheritable(fd, False)
+    w = Worker(worker_id, os.getpid(), primary_side=False,
+               serialization=SERIALIZATIONS[serialization], max_message_size=max_message_size)
+    _runtime.become_worker(w)
+    # Ctrl-C reaches the whole process group: the primary decides how we stop.
+    # Before 'online', so that nobody can see a worker that SIGINT still kills.
+    signal = _fast.signal
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    w._open_channel(fd)
+    w._send_frame(_core.FRAME_ONLINE)
+
+
+def boot_from_env() -> None:
+    """An exec'd worker: its id and channel come in the environment, which its own
+    children must not inherit."""
+    env = os.environ
+    try:
+        worker_id = int(env.pop("CLUSTER_EXT_WORKER_ID"))
+        fd = int(env.pop("CLUSTER_EXT_CHANNEL_FD"))
+        serialization = env.pop("CLUSTER_EXT_SERIALIZATION", "json")
+        max_size = int(env.pop("CLUSTER_EXT_MAX_MESSAGE_SIZE", str(64 << 20)))
+        os.fstat(fd)
+    except (KeyError, ValueError, OSError) as exc:
+        raise RuntimeError("CLUSTER_EXT_WORKER_ID is set but this process has no valid "
+                           f"cluster_ext channel: {exc}") from None
+    boot(worker_id, fd, serialization, max_size)
 
 
 def control_handler(fn: Callable[[Worker], Any]) -> Callable[..., None]:

@@ -20,13 +20,12 @@ import os
 import socket
 import weakref
 
-import cluster_ext as cluster
-
-from . import _core, net
+from . import _core, _runtime, net
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["attach", "start_server"]
 
@@ -95,7 +94,7 @@ class _Shared(net._SharedServer):
 
     def _maybe_closed(self) -> None:
         if self.closing and self._key is None and self.connections == 0:
-            cluster._servers.discard(self)
+            _runtime.servers.discard(self)
             net.release_index(self.spec)
             self.spec = None
             callbacks, self.callbacks = self.callbacks, []
@@ -109,7 +108,7 @@ async def start_server(client_connected_cb: Callable[..., Any], host: str | None
     """asyncio.start_server() on a cluster-shared port (or Unix path)."""
     attach()
     loop = asyncio.get_running_loop()
-    if not cluster.is_worker:
+    if not _runtime.is_worker:
         if path is not None:
             return await asyncio.start_unix_server(client_connected_cb, path,
                                                    backlog=backlog, limit=limit, **kw)
@@ -143,6 +142,6 @@ async def start_server(client_connected_cb: Callable[..., Any], host: str | None
         sock.listen(1)
     shared.server = await loop.create_server(factory, sock=sock, **kw)
     net._shared_servers[key] = shared
-    cluster._servers.add(shared)
+    _runtime.servers.add(shared)
     net.announce_listening(address)
     return shared.server

@@ -12,6 +12,8 @@ import sys
 
 import cluster_ext as cluster
 
+from . import _runtime
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._protocol import Address
@@ -82,7 +84,7 @@ def _log_lifecycle() -> None:
 
 
 def _where(address: Address) -> str:
-    return address if isinstance(address, str) else "%s:%d" % address
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
 def _run_app(app: str, args: list[str]) -> None:
@@ -90,7 +92,7 @@ def _run_app(app: str, args: list[str]) -> None:
     sys.argv = [app, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
     runpy.run_path(app, run_name="__main__")
-    if not cluster._state["ran"]:
+    if not _runtime.ran:
         cluster.run()
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
-    from typing import Any, Callable, TypeAlias, TypeVar, overload
+    from collections.abc import Callable
+    from typing import Any, TypeAlias, TypeVar, overload
 
     from typing_extensions import Self
 

@@ -17,13 +17,12 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections import deque
-    from typing import Any, Callable, TypeAlias
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
 else:
     from _collections import deque
 
-import cluster_ext as cluster
-
-from . import _core, _protocol, _shared, _worker
+from . import _core, _protocol, _runtime, _shared, _worker
 from .events import EventEmitter
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     # ask_primary()'s on_reply(err, key, address, fd)
     OnReply: TypeAlias = Callable[[int, int, _protocol.Address | None, int | None], object]
 
-__all__ = ["Server", "Socket", "create_server"]
+__all__ = ["Server", "Socket", "create_server", "listen_socket"]
 
 HWM = 64 * 1024                 # write() returns False past this many queued bytes
 NONE_ACCEPTS = 4                # SCHED_NONE: one busy worker must not drain the queue
@@ -55,7 +54,7 @@ class Socket(EventEmitter):
     'close'(had_error), 'error'(exc). When the peer ends, this side ends too."""
 
     def __init__(self, fd: int, server: Server | None = None) -> None:
-        self._events = {}
+        EventEmitter.__init__(self)
         # A server's connection is a socket: the engine need not ask (fstat).
         self._stream = _core.Stream(fd, self._on_data, self._on_event, HWM,
                                     1 if server is not None else -1)
@@ -97,9 +96,9 @@ class Socket(EventEmitter):
         except OSError as exc:
             err = BrokenPipeError(exc.errno, "write after end or close")
             if callback is not None:
-                cluster.call_later(0, callback, err)
+                _runtime.call_later(0, callback, err)
             else:
-                cluster.call_later(0, self.emit, "error", err)
+                _runtime.call_later(0, self.emit, "error", err)
             return False
         if callback is not None:
             self._written.append(callback)
@@ -170,7 +169,7 @@ class _SharedServer:
 
     def _stop_sharing(self) -> None:
         if self._key is not None:
-            worker = cluster.worker
+            worker = _runtime.worker
             assert worker is not None    # only a worker's servers have a key
             if worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=self._key):
                 return
@@ -229,17 +228,17 @@ class Server(EventEmitter, _SharedServer):
         if callback is not None:
             self.once("listening", callback)
         self._state = "asking"
-        if cluster.is_worker:
+        if _runtime.is_worker:
             _ask_for(self, port, host, backlog, path)
         else:
             try:
                 sock, address = _shared.listen_socket(host, port, path, backlog)
             except OSError as exc:
                 self._state = "closed"
-                cluster.call_later(0, self.emit, "error", exc)
+                _runtime.call_later(0, self.emit, "error", exc)
                 return self
             self._listen_on(sock.detach(), address, exclusive=False, accepts=64)
-            cluster.call_later(0, self._emit_listening)
+            _runtime.call_later(0, self._emit_listening)
         return self
 
     def close(self, callback: Callable[..., Any] | None = None) -> Server:
@@ -267,7 +266,7 @@ class Server(EventEmitter, _SharedServer):
     def _became_listening(self, address: _protocol.Address) -> None:
         self._address = address
         self._state = "listening"
-        cluster._servers.add(self)
+        _runtime.servers.add(self)
 
     def _emit_listening(self) -> None:
         if self._state == "asking":
@@ -290,10 +289,10 @@ class Server(EventEmitter, _SharedServer):
 
     def _finish_close(self) -> None:
         self._state = "closed"
-        cluster._servers.discard(self)
+        _runtime.servers.discard(self)
         release_index(self._spec)
         self._spec = None
-        if isinstance(self._address, str) and not cluster.is_worker:   # our Unix path
+        if isinstance(self._address, str) and not _runtime.is_worker:   # our Unix path
             try:
                 os.unlink(self._address)
             except OSError:
@@ -333,13 +332,13 @@ def ask_primary(port: int, host: str | None, backlog: int, path: str | None,
     slot[1] += 1
     _seq[0] += 1
     _pending[_seq[0]] = (on_reply, path is not None)
-    worker = cluster.worker
+    worker = _runtime.worker
     assert worker is not None            # the primary is asked by its workers
     if not worker._send_frame(_core.FRAME_QUERY_SERVER, _protocol.pack_query(
             _seq[0], port, backlog, index, host, path, want_fd)):
         del _pending[_seq[0]]
         release_index(spec)
-        cluster.call_later(0, on_reply, errno.EPIPE, 0, None, None)
+        _runtime.call_later(0, on_reply, errno.EPIPE, 0, None, None)
         return None
     return spec
 
@@ -363,7 +362,7 @@ def listen_error(err: int, address: Any) -> OSError:
 
 def announce_listening(address: Any) -> None:
     """Tells the primary: 'listening' on this worker and the cluster."""
-    worker = cluster.worker
+    worker = _runtime.worker
     assert worker is not None
     worker.state = "listening"
     worker._send_frame(_core.FRAME_LISTENING, _protocol.pack_listening(address))
@@ -394,8 +393,8 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
         if server._state != "asking":    # closed while the primary was asked
             if fd is not None:
                 os.close(fd)
-            assert cluster.worker is not None    # a worker asked
-            cluster.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
+            assert _runtime.worker is not None    # a worker asked
+            _runtime.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
             return
         if fd is not None:               # SCHED_NONE: accept on the shared socket
             server._listen_on(fd, address, exclusive=True, accepts=NONE_ACCEPTS)
@@ -453,3 +452,53 @@ _worker.handle_codecs.update({
     _worker.HANDLE_NET_SOCKET: (Socket, _sendable_fd, Socket.destroy, Socket),
     _worker.HANDLE_NET_SERVER: (Server, _sendable_fd, Server.close, _server_from_fd),
 })
+
+
+# ---- listen_socket(): a shared port for servers of other libraries --------------------
+
+def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
+                  path: str | None = None) -> Any:
+    """A non-blocking listening socket.socket shared through the primary (the
+    listening descriptor itself, whatever the policy), for socketserver,
+    http.server or wsgiref. The worker's disconnect() closes it; end the
+    application's connections on 'disconnecting'. In a worker it waits for the
+    primary's answer: call it before run()."""
+    import socket
+    if path is not None:
+        path = os.fspath(path)
+    if not _runtime.is_worker:
+        return _shared.listen_socket(host, port, path, backlog)[0]
+    if _core.running():
+        raise RuntimeError("listen_socket() waits for the primary's answer: call it before "
+                           "run(), or use net.create_server() / aio.start_server() in a "
+                           "callback")
+    answer: list[tuple[Any, ...]] = []
+    spec = ask_primary(port, host, backlog, path, True, lambda *reply: answer.append(reply))
+    while not answer:
+        _core.turn(-1)
+    err, key, address, fd = answer[0]
+    if err:
+        release_index(spec)
+        raise listen_error(err, address)
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    _runtime.servers.add(_SharedSocket(sock, key, spec))
+    announce_listening(address)
+    return sock
+
+
+class _SharedSocket:
+    """A listen_socket() among the worker's servers: disconnect() closes it."""
+
+    def __init__(self, sock: Any, key: int, spec: ListenSpec | None) -> None:
+        self.sock, self.key, self.spec = sock, key, spec
+
+    def close(self, callback: Callable[[], Any] | None = None) -> None:
+        if self in _runtime.servers:
+            assert _runtime.worker is not None   # a worker's, made by listen_socket()
+            _runtime.servers.discard(self)
+            _runtime.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=self.key)
+            self.sock.close()
+            release_index(self.spec)
+        if callback is not None:
+            callback()

@@ -1,0 +1,96 @@
+"""This process's part in the cluster, in one place: its role, the workers, the
+settings, the cluster's emitter, and the loop's entry points. Every other module
+of the package imports it, and it imports none of them (only the engine and
+events): state flows down, never written into a module from above. The public
+module cluster_ext reads it through properties.
+"""
+from __future__ import annotations
+
+import os
+
+from . import _core, _fast
+from .events import EventEmitter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from ._worker import Worker
+
+
+SCHED_NONE, SCHED_RR = 1, 2      # scheduling policies: the primary's settings hold one
+
+is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ
+is_worker: bool = not is_primary
+workers: dict[int, Worker] | None = {} if is_primary else None    # the primary's, by id
+worker: Worker | None = None                                      # a worker's own
+emitter = EventEmitter()        # the cluster's events: 'fork', 'online', 'exit'...
+settings: dict[str, Any] = {}   # filled by _primary.default_settings() at import
+settings_view: Mapping[str, Any] = _fast.MappingProxyType(settings)
+next_id = 1                     # the id of the next fork(); > 1 once one forked
+ran = False                     # run() was called (cli: the app ran its own loop)
+servers: set[Any] = set()       # a worker's servers: its disconnect() closes them
+_threadsafe: _fast.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = _fast.deque()
+_wakeup_fd = -1
+
+
+def become_worker(w: Worker) -> None:
+    """This process is worker w from now on."""
+    global is_primary, is_worker, workers, worker
+    is_primary, is_worker, workers, worker = False, True, None, w
+
+
+def forked() -> bool:
+    return next_id > 1
+
+
+def run() -> None:
+    """Runs the event loop until nothing is left to wait for (no worker, server,
+    connection, timer or connected channel) or stop(); re-raises the first
+    exception a callback raised."""
+    global ran
+    ran = True
+    _core.run()
+
+
+def stop() -> None:
+    """Makes run() return after the current callback."""
+    _core.stop()
+
+
+def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> _core.Handle:
+    """A timer on the loop; returns a handle with .cancel()."""
+    return _core.call_later(seconds, (lambda: fn(*args)) if args else fn)
+
+
+def call_soon_threadsafe(fn: Callable[..., Any], *args: Any) -> None:
+    """The one entry another thread may call: runs fn(*args) on the loop's thread."""
+    _threadsafe.append((fn, args))
+    _core.wakeup()
+
+
+def _run_threadsafe() -> None:
+    while _threadsafe:
+        fn, args = _threadsafe.popleft()
+        fn(*args)
+
+
+def wake_on_signals() -> None:
+    """A signal that lands just before the loop sleeps must still wake it:
+    Python's handlers only run once the wait ends. Unless the application
+    (or asyncio) has a wakeup fd of its own; only the main thread can."""
+    global _wakeup_fd
+    fd = _core.signal_fd()
+    try:
+        previous = _fast.signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:
+        return
+    if previous not in (-1, _wakeup_fd):
+        _fast.signal.set_wakeup_fd(previous)
+        return
+    _wakeup_fd = fd
+
+
+_core.set_wake_callback(_run_threadsafe)
+wake_on_signals()
