@@ -2,6 +2,7 @@
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -146,3 +147,60 @@ def test_sigterm_drains_held_connections_then_exits_0(app):
 def test_workers_forked_by_reload_are_timed_from_their_fork():
     lines = run_app("fleet_reload_crash.py", "serve", timeout=30)
     assert lines == ["whole", "stopped"], lines
+
+
+def ask(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"ping\n")
+        return c.recv(64)
+
+
+def test_a_reload_that_a_worker_never_answers_ends_in_sigkill(app):
+    """Workers whose own loop never reads the channel: the reload's
+    disconnect is bounded by the graceful timeout, then SIGKILL (defect K)."""
+    port = free_port()
+    a = app("fleet.py", "deaf", env={"PORT": str(port), "GRACE": "1"})
+    seen = []
+    lines_until(a, "listening", seen)
+    lines_until(a, "listening", seen)
+    old_pids = {int(ask(port).split()[1]) for _ in range(4)}
+    os.kill(a.pid, signal.SIGHUP)
+    lines_until(a, "exit 1 ", seen)
+    lines_until(a, "exit 2 ", seen)
+    assert "exit 1 None SIGKILL True" in seen and "exit 2 None SIGKILL True" in seen, seen
+    assert [line for line in seen if line.startswith("listening")][2:] == \
+        [f"listening 3 {port}", f"listening 4 {port}"]
+    assert int(ask(port).split()[1]) not in old_pids    # the replacements serve
+    os.kill(a.pid, signal.SIGTERM)               # they do not answer either: SIGKILL
+    lines = a.finish(code=0, timeout=15)
+    assert lines[-1] == "stopped"
+
+
+def test_a_second_sigterm_during_a_hung_reload_stops_at_once(app):
+    """The reload waits on a deaf worker; SIGTERM, SIGTERM: nothing more is
+    forked and the primary is gone at once (defect L)."""
+    for _ in range(3):                           # it was a race: 5 of 12 tries
+        port = free_port()
+        a = app("fleet.py", "deaf", env={"PORT": str(port), "GRACE": "30"})
+        seen = []
+        lines_until(a, "listening", seen)
+        lines_until(a, "listening", seen)
+        os.kill(a.pid, signal.SIGHUP)
+        lines_until(a, "listening 3", seen)      # worker 1 is asked to go, and hangs
+        t0 = time.monotonic()
+        os.kill(a.pid, signal.SIGTERM)           # graceful: waits on deaf workers
+        # The second must come after the first was taken (two pending SIGTERMs
+        # are one): repeat it, as an impatient operator does, until the exit.
+        for _ in range(50):
+            try:
+                a.proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                os.kill(a.pid, signal.SIGTERM)
+        lines = a.finish(code=0, timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert lines[-1] == "stopped"
+        forks = [line.split()[1] for line in lines if line.startswith("fork ")]
+        assert forks == ["1", "2", "3"], lines
+        exits = sorted(line for line in lines if line.startswith("exit "))
+        assert len(exits) == 3 and all(" SIGKILL " in line for line in exits), exits

@@ -7,6 +7,8 @@
   reload     workers serve a port; SIGHUP replaces each of them
   retire     SIGTTOU retires the oldest (not replaced), SIGTTIN adds one
   drain      workers serve a port; SIGTERM waits for a held connection
+  deaf       workers serve a port from a blocking loop of their own and never
+             read their channel (GRACE: the graceful timeout)
 """
 import os
 import sys
@@ -32,7 +34,8 @@ if cluster.is_primary:
     size = 1 if MODE == "heartbeat" else 2
     try:
         backoff = (0.01, 0.64) if MODE == "crashloop" else (0.01, 0.05)
-        cluster.supervise(size, backoff=backoff, graceful_timeout=10,
+        cluster.supervise(size, backoff=backoff,
+                          graceful_timeout=float(os.environ.get("GRACE", "10")),
                           heartbeat_timeout=0.5 if MODE == "heartbeat" else None)
     except cluster.CrashLoopError as exc:
         say("crashloop", exc)
@@ -54,4 +57,12 @@ else:
             else:
                 sock.on("data", lambda d: sock.end(f"pong {os.getpid()}\n".encode()))
         net.create_server(answer).listen(int(os.environ["PORT"]), "127.0.0.1")
+    if MODE == "deaf":
+        sock = cluster.listen_socket(int(os.environ["PORT"]), "127.0.0.1")
+        sock.setblocking(True)
+        while True:                      # the cluster's loop never turns again
+            conn, _ = sock.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(f"pong {os.getpid()}\n".encode())
     cluster.run()
