@@ -26,6 +26,7 @@ enum cx_frame_type {
     CX_FRAME_SERVER_CLOSE,         /* W->P: a server of mine closed */
     CX_FRAME_NEWCONN,              /* P->W: a connection (+ fd), SCHED_RR */
     CX_FRAME_NEWCONN_ACK,          /* W->P: not taken, fd returned: re-routed */
+    CX_FRAME_BOOT_FAILURE,         /* W->P: I cannot start, and why (UTF-8) */
     CX_FRAME_TYPE_END
 };
 

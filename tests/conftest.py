@@ -50,13 +50,18 @@ class App:
     workers too."""
 
     def __init__(self, name: str, *argv: str, env: dict | None = None,
-                 stdin=subprocess.DEVNULL) -> None:
+                 stdin=subprocess.DEVNULL, cmd: list[str] | None = None,
+                 cwd: str | os.PathLike | None = None, merge_stderr: bool = False) -> None:
+        """name: a scenario in tests/apps run with argv; or, with cmd, any
+        command line (then name only labels it). merge_stderr: one stream of
+        lines, the primary's log among them."""
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(APPS / name), *argv], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, stdin=stdin, env=full_env, start_new_session=True)
+            cmd or [sys.executable, str(APPS / name), *argv], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, stdin=stdin,
+            env=full_env, start_new_session=True, cwd=cwd)
         self._buf = b""
         self._err: str | None = None
         self.lines: list[str] = []
@@ -103,7 +108,7 @@ class App:
         """Waits for the exit; returns every stdout line."""
         try:
             out, err = self.proc.communicate(timeout=timeout)
-            self._err = err.decode(errors="replace")
+            self._err = err.decode(errors="replace") if err is not None else ""
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"{self.name}: no exit after {timeout}s; lines {self.lines}\n"
@@ -118,6 +123,8 @@ class App:
         return self.lines
 
     def stderr(self) -> str:
+        if self.proc.stderr is None:
+            return ""                       # merged into the lines
         if self._err is None:
             if self.proc.poll() is None:
                 return "(still running)"
@@ -147,7 +154,8 @@ def app():
         if a.proc.poll() is None:
             a.kill()
         for stream in (a.proc.stdout, a.proc.stderr):
-            stream.close()
+            if stream is not None:
+                stream.close()
 
 
 def run_app(name: str, *argv: str, timeout: float = 30.0, code: int | None = 0,

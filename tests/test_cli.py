@@ -63,7 +63,7 @@ def test_help_speaks_to_a_newcomer():
     out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     for word in ("APP", "--workers", "--sched", "--graceful-timeout",
-                 "--heartbeat-timeout", "example:"):
+                 "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute"):
         assert word in out
 
 

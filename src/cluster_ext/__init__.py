@@ -42,7 +42,7 @@ except ImportError:
     raise
 # _fleet and _shared register their signal and frame handlers when imported
 from . import _fast, _fleet, _primary, _runtime, _shared, _worker  # noqa: F401
-from ._fleet import CrashLoopError, reload, supervise
+from ._fleet import BootError, CrashLoopError, reload, supervise
 from ._primary import disconnect, fork, setup_primary
 from ._runtime import SCHED_NONE, SCHED_RR, call_later, call_soon_threadsafe, run, stop
 from ._worker import ChannelClosedError, Worker
@@ -50,7 +50,7 @@ from .events import EventEmitter
 from .net import listen_socket
 
 __all__ = [
-    "ChannelClosedError", "CrashLoopError", "EventEmitter", "SCHED_NONE", "SCHED_RR",
+    "BootError", "ChannelClosedError", "CrashLoopError", "EventEmitter", "SCHED_NONE", "SCHED_RR",
     "Worker", "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
     "is_primary", "is_worker", "listen_socket", "reload", "run", "settings", "setup_master",
     "setup_primary", "stop", "supervise", "worker", "workers",

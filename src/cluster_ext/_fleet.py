@@ -30,6 +30,22 @@ class CrashLoopError(RuntimeError):
     """Every new worker died within a second of starting, again and again."""
 
 
+class BootError(RuntimeError):
+    """A worker could not start (its application does not import, its port is
+    taken, its startup failed) before any worker of that code had served: the
+    fleet stops at once rather than retry code that cannot run."""
+
+    def __init__(self, worker_id: int, reason: str) -> None:
+        super().__init__(f"worker {worker_id} failed to boot: {reason.rstrip()}")
+        self.worker_id, self.reason = worker_id, reason
+
+
+def _report(message: str) -> None:
+    # logging is imported here, not at the top: every worker imports this module
+    import logging
+    logging.getLogger("cluster_ext").error("%s", message.rstrip())
+
+
 def reload(callback: Callable[[], Any] | None = None, *,
            timeout: float | None = None) -> None:
     """Rolling restart, one worker at a time: fork a replacement, wait for its
@@ -79,6 +95,10 @@ def reload(callback: Callable[[], Any] | None = None, *,
             new.off(ready, replaced)
             if stopping():
                 return
+            if new.boot_failure is not None:  # the new code cannot start: keep the old
+                _report(f"reload stopped, the workers keep their code: worker {new.id} "
+                        f"failed to boot: {new.boot_failure}")
+                return
             if w.is_dead():               # both gone: its slot is the fleet's to refill
                 step()
             elif tries > 1:
@@ -104,6 +124,7 @@ class _Fleet:
         self.error: BaseException | None = None
         self.pending: list[_core.Handle] = []    # respawn timers waiting out their back-off
         self.heartbeat: _core.Handle | None = None
+        self.proven = False              # a worker of this fleet has listened
 
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
@@ -124,6 +145,12 @@ class _Fleet:
         self.pongs.pop(w.id, None)
         if self.stopping or not self.respawn:
             return
+        if w.boot_failure is not None:
+            if not self.proven:          # the code has never served: do not retry it
+                self.error = BootError(w.id, w.boot_failure)
+                self.stop(now=True)
+                return
+            _report(f"worker {w.id} failed to boot: {w.boot_failure}")
         if not w.exited_after_disconnect:
             lived = time.monotonic() - started
             if lived < CRASH_WINDOW:
@@ -182,6 +209,9 @@ class _Fleet:
         if oldest is not None:
             oldest.disconnect(timeout=self.graceful_timeout)
 
+    def on_listening(self, w: Worker, address: Any) -> None:
+        self.proven = True
+
     def on_pong(self, w: Worker) -> None:
         self.pongs[w.id] = time.monotonic()
 
@@ -209,7 +239,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
     at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
-    oldest. Raises CrashLoopError instead of respawning forever."""
+    oldest. Raises CrashLoopError instead of respawning forever, and
+    BootError when a worker cannot start before any worker has listened."""
     global _active
     import signal
     if not _runtime.is_primary:
@@ -230,6 +261,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter = _runtime.emitter
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
+    emitter.on("listening", fleet.on_listening)
     _active = fleet
     try:
         for _ in range(size):
@@ -241,6 +273,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         _active = None
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)
+        emitter.off("listening", fleet.on_listening)
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():
             signal.signal(sig, fn)

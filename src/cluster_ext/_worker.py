@@ -130,6 +130,7 @@ class Worker(EventEmitter):
         self._timers: list[Any] = []     # disconnect(timeout) deadlines
         self._exit_watch: Any = None     # the engine's watch on the process
         self._fork_emitted = not primary_side
+        self.boot_failure: str | None = None   # primary: why it could not start
 
     def __repr__(self) -> str:
         return f"<Worker id={self.id} pid={self.process.pid} state={self.state}>"
@@ -481,9 +482,37 @@ def _exited_after_disconnect(w: Worker) -> None:
     w.exited_after_disconnect = True
 
 
+BOOT_FAILURE_EXIT = 3        # gunicorn's status for a worker that failed to boot
+
+
+def _on_boot_failure(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
+    close_fds(fds)
+    w.boot_failure = payload.decode("utf-8", "replace")
+
+
+def fail_boot(reason: str) -> None:
+    """In a worker that cannot start (its application does not import, its
+    port is taken, its lifespan startup failed): tell the primary why, which
+    decides what to print and whether to try again, and exit 3 at once."""
+    w = _runtime.worker
+    if w is not None:
+        w._send_frame(_core.FRAME_BOOT_FAILURE, reason.encode("utf-8", "replace")[:60000])
+        if not _core.running():
+            _core.turn(0)             # let a queued frame out before the exit
+    else:
+        sys.stderr.write(reason if reason.endswith("\n") else reason + "\n")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(BOOT_FAILURE_EXIT)
+
+
 primary_frame_handlers.update({
     _core.FRAME_ONLINE: control_handler(Worker._on_online),
     _core.FRAME_EXITED_AFTER_DISCONNECT: control_handler(_exited_after_disconnect),
+    _core.FRAME_BOOT_FAILURE: _on_boot_failure,
 })
 worker_frame_handlers.update({
     _core.FRAME_DISCONNECT: control_handler(Worker.disconnect),

@@ -8,7 +8,7 @@ asyncio servers.
 
 attach() puts one reader on the engine's descriptor into the running asyncio
 loop, so that IPC, 'message', 'disconnecting' and disconnects work inside
-asyncio.run(). start_server() listens through the primary like a net server,
+asyncio.run(). create_server() and start_server() listen through the primary like a net server,
 honouring the scheduling policy (under SCHED_RR the connections arrive from
 the primary), and counts among the worker's servers: disconnect() closes it and
 waits for its connections.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["attach", "start_server"]
+__all__ = ["attach", "create_server", "protocol_replaced", "start_server"]
 
 _attached: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
@@ -41,46 +41,56 @@ def attach(loop: asyncio.AbstractEventLoop | None = None) -> None:
         _attached.add(loop)
 
 
-class _Protocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, counted by the shared server it serves."""
-
-    def __init__(self, shared: _Shared, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._shared = shared
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._shared.connections += 1
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._shared.connections -= 1
-        self._shared._maybe_closed()
-
-
 class _Shared(net._SharedServer):
-    """A worker's asyncio server among its servers (what disconnect() closes)."""
+    """A worker's asyncio server among its servers (what disconnect() closes).
+    It counts its connections from the hand-over (or accept) to
+    connection_lost, so that a close waits for every one of them."""
 
-    def __init__(self, key: int, spec: net.ListenSpec | None) -> None:
+    def __init__(self, key: int, spec: net.ListenSpec | None,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
         self._key: int | None = key
         self.spec = spec
         self.server: asyncio.base_events.Server | None = None
         self.connections = 0
         self.closing = False
         self.callbacks: list[Callable[[], Any]] = []
-        self.factory: Callable[[], asyncio.Protocol] | None = None
+        self.protocol_factory = protocol_factory
 
     @property
     def _state(self) -> str:
         serving = self.server is not None and self.server.is_serving()
         return "listening" if serving and not self.closing else "closing"
 
+    def counted_protocol(self) -> asyncio.BaseProtocol:
+        """The application's protocol, its connection_lost counted."""
+        protocol = self.protocol_factory()
+        _count(protocol, self)
+        return protocol
+
+    def accepted_protocol(self) -> asyncio.BaseProtocol:
+        """SCHED_NONE: asyncio accepted the connection on the shared socket."""
+        self.connections += 1
+        return self.counted_protocol()
+
     def _accepted(self, fd: int) -> None:
-        """SCHED_RR: a connection from the primary."""
-        assert self.factory is not None      # set before the server is shared
+        """SCHED_RR: a connection from the primary, counted from here: a close
+        that begins before the transport exists still waits for it."""
+        self.connections += 1
         sock = socket.socket(fileno=fd)
         loop = asyncio.get_running_loop()    # we run inside its reader callback
-        loop.create_task(loop.connect_accepted_socket(self.factory, sock))
+        loop.create_task(self._adopt(loop, sock))
+
+    async def _adopt(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(self.counted_protocol, sock)
+        except BaseException:
+            sock.close()                     # the peer is gone already
+            self._lost()
+            raise
+
+    def _lost(self) -> None:
+        self.connections -= 1
+        self._maybe_closed()
 
     def close(self, callback: Callable[[], Any] | None = None) -> None:
         if callback is not None:
@@ -102,18 +112,47 @@ class _Shared(net._SharedServer):
                 callback()
 
 
-async def start_server(client_connected_cb: Callable[..., Any], host: str | None = None,
-                       port: int = 0, *, path: str | None = None, backlog: int = 511,
-                       limit: int = 2 ** 16, **kw: Any) -> asyncio.base_events.Server:
-    """asyncio.start_server() on a cluster-shared port (or Unix path)."""
+def _count(protocol: asyncio.BaseProtocol, shared: _Shared) -> None:
+    """Counts protocol's connection until its connection_lost: an instance
+    attribute, so the class (uvicorn's, asyncio's) stays as it is."""
+    lost = protocol.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        try:
+            lost(exc)
+        finally:
+            shared._lost()
+
+    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+    protocol._cx_shared = shared  # type: ignore[attr-defined]
+
+
+def protocol_replaced(old: asyncio.BaseProtocol, new: asyncio.BaseProtocol) -> None:
+    """For a protocol that hands its transport to another (transport.
+    set_protocol(), as an HTTP upgrade to WebSocket does): the connection
+    stays counted until the new protocol's connection_lost."""
+    shared = old.__dict__.pop("_cx_shared", None)
+    if shared is not None and new is not old:
+        del old.connection_lost          # the class's again: it will not be called
+        _count(new, shared)
+
+
+async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
+                        host: str | None = None, port: int = 0, *,
+                        path: str | None = None, backlog: int = 511,
+                        **kw: Any) -> asyncio.base_events.Server:
+    """loop.create_server() on a cluster-shared port (or Unix path), with the
+    scheduling policy honoured: under SCHED_RR each connection the primary
+    hands over goes to a new protocol_factory() protocol, under SCHED_NONE
+    asyncio accepts on the shared socket. Among the worker's servers:
+    disconnect() closes it and waits for its connections to end. Outside a
+    cluster, a plain loop.create_server() (create_unix_server() for path)."""
     attach()
     loop = asyncio.get_running_loop()
     if not _runtime.is_worker:
         if path is not None:
-            return await asyncio.start_unix_server(client_connected_cb, path,
-                                                   backlog=backlog, limit=limit, **kw)
-        return await asyncio.start_server(client_connected_cb, host, port, backlog=backlog,
-                                          limit=limit, **kw)
+            return await loop.create_unix_server(protocol_factory, path, backlog=backlog, **kw)
+        return await loop.create_server(protocol_factory, host, port, backlog=backlog, **kw)
     answer: asyncio.Future[tuple[Any, ...]] = loop.create_future()
 
     def on_reply(*reply: Any) -> None:
@@ -124,14 +163,8 @@ async def start_server(client_connected_cb: Callable[..., Any], host: str | None
     err, key, address, fd = await answer
     if err:
         net.release_index(spec)
-        raise net.listen_error(err, address)
-    shared = _Shared(key, spec)
-
-    def factory() -> asyncio.Protocol:
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return _Protocol(shared, reader, client_connected_cb, loop=loop)
-
-    shared.factory = factory
+        raise net.listen_error(err, path if path is not None else f"{host or '*'}:{port}")
+    shared = _Shared(key, spec, protocol_factory)
     if fd is not None:                    # SCHED_NONE: accept on the shared socket
         sock = socket.socket(fileno=fd)
     else:
@@ -140,8 +173,21 @@ async def start_server(client_connected_cb: Callable[..., Any], host: str | None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(f"\0cluster_ext-{os.getpid()}-{key}")
         sock.listen(1)
-    shared.server = await loop.create_server(factory, sock=sock, **kw)
+    shared.server = await loop.create_server(shared.accepted_protocol, sock=sock, **kw)
     net._shared_servers[key] = shared
     _runtime.servers.add(shared)
     net.announce_listening(address)
     return shared.server
+
+
+async def start_server(client_connected_cb: Callable[..., Any], host: str | None = None,
+                       port: int = 0, *, path: str | None = None, backlog: int = 511,
+                       limit: int = 2 ** 16, **kw: Any) -> asyncio.base_events.Server:
+    """asyncio.start_server() on a cluster-shared port (or Unix path)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.BaseProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return await create_server(factory, host, port, path=path, backlog=backlog, **kw)

@@ -12,10 +12,12 @@ import sys
 
 import cluster_ext as cluster
 
-from . import _runtime
+from . import _runtime, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._protocol import Address
 
 log = logging.getLogger("cluster_ext")
@@ -30,18 +32,23 @@ stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
 worker, SIGTTOU retires the oldest."""
 
 RUN_HELP = """\
-Runs APP as the workers of a supervised cluster. APP serves with
-cluster_ext.net, cluster_ext.aio or cluster.listen_socket(); each worker runs
+Runs APP as the workers of a supervised cluster.
+
+APP is either an ASGI or WSGI application, named as gunicorn and uvicorn name
+it (module:attribute, e.g. myproject.asgi:application), which every worker
+imports and serves over HTTP on each --bind address (uvicorn's protocols;
+needs pip install 'cluster_ext[web]'), or a Python script that serves with
+cluster_ext.net, cluster_ext.aio or cluster.listen_socket(): each worker runs
 it as __main__ with sys.argv = [APP, *ARGS], and runs the event loop itself if
-APP returns without calling cluster.run(). The primary never runs APP.
+APP returns without calling cluster.run().
 
-example:  python -m cluster_ext run -w 4 server.py --port 8000"""
+examples:
+  cluster-ext run -w 4 --bind 0.0.0.0:8000 myproject.asgi:application
+  cluster-ext run -w 4 --interface wsgi --threads 8 flaskapp:app
+  cluster-ext run -w 4 server.py --port 8000"""
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-w", "--workers", type=int, default=None, metavar="N",
                         help="worker processes (default: one per core)")
@@ -54,10 +61,53 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     common.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
                         help="kill and replace a worker whose event loop has not answered "
                              "for S seconds (default: off)")
-    run = commands.add_parser("run", parents=[common], help="run APP as a supervised cluster",
+    return common
+
+
+def _web_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    web = parser.add_argument_group("web applications (APP is module:attribute)")
+    web.add_argument("-b", "--bind", action="append", default=None, metavar="ADDR",
+                     help="HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable "
+                          "(default 127.0.0.1:8000)")
+    web.add_argument("--interface", choices=("auto", "asgi", "asgi3", "asgi2", "wsgi"),
+                     default="auto", help="the application's interface (default: detected)")
+    web.add_argument("--factory", action="store_true",
+                     help="APP names a function that returns the application")
+    web.add_argument("--access-log", action="store_true",
+                     help="one line per request on stdout")
+    web.add_argument("--threads", type=int, default=4, metavar="N",
+                     help="threads per worker that run a WSGI application (default 4)")
+    web.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                     help="the ASGI lifespan protocol, run once in every worker")
+    web.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
+                     help="close a keep-alive connection idle for S seconds (default 5)")
+    web.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
+                     help="answer 503 beyond N connections or tasks per worker")
+    web.add_argument("--backlog", type=int, default=2048, metavar="N",
+                     help="the listening sockets' backlog (default 2048)")
+    web.add_argument("--root-path", default="", metavar="PATH",
+                     help="the ASGI root_path, for an application mounted below /")
+    web.add_argument("--proxy-headers", action="store_true",
+                     help="trust X-Forwarded-For and X-Forwarded-Proto from "
+                          "--forwarded-allow-ips")
+    web.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                     help="comma-separated addresses trusted for proxy headers "
+                          "(default 127.0.0.1)")
+    return parser
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_parser()
+    run = commands.add_parser("run", parents=[common, _web_parser()],
+                              help="run APP as a supervised cluster",
                               description=RUN_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("app", metavar="APP", help="the Python script each worker runs")
+    run.add_argument("app", metavar="APP",
+                     help="module:attribute of an ASGI/WSGI application, or a Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments for APP")
     demo = commands.add_parser(
@@ -87,12 +137,62 @@ def _where(address: Address) -> str:
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
+def _is_web_app(app: str) -> bool:
+    """module:attribute, as gunicorn and uvicorn take it (a file of that name
+    wins: it is a script)."""
+    return ":" in app and not os.path.exists(app)
+
+
+def _web_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "lifespan": args.lifespan, "timeout_keep_alive": args.timeout_keep_alive,
+        "limit_concurrency": args.limit_concurrency, "backlog": args.backlog,
+        "root_path": args.root_path, "proxy_headers": args.proxy_headers}
+    if args.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    return options
+
+
+def _run_web(args: argparse.Namespace) -> None:
+    from . import web
+    web.serve_worker(args.app, [web.parse_bind(b) for b in args.bind or [web.DEFAULT_BIND]],
+                     interface=args.interface, graceful_timeout=args.graceful_timeout,
+                     factory=args.factory, threads=args.threads, access_log=args.access_log,
+                     server_options=_web_options(args))
+
+
+def _check_web(args: argparse.Namespace) -> str | None:
+    """In the primary, before any fork: what stops APP from being served."""
+    from . import web
+    try:
+        for bind in args.bind or []:
+            web.parse_bind(bind)
+        web.check_extra()
+        app = web.load_app(args.app, factory=args.factory)
+        if args.interface == "auto":
+            web.detect_interface(app)
+    except (ValueError, ImportError, web.AppLoadError) as exc:
+        return str(exc)
+    return None
+
+
 def _run_app(app: str, args: list[str]) -> None:
-    """In a worker: APP as __main__, then the loop if APP did not run it."""
+    """In a worker: APP as __main__, then the loop if APP did not run it. An
+    exception before the loop runs is a boot failure, told to the primary."""
     sys.argv = [app, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
-    runpy.run_path(app, run_name="__main__")
+    try:
+        namespace = runpy.run_path(app, run_name="__main__")
+    except Exception:
+        if _runtime.ran:
+            raise                        # it served: a crash, not a boot failure
+        import traceback
+        _worker.fail_boot(traceback.format_exc())
     if not _runtime.ran:
+        if not _runtime.servers and callable(namespace.get("app")):
+            name = os.path.splitext(os.path.basename(app))[0]
+            _worker.fail_boot(f"{app} returned without serving anything; to serve its "
+                              f"application 'app' over HTTP, run: cluster-ext run {name}:app")
         cluster.run()
 
 
@@ -112,16 +212,27 @@ def _demo_worker(host: str, port: int) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     """The console script cluster-ext; __main__ names itself python -m cluster_ext."""
     args = _parser(prog).parse_args(argv)
+    if args.command == "run" and _is_web_app(args.app) and args.args:
+        # uvicorn's order (APP, then options): what follows APP is ours
+        argparse.ArgumentParser(prog=f"{prog} run", parents=[_common_parser(), _web_parser()]
+                                ).parse_args(args.args, namespace=args)
     if cluster.is_worker:
-        if args.command == "run":
+        if args.command == "run" and _is_web_app(args.app):
+            _run_web(args)
+        elif args.command == "run":
             _run_app(args.app, args.args)
         else:
             _demo_worker(args.host, args.port)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
                                                    "%(message)s", stream=sys.stderr)
-    if args.command == "run" and not os.path.exists(args.app):
-        log.error("no such file: %s", args.app)
+    if args.command == "run" and _is_web_app(args.app):
+        problem = _check_web(args)
+        if problem is not None:
+            log.error("cannot serve %s: %s", args.app, problem)
+            return 2
+    elif args.command == "run" and not os.path.exists(args.app):
+        log.error("no such file: %s (an application is named as module:attribute)", args.app)
         return 2
     if args.sched is not None:
         cluster.scheduling_policy = cluster.SCHED_NONE if args.sched == "none" \
@@ -136,5 +247,8 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
         return 1
+    except cluster.BootError as exc:
+        log.error("stopped: %s", exc)
+        return 3
     log.info("primary %d: all workers stopped", os.getpid())
     return 0

@@ -1,0 +1,433 @@
+"""cluster_ext.web: ASGI and WSGI applications served by the cluster.
+
+    cluster-ext run -w 4 --bind 127.0.0.1:8000 myproject.asgi:application
+
+    from cluster_ext import web
+    web.serve("myapp:app", "127.0.0.1", 8000, workers=4)
+
+The HTTP/1.1 and WebSocket protocols are uvicorn's (httptools and uvloop when
+installed); WSGI applications run in a thread pool behind a2wsgi. Each worker
+drives uvicorn's protocols itself, inside one asyncio loop that also runs the
+cluster's native loop (aio.attach()): its servers are aio.create_server()
+servers, shared through the primary under either scheduling policy, and the
+worker's disconnect() drains them (see _Draining). uvicorn's Server class is
+not used: its signal handling and its shutdown belong to a process that
+decides alone when it stops, and here the primary decides.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+
+from . import _fleet, _runtime, _worker, aio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    # ("tcp", host, port) or ("unix", path, 0)
+    Bind: TypeAlias = tuple[str, str, int]
+
+__all__ = ["serve", "load_app", "detect_interface", "parse_bind", "AppLoadError"]
+
+DEFAULT_BIND = "127.0.0.1:8000"
+INTERFACES = ("auto", "asgi", "asgi3", "asgi2", "wsgi")
+FIRST_REQUEST_GRACE = 1.0     # a connection accepted before the drain: its request's time to come
+KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently may be sending again
+EXTRA_HINT = "pip install 'cluster_ext[web]'"
+
+
+class AppLoadError(Exception):
+    """An application spec that does not name an application."""
+
+
+# ---- the application ----------------------------------------------------------------
+
+def load_app(spec: str, *, factory: bool = False) -> Any:
+    """The object that "module.path:attribute" names (attribute may be dotted),
+    imported as gunicorn and uvicorn do, with the current directory on
+    sys.path; with factory, the result of calling it."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name or not attr:
+        raise AppLoadError(f"{spec!r}: an application is named as 'module:attribute', "
+                           "for example 'myproject.asgi:application'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name) and \
+                module_name[len(exc.name):][:1] in ("", "."):
+            raise AppLoadError(f"{spec!r}: no module named {exc.name!r} "
+                               f"(looked in {os.getcwd()} and sys.path)") from None
+        raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
+                           f"{_traceback(exc)}") from None
+    except BaseException as exc:  # SystemExit too: an app that exits on import
+        raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
+                           f"{_traceback(exc)}") from None
+    app: Any = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise AppLoadError(f"{spec!r}: module {module_name!r} has no attribute "
+                               f"{attr!r}") from None
+    if factory:
+        if not callable(app):
+            raise AppLoadError(f"{spec!r}: --factory, but {attr!r} is not callable")
+        try:
+            app = app()
+        except Exception as exc:
+            raise AppLoadError(f"{spec!r}: the factory failed:\n{_traceback(exc)}") from None
+    if not callable(app):
+        raise AppLoadError(f"{spec!r} is not an application: a {type(app).__name__} "
+                           "object is not callable")
+    return app
+
+
+def _traceback(exc: BaseException) -> str:
+    import traceback
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def detect_interface(app: Any) -> str:
+    """'asgi3', 'asgi2' or 'wsgi' for an application object, as uvicorn tells
+    ASGI 3 from ASGI 2, and WSGI by its two arguments: a coroutine function
+    (or an object whose __call__ is one) is ASGI 3, and so is a class whose
+    instances are awaitable; any other callable of (environ, start_response)
+    is WSGI, and of (scope) alone (a class, typically) ASGI 2."""
+    if inspect.isclass(app) and hasattr(app, "__await__"):
+        return "asgi3"
+    call = app if inspect.isroutine(app) or inspect.isclass(app) else type(app).__call__
+    if inspect.iscoroutinefunction(call):
+        return "asgi3"
+    try:
+        params = [p for p in inspect.signature(app).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        raise AppLoadError(f"cannot tell the interface of {app!r}: name it with "
+                           "--interface asgi3, asgi2 or wsgi") from None
+    if len(params) == 2:
+        return "wsgi"
+    if len(params) == 1:
+        return "asgi2"
+    return "asgi3"                      # (scope, receive, send) behind a plain function
+
+
+def parse_bind(text: str) -> Bind:
+    """gunicorn's --bind: HOST:PORT, [IPv6]:PORT, :PORT, PORT, unix:PATH."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ValueError(f"--bind {text!r}: unix: needs a path")
+        return ("unix", os.path.abspath(path), 0)
+    if text.startswith("fd://"):
+        raise ValueError(f"--bind {text!r}: fd:// (an inherited socket) is not supported yet")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--bind {text!r}: expected HOST:PORT or unix:PATH") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--bind {text!r}: port {port} is out of range")
+    return ("tcp", host or "0.0.0.0", port)
+
+
+# ---- the public entry point -----------------------------------------------------------
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int | None = None,
+          interface: str = "auto", graceful_timeout: float = 30.0,
+          binds: list[str] | None = None, factory: bool = False, threads: int = 4,
+          access_log: bool = False, heartbeat_timeout: float | None = None,
+          **server_options: Any) -> None:
+    """Serves app (an object, or a "module:attribute" spec) with `workers`
+    workers: in the primary, supervise() them until a stop; in each worker,
+    serve app on host:port (or on every address of binds, gunicorn's --bind
+    forms) until disconnect(). server_options go to uvicorn.Config
+    (timeout_keep_alive, limit_concurrency, root_path, proxy_headers, ...)."""
+    if interface not in INTERFACES:
+        raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
+    addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
+    if _runtime.is_worker:
+        serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
+                     factory=factory, threads=threads, access_log=access_log,
+                     server_options=server_options)
+        return
+    check_extra()
+    if isinstance(app, str):
+        load_app(app, factory=factory)   # fails here, once, before any fork
+    _fleet.supervise(workers, graceful_timeout=graceful_timeout,
+                     heartbeat_timeout=heartbeat_timeout)
+
+
+def check_extra() -> None:
+    """The web extra is there, or an ImportError that says how to get it."""
+    import importlib.util
+    for name in ("uvicorn", "a2wsgi"):
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"cluster_ext.web needs {name}: {EXTRA_HINT}", name=name)
+
+
+# ---- a worker -------------------------------------------------------------------------
+
+def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_timeout: float,
+                 factory: bool, threads: int, access_log: bool,
+                 server_options: dict[str, Any]) -> None:
+    """In a worker: load app and serve it until the worker disconnects. A
+    failure before it listens (import, lifespan startup, port) is a boot
+    failure, told to the primary: the process exits 3."""
+    try:
+        check_extra()
+        if isinstance(app, str):
+            app = load_app(app, factory=factory)
+        config = _config(app, interface, threads, access_log, server_options)
+    except AppLoadError as exc:
+        _worker.fail_boot(str(exc))
+    except Exception as exc:
+        _worker.fail_boot(_traceback(exc))
+    server = _WorkerServer(config, addresses, graceful_timeout)
+    _run(server.serve(), config.get_loop_factory())
+
+
+def _config(app: Any, interface: str, threads: int, access_log: bool,
+            options: dict[str, Any]) -> Any:
+    import uvicorn
+    if interface in ("auto", "asgi"):
+        detected = detect_interface(app)
+        interface = detected if interface == "auto" or detected != "wsgi" else "asgi3"
+    lifespan = options.pop("lifespan", "auto")
+    if interface == "wsgi":
+        from a2wsgi import WSGIMiddleware
+        app, interface, lifespan = WSGIMiddleware(app, workers=threads), "asgi3", "off"
+    _configure_logging(access_log)
+    return uvicorn.Config(app, interface=interface, lifespan=lifespan,  # type: ignore[arg-type]
+                          log_config=None,
+                          access_log=access_log, **options)
+
+
+def _configure_logging(access_log: bool) -> None:
+    """Workers' errors to stderr with their worker id; the access log to
+    stdout when asked (uvicorn's format), else no handler at all, which
+    uvicorn's protocols check once per connection."""
+    import logging
+    w = _runtime.worker
+    tag = f"worker {w.id}" if w is not None else "web"
+    error = logging.getLogger("uvicorn.error")
+    if not error.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s [{tag}] %(levelname)s %(message)s"))
+        error.addHandler(handler)
+        error.setLevel(logging.WARNING)
+        error.propagate = False
+    access = logging.getLogger("uvicorn.access")
+    if access_log and not access.handlers:
+        from uvicorn.logging import AccessFormatter
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(AccessFormatter(
+            f'%(asctime)s [{tag}] %(client_addr)s - "%(request_line)s" %(status_code)s',
+            use_colors=False))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
+def _run(main: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main)
+        return
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+class _WorkerServer:
+    """uvicorn's protocols on the worker's shared servers: lifespan startup,
+    listen, serve, drain on 'disconnecting', lifespan shutdown after
+    'disconnect'."""
+
+    def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float) -> None:
+        self.config = config
+        self.addresses = addresses
+        self.graceful_timeout = graceful_timeout
+        self.state: Any = None
+        self.ticker: asyncio.TimerHandle | None = None
+
+    async def serve(self) -> None:
+        from uvicorn.server import ServerState
+        loop = asyncio.get_running_loop()
+        aio.attach(loop)
+        me = _runtime.worker
+        assert me is not None                # serve_worker() runs in workers only
+        gone: asyncio.Future[None] = loop.create_future()
+        me.on("disconnect", lambda: None if gone.done() else gone.set_result(None))
+        config = self.config
+        config.load()
+        lifespan = config.lifespan_class(config)
+        await lifespan.startup()
+        if lifespan.should_exit:
+            _worker.fail_boot("the application's lifespan startup failed (its error is above)")
+        self.state = ServerState()
+        self.tick()
+        protocol_class = _draining(config.http_protocol_class)
+
+        def protocol() -> asyncio.Protocol:
+            return protocol_class(config=config, server_state=self.state,  # type: ignore[no-any-return]
+                                  app_state=lifespan.state, _loop=loop)
+
+        me.on("disconnecting", self.drain)
+        for kind, where, port in self.addresses:
+            try:
+                if kind == "unix":
+                    await aio.create_server(protocol, path=where, backlog=config.backlog)
+                else:
+                    await aio.create_server(protocol, where, port, backlog=config.backlog)
+            except OSError as exc:
+                _worker.fail_boot(str(exc))
+        await gone
+        if self.ticker is not None:
+            self.ticker.cancel()
+        await _bounded(lifespan.shutdown(), self.graceful_timeout)
+
+    def tick(self) -> None:
+        """uvicorn's Date header (and the server's default headers), once a second."""
+        from email.utils import formatdate
+        config = self.config
+        date = [(b"date", formatdate(usegmt=True).encode())] if config.date_header else []
+        self.state.default_headers = date + config.encoded_headers
+        self.ticker = asyncio.get_running_loop().call_later(1.0, self.tick)
+
+    def drain(self) -> None:
+        """'disconnecting': the servers stop accepting (disconnect() closes
+        them right after this); every connection finishes what it has
+        received; what is still open shortly before graceful_timeout is
+        closed, so that the worker says 'disconnect' before the primary's
+        SIGKILL comes."""
+        grace = min(FIRST_REQUEST_GRACE, self.graceful_timeout / 4)
+        for connection in list(self.state.connections):
+            drain = getattr(connection, "cx_drain", None)
+            if drain is not None:
+                drain(grace)
+        overdue = self.graceful_timeout - min(1.0, self.graceful_timeout / 10)
+        asyncio.get_running_loop().call_later(overdue, self.overdue)
+
+    def overdue(self) -> None:
+        """WebSockets get 1012 (service restart), streaming responses end:
+        their applications see the client gone."""
+        for connection in list(self.state.connections):
+            connection.shutdown()
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()
+
+
+async def _bounded(awaitable: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+# ---- the draining HTTP protocol ----------------------------------------------------------
+
+class _Draining:
+    """Mixed into uvicorn's HTTP protocol class (httptools or h11). At the
+    drain: a request in progress is answered with Connection: close, then the
+    connection closes; a keep-alive connection idle for KEEP_ALIVE_LINGER
+    closes at once; one answered more recently than that, or whose next
+    request is already in the socket, may be sending its next request and gets
+    the rest of KEEP_ALIVE_LINGER for it; a connection that has not sent its
+    (whole) first request gets FIRST_REQUEST_GRACE. A request that comes in
+    that time is answered with Connection: close. Closing those at once is
+    the race in which the peers lose a request per retired worker: the
+    client's request crosses the server's close."""
+
+    cx_draining = False
+    cx_idle = False           # everything received so far has been answered
+    cx_answered_at = 0.0      # loop time of the last response
+
+    if TYPE_CHECKING:
+        cycle: Any
+        transport: asyncio.Transport
+        loop: asyncio.AbstractEventLoop
+
+    def data_received(self, data: bytes) -> None:
+        self.cx_idle = False
+        super().data_received(data)  # type: ignore[misc]
+        if self.cx_draining:
+            self.cx_last_request()
+
+    def on_response_complete(self) -> None:
+        self.cx_idle = not getattr(self, "pipeline", None)
+        self.cx_answered_at = self.loop.time()
+        super().on_response_complete()  # type: ignore[misc]
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+        aio.protocol_replaced(self, self.transport.get_protocol())  # type: ignore[arg-type]
+
+    def cx_drain(self, grace: float) -> None:
+        self.cx_draining = True
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self.cx_last_request()
+            return
+        if self.cx_idle:
+            grace = KEEP_ALIVE_LINGER - (self.loop.time() - self.cx_answered_at)
+            if grace <= 0 and not _bytes_waiting(self.transport):
+                self.transport.close()
+                return
+        self.loop.call_later(max(grace, 0.05), self.cx_close_if_idle)
+
+    def cx_last_request(self) -> None:
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.keep_alive = False
+        for queued, _ in getattr(self, "pipeline", ()):
+            queued.keep_alive = False
+
+    def cx_close_if_idle(self) -> None:
+        cycle = self.cycle
+        if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+
+_draining_classes: dict[type, type] = {}
+
+
+def _draining(base: type) -> type:
+    cls = _draining_classes.get(base)
+    if cls is None:
+        cls = _draining_classes[base] = type("Draining" + base.__name__, (_Draining, base), {})
+    return cls
+
+
+def _bytes_waiting(transport: asyncio.BaseTransport) -> bool:
+    """Whether the socket holds bytes not read yet (the next request)."""
+    import array
+    import fcntl
+    import termios
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count, True)
+    except OSError:
+        return False
+    return count[0] > 0

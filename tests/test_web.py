@@ -1,0 +1,434 @@
+"""cluster_ext.web: ASGI and WSGI applications under `cluster-ext run`, through
+real processes, real sockets and real HTTP and WebSocket clients."""
+import http.client
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("a2wsgi")
+
+WEBAPPS = Path(__file__).parent / "webapps"
+
+
+def cli(app, spec, *options, workers=2, cwd=WEBAPPS, env=None):
+    """`python -m cluster_ext run` with one stream of lines (its log, the
+    application's stdout); returns (the process, its port)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", str(workers),
+           "--bind", f"127.0.0.1:{port}", *options, spec]
+    return app(spec, cmd=cmd, cwd=cwd, merge_stderr=True, env=env), port
+
+
+def until(a, text, timeout=20):
+    """Reads lines until one contains text; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = a.read_line(max(0.01, deadline - time.monotonic()))
+        assert line is not None, f"ended before {text!r}: {a.lines}"
+        if text in line:
+            return line
+
+
+def serving(a, workers=2):
+    for _ in range(workers):
+        until(a, "listening on")
+
+
+def get(port, path="/", *, conn=None, headers=None):
+    """(status, headers dict, body) of one GET, on conn or a new connection."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+    finally:
+        if own:
+            conn.close()
+
+
+def stop(a, sig=signal.SIGTERM, timeout=30):
+    os.kill(a.pid, sig)
+    return a.finish(code=0, timeout=timeout)
+
+
+# ---- serving ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sched", ["rr", "none"])
+def test_an_asgi_app_is_served_by_every_worker_with_its_lifespan(app, sched):
+    a, port = cli(app, "webapp:app", "--sched", sched)
+    serving(a)
+    pids = set()
+    for _ in range(40):
+        status, _, body = get(port)
+        assert status == 200 and body.startswith("hello ")
+        pids.add(int(body.split()[2]))
+    if sched == "rr":
+        assert len(pids) == 2, pids               # the primary hands out in turn
+    lines = stop(a)
+    starts = {int(line.split()[1]) for line in lines if line.startswith("startup ")}
+    ends = {int(line.split()[1]) for line in lines if line.startswith("shutdown ")}
+    assert len(starts) == 2 and starts == ends, lines
+    assert pids <= starts
+
+
+def test_rr_turns_connection_by_connection(app):
+    a, port = cli(app, "webapp:app", "--sched", "rr")
+    serving(a)
+    ids = [get(port)[2].split()[1] for _ in range(10)]
+    assert ids[0::2] == [ids[0]] * 5 and ids[1::2] == [ids[1]] * 5 and ids[0] != ids[1], ids
+    stop(a)
+
+
+def test_a_wsgi_app_runs_in_threads_with_keep_alive(app):
+    a, port = cli(app, "webapp:wsgi_app", "--threads", "2")
+    serving(a)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    bodies = [get(port, f"/p{i}", conn=conn)[2] for i in range(5)]
+    conn.close()
+    assert all(b.startswith("wsgi ") for b in bodies)
+    assert len({b.split()[2] for b in bodies}) == 1      # one connection, one worker
+    assert [b.split()[3] for b in bodies] == [f"/p{i}" for i in range(5)]
+    stop(a)
+
+
+def test_an_asgi2_class_and_a_factory_are_detected(app):
+    a, port = cli(app, "webapp:Asgi2App", "--sched", "none")
+    serving(a)
+    assert get(port)[2].startswith("asgi2 ")
+    stop(a)
+    b, port = cli(app, "webapp:create_app", "--factory")
+    serving(b)
+    assert get(port)[2].startswith("hello ")
+    stop(b)
+
+
+def test_options_may_follow_the_app_as_uvicorn_takes_them(app):
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "webapp:app", "-w", "1",
+           "--bind", f"127.0.0.1:{port}", "--access-log"]
+    a = app("webapp:app", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+    serving(a, 1)
+    get(port, "/logged")
+    line = until(a, "GET /logged")
+    assert "[worker 1]" in line and " 200" in line, line
+    stop(a)
+
+
+def test_a_unix_socket_bind(app, tmp_path):
+    path = tmp_path / "web.sock"
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind", f"unix:{path}",
+           "webapp:app"]
+    a = app("webapp:app", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+    serving(a)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"hello " in reply
+    stop(a)
+    assert not path.exists()
+
+
+def test_messages_from_inside_a_request_handler(app):
+    """web.serve() from a script: a handler asks the primary and awaits its
+    answer, which arrives as 'message' on the application's loop."""
+    port = free_port()
+    a = app("serve_script.py", cmd=[sys.executable, "serve_script.py", str(port)],
+            cwd=WEBAPPS, merge_stderr=True)
+    serving_lines = [until(a, "listening") for _ in range(2)]
+    assert len(serving_lines) == 2
+    answers = {get(port, "/ask")[2].strip() for _ in range(6)}
+    assert answers == {"primary saw /ask from 1", "primary saw /ask from 2"}, answers
+    stop(a)
+
+
+# ---- the draining disconnect -----------------------------------------------------------
+
+class Load:
+    """Clients in threads until stopped: each GET on a new connection
+    (close) or on one kept-alive connection per client; every failure kept."""
+
+    def __init__(self, port, clients=4, keep_alive=False):
+        self.port, self.keep_alive = port, keep_alive
+        self.ok, self.errors, self.pids = 0, [], set()
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def client(self):
+        deadline = time.monotonic() + 40
+        conn = None
+        while not self.done.is_set() and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                headers = {} if self.keep_alive else {"Connection": "close"}
+                status, hdrs, body = get(self.port, conn=conn, headers=headers)
+                if hdrs.get("connection") == "close" or not self.keep_alive:
+                    conn.close()
+                    conn = None
+                with self.lock:
+                    if status == 200:
+                        self.ok += 1
+                        self.pids.add(int(body.split()[2]))
+                    else:
+                        self.errors.append(status)
+            except (OSError, http.client.HTTPException) as exc:
+                with self.lock:
+                    self.errors.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def wait_ok(self, count, timeout=20):
+        deadline = time.monotonic() + timeout
+        start = self.ok
+        while self.ok < start + count and time.monotonic() < deadline:
+            self.done.wait(0.01)
+        assert self.ok >= start + count, (self.ok, self.errors[:5])
+
+    def stop(self):
+        self.done.set()
+        for t in self.threads:
+            t.join()
+
+
+@pytest.mark.parametrize("sched,keep_alive", [("rr", False), ("none", False),
+                                              ("rr", True), ("none", True)])
+def test_reload_under_load_fails_no_request(app, sched, keep_alive):
+    a, port = cli(app, "webapp:app", "--sched", sched)
+    serving(a)
+    load = Load(port, clients=4, keep_alive=keep_alive)
+    try:
+        load.wait_ok(200)
+        os.kill(a.pid, signal.SIGHUP)
+        until(a, "worker 1 exited (code 0, as asked)")
+        until(a, "worker 2 exited (code 0, as asked)")  # after worker 4 listened
+        load.wait_ok(200)                         # the new workers serve
+    finally:
+        load.stop()
+    stop(a)
+    assert load.errors == []
+    assert len(load.pids) >= 3, load.pids
+
+
+def test_a_slow_request_survives_a_reload_and_a_stop(app):
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "20")
+    serving(a)
+    results = []
+
+    def slow():
+        results.append(get(port, "/slow?s=2", headers={}))
+
+    t = threading.Thread(target=slow)
+    t.start()
+    until(a, "slow begins")                       # the request is in the worker
+    os.kill(a.pid, signal.SIGHUP)
+    t.join(20)
+    status, headers, body = results[0]
+    assert status == 200 and body.startswith("slow "), results
+    assert headers.get("connection") == "close"   # answered, then the worker leaves
+    serving_new = until(a, "worker 4 listening")
+    assert serving_new
+    t = threading.Thread(target=slow)
+    results.clear()
+    t.start()
+    until(a, "slow begins")
+    lines = stop(a)
+    t.join(20)
+    assert results and results[0][0] == 200 and results[0][1].get("connection") == "close"
+    assert sum(line.startswith("shutdown ") for line in lines) >= 2
+
+
+def test_an_idle_keep_alive_client_holds_neither_a_reload_nor_a_stop(app):
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "30")
+    serving(a)
+    idle = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(4)]
+    for conn in idle:
+        assert get(port, conn=conn)[0] == 200    # then they stay open, idle
+    t0 = time.monotonic()
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "worker 2 exited (code 0, as asked)")
+    assert time.monotonic() - t0 < 10             # not the 30 s graceful timeout
+    t0 = time.monotonic()
+    stop(a)
+    assert time.monotonic() - t0 < 10
+    for conn in idle:
+        conn.close()
+
+
+def test_a_websocket_is_closed_1012_before_the_graceful_timeout(app):
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "3", workers=1)
+    serving(a, 1)
+    with websockets.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "1 hi"
+        t0 = time.monotonic()
+        os.kill(a.pid, signal.SIGTERM)
+        with pytest.raises(Exception) as closed:
+            while True:
+                ws.recv(timeout=10)
+        assert time.monotonic() - t0 < 10
+        # a close frame: the worker closed it, before the primary's SIGKILL at 3 s
+        assert getattr(closed.value, "rcvd", None) is not None, closed.value
+        assert closed.value.rcvd.code == 1012
+    lines = a.finish(code=0)
+    assert any("worker 1 exited (code 0, as asked)" in line for line in lines), "\n".join(lines)
+
+
+def test_a_fresh_connection_gets_its_first_request_answered_during_the_drain(app):
+    """Connected before the drain began, request sent after: answered."""
+    a, port = cli(app, "webapp:app", "--sched", "none", workers=1)
+    serving(a, 1)
+    early = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert get(port)[0] == 200                    # the worker has accepted `early` by now
+    os.kill(a.pid, signal.SIGHUP)                 # a replacement, then worker 1 drains
+    until(a, "draining")                          # worker 1's 'disconnecting'
+    early.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = early.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    assert b"connection: close" in reply.lower()
+    early.close()
+    stop(a)
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,expected", [
+    ("broken:app", "No module named 'a_module_that_does_not_exist'"),
+    ("nowhere:app", "no module named 'nowhere'"),
+    ("webapp:missing", "has no attribute 'missing'"),
+    ("webapp:not_an_app", "is not an application"),
+])
+def test_an_app_that_cannot_be_served_exits_2_before_any_fork(app, spec, expected):
+    a, _ = cli(app, spec)
+    lines = a.finish(code=2)
+    text = "\n".join(lines)
+    assert expected in text, text
+    assert text.count(expected) == 1
+    assert not any("forked" in line for line in lines), lines
+
+
+def test_a_port_in_use_is_named_and_stops_the_fleet(app):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2",
+               "--bind", f"127.0.0.1:{port}", "webapp:app"]
+        a = app("webapp:app", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+        lines = a.finish(code=3)
+    text = "\n".join(lines)
+    assert "EADDRINUSE" in text and f"127.0.0.1:{port}" in text, text
+    assert text.count("failed to boot") == 1, text
+
+
+def test_a_failing_lifespan_startup_stops_the_fleet(app):
+    a, _ = cli(app, "webapp:app", env={"WEBAPP_FAIL_STARTUP": "1"})
+    lines = a.finish(code=3)
+    text = "\n".join(lines)
+    assert "lifespan startup failed" in text and text.count("failed to boot") == 1, text
+
+
+def test_a_script_that_cannot_start_stops_at_once_with_its_error_once(app):
+    t0 = time.monotonic()
+    a, _ = cli(app, "broken_script.py")
+    lines = a.finish(code=3)
+    assert time.monotonic() - t0 < 10
+    text = "\n".join(lines)
+    assert text.count("No module named 'a_module_that_does_not_exist'") == 1, text
+
+
+def test_a_reload_to_code_that_cannot_start_keeps_the_old_workers(app, tmp_path):
+    module = tmp_path / "changing.py"
+    module.write_text((WEBAPPS / "webapp.py").read_text())
+    a, port = cli(app, "changing:app", cwd=tmp_path)
+    serving(a)
+    module.write_text("raise RuntimeError('the new code is broken')\n")
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "reload stopped")
+    assert get(port)[0] == 200                    # the old workers serve on
+    lines = stop(a)
+    assert "\n".join(lines).count("the new code is broken") >= 1
+
+
+def test_malformed_requests_and_resets_never_kill_a_worker(app):
+    a, port = cli(app, "webapp:app", workers=1)
+    serving(a, 1)
+    pid = int(get(port)[2].split()[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\x00\x01\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
+    for _ in range(5):                            # reset in the middle of a stream
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    status, _, _ = get(port, "/boom")
+    assert status == 500
+    assert int(get(port)[2].split()[2]) == pid    # the same worker, alive
+    stop(a)
+
+
+def test_detect_interface():
+    from cluster_ext import web
+    sys.path.insert(0, str(WEBAPPS))
+    try:
+        import webapp
+    finally:
+        sys.path.remove(str(WEBAPPS))
+    assert web.detect_interface(webapp.app) == "asgi3"
+    assert web.detect_interface(webapp.wsgi_app) == "wsgi"
+    assert web.detect_interface(webapp.Asgi2App) == "asgi2"
+
+    class Flaskish:
+        def __call__(self, environ, start_response):
+            return []
+
+    class Starlettish:
+        async def __call__(self, scope, receive, send):
+            pass
+
+    assert web.detect_interface(Flaskish()) == "wsgi"
+    assert web.detect_interface(Starlettish()) == "asgi3"
+
+
+def test_parse_bind():
+    from cluster_ext import web
+    assert web.parse_bind("127.0.0.1:80") == ("tcp", "127.0.0.1", 80)
+    assert web.parse_bind("[::1]:8080") == ("tcp", "::1", 8080)
+    assert web.parse_bind(":8000") == ("tcp", "0.0.0.0", 8000)
+    assert web.parse_bind("unix:/tmp/x.sock") == ("unix", "/tmp/x.sock", 0)
+    for bad in ("host:port", "unix:", "1.2.3.4:70000"):
+        with pytest.raises(ValueError):
+            web.parse_bind(bad)
+
+
+def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch):
+    import importlib.util
+
+    from cluster_ext import web
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'cluster_ext\[web\]'"):
+        web.check_extra()
