@@ -41,7 +41,7 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except (CCompilerError, ExecError, PlatformError) as exc:
+        except (CCompilerError, ExecError, PlatformError):
             compiler = (getattr(self.compiler, "compiler_so", None) or ["cc"])[0]
             headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
             if not _runs(compiler):
