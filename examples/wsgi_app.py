@@ -1,40 +1,21 @@
-"""A WSGI application served by wsgiref through a shared descriptor (the same
-way `uvicorn.run(app, fd=sock.fileno())` or any server that takes a socket
-would be).
+"""A plain WSGI application (Flask, Django and the rest look the same to the
+server): every worker serves it from a pool of threads.
 
-    python -m cluster_ext run -w 4 examples/wsgi_app.py --port 8000
+    cluster-ext run -w 4 --threads 8 examples.wsgi_app:app
+
+in the repository's root; then `curl 127.0.0.1:8000/`, `kill -HUP <primary>`
+to reload with no failed request, Ctrl-C to stop. /slow?s=N answers after N
+seconds (a request that a reload or a stop lets finish).
 """
-import argparse
 import os
-import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
-import cluster_ext as cluster
-
-ap = argparse.ArgumentParser()
-ap.add_argument("--port", type=int, default=8000)
-args = ap.parse_args()
+import time
+from urllib.parse import parse_qs
 
 
 def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(float(parse_qs(environ["QUERY_STRING"]).get("s", ["1"])[0]))
     body = f"wsgi {environ['PATH_INFO']} from pid {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-sock = cluster.listen_socket(args.port, "127.0.0.1")
-server = WSGIServer(sock.getsockname(), QuietHandler, bind_and_activate=False)
-server.socket = sock
-server.server_name, server.server_port = sock.getsockname()[:2]   # what server_bind() would set
-server.setup_environ()
-server.set_app(app)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-if cluster.is_worker:
-    cluster.worker.on("disconnecting", lambda: threading.Thread(target=server.shutdown).start())
-cluster.run()

@@ -310,6 +310,24 @@ def test_a_fresh_connection_gets_its_first_request_answered_during_the_drain(app
     stop(a)
 
 
+@pytest.mark.parametrize("spec", ["examples.asgi_app:app", "examples.wsgi_app:app"])
+def test_the_examples_finish_a_request_across_a_reload(app, spec):
+    """The README's commands, typed in the repository's root."""
+    a, port = cli(app, spec, cwd=WEBAPPS.parent.parent)
+    serving(a)
+    results = []
+    t = threading.Thread(target=lambda: results.append(get(port, "/slow?s=1.5")))
+    t.start()
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "worker 1 exited (code 0, as asked)")
+    until(a, "worker 2 exited (code 0, as asked)")
+    t.join(20)
+    status, headers, body = results[0]
+    assert status == 200 and "/slow" in body, results
+    assert get(port)[0] == 200                    # and the new workers serve
+    stop(a)
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec,expected", [

@@ -55,6 +55,7 @@ class _Shared(net._SharedServer):
         self.closing = False
         self.callbacks: list[Callable[[], Any]] = []
         self.protocol_factory = protocol_factory
+        self.family: int | None = None       # of the connections the primary hands over
 
     @property
     def _state(self) -> str:
@@ -76,7 +77,11 @@ class _Shared(net._SharedServer):
         """SCHED_RR: a connection from the primary, counted from here: a close
         that begins before the transport exists still waits for it."""
         self.connections += 1
-        sock = socket.socket(fileno=fd)
+        if self.family is None:
+            sock = socket.socket(fileno=fd)
+            self.family = sock.family
+        else:                                # no getsockopt() calls to learn it again
+            sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         loop = asyncio.get_running_loop()    # we run inside its reader callback
         loop.create_task(self._adopt(loop, sock))
 
