@@ -101,6 +101,22 @@ def test_a_wsgi_app_runs_in_threads_with_keep_alive(app):
     stop(a)
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_wsgi_app_reads_the_body_and_streams_its_answer(app, threads):
+    """--threads 1 (the default): on the worker's loop; more: a2wsgi's pool."""
+    a, port = cli(app, "webapp:wsgi_echo", "--threads", threads, workers=1)
+    serving(a, 1)
+    payload = bytes(range(256)) * 400
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(3):                            # keep-alive, chunked answers
+        conn.request("POST", "/echo", body=payload)
+        r = conn.getresponse()
+        assert r.status == 201 and r.read() == payload
+        assert r.getheader("x-threaded") == str(threads != "1")
+    conn.close()
+    stop(a)
+
+
 def test_an_asgi2_class_and_a_factory_are_detected(app):
     a, port = cli(app, "webapp:Asgi2App", "--sched", "none")
     serving(a)

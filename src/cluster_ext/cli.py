@@ -76,8 +76,10 @@ def _web_parser() -> argparse.ArgumentParser:
                      help="APP names a function that returns the application")
     web.add_argument("--access-log", action="store_true",
                      help="one line per request on stdout")
-    web.add_argument("--threads", type=int, default=4, metavar="N",
-                     help="threads per worker that run a WSGI application (default 4)")
+    web.add_argument("--threads", type=int, default=1, metavar="N",
+                     help="threads per worker that run a WSGI application (default 1: "
+                          "on the worker's loop, one request at a time, as gunicorn's "
+                          "sync worker)")
     web.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                      help="the ASGI lifespan protocol, run once in every worker")
     web.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",

@@ -146,7 +146,7 @@ def parse_bind(text: str) -> Bind:
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int | None = None,
           interface: str = "auto", graceful_timeout: float = 30.0,
-          binds: list[str] | None = None, factory: bool = False, threads: int = 4,
+          binds: list[str] | None = None, factory: bool = False, threads: int = 1,
           access_log: bool = False, heartbeat_timeout: float | None = None,
           **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
@@ -206,8 +206,12 @@ def _config(app: Any, interface: str, threads: int, access_log: bool,
         interface = detected if interface == "auto" or detected != "wsgi" else "asgi3"
     lifespan = options.pop("lifespan", "auto")
     if interface == "wsgi":
-        from a2wsgi import WSGIMiddleware
-        app, interface, lifespan = WSGIMiddleware(app, workers=threads), "asgi3", "off"
+        if threads > 1:
+            from a2wsgi import WSGIMiddleware
+            app = WSGIMiddleware(app, workers=threads)
+        else:
+            app = _InlineWSGI(app)
+        interface, lifespan = "asgi3", "off"
     _configure_logging(access_log)
     return uvicorn.Config(app, interface=interface, lifespan=lifespan,  # type: ignore[arg-type]
                           log_config=None,
@@ -344,6 +348,80 @@ async def _bounded(awaitable: Any, timeout: float) -> None:
         await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         pass
+
+
+# ---- WSGI on the worker's loop -----------------------------------------------------------
+
+class _InlineWSGI:
+    """A WSGI application called on the worker's own loop, one request at a
+    time: gunicorn's sync worker (--threads 1, its default too), with
+    keep-alive and without a thread hop per request. The request's body is
+    read before the call; the response goes out as the application yields
+    it. With --threads N > 1, a2wsgi's pool runs the application instead."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        from a2wsgi.wsgi import build_environ
+        self.app = app
+        self.build_environ = build_environ
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        import io
+        body = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        environ = self.build_environ(scope, io.BytesIO(b"".join(body)))  # type: ignore[arg-type]
+        environ["wsgi.multithread"] = False
+        environ["wsgi.errors"] = sys.stderr
+        head: list[Any] = []
+        written: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
+            if exc_info is not None and head and head[0] is None:
+                raise exc_info[1].with_traceback(exc_info[2])   # the head is out
+            head[:] = [status, headers]
+            return written.append            # PEP 3333's write(), kept for the response
+
+        result = self.app(environ, start_response)
+        try:
+            if isinstance(result, (list, tuple)):   # the common case: one send()
+                await self.respond(send, head, written + list(result), False)
+            else:
+                started = False
+                for chunk in result:
+                    if chunk:
+                        await self.respond(send, head, [*written, chunk], True)
+                        written.clear()
+                        started = True
+                if not started:
+                    await self.respond(send, head, written, False)
+                else:
+                    await send({"type": "http.response.body", "body": b""})
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    @staticmethod
+    async def respond(send: Any, head: list[Any], chunks: list[bytes], more: bool) -> None:
+        if not head:
+            raise RuntimeError("the WSGI application did not call start_response()")
+        if head[0] is not None:                  # the head has not left yet
+            status, headers = head
+            head[0] = None
+            await send({"type": "http.response.start", "status": int(status[:3]),
+                        "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                    for name, value in headers]})
+        await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": more})
 
 
 # ---- the draining HTTP protocol ----------------------------------------------------------

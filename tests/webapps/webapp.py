@@ -130,3 +130,18 @@ def create_app():
 
 
 not_an_app = 42
+
+
+def wsgi_echo(environ, start_response):
+    """POST: the body back, in three chunks from a generator."""
+    data = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("201 Created", [("Content-Type", "application/octet-stream"),
+                                   ("X-Threaded", str(environ["wsgi.multithread"]))])
+
+    def chunks():
+        third = len(data) // 3
+        yield data[:third]
+        yield data[third:2 * third]
+        yield data[2 * third:]
+
+    return chunks()
