@@ -117,6 +117,25 @@ def test_a_wsgi_app_reads_the_body_and_streams_its_answer(app, threads):
     stop(a)
 
 
+def test_head_stream_and_plain_answers_share_a_keep_alive_connection(app):
+    """A HEAD answer has a length and no body; a stream has no length: each
+    leaves whole and in order on one connection."""
+    a, port = cli(app, "webapp:app", workers=1)
+    serving(a, 1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("HEAD", "/")
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("content-length") and r.read() == b""
+    assert get(port, conn=conn)[2].startswith("hello ")
+    conn.request("GET", "/stream?n=3")
+    r = conn.getresponse()
+    assert r.getheader("transfer-encoding") == "chunked"
+    assert r.read() == b"tick\n" * 3
+    assert get(port, conn=conn)[2].startswith("hello ")
+    conn.close()
+    stop(a)
+
+
 def test_an_asgi2_class_and_a_factory_are_detected(app):
     a, port = cli(app, "webapp:Asgi2App", "--sched", "none")
     serving(a)
@@ -342,6 +361,16 @@ def test_the_examples_finish_a_request_across_a_reload(app, spec):
     assert status == 200 and "/slow" in body, results
     assert get(port)[0] == 200                    # and the new workers serve
     stop(a)
+
+
+def test_a_stop_during_the_lifespan_startup_ends_cleanly(app):
+    """Told to go while it starts: it never listens, and exits 0."""
+    a, _ = cli(app, "webapp:app", workers=1, env={"WEBAPP_SLOW_STARTUP": "1"})
+    until(a, "starting slowly")
+    lines = stop(a)
+    assert any("worker 1 exited (code 0, as asked)" in line for line in lines), lines
+    assert not any("listening on" in line for line in lines), lines
+    assert sum(line.startswith("shutdown ") for line in lines) == 1, lines
 
 
 # ---- bad input -------------------------------------------------------------------------

@@ -4,8 +4,9 @@ this folder as the working directory.
   app          ASGI 3: / answers "hello <worker id> <pid>"; /slow?s=N answers
                after N seconds; /ask sends {"ask": path} to the primary and
                answers with its reply; /stream sends a chunk every 0.1 s until
-               the client leaves (30 s at most); /ws echoes WebSocket text. Lifespan lines
-               "startup <pid>" and "shutdown <pid>" go to stdout.
+               the client leaves (30 s at most; /stream?n=N: N chunks); /ws
+               echoes WebSocket text. Lifespan lines "startup <pid>" and
+               "shutdown <pid>" go to stdout.
   wsgi_app     WSGI: "wsgi <pid>"
   Asgi2App     ASGI 2 (a class whose instances are awaitable)
   create_app   a factory of app
@@ -34,6 +35,9 @@ async def _lifespan(receive, send):
             if os.environ.get("WEBAPP_FAIL_STARTUP"):
                 await send({"type": "lifespan.startup.failed", "message": "no database"})
                 return
+            if os.environ.get("WEBAPP_SLOW_STARTUP"):
+                say("starting slowly", PID)
+                await asyncio.sleep(float(os.environ["WEBAPP_SLOW_STARTUP"]))
             say("startup", PID)
             if cluster.worker is not None:
                 cluster.worker.on("disconnecting", lambda: say("draining", PID))
@@ -99,7 +103,7 @@ async def app(scope, receive, send):
     elif path == "/stream":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})
-        for _ in range(300):
+        for _ in range(int(query.partition("=")[2] or 300)):
             await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
