@@ -51,7 +51,8 @@ class App:
 
     def __init__(self, name: str, *argv: str, env: dict | None = None,
                  stdin=subprocess.DEVNULL, cmd: list[str] | None = None,
-                 cwd: str | os.PathLike | None = None, merge_stderr: bool = False) -> None:
+                 cwd: str | os.PathLike | None = None, merge_stderr: bool = False,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         """name: a scenario in tests/apps run with argv; or, with cmd, any
         command line (then name only labels it). merge_stderr: one stream of
         lines, the primary's log among them."""
@@ -61,7 +62,7 @@ class App:
         self.proc = subprocess.Popen(
             cmd or [sys.executable, str(APPS / name), *argv], stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, stdin=stdin,
-            env=full_env, start_new_session=True, cwd=cwd)
+            env=full_env, start_new_session=True, cwd=cwd, pass_fds=pass_fds)
         self._buf = b""
         self._err: str | None = None
         self.lines: list[str] = []

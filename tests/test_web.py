@@ -177,6 +177,43 @@ def test_a_unix_socket_bind(app, tmp_path):
     assert not path.exists()
 
 
+def test_an_inherited_socket_is_shared_and_outlives_the_primary(app):
+    """--bind fd://N, as systemd's socket activation hands it over: both
+    workers serve it; a connection made while no primary runs waits in its
+    backlog and is answered by the next primary."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port, fd = listener.getsockname()[1], listener.fileno()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind", f"fd://{fd}",
+           "webapp:app"]
+    a = app("fd", cmd=cmd, cwd=WEBAPPS, merge_stderr=True, pass_fds=(fd,))
+    serving(a)
+    assert any(f"listening on 127.0.0.1:{port}" in line for line in a.lines), a.lines
+    assert len({get(port)[2].split()[1] for _ in range(6)}) == 2
+    stop(a)
+    early = socket.create_connection(("127.0.0.1", port), timeout=10)   # nobody serves
+    early.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    b = app("fd", cmd=cmd, cwd=WEBAPPS, merge_stderr=True, pass_fds=(fd,))
+    serving(b)
+    assert early.recv(4096).startswith(b"HTTP/1.1 200 ")
+    early.close()
+    stop(b)
+    listener.close()
+
+
+def test_an_fd_that_is_not_a_listening_socket_is_refused(app):
+    r, w = os.pipe()
+    try:
+        cmd = [sys.executable, "-m", "cluster_ext", "run", "--bind", f"fd://{r}", "webapp:app"]
+        a = app("fd", cmd=cmd, cwd=WEBAPPS, merge_stderr=True, pass_fds=(r,))
+        text = "\n".join(a.finish(code=2))
+        assert f"fd {r} is not" in text and "forked" not in text, text
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_messages_from_inside_a_request_handler(app):
     """web.serve() from a script: a handler asks the primary and awaits its
     answer, which arrives as 'message' on the application's loop."""
@@ -481,7 +518,8 @@ def test_parse_bind():
     assert web.parse_bind("[::1]:8080") == ("tcp", "::1", 8080)
     assert web.parse_bind(":8000") == ("tcp", "0.0.0.0", 8000)
     assert web.parse_bind("unix:/tmp/x.sock") == ("unix", "/tmp/x.sock", 0)
-    for bad in ("host:port", "unix:", "1.2.3.4:70000"):
+    assert web.parse_bind("fd://3") == ("fd", "", 3)
+    for bad in ("host:port", "unix:", "1.2.3.4:70000", "fd://x"):
         with pytest.raises(ValueError):
             web.parse_bind(bad)
 

@@ -19,11 +19,39 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
 from . import _core, _protocol, _runtime, _worker
 from ._runtime import SCHED_NONE, SCHED_RR
 
+_adopted: dict[Any, socket.socket] = {}   # inherited listening sockets, by address
+
+
+def adopt(fd: int) -> _protocol.Address:
+    """Takes the inherited listening socket fd (systemd's, a supervisor's) as
+    the one to share for its address: a listen() on that address gets it
+    instead of binding anew, and fd itself stays open in this process, so
+    the socket outlives this primary and refuses nothing between two."""
+    import socket
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        raise ValueError(f"fd {fd} is not an open socket: {exc.strerror}") from None
+    if sock.type != socket.SOCK_STREAM or \
+            not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.close()
+        raise ValueError(f"fd {fd} is not a listening stream socket")
+    sock.setblocking(False)
+    address = address_of(sock)
+    _adopted[address] = sock
+    return address
+
 
 def listen_socket(host: str | None, port: int, path: str | None,
                   backlog: int) -> tuple[socket.socket, _protocol.Address]:
-    """A bound, listening, non-blocking socket and its address."""
+    """A bound, listening, non-blocking socket and its address (a duplicate
+    of an adopted one, if one listens there)."""
     import socket
+    adopted = _adopted.get(path if path is not None else (host, port))
+    if adopted is not None:
+        sock = socket.socket(fileno=os.dup(adopted.fileno()))
+        sock.setblocking(False)
+        return sock, address_of(sock)
     if path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = path
@@ -96,7 +124,7 @@ class SharedHandle:
             self.balancer.close()
         if self.sock is not None:
             self.sock.close()
-        if isinstance(self.address, str):
+        if isinstance(self.address, str) and self.address not in _adopted:
             try:
                 os.unlink(self.address)
             except OSError:

@@ -68,8 +68,8 @@ def _web_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     web = parser.add_argument_group("web applications (APP is module:attribute)")
     web.add_argument("-b", "--bind", action="append", default=None, metavar="ADDR",
-                     help="HOST:PORT, [IPv6]:PORT or unix:PATH; repeatable "
-                          "(default 127.0.0.1:8000)")
+                     help="HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (an inherited "
+                          "listening socket); repeatable (default 127.0.0.1:8000)")
     web.add_argument("--interface", choices=("auto", "asgi", "asgi3", "asgi2", "wsgi"),
                      default="auto", help="the application's interface (default: detected)")
     web.add_argument("--factory", action="store_true",
@@ -167,8 +167,7 @@ def _check_web(args: argparse.Namespace) -> str | None:
     """In the primary, before any fork: what stops APP from being served."""
     from . import web
     try:
-        for bind in args.bind or []:
-            web.parse_bind(bind)
+        web.adopt_fds([web.parse_bind(bind) for bind in args.bind or []])
         web.check_extra()
         app = web.load_app(args.app, factory=args.factory)
         if args.interface == "auto":

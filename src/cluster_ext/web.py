@@ -24,19 +24,20 @@ import inspect
 import os
 import sys
 
-from . import _fleet, _runtime, _worker, aio
+from . import _fleet, _runtime, _shared, _worker, aio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeAlias
 
-    # ("tcp", host, port) or ("unix", path, 0)
+    # ("tcp", host, port), ("unix", path, 0) or ("fd", "", fd)
     Bind: TypeAlias = tuple[str, str, int]
 
 __all__ = ["serve", "load_app", "detect_interface", "parse_bind", "AppLoadError"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
+FD_BINDS = "CLUSTER_EXT_FD_BINDS"     # the primary tells its workers: fd N listens at ADDRESS
 INTERFACES = ("auto", "asgi", "asgi3", "asgi2", "wsgi")
 FIRST_REQUEST_GRACE = 1.0     # a connection accepted before the drain: its request's time to come
 KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently may be sending again
@@ -121,14 +122,20 @@ def detect_interface(app: Any) -> str:
 
 
 def parse_bind(text: str) -> Bind:
-    """gunicorn's --bind: HOST:PORT, [IPv6]:PORT, :PORT, PORT, unix:PATH."""
+    """gunicorn's --bind: HOST:PORT, [IPv6]:PORT, :PORT, PORT, unix:PATH, and
+    fd://N, a listening socket inherited as descriptor N (from systemd or a
+    supervisor), which the primary adopts and shares."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
             raise ValueError(f"--bind {text!r}: unix: needs a path")
         return ("unix", os.path.abspath(path), 0)
     if text.startswith("fd://"):
-        raise ValueError(f"--bind {text!r}: fd:// (an inherited socket) is not supported yet")
+        try:
+            fd = int(text[5:])
+        except ValueError:
+            raise ValueError(f"--bind {text!r}: fd:// takes a descriptor number") from None
+        return ("fd", "", fd)
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = "127.0.0.1", text
@@ -166,8 +173,37 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     check_extra()
     if isinstance(app, str):
         load_app(app, factory=factory)   # fails here, once, before any fork
+    adopt_fds(addresses)
     _fleet.supervise(workers, graceful_timeout=graceful_timeout,
                      heartbeat_timeout=heartbeat_timeout)
+
+
+def adopt_fds(addresses: list[Bind]) -> None:
+    """In the primary: every fd:// bind's socket becomes the shared one for its
+    address, and the workers learn that address from the environment."""
+    mapping = dict(item.split("=", 1) for item in os.environ.get(FD_BINDS, "").split(";")
+                   if "=" in item)
+    for kind, _, fd in addresses:
+        if kind == "fd" and str(fd) not in mapping:
+            address = _shared.adopt(fd)
+            mapping[str(fd)] = (f"unix:{address}" if isinstance(address, str)
+                                else f"[{address[0]}]:{address[1]}")
+    if mapping:
+        os.environ[FD_BINDS] = ";".join(f"{fd}={where}" for fd, where in mapping.items())
+
+
+def _resolve_fds(addresses: list[Bind]) -> list[Bind]:
+    """In a worker: an fd:// bind is the address its socket listens at."""
+    mapping = dict(item.split("=", 1) for item in os.environ.get(FD_BINDS, "").split(";")
+                   if "=" in item)
+    resolved = []
+    for bind in addresses:
+        if bind[0] == "fd":
+            if str(bind[2]) not in mapping:
+                raise ValueError(f"--bind fd://{bind[2]}: the primary did not adopt it")
+            bind = parse_bind(mapping[str(bind[2])])
+        resolved.append(bind)
+    return resolved
 
 
 def check_extra() -> None:
@@ -188,6 +224,7 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
     failure, told to the primary: the process exits 3."""
     try:
         check_extra()
+        addresses = _resolve_fds(addresses)
         if isinstance(app, str):
             app = load_app(app, factory=factory)
         config = _config(app, interface, threads, access_log, server_options)
