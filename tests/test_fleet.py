@@ -201,6 +201,7 @@ def test_a_second_sigterm_during_a_hung_reload_stops_at_once(app):
         assert time.monotonic() - t0 < 5
         assert lines[-1] == "stopped"
         forks = [line.split()[1] for line in lines if line.startswith("fork ")]
-        assert forks == ["1", "2", "3"], lines
+        assert forks == ["1", "2", "3"], "\n".join(lines) + a.stderr()
         exits = sorted(line for line in lines if line.startswith("exit "))
-        assert len(exits) == 3 and all(" SIGKILL " in line for line in exits), exits
+        assert len(exits) == 3 and all(" SIGKILL " in line for line in exits), \
+            (exits, a.stderr())

@@ -58,10 +58,17 @@ else:
                 sock.on("data", lambda d: sock.end(f"pong {os.getpid()}\n".encode()))
         net.create_server(answer).listen(int(os.environ["PORT"]), "127.0.0.1")
     if MODE == "deaf":
+        import select
         sock = cluster.listen_socket(int(os.environ["PORT"]), "127.0.0.1")
-        sock.setblocking(True)
+        # One open file for every worker: its O_NONBLOCK is theirs too, so it
+        # stays non-blocking, and another worker may take a connection first.
         while True:                      # the cluster's loop never turns again
-            conn, _ = sock.accept()
+            select.select([sock], [], [])
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                continue
+            conn.setblocking(True)
             with conn:
                 conn.recv(64)
                 conn.sendall(f"pong {os.getpid()}\n".encode())
