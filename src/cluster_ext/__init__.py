@@ -119,3 +119,5 @@ else:
     sys.modules[__name__].__class__ = _ClusterModule
 if _runtime.is_worker:
     _worker.boot_from_env()
+else:
+    _shared.adopt_listen_fds()      # systemd's socket activation, if it is ours

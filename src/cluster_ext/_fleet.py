@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _core, _fast, _primary, _runtime, _worker
+from . import _core, _fast, _notify, _primary, _runtime, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,6 +40,14 @@ class BootError(RuntimeError):
         self.worker_id, self.reason = worker_id, reason
 
 
+def _write_file(path: str, text: str) -> None:
+    """Whole or not at all: written beside, then renamed over."""
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
 def _report(message: str) -> None:
     # logging is imported here, not at the top: every worker imports this module
     import logging
@@ -59,6 +67,8 @@ def reload(callback: Callable[[], Any] | None = None, *,
     reload: nothing more is forked."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
+    if _active is not None:
+        _active.reload_began()
     if timeout is None:
         timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
     workers = _runtime.workers
@@ -68,14 +78,19 @@ def reload(callback: Callable[[], Any] | None = None, *,
     def stopping() -> bool:
         return _active is not None and _active.stopping > 0
 
+    def ended(complete: bool) -> None:
+        if _active is not None:
+            _active.reload_ended(complete)
+        if complete and callback is not None:
+            callback()
+
     def step() -> None:
         while old and (old[0].is_dead() or not old[0].is_connected()):
             old.pop(0)
         if stopping():
             return
         if not old:
-            if callback is not None:
-                callback()
+            ended(True)
             return
         replace(old.pop(0), RELOAD_TRIES)
 
@@ -98,11 +113,14 @@ def reload(callback: Callable[[], Any] | None = None, *,
             if new.boot_failure is not None:  # the new code cannot start: keep the old
                 _report(f"reload stopped, the workers keep their code: worker {new.id} "
                         f"failed to boot: {new.boot_failure}")
+                ended(False)
                 return
             if w.is_dead():               # both gone: its slot is the fleet's to refill
                 step()
             elif tries > 1:
                 replace(w, tries - 1)
+            else:
+                ended(False)
 
         new.once(ready, replaced)
         new.once("exit", failed)
@@ -125,6 +143,10 @@ class _Fleet:
         self.pending: list[_core.Handle] = []    # respawn timers waiting out their back-off
         self.heartbeat: _core.Handle | None = None
         self.proven = False              # a worker of this fleet has listened
+        self.ready = False               # every worker serves (READY=1, the ready file)
+        self.restarts = 0
+        self.ready_file: str | None = None
+        self.timers: list[_core.Handle] = []      # the watchdog's, readiness's
 
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
@@ -144,6 +166,11 @@ class _Fleet:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
         if self.stopping or not self.respawn:
+            if not self.workers():       # the last one: nothing keeps the loop turning
+                for handle in self.timers:
+                    handle.cancel()
+                if self.heartbeat is not None:
+                    self.heartbeat.cancel()
             return
         if w.boot_failure is not None:
             if not self.proven:          # the code has never served: do not retry it
@@ -176,13 +203,19 @@ class _Fleet:
     def respawn_one(self, timer: _core.Handle) -> None:
         self.pending.remove(timer)
         if self.live() < self.size:
+            self.restarts += 1
             self.spawn()
+            _notify.notify(f"STATUS={self.status()}")
 
     def stop(self, now: bool = False) -> None:
         self.stopping += 1
-        for timer in self.pending:
+        if self.stopping == 1:
+            _notify.notify("STOPPING=1", "STATUS=stopping")
+            self.unready()
+        for timer in self.pending + self.timers:
             timer.cancel()
         self.pending.clear()
+        self.timers.clear()
         if self.heartbeat is not None:
             self.heartbeat.cancel()
             self.heartbeat = None
@@ -191,6 +224,13 @@ class _Fleet:
                 w.kill("SIGKILL")
         else:
             _primary.disconnect(timeout=self.graceful_timeout)
+
+    def unready(self) -> None:
+        if self.ready_file is not None:
+            try:
+                os.unlink(self.ready_file)
+            except FileNotFoundError:
+                pass
 
     def workers(self) -> list[Worker]:
         assert _runtime.workers is not None
@@ -211,6 +251,49 @@ class _Fleet:
 
     def on_listening(self, w: Worker, address: Any) -> None:
         self.proven = True
+        self.check_ready()
+
+    def on_online(self, w: Worker) -> None:
+        """A fleet whose workers never listen is ready once they are all
+        online and a second has passed without a 'listening'."""
+        if not self.proven and self.count("online", "listening") >= self.size:
+            self.timers.append(_runtime.call_later(1.0, self.check_ready, True))
+
+    def count(self, *states: str) -> int:
+        return sum(1 for w in self.workers()
+                   if w.state in states and not w.exited_after_disconnect)
+
+    def check_ready(self, without_listening: bool = False) -> None:
+        if self.ready or self.stopping:
+            return
+        if self.count("listening") >= self.size or (
+                without_listening and not self.proven
+                and self.count("online", "listening") >= self.size):
+            self.ready = True
+            _notify.notify("READY=1", f"STATUS={self.status()}")
+            if self.ready_file is not None:
+                _write_file(self.ready_file, f"{os.getpid()}\n")
+            import logging
+            logging.getLogger("cluster_ext").info("ready: %s", self.status())
+
+    def status(self) -> str:
+        return (f"{self.count('listening', 'online')} workers, "
+                f"{self.count('listening')} listening, {self.restarts} restarts")
+
+    def reload_began(self) -> None:
+        _notify.reloading()
+
+    def reload_ended(self, complete: bool) -> None:
+        if not self.stopping:
+            _notify.notify("READY=1", "STATUS=" + ("reloaded: " if complete else
+                                                   "reload stopped: ") + self.status())
+
+    def watchdog(self) -> None:
+        _notify.notify("WATCHDOG=1")
+        interval = _notify.watchdog_interval
+        assert interval is not None      # watchdog() runs only with an interval
+        self.timers.append(_runtime.call_later(interval, self.watchdog))
+        del self.timers[:-4]             # the fired ones
 
     def on_pong(self, w: Worker) -> None:
         self.pongs[w.id] = time.monotonic()
@@ -235,12 +318,16 @@ class _Fleet:
 def supervise(workers: int | None = None, *, respawn: bool = True,
               graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
               heartbeat_timeout: float | None = None,
-              backoff: tuple[float, float] = (0.1, 15.0)) -> None:
+              backoff: tuple[float, float] = (0.1, 15.0),
+              pid_file: str | None = None, ready_file: str | None = None) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
     at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
     oldest. Raises CrashLoopError instead of respawning forever, and
-    BootError when a worker cannot start before any worker has listened."""
+    BootError when a worker cannot start before any worker has listened.
+    Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
+    WATCHDOG); pid_file holds the primary's pid while it runs, ready_file
+    exists exactly while every worker serves."""
     global _active
     import signal
     if not _runtime.is_primary:
@@ -253,6 +340,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
     fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
+    fleet.ready_file = ready_file and os.path.abspath(ready_file)
+    pid_file = pid_file and os.path.abspath(pid_file)
+    _notify.start()
     handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),
                 signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
                 signal.SIGTTOU: lambda *_: fleet.shrink()}
@@ -262,8 +352,14 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
     emitter.on("listening", fleet.on_listening)
+    emitter.on("online", fleet.on_online)
     _active = fleet
     try:
+        if pid_file is not None:
+            _write_file(pid_file, f"{os.getpid()}\n")
+        fleet.unready()                  # a file left by a primary that died
+        if _notify.watchdog_interval is not None:
+            fleet.watchdog()
         for _ in range(size):
             fleet.spawn()
         if heartbeat_timeout is not None:
@@ -274,6 +370,15 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)
+        emitter.off("online", fleet.on_online)
+        fleet.unready()
+        for path in (pid_file,):
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        _notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():
             signal.signal(sig, fn)

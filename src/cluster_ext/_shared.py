@@ -42,6 +42,60 @@ def adopt(fd: int) -> _protocol.Address:
     return address
 
 
+FD_BINDS = "CLUSTER_EXT_FD_BINDS"   # the primary tells its workers: fd N listens at ADDRESS
+
+
+def fd_binds() -> dict[str, str]:
+    """fd number -> the --bind form of the address its adopted socket has."""
+    return dict(item.split("=", 1) for item in os.environ.get(FD_BINDS, "").split(";")
+                if "=" in item)
+
+
+def adopt_bind(fd: int) -> None:
+    """adopt(fd), and tell the workers (through their environment) where it
+    listens, for their --bind fd://N."""
+    mapping = fd_binds()
+    if str(fd) in mapping:
+        return
+    address = adopt(fd)
+    mapping[str(fd)] = (f"unix:{address}" if isinstance(address, str)
+                        else f"[{address[0]}]:{address[1]}")
+    os.environ[FD_BINDS] = ";".join(f"{n}={where}" for n, where in mapping.items())
+
+
+def adopt_listen_fds() -> None:
+    """systemd's socket activation (sd_listen_fds(3)): when LISTEN_PID is this
+    process, the LISTEN_FDS descriptors from 3 on are adopted. The variables
+    are removed either way, so that workers and the application's children
+    never take them for theirs; what cannot be adopted is a warning."""
+    env = os.environ
+    if "LISTEN_FDS" not in env:
+        return
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    env.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()):
+        _warn(f"LISTEN_FDS ignored: LISTEN_PID={pid!r} is not this process ({os.getpid()})")
+        return
+    try:
+        n = int(count)
+    except ValueError:
+        _warn(f"LISTEN_FDS ignored: {count!r} is not a number")
+        return
+    for fd in range(3, 3 + n):
+        try:
+            adopt_bind(fd)
+        except ValueError as exc:
+            _warn(f"LISTEN_FDS: {exc}: not adopted")
+            continue
+        os.set_inheritable(fd, False)    # the application's children must not get it
+
+
+def _warn(message: str) -> None:
+    # logging only on this rare path: every worker imports this module
+    import logging
+    logging.getLogger("cluster_ext").warning("%s", message)
+
+
 def listen_socket(host: str | None, port: int, path: str | None,
                   backlog: int) -> tuple[socket.socket, _protocol.Address]:
     """A bound, listening, non-blocking socket and its address (a duplicate

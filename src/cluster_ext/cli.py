@@ -61,6 +61,11 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
                         help="kill and replace a worker whose event loop has not answered "
                              "for S seconds (default: off)")
+    common.add_argument("--pid-file", default=None, metavar="PATH",
+                        help="write the primary's pid to PATH while it runs")
+    common.add_argument("--ready-file", default=None, metavar="PATH",
+                        help="a file that exists exactly while every worker serves "
+                             "(for exec readiness probes)")
     return common
 
 
@@ -157,7 +162,7 @@ def _web_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_web(args: argparse.Namespace) -> None:
     from . import web
-    web.serve_worker(args.app, [web.parse_bind(b) for b in args.bind or [web.DEFAULT_BIND]],
+    web.serve_worker(args.app, [web.parse_bind(b) for b in args.bind or web.default_binds()],
                      interface=args.interface, graceful_timeout=args.graceful_timeout,
                      factory=args.factory, threads=args.threads, access_log=args.access_log,
                      server_options=_web_options(args))
@@ -244,7 +249,8 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
              args.workers or os.cpu_count(), what)
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
-                          heartbeat_timeout=args.heartbeat_timeout)
+                          heartbeat_timeout=args.heartbeat_timeout, pid_file=args.pid_file,
+                          ready_file=args.ready_file)
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
         return 1

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["serve", "load_app", "detect_interface", "parse_bind", "AppLoadError"]
 
 DEFAULT_BIND = "127.0.0.1:8000"
-FD_BINDS = "CLUSTER_EXT_FD_BINDS"     # the primary tells its workers: fd N listens at ADDRESS
 INTERFACES = ("auto", "asgi", "asgi3", "asgi2", "wsgi")
 FIRST_REQUEST_GRACE = 1.0     # a connection accepted before the drain: its request's time to come
 KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently may be sending again
@@ -181,21 +180,19 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
 def adopt_fds(addresses: list[Bind]) -> None:
     """In the primary: every fd:// bind's socket becomes the shared one for its
     address, and the workers learn that address from the environment."""
-    mapping = dict(item.split("=", 1) for item in os.environ.get(FD_BINDS, "").split(";")
-                   if "=" in item)
     for kind, _, fd in addresses:
-        if kind == "fd" and str(fd) not in mapping:
-            address = _shared.adopt(fd)
-            mapping[str(fd)] = (f"unix:{address}" if isinstance(address, str)
-                                else f"[{address[0]}]:{address[1]}")
-    if mapping:
-        os.environ[FD_BINDS] = ";".join(f"{fd}={where}" for fd, where in mapping.items())
+        if kind == "fd":
+            _shared.adopt_bind(fd)
+
+
+def default_binds() -> list[str]:
+    """Every socket systemd (or a supervisor) handed over, else 127.0.0.1:8000."""
+    return [f"fd://{fd}" for fd in _shared.fd_binds()] or [DEFAULT_BIND]
 
 
 def _resolve_fds(addresses: list[Bind]) -> list[Bind]:
     """In a worker: an fd:// bind is the address its socket listens at."""
-    mapping = dict(item.split("=", 1) for item in os.environ.get(FD_BINDS, "").split(";")
-                   if "=" in item)
+    mapping = _shared.fd_binds()
     resolved = []
     for bind in addresses:
         if bind[0] == "fd":

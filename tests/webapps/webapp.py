@@ -107,6 +107,8 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/env":                          # /env?NAME: the worker's os.environ[NAME]
+        await _answer(send, f"{os.environ.get(query, '-')}\n".encode())
     elif path == "/boom":
         raise RuntimeError("boom")
     else:

@@ -1,0 +1,120 @@
+"""Fitting systemd: socket activation through systemd's own
+systemd-socket-activate, sd_notify to a datagram socket the test holds, and
+the pid and ready files."""
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from conftest import free_port
+from test_web import WEBAPPS, get, serving, stop, until
+
+pytest.importorskip("uvicorn")
+
+
+def test_socket_activation_with_systemds_own_tool(app):
+    """systemd-socket-activate listens, and execs the primary on the first
+    connection with LISTEN_FDS: the primary adopts the socket (no --bind),
+    both workers serve it, the first connection included, and the variables
+    reach no worker."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("systemd-socket-activate is not installed")
+    port = free_port()
+    cmd = [tool, "-l", f"127.0.0.1:{port}", sys.executable, "-m", "cluster_ext", "run",
+           "-w", "2", "webapp:app"]
+    a = app("activated", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+    until(a, "Listening on")
+    first = socket.create_connection(("127.0.0.1", port), timeout=20)
+    first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    serving(a)                                    # systemd-socket-activate exec'd us
+    assert first.recv(4096).startswith(b"HTTP/1.1 200 ")
+    first.close()
+    assert len({get(port)[2].split()[1] for _ in range(6)}) == 2
+    assert get(port, "/env?LISTEN_FDS")[2].strip() == "-"
+    assert get(port, "/env?LISTEN_PID")[2].strip() == "-"
+    stop(a)
+
+
+class Notifications:
+    """The datagrams sd_notify sends, on a socket this test binds."""
+
+    def __init__(self, tmp_path, abstract=False):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"cluster_ext-test-{os.getpid()}-{time.monotonic_ns()}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = str(tmp_path / "notify.sock")
+            self.sock.bind(self.address)
+        self.seen = []
+
+    def until(self, line, timeout=20):
+        """Datagrams until one holds line; returns that datagram's lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                lines = self.sock.recv(4096).decode().split("\n")
+            except TimeoutError:
+                pytest.fail(f"no {line!r} within {timeout} s; seen {self.seen}")
+            self.seen.append(lines)
+            if line in lines:
+                return lines
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_ready_reloading_stopping_watchdog(app, tmp_path, abstract):
+    n = Notifications(tmp_path, abstract)
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind",
+           f"127.0.0.1:{port}", "webapp:app"]
+    a = app("notify", cmd=cmd, cwd=WEBAPPS, merge_stderr=True,
+            env={"NOTIFY_SOCKET": n.address, "WATCHDOG_USEC": "400000"})
+    ready = n.until("READY=1")
+    assert "STATUS=2 workers, 2 listening, 0 restarts" in ready, ready
+    assert get(port)[0] == 200                    # ready means serving
+    n.until("WATCHDOG=1")
+    n.until("WATCHDOG=1")                         # every 0.2 s: the loop turns
+    assert get(port, "/env?NOTIFY_SOCKET")[2].strip() == "-"   # the workers' is gone
+    os.kill(a.pid, signal.SIGHUP)
+    reloading = n.until("RELOADING=1")
+    assert any(line.startswith("MONOTONIC_USEC=") for line in reloading), reloading
+    reloaded = n.until("READY=1")
+    assert any(line.startswith("STATUS=reloaded") for line in reloaded), reloaded
+    os.kill(a.pid, signal.SIGTERM)
+    n.until("STOPPING=1")
+    a.finish(code=0)
+
+
+def test_an_unreachable_notify_socket_is_one_warning(app, tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "1", "--bind",
+           f"127.0.0.1:{port}", "webapp:app"]
+    a = app("notify", cmd=cmd, cwd=WEBAPPS, merge_stderr=True,
+            env={"NOTIFY_SOCKET": str(tmp_path / "nobody-here.sock")})
+    serving(a, 1)
+    assert get(port)[0] == 200
+    lines = stop(a)
+    warnings = [line for line in lines if "NOTIFY_SOCKET" in line]
+    assert len(warnings) == 1, lines
+
+
+def test_pid_and_ready_files(app, tmp_path):
+    pid_file, ready_file = tmp_path / "cluster.pid", tmp_path / "ready"
+    ready_file.write_text("left by a primary that died\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind",
+           f"127.0.0.1:{port}", "--pid-file", str(pid_file), "--ready-file",
+           str(ready_file), "webapp:app"]
+    a = app("files", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+    until(a, "ready: 2 workers, 2 listening")     # logged once the file is written
+    assert ready_file.read_text() == f"{a.pid}\n"
+    assert pid_file.read_text() == f"{a.pid}\n"
+    stop(a)
+    assert not pid_file.exists() and not ready_file.exists()
