@@ -5,8 +5,10 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,19 @@ def test_pid_and_ready_files(app, tmp_path):
     assert pid_file.read_text() == f"{a.pid}\n"
     stop(a)
     assert not pid_file.exists() and not ready_file.exists()
+
+
+def test_the_example_units_pass_systemd_analyze_verify(tmp_path):
+    """examples/systemd/, with its paths pointed at this checkout."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    units = Path(__file__).resolve().parent.parent / "examples" / "systemd"
+    script = Path(sys.executable).parent / "cluster-ext"
+    for unit in units.iterdir():
+        text = unit.read_text().replace("/opt/app/.venv/bin/cluster-ext", str(script))
+        (tmp_path / unit.name).write_text(text.replace("/opt/app", str(units.parent.parent)))
+    r = subprocess.run([tool, "verify", "--man=no",
+                        *sorted(str(p) for p in tmp_path.iterdir())],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
