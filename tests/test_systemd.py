@@ -136,3 +136,39 @@ def test_the_example_units_pass_systemd_analyze_verify(tmp_path):
                         *sorted(str(p) for p in tmp_path.iterdir())],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_a_drain_delay_serves_on_after_sigterm_then_stops(app, tmp_path):
+    """SIGTERM with --drain-delay: not ready at once (file gone, STOPPING=1),
+    still serving through the delay, then the graceful stop."""
+    n = Notifications(tmp_path)
+    ready_file = tmp_path / "ready"
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind",
+           f"127.0.0.1:{port}", "--drain-delay", "1.5", "--ready-file", str(ready_file),
+           "webapp:app"]
+    a = app("drain", cmd=cmd, cwd=WEBAPPS, merge_stderr=True,
+            env={"NOTIFY_SOCKET": n.address})
+    n.until("READY=1")
+    os.kill(a.pid, signal.SIGTERM)
+    n.until("STOPPING=1")
+    until(a, "stopping in 1.5 s (drain delay)")
+    assert not ready_file.exists()
+    for _ in range(5):
+        assert get(port)[0] == 200                # new connections are still served
+    lines = a.finish(code=0)
+    assert sum("exited (code 0, as asked)" in line for line in lines) == 2, lines
+
+
+def test_the_kubernetes_example_parses_and_its_stop_fits_the_grace_period():
+    yaml = pytest.importorskip("yaml")
+    from cluster_ext import cli
+    path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "deployment.yaml"
+    deployment = next(d for d in yaml.safe_load_all(path.read_text())
+                      if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    assert command[0] == "cluster-ext"
+    args = cli._parser("cluster-ext").parse_args(command[1:])    # every flag is ours
+    assert args.ready_file == "/tmp/ready" and args.pid_file == "/tmp/cluster.pid"
+    assert args.drain_delay + args.graceful_timeout < pod["terminationGracePeriodSeconds"]

@@ -48,6 +48,11 @@ def _write_file(path: str, text: str) -> None:
     os.replace(partial, path)
 
 
+def _report_info(message: str) -> None:
+    import logging
+    logging.getLogger("cluster_ext").info("%s", message)
+
+
 def _report(message: str) -> None:
     # logging is imported here, not at the top: every worker imports this module
     import logging
@@ -146,6 +151,7 @@ class _Fleet:
         self.ready = False               # every worker serves (READY=1, the ready file)
         self.restarts = 0
         self.ready_file: str | None = None
+        self.drain_delay = 0.0
         self.timers: list[_core.Handle] = []      # the watchdog's, readiness's
 
     def spawn(self) -> None:
@@ -222,6 +228,13 @@ class _Fleet:
         if now or self.stopping > 1:     # a second signal: at once
             for w in self.workers():
                 w.kill("SIGKILL")
+        elif self.drain_delay > 0:
+            # Serve on while the load balancer (Kubernetes' endpoints) lets
+            # go of this instance: no request meets a closed port.
+            _report_info(f"stopping in {self.drain_delay:g} s (drain delay); "
+                         "the workers serve until then")
+            self.timers.append(_runtime.call_later(
+                self.drain_delay, lambda: _primary.disconnect(timeout=self.graceful_timeout)))
         else:
             _primary.disconnect(timeout=self.graceful_timeout)
 
@@ -273,8 +286,7 @@ class _Fleet:
             _notify.notify("READY=1", f"STATUS={self.status()}")
             if self.ready_file is not None:
                 _write_file(self.ready_file, f"{os.getpid()}\n")
-            import logging
-            logging.getLogger("cluster_ext").info("ready: %s", self.status())
+            _report_info(f"ready: {self.status()}")
 
     def status(self) -> str:
         return (f"{self.count('listening', 'online')} workers, "
@@ -319,7 +331,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
               graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
               heartbeat_timeout: float | None = None,
               backoff: tuple[float, float] = (0.1, 15.0),
-              pid_file: str | None = None, ready_file: str | None = None) -> None:
+              pid_file: str | None = None, ready_file: str | None = None,
+              drain_delay: float = 0.0) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
     at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
@@ -327,7 +340,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     BootError when a worker cannot start before any worker has listened.
     Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
     WATCHDOG); pid_file holds the primary's pid while it runs, ready_file
-    exists exactly while every worker serves."""
+    exists exactly while every worker serves. drain_delay: seconds a graceful
+    stop keeps serving (not ready, STOPPING=1) before it disconnects."""
     global _active
     import signal
     if not _runtime.is_primary:
@@ -340,7 +354,10 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
     fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
+    if drain_delay < 0:
+        raise ValueError("drain_delay must not be negative")
     fleet.ready_file = ready_file and os.path.abspath(ready_file)
+    fleet.drain_delay = drain_delay
     pid_file = pid_file and os.path.abspath(pid_file)
     _notify.start()
     handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),

@@ -61,6 +61,9 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
                         help="kill and replace a worker whose event loop has not answered "
                              "for S seconds (default: off)")
+    common.add_argument("--drain-delay", type=float, default=0.0, metavar="S",
+                        help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
+                             "before the graceful stop, while a load balancer lets go")
     common.add_argument("--pid-file", default=None, metavar="PATH",
                         help="write the primary's pid to PATH while it runs")
     common.add_argument("--ready-file", default=None, metavar="PATH",
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=args.heartbeat_timeout, pid_file=args.pid_file,
-                          ready_file=args.ready_file)
+                          ready_file=args.ready_file, drain_delay=args.drain_delay)
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
         return 1
