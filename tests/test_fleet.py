@@ -205,3 +205,19 @@ def test_a_second_sigterm_during_a_hung_reload_stops_at_once(app):
         exits = sorted(line for line in lines if line.startswith("exit "))
         assert len(exits) == 3 and all(" SIGKILL " in line for line in exits), \
             (exits, a.stderr())
+
+
+def test_a_worker_that_disconnects_but_never_exits_is_killed_at_the_timeout(app):
+    """'disconnect' came, then a timer keeps the process: the graceful
+    timeout still ends it (SIGKILL), and the stop completes."""
+    a = app("fleet.py", "linger", env={"GRACE": "1"})
+    seen = []
+    lines_until(a, "online", seen)
+    lines_until(a, "online", seen)
+    t0 = time.monotonic()
+    os.kill(a.pid, signal.SIGTERM)               # once: graceful
+    lines = a.finish(code=0, timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert sum(line.startswith("disconnect ") for line in lines) == 2, lines
+    exits = sorted(line for line in lines if line.startswith("exit "))
+    assert exits == ["exit 1 None SIGKILL True", "exit 2 None SIGKILL True"], lines

@@ -144,7 +144,10 @@ def test_an_asgi2_class_and_a_factory_are_detected(app):
     b, port = cli(app, "webapp:create_app", "--factory")
     serving(b)
     assert get(port)[2].startswith("hello ")
-    stop(b)
+    lines = stop(b)
+    # the primary imports the module to check it, but builds no application
+    assert [line for line in lines if line.startswith("factory called")] == \
+        ["factory called in worker"] * 2, lines
 
 
 def test_options_may_follow_the_app_as_uvicorn_takes_them(app):

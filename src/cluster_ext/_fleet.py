@@ -171,6 +171,10 @@ class _Fleet:
     def on_exit(self, w: Worker, code: int | None, sig: Any) -> None:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
+        if w.boot_failure is not None and not self.proven and not self.stopping:
+            self.error = BootError(w.id, w.boot_failure)   # the code has never served
+            self.stop(now=True)
+            return
         if self.stopping or not self.respawn:
             if not self.workers():       # the last one: nothing keeps the loop turning
                 for handle in self.timers:
@@ -179,10 +183,6 @@ class _Fleet:
                     self.heartbeat.cancel()
             return
         if w.boot_failure is not None:
-            if not self.proven:          # the code has never served: do not retry it
-                self.error = BootError(w.id, w.boot_failure)
-                self.stop(now=True)
-                return
             _report(f"worker {w.id} failed to boot: {w.boot_failure}")
         if not w.exited_after_disconnect:
             lived = time.monotonic() - started

@@ -58,6 +58,9 @@ def adopt_bind(fd: int) -> None:
     if str(fd) in mapping:
         return
     address = adopt(fd)
+    os.set_inheritable(fd, False)        # the application's children must not get it
+    if isinstance(address, str) and address.startswith("\0"):
+        raise ValueError(f"fd {fd} listens on an abstract Unix name, which --bind cannot name")
     mapping[str(fd)] = (f"unix:{address}" if isinstance(address, str)
                         else f"[{address[0]}]:{address[1]}")
     os.environ[FD_BINDS] = ";".join(f"{n}={where}" for n, where in mapping.items())
@@ -86,8 +89,6 @@ def adopt_listen_fds() -> None:
             adopt_bind(fd)
         except ValueError as exc:
             _warn(f"LISTEN_FDS: {exc}: not adopted")
-            continue
-        os.set_inheritable(fd, False)    # the application's children must not get it
 
 
 def _warn(message: str) -> None:

@@ -223,9 +223,6 @@ class Worker(EventEmitter):
 
     def _on_channel_closed(self) -> None:
         self._connected = False
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         if not self._primary_side:
             self.state = "disconnected"
             self.emit("disconnect")
@@ -276,6 +273,9 @@ class Worker(EventEmitter):
             self._finish_exit()
 
     def _finish_exit(self) -> None:
+        for timer in self._timers:       # disconnect(timeout) deadlines end at the exit
+            timer.cancel()
+        self._timers.clear()
         assert self._exit_status is not None    # set by _on_exit(), which leads here
         code, sig = self._exit_status
         self._exit_status = None
@@ -360,7 +360,7 @@ class Worker(EventEmitter):
     def disconnect(self, *, timeout: float | None = None) -> Worker:
         """Graceful shutdown: in a worker, close every server, wait for their
         connections, then close the channel. In the primary, ask the worker to;
-        with timeout, SIGKILL it if 'disconnect' has not come in time."""
+        with timeout, SIGKILL it if it has not exited in time."""
         if self._primary_side:
             return self._disconnect_primary(timeout)
         if not self._disconnecting:
@@ -388,7 +388,10 @@ class Worker(EventEmitter):
         return self
 
     def _disconnect_overdue(self) -> None:
-        if self._connected and not self._dead:
+        # Not only a worker that never said 'disconnect': one that did and
+        # then never exits (a thread stuck at the interpreter's exit) holds a
+        # reload or a stop just the same.
+        if not self._dead:
             self.kill("SIGKILL")
 
     def kill(self, signal: Any = "SIGTERM") -> None:

@@ -16,6 +16,7 @@ waits for its connections.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import weakref
@@ -56,6 +57,7 @@ class _Shared(net._SharedServer):
         self.callbacks: list[Callable[[], Any]] = []
         self.protocol_factory = protocol_factory
         self.family: int | None = None       # of the connections the primary hands over
+        self.accept_kw: dict[str, Any] = {}
 
     @property
     def _state(self) -> str:
@@ -86,12 +88,20 @@ class _Shared(net._SharedServer):
         loop.create_task(self._adopt(loop, sock))
 
     async def _adopt(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        made = []
+
+        def factory() -> asyncio.BaseProtocol:
+            made.append(True)
+            return self.counted_protocol()
+
         try:
-            await loop.connect_accepted_socket(self.counted_protocol, sock)
-        except BaseException:
-            sock.close()                     # the peer is gone already
-            self._lost()
-            raise
+            await loop.connect_accepted_socket(factory, sock, **self.accept_kw)
+        except (OSError, asyncio.CancelledError):
+            # The peer is gone already, or the loop is closing. A protocol that
+            # was made counts itself down when its transport closes.
+            sock.close()
+            if not made:
+                self._lost()
 
     def _lost(self) -> None:
         self.connections -= 1
@@ -142,9 +152,20 @@ def protocol_replaced(old: asyncio.BaseProtocol, new: asyncio.BaseProtocol) -> N
         _count(new, shared)
 
 
+_unannounced: dict[Any, Any] = {}     # server -> its shared address, for announce()
+
+
+def announce(server: asyncio.base_events.Server) -> None:
+    """'listening' for a server made with announce=False (a caller that
+    listens on several addresses says so once, when all of them listen)."""
+    address = _unannounced.pop(server, None)
+    if address is not None:
+        net.announce_listening(address)
+
+
 async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
                         host: str | None = None, port: int = 0, *,
-                        path: str | None = None, backlog: int = 511,
+                        path: str | None = None, backlog: int = 511, announce: bool = True,
                         **kw: Any) -> asyncio.base_events.Server:
     """loop.create_server() on a cluster-shared port (or Unix path), with the
     scheduling policy honoured: under SCHED_RR each connection the primary
@@ -170,6 +191,8 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
         net.release_index(spec)
         raise net.listen_error(err, path if path is not None else f"{host or '*'}:{port}")
     shared = _Shared(key, spec, protocol_factory)
+    # a handed-over connection is served as one accepted here would be (TLS)
+    shared.accept_kw = {k: kw[k] for k in ("ssl", "ssl_handshake_timeout") if k in kw}
     if fd is not None:                    # SCHED_NONE: accept on the shared socket
         sock = socket.socket(fileno=fd)
     else:
@@ -181,7 +204,15 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
     shared.server = await loop.create_server(shared.accepted_protocol, sock=sock, **kw)
     net._shared_servers[key] = shared
     _runtime.servers.add(shared)
-    net.announce_listening(address)
+    worker = _runtime.worker
+    assert worker is not None                # a worker's
+    if worker._disconnecting:                # told to go while it listened
+        shared.close()
+        raise OSError(errno.ESHUTDOWN, "the worker is disconnecting")
+    if announce:
+        net.announce_listening(address)
+    else:
+        _unannounced[shared.server] = address
     return shared.server
 
 

@@ -177,8 +177,13 @@ def _check_web(args: argparse.Namespace) -> str | None:
     try:
         web.adopt_fds([web.parse_bind(bind) for bind in args.bind or []])
         web.check_extra()
-        app = web.load_app(args.app, factory=args.factory)
-        if args.interface == "auto":
+        # The primary imports the application, to refuse one that cannot be
+        # served before any fork, but never calls its factory: that builds
+        # the application, and belongs in the workers.
+        app = web.load_app(args.app)
+        if args.factory and not callable(app):
+            raise web.AppLoadError(f"{args.app!r}: --factory, but it is not callable")
+        if args.interface == "auto" and not args.factory:
             web.detect_interface(app)
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
@@ -190,14 +195,24 @@ def _run_app(app: str, args: list[str]) -> None:
     exception before the loop runs is a boot failure, told to the primary."""
     sys.argv = [app, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
+    me = cluster.worker
+    assert me is not None                # _run_app runs in workers only
+
+    def served() -> bool:                # its own loop, or a server that listened
+        return _runtime.ran or me.state == "listening"
+
     try:
         namespace = runpy.run_path(app, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code in (0, None) or served():
+            raise
+        _worker.fail_boot(f"{app} exited with {exc.code!r} before it served")
     except Exception:
-        if _runtime.ran:
+        if served():
             raise                        # it served: a crash, not a boot failure
         import traceback
         _worker.fail_boot(traceback.format_exc())
-    if not _runtime.ran:
+    if not served():
         if not _runtime.servers and callable(namespace.get("app")):
             name = os.path.splitext(os.path.basename(app))[0]
             _worker.fail_boot(f"{app} returned without serving anything; to serve its "

@@ -225,9 +225,10 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         if isinstance(app, str):
             app = load_app(app, factory=factory)
         config = _config(app, interface, threads, access_log, server_options)
-    except AppLoadError as exc:
+        config.load()
+    except (AppLoadError, ValueError, ImportError) as exc:
         _worker.fail_boot(str(exc))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(_traceback(exc))
     server = _WorkerServer(config, addresses, graceful_timeout)
     _run(server.serve(), config.get_loop_factory())
@@ -304,6 +305,7 @@ class _WorkerServer:
         self.addresses = addresses
         self.graceful_timeout = graceful_timeout
         self.state: Any = None
+        self.protocol_class: type = _Draining
         self.ticker: asyncio.TimerHandle | None = None
 
     async def serve(self) -> None:
@@ -315,7 +317,6 @@ class _WorkerServer:
         gone: asyncio.Future[None] = loop.create_future()
         me.on("disconnect", lambda: None if gone.done() else gone.set_result(None))
         config = self.config
-        config.load()
         lifespan = config.lifespan_class(config)
         await lifespan.startup()
         if lifespan.should_exit:
@@ -329,18 +330,27 @@ class _WorkerServer:
                                   app_state=lifespan.state, _loop=loop)
 
         me.on("disconnecting", self.drain)
+        self.protocol_class = protocol_class
+        first: Any = None
+        options: dict[str, Any] = {"backlog": config.backlog, "announce": False}
+        if config.ssl is not None:
+            options["ssl"] = config.ssl
         for kind, where, port in self.addresses:
             if gone.done() or me.exited_after_disconnect:
                 break                        # told to go while it started: nothing to serve
             try:
                 if kind == "unix":
-                    await aio.create_server(protocol, path=where, backlog=config.backlog)
+                    server = await aio.create_server(protocol, path=where, **options)
                 else:
-                    await aio.create_server(protocol, where, port, backlog=config.backlog)
+                    server = await aio.create_server(protocol, where, port, **options)
             except OSError as exc:
                 if exc.errno in (errno.ESHUTDOWN, errno.EPIPE):
                     break                    # the primary refused: this worker is going
-                _worker.fail_boot(str(exc))
+                _worker.fail_boot(exc.strerror or str(exc))
+            first = first or server
+        else:
+            if first is not None:            # 'listening' once every bind listens
+                aio.announce(first)
         # What the worker holds after its start (modules, the application)
         # lives as long as it does: out of the collector's full passes, which
         # otherwise walk it again and again under load.
@@ -365,10 +375,14 @@ class _WorkerServer:
         closed, so that the worker says 'disconnect' before the primary's
         SIGKILL comes."""
         grace = min(FIRST_REQUEST_GRACE, self.graceful_timeout / 4)
+        self.protocol_class.cx_worker_drain = grace  # type: ignore[attr-defined]  # and those to come
         for connection in list(self.state.connections):
             drain = getattr(connection, "cx_drain", None)
             if drain is not None:
-                drain(grace)
+                try:
+                    drain(grace)
+                except Exception:            # one connection must not stop the drain
+                    _log_error("draining a connection")
         overdue = self.graceful_timeout - min(1.0, self.graceful_timeout / 10)
         asyncio.get_running_loop().call_later(overdue, self.overdue)
 
@@ -376,10 +390,19 @@ class _WorkerServer:
         """WebSockets get 1012 (service restart), streaming responses end:
         their applications see the client gone."""
         for connection in list(self.state.connections):
-            connection.shutdown()
+            try:
+                connection.shutdown()
+            except Exception:
+                _log_error("closing a connection at the graceful timeout")
             transport = getattr(connection, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.close()
+            if transport is not None:
+                # abort(): close() would wait for a peer that does not read
+                asyncio.get_running_loop().call_later(0.2, transport.abort)
+
+
+def _log_error(what: str) -> None:
+    import logging
+    logging.getLogger("uvicorn.error").exception("%s", what)
 
 
 async def _bounded(awaitable: Any, timeout: float) -> None:
@@ -435,16 +458,22 @@ class _InlineWSGI:
             if isinstance(result, (list, tuple)):   # the common case: one send()
                 await self.respond(send, head, written + list(result), False)
             else:
-                started = False
-                for chunk in result:
-                    if chunk:
-                        await self.respond(send, head, [*written, chunk], True)
-                        written.clear()
-                        started = True
-                if not started:
-                    await self.respond(send, head, written, False)
-                else:
-                    await send({"type": "http.response.body", "body": b""})
+                left = asyncio.ensure_future(receive())   # http.disconnect, if it comes
+                try:
+                    started = False
+                    for chunk in result:
+                        if chunk:
+                            await self.respond(send, head, [*written, chunk], True)
+                            written.clear()
+                            started = True
+                            if left.done():          # the client is gone: stop iterating
+                                return
+                    if not started:
+                        await self.respond(send, head, written, False)
+                    else:
+                        await send({"type": "http.response.body", "body": b"".join(written)})
+                finally:
+                    left.cancel()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -477,7 +506,9 @@ class _Draining:
     the race in which the peers lose a request per retired worker: the
     client's request crosses the server's close."""
 
+    cx_worker_drain: float | None = None     # set on the class when the worker drains
     cx_draining = False
+    cx_upgraded = False       # handed to the WebSocket protocol
     cx_idle = False           # everything received so far has been answered
     cx_answered_at = 0.0      # loop time of the last response
 
@@ -491,6 +522,8 @@ class _Draining:
         # transport; the requests' cycles write through the coalescing one.
         super().connection_made(transport)  # type: ignore[misc]
         self.transport = _Coalescing(transport)  # type: ignore[assignment]
+        if self.cx_worker_drain is not None:     # made after the drain began
+            self.cx_drain(self.cx_worker_drain)
 
     def data_received(self, data: bytes) -> None:
         self.cx_idle = False
@@ -505,6 +538,7 @@ class _Draining:
         super().on_response_complete()  # type: ignore[misc]
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
+        self.cx_upgraded = True
         super().handle_websocket_upgrade(*args)  # type: ignore[misc]
         aio.protocol_replaced(self, self.transport.get_protocol())  # type: ignore[arg-type]
 
@@ -524,13 +558,15 @@ class _Draining:
         self.loop.call_later(max(grace, 0.05), self.cx_close_if_idle)
 
     def cx_last_request(self) -> None:
+        """The request received last closes the connection: the ones before
+        it (pipelined) are answered as they would have been."""
         cycle = self.cycle
         if cycle is not None:
             cycle.keep_alive = False
-        for queued, _ in getattr(self, "pipeline", ()):
-            queued.keep_alive = False
 
     def cx_close_if_idle(self) -> None:
+        if self.cx_upgraded:                 # a WebSocket now: closed at the timeout
+            return
         cycle = self.cycle
         if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
             self.transport.close()
@@ -566,7 +602,11 @@ class _Coalescing:
         held = self.held
         if held is not None:
             self.held = None
-            self.transport.write(held + data)
+            if len(data) <= 65536:           # a copy is cheaper than a second send()
+                self.transport.write(held + data)
+            else:
+                self.transport.write(held)
+                self.transport.write(data)
         elif data[:9] == b"HTTP/1.1 " and b"\r\ncontent-length:" in data \
                 and data[-4:] == b"\r\n\r\n":
             self.held = data

@@ -132,6 +132,7 @@ class Asgi2App:
 
 
 def create_app():
+    say("factory called in", "worker" if cluster.is_worker else "primary")
     return app
 
 
