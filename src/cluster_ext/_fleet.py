@@ -283,9 +283,12 @@ class _Fleet:
                 without_listening and not self.proven
                 and self.count("online", "listening") >= self.size):
             self.ready = True
-            _notify.notify("READY=1", f"STATUS={self.status()}")
             if self.ready_file is not None:
                 _write_file(self.ready_file, f"{os.getpid()}\n")
+                if self.stopping:            # a stop signal's handler ran meanwhile
+                    self.unready()
+                    return
+            _notify.notify("READY=1", f"STATUS={self.status()}")
             _report_info(f"ready: {self.status()}")
 
     def status(self) -> str:
