@@ -48,15 +48,12 @@ def _write_file(path: str, text: str) -> None:
     os.replace(partial, path)
 
 
-def _report_info(message: str) -> None:
-    import logging
-    logging.getLogger("cluster_ext").info("%s", message)
-
-
-def _report(message: str) -> None:
-    # logging is imported here, not at the top: every worker imports this module
-    import logging
-    logging.getLogger("cluster_ext").error("%s", message.rstrip())
+def _remove(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def reload(callback: Callable[[], Any] | None = None, *,
@@ -72,8 +69,7 @@ def reload(callback: Callable[[], Any] | None = None, *,
     reload: nothing more is forked."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
-    if _active is not None:
-        _active.reload_began()
+    _notify.reloading()                 # nothing without a supervise() under systemd
     if timeout is None:
         timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
     workers = _runtime.workers
@@ -116,8 +112,8 @@ def reload(callback: Callable[[], Any] | None = None, *,
             if stopping():
                 return
             if new.boot_failure is not None:  # the new code cannot start: keep the old
-                _report(f"reload stopped, the workers keep their code: worker {new.id} "
-                        f"failed to boot: {new.boot_failure}")
+                _runtime.log("error", "reload stopped, the workers keep their code: "
+                             f"worker {new.id} failed to boot: {new.boot_failure}")
                 ended(False)
                 return
             if w.is_dead():               # both gone: its slot is the fleet's to refill
@@ -152,7 +148,8 @@ class _Fleet:
         self.restarts = 0
         self.ready_file: str | None = None
         self.drain_delay = 0.0
-        self.timers: list[_core.Handle] = []      # the watchdog's, readiness's
+        self.timers: list[_core.Handle] = []      # one-shot: readiness's, the drain delay's
+        self.watchdog_timer: _core.Handle | None = None
 
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
@@ -177,13 +174,10 @@ class _Fleet:
             return
         if self.stopping or not self.respawn:
             if not self.workers():       # the last one: nothing keeps the loop turning
-                for handle in self.timers:
-                    handle.cancel()
-                if self.heartbeat is not None:
-                    self.heartbeat.cancel()
+                self.cancel_timers()
             return
         if w.boot_failure is not None:
-            _report(f"worker {w.id} failed to boot: {w.boot_failure}")
+            _runtime.log("error", f"worker {w.id} failed to boot: {w.boot_failure}")
         if not w.exited_after_disconnect:
             lived = time.monotonic() - started
             if lived < CRASH_WINDOW:
@@ -218,32 +212,32 @@ class _Fleet:
         if self.stopping == 1:
             _notify.notify("STOPPING=1", "STATUS=stopping")
             self.unready()
-        for timer in self.pending + self.timers:
-            timer.cancel()
-        self.pending.clear()
-        self.timers.clear()
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
-            self.heartbeat = None
+        self.cancel_timers()
         if now or self.stopping > 1:     # a second signal: at once
             for w in self.workers():
                 w.kill("SIGKILL")
         elif self.drain_delay > 0:
             # Serve on while the load balancer (Kubernetes' endpoints) lets
             # go of this instance: no request meets a closed port.
-            _report_info(f"stopping in {self.drain_delay:g} s (drain delay); "
+            _runtime.log("info", f"stopping in {self.drain_delay:g} s (drain delay); "
                          "the workers serve until then")
             self.timers.append(_runtime.call_later(
                 self.drain_delay, lambda: _primary.disconnect(timeout=self.graceful_timeout)))
         else:
             _primary.disconnect(timeout=self.graceful_timeout)
 
+    def cancel_timers(self) -> None:
+        """Respawns, readiness, the drain delay, the heartbeat and the
+        watchdog: none of them may keep the loop turning once the fleet ends."""
+        for timer in (*self.pending, *self.timers, self.heartbeat, self.watchdog_timer):
+            if timer is not None:
+                timer.cancel()
+        self.pending.clear()
+        self.timers.clear()
+        self.heartbeat = self.watchdog_timer = None
+
     def unready(self) -> None:
-        if self.ready_file is not None:
-            try:
-                os.unlink(self.ready_file)
-            except FileNotFoundError:
-                pass
+        _remove(self.ready_file)
 
     def workers(self) -> list[Worker]:
         assert _runtime.workers is not None
@@ -288,15 +282,13 @@ class _Fleet:
                 if self.stopping:            # a stop signal's handler ran meanwhile
                     self.unready()
                     return
-            _notify.notify("READY=1", f"STATUS={self.status()}")
-            _report_info(f"ready: {self.status()}")
+            status = self.status()
+            _notify.notify("READY=1", f"STATUS={status}")
+            _runtime.log("info", f"ready: {status}")
 
     def status(self) -> str:
         return (f"{self.count('listening', 'online')} workers, "
                 f"{self.count('listening')} listening, {self.restarts} restarts")
-
-    def reload_began(self) -> None:
-        _notify.reloading()
 
     def reload_ended(self, complete: bool) -> None:
         if not self.stopping:
@@ -307,8 +299,7 @@ class _Fleet:
         _notify.notify("WATCHDOG=1")
         interval = _notify.watchdog_interval
         assert interval is not None      # watchdog() runs only with an interval
-        self.timers.append(_runtime.call_later(interval, self.watchdog))
-        del self.timers[:-4]             # the fired ones
+        self.watchdog_timer = _runtime.call_later(interval, self.watchdog)
 
     def on_pong(self, w: Worker) -> None:
         self.pongs[w.id] = time.monotonic()
@@ -392,12 +383,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("listening", fleet.on_listening)
         emitter.off("online", fleet.on_online)
         fleet.unready()
-        for path in (pid_file,):
-            if path is not None:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+        _remove(pid_file)
         _notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         for sig, fn in previous.items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import time
 
+from . import _runtime
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
@@ -69,5 +71,4 @@ def _warn(message: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        import logging
-        logging.getLogger("cluster_ext").warning("%s", message)
+        _runtime.log("warning", message)

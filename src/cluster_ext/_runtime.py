@@ -92,5 +92,13 @@ def wake_on_signals() -> None:
     _wakeup_fd = fd
 
 
+def log(level: str, message: str) -> None:
+    """The package's own lines ('info', 'warning', 'error') on the
+    "cluster_ext" logger. logging is imported here, on these rare paths,
+    not at the top: every worker imports this module at its start."""
+    import logging
+    getattr(logging.getLogger("cluster_ext"), level)("%s", message.rstrip())
+
+
 _core.set_wake_callback(_run_threadsafe)
 wake_on_signals()

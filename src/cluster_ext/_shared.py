@@ -77,24 +77,19 @@ def adopt_listen_fds() -> None:
     pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
     env.pop("LISTEN_FDNAMES", None)
     if pid != str(os.getpid()):
-        _warn(f"LISTEN_FDS ignored: LISTEN_PID={pid!r} is not this process ({os.getpid()})")
+        _runtime.log("warning", f"LISTEN_FDS ignored: LISTEN_PID={pid!r} is not this "
+                                f"process ({os.getpid()})")
         return
     try:
         n = int(count)
     except ValueError:
-        _warn(f"LISTEN_FDS ignored: {count!r} is not a number")
+        _runtime.log("warning", f"LISTEN_FDS ignored: {count!r} is not a number")
         return
     for fd in range(3, 3 + n):
         try:
             adopt_bind(fd)
         except ValueError as exc:
-            _warn(f"LISTEN_FDS: {exc}: not adopted")
-
-
-def _warn(message: str) -> None:
-    # logging only on this rare path: every worker imports this module
-    import logging
-    logging.getLogger("cluster_ext").warning("%s", message)
+            _runtime.log("warning", f"LISTEN_FDS: {exc}: not adopted")
 
 
 def listen_socket(host: str | None, port: int, path: str | None,

@@ -8,10 +8,10 @@ asyncio servers.
 
 attach() puts one reader on the engine's descriptor into the running asyncio
 loop, so that IPC, 'message', 'disconnecting' and disconnects work inside
-asyncio.run(). create_server() and start_server() listen through the primary like a net server,
-honouring the scheduling policy (under SCHED_RR the connections arrive from
-the primary), and counts among the worker's servers: disconnect() closes it and
-waits for its connections.
+asyncio.run(). create_server() and start_server() listen through the primary
+like a net server, honouring the scheduling policy (under SCHED_RR the
+connections arrive from the primary); each server counts among the worker's
+servers: disconnect() closes it and waits for its connections.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class _Shared(net._SharedServer):
         self.closing = False
         self.callbacks: list[Callable[[], Any]] = []
         self.protocol_factory = protocol_factory
-        self.family: int | None = None       # of the connections the primary hands over
+        self.family = socket.AF_INET         # of the connections the primary hands over
         self.accept_kw: dict[str, Any] = {}
 
     @property
@@ -79,11 +79,8 @@ class _Shared(net._SharedServer):
         """SCHED_RR: a connection from the primary, counted from here: a close
         that begins before the transport exists still waits for it."""
         self.connections += 1
-        if self.family is None:
-            sock = socket.socket(fileno=fd)
-            self.family = sock.family
-        else:                                # no getsockopt() calls to learn it again
-            sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        # family given: socket() would learn it with three getsockopt() calls
+        sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         loop = asyncio.get_running_loop()    # we run inside its reader callback
         loop.create_task(self._adopt(loop, sock))
 
@@ -191,6 +188,10 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
         net.release_index(spec)
         raise net.listen_error(err, path if path is not None else f"{host or '*'}:{port}")
     shared = _Shared(key, spec, protocol_factory)
+    if isinstance(address, str):
+        shared.family = socket.AF_UNIX
+    elif ":" in address[0]:
+        shared.family = socket.AF_INET6
     # a handed-over connection is served as one accepted here would be (TLS)
     shared.accept_kw = {k: kw[k] for k in ("ssl", "ssl_handshake_timeout") if k in kw}
     if fd is not None:                    # SCHED_NONE: accept on the shared socket

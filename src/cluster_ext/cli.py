@@ -175,16 +175,8 @@ def _check_web(args: argparse.Namespace) -> str | None:
     """In the primary, before any fork: what stops APP from being served."""
     from . import web
     try:
-        web.adopt_fds([web.parse_bind(bind) for bind in args.bind or []])
-        web.check_extra()
-        # The primary imports the application, to refuse one that cannot be
-        # served before any fork, but never calls its factory: that builds
-        # the application, and belongs in the workers.
-        app = web.load_app(args.app)
-        if args.factory and not callable(app):
-            raise web.AppLoadError(f"{args.app!r}: --factory, but it is not callable")
-        if args.interface == "auto" and not args.factory:
-            web.detect_interface(app)
+        web.prepare_primary(args.app, [web.parse_bind(bind) for bind in args.bind or []],
+                            factory=args.factory, interface=args.interface)
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
     return None

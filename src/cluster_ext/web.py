@@ -61,14 +61,12 @@ def load_app(spec: str, *, factory: bool = False) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name) and \
-                module_name[len(exc.name):][:1] in ("", "."):
-            raise AppLoadError(f"{spec!r}: no module named {exc.name!r} "
-                               f"(looked in {os.getcwd()} and sys.path)") from None
-        raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
-                           f"{_traceback(exc)}") from None
     except BaseException as exc:  # SystemExit too: an app that exits on import
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and module_name.startswith(missing) and \
+                module_name[len(missing):][:1] in ("", "."):   # the spec's own module
+            raise AppLoadError(f"{spec!r}: no module named {missing!r} "
+                               f"(looked in {os.getcwd()} and sys.path)") from None
         raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
                            f"{_traceback(exc)}") from None
     app: Any = module
@@ -169,12 +167,23 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
                      factory=factory, threads=threads, access_log=access_log,
                      server_options=server_options)
         return
-    check_extra()
-    if isinstance(app, str):
-        load_app(app, factory=factory)   # fails here, once, before any fork
-    adopt_fds(addresses)
+    prepare_primary(app, addresses, factory=factory, interface=interface)
     _fleet.supervise(workers, graceful_timeout=graceful_timeout,
                      heartbeat_timeout=heartbeat_timeout)
+
+
+def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str) -> None:
+    """In the primary, before any fork, so that what cannot be served fails
+    once, here: the extra is there, every fd:// bind is adopted, and a spec
+    names an application. The module is imported to check it; its factory is
+    never called (building the application is the workers' job). Raises
+    ImportError, ValueError or AppLoadError, with a message to show as is."""
+    adopt_fds(addresses)
+    check_extra()
+    if isinstance(app, str):
+        app = load_app(app)
+    if interface == "auto" and not factory:
+        detect_interface(app)
 
 
 def adopt_fds(addresses: list[Bind]) -> None:
@@ -336,8 +345,6 @@ class _WorkerServer:
         if config.ssl is not None:
             options["ssl"] = config.ssl
         for kind, where, port in self.addresses:
-            if gone.done() or me.exited_after_disconnect:
-                break                        # told to go while it started: nothing to serve
             try:
                 if kind == "unix":
                     server = await aio.create_server(protocol, path=where, **options)
@@ -633,22 +640,8 @@ class _Coalescing:
     def is_closing(self) -> bool:
         return self.transport.is_closing()  # type: ignore[no-any-return]
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.transport.resume_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.transport.get_protocol()  # type: ignore[no-any-return]
-
     def __getattr__(self, name: str) -> Any:
+        """The rest (get_extra_info, set_protocol, ...) as the transport has it."""
         return getattr(self.transport, name)
 
 
