@@ -78,6 +78,7 @@ parse_frames(cx_chan *ch)
         note->a = hdr.type;
         note->b = hdr.flags;
         if (hdr.type == CX_FRAME_USER) {
+            ch->messages_in++;
             /* a conversation: the answer may be near */
             ch->h.loop->chan_policy.busy = 1;
         }
@@ -307,7 +308,12 @@ int
 cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
              size_t len, const int *fds, int nfds, int notify)
 {
-    return chan_push(ch, type, flags, payload, len, fds, nfds, 0, notify);
+    int r = chan_push(ch, type, flags, payload, len, fds, nfds, 0, notify);
+
+    if (r >= 0 && type == CX_FRAME_USER) {
+        ch->messages_out++;
+    }
+    return r;
 }
 
 int

@@ -27,6 +27,7 @@ enum cx_frame_type {
     CX_FRAME_NEWCONN,              /* P->W: a connection (+ fd), SCHED_RR */
     CX_FRAME_NEWCONN_ACK,          /* W->P: not taken, fd returned: re-routed */
     CX_FRAME_BOOT_FAILURE,         /* W->P: I cannot start, and why (UTF-8) */
+    CX_FRAME_STATS,                /* P->W: your figures? W->P: them */
     CX_FRAME_TYPE_END
 };
 
@@ -53,6 +54,8 @@ typedef struct cx_chan {
     int *fifo;                     /* received fds, owned until claimed */
     int fifo_len, fifo_cap;
     cx_outq out;
+    /* user messages, for an operator's figures (status, metrics) */
+    uint64_t messages_in, messages_out;
 } cx_chan;
 
 /* A channel without a descriptor (fd -1): forgetting it is harmless, so an

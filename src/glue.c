@@ -124,6 +124,18 @@ cxpy_take_fds(cx_note *note)
 }
 
 PyObject *
+cxpy_ref(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_handle_ref(((CxObject *)self)->hp, on);
+    Py_RETURN_NONE;
+}
+
+PyObject *
 cxpy_opened(CxObject *self, int r)
 {
     self->hp->data = self;

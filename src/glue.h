@@ -83,6 +83,9 @@ PyObject *cxpy_new_type(PyObject *mod, PyType_Spec *spec);
 PyObject *cxpy_opened(CxObject *self, int r);
 /* The shared dealloc slot of the glue types. */
 void cxpy_dealloc(PyObject *self);
+/* The ref(True|False) method of the glue types: whether the object keeps
+   run() going (Node's ref()/unref()). */
+PyObject *cxpy_ref(PyObject *self, PyObject *arg);
 /* A tuple of the note's fds as ints; from then on Python owns them. */
 PyObject *cxpy_take_fds(cx_note *note);
 

@@ -113,6 +113,16 @@ cx_handle_unlink(cx_handle *h)
     }
 }
 
+void
+cx_handle_ref(cx_handle *h, int on)
+{
+    on = on != 0;
+    if (h->linked) {
+        h->loop->nref += on - h->referenced;
+    }
+    h->referenced = on;
+}
+
 cx_note *
 cx_note_new(cx_handle *h, int kind, size_t len)
 {

@@ -142,6 +142,8 @@ void cx_io_stop(cx_loop *loop, cx_io *io);
 void cx_handle_init(cx_loop *loop, cx_handle *h, void (*forget)(cx_handle *));
 void cx_handle_link(cx_handle *h);
 void cx_handle_unlink(cx_handle *h);
+/* Whether the handle keeps the loop alive while linked (Node's ref/unref). */
+void cx_handle_ref(cx_handle *h, int on);
 
 cx_note *cx_note_new(cx_handle *h, int kind, size_t len);
 void cx_note_push(cx_loop *loop, cx_note *note);

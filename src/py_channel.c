@@ -168,6 +168,13 @@ channel_get_fd(CxChannel *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->ch.fd);
 }
 
+static PyObject *
+channel_get_messages(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return Py_BuildValue("(KK)", (unsigned long long)self->ch.messages_in,
+                         (unsigned long long)self->ch.messages_out);
+}
+
 static PyMethodDef channel_methods[] = {
     {"send", (PyCFunction)(void (*)(void))channel_send, METH_FASTCALL,
      "send(type, flags, payload, fds=(), notify=False) -> bool: False once "
@@ -183,6 +190,8 @@ static PyGetSetDef channel_getset[] = {
     {"closed", (getter)channel_get_closed, NULL, NULL, NULL},
     {"queued", (getter)channel_get_queued, NULL, NULL, NULL},
     {"fd", (getter)channel_get_fd, NULL, NULL, NULL},
+    {"messages", (getter)channel_get_messages, NULL,
+     "(received, sent): the user messages this channel carried.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -168,6 +168,7 @@ static PyMethodDef stream_methods[] = {
     {"destroy", (PyCFunction)stream_destroy, METH_NOARGS,
      "Closes at once; queued writes fail."},
     {"pause", (PyCFunction)stream_pause, METH_O, "pause(True|False)"},
+    {"ref", cxpy_ref, METH_O, "ref(False): run() may return while it is open."},
     {"set_no_delay", (PyCFunction)stream_set_no_delay, METH_O,
      "TCP_NODELAY on a TCP socket."},
     {NULL, NULL, 0, NULL},
@@ -303,6 +304,7 @@ static PyMethodDef listener_methods[] = {
     {"close", (PyCFunction)listener_close, METH_NOARGS,
      "Stops accepting and closes the listening fd."},
     {"pause", (PyCFunction)listener_pause, METH_O, "pause(True|False)"},
+    {"ref", cxpy_ref, METH_O, "ref(False): run() may return while it listens."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,10 +51,31 @@ from .net import listen_socket
 
 __all__ = [
     "BootError", "ChannelClosedError", "CrashLoopError", "EventEmitter", "SCHED_NONE", "SCHED_RR",
-    "Worker", "call_later", "call_soon_threadsafe", "disconnect", "fork", "is_master",
-    "is_primary", "is_worker", "listen_socket", "reload", "run", "settings", "setup_master",
-    "setup_primary", "stop", "supervise", "worker", "workers",
+    "Worker", "call_later", "call_soon_threadsafe", "control", "disconnect", "fork", "is_master",
+    "is_primary", "is_worker", "listen_socket", "reload", "run", "serve_metrics", "settings",
+    "setup_master", "setup_primary", "stop", "supervise", "worker", "workers",
 ]
+
+if TYPE_CHECKING:
+    import os as _os
+
+    from ._ops import Control, Metrics
+
+
+# Operating a cluster: imported on use, not at every worker's start.
+def control(path: str | _os.PathLike[str]) -> Control:
+    """The primary answers `cluster-ext status PATH`, reload, scale N and stop
+    on a Unix socket at path (mode 0600); returns it, to close()."""
+    from . import _ops
+    return _ops.control(path)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> Metrics:
+    """/metrics in the Prometheus text format on host:port, from the primary
+    (needs pip install 'cluster_ext[metrics]'); returns it, to close()."""
+    from . import _ops
+    return _ops.serve_metrics(port, host)
+
 
 setup_master = setup_primary
 

@@ -67,9 +67,17 @@ def reload(callback: Callable[[], Any] | None = None, *,
     there and the old workers go on serving (code that cannot start is not
     rolled out), without callback(). A fleet that begins to stop ends the
     reload: nothing more is forked."""
+    rolling_restart(timeout, lambda complete: callback() if complete and callback else None)
+
+
+def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any]) -> None:
+    """reload(), which ends in on_end(complete): True once every old worker
+    is replaced, False when the replacements could not start."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
     _notify.reloading()                 # nothing without a supervise() under systemd
+    if _active is not None:
+        _active.reload_began()
     if timeout is None:
         timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
     workers = _runtime.workers
@@ -82,8 +90,7 @@ def reload(callback: Callable[[], Any] | None = None, *,
     def ended(complete: bool) -> None:
         if _active is not None:
             _active.reload_ended(complete)
-        if complete and callback is not None:
-            callback()
+        on_end(complete)
 
     def step() -> None:
         while old and (old[0].is_dead() or not old[0].is_connected()):
@@ -98,6 +105,8 @@ def reload(callback: Callable[[], Any] | None = None, *,
     def replace(w: Worker, tries: int) -> None:
         ready = "listening" if w.state == "listening" else "online"
         new = _primary.fork()
+        if _active is not None:           # the new one takes the old one's place
+            _active.restarts_of[new.id] = _active.restarts_of.get(w.id, 0) + 1
 
         def replaced(*_: Any) -> None:
             new.off("exit", failed)
@@ -150,6 +159,16 @@ class _Fleet:
         self.drain_delay = 0.0
         self.timers: list[_core.Handle] = []      # one-shot: readiness's, the drain delay's
         self.watchdog_timer: _core.Handle | None = None
+        # An operator's figures (status, metrics).
+        self.since = time.time()
+        self.crashes_total = 0           # workers dead within CRASH_WINDOW, unasked
+        self.crash_loops = 0             # crash-loop stops
+        self.reloads = {True: 0, False: 0}    # ended: complete, stopped
+        self.reload_seconds = 0.0        # their durations, summed
+        self.last_reload: float | None = None  # the last one's duration
+        self.reload_starts: list[float] = []  # of the reloads running
+        self.restarts_of: dict[int, int] = {}  # worker id -> workers before it in its place
+        self.places: _fast.deque[int] = _fast.deque()  # restarts_of for respawns to come
 
     def spawn(self) -> None:
         if self.stopping or self.error is not None:
@@ -159,6 +178,8 @@ class _Fleet:
     def on_fork(self, w: Worker) -> None:
         """Every worker is timed from its fork, reload()'s replacements too."""
         self.started[w.id] = self.pongs[w.id] = time.monotonic()
+        if w.id not in self.restarts_of:
+            self.restarts_of[w.id] = self.places.popleft() if self.places else 0
 
     def live(self) -> int:
         assert _runtime.workers is not None
@@ -168,6 +189,7 @@ class _Fleet:
     def on_exit(self, w: Worker, code: int | None, sig: Any) -> None:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
+        restarts = self.restarts_of.pop(w.id, 0)
         if w.boot_failure is not None and not self.proven and not self.stopping:
             self.error = BootError(w.id, w.boot_failure)   # the code has never served
             self.stop(now=True)
@@ -182,7 +204,9 @@ class _Fleet:
             lived = time.monotonic() - started
             if lived < CRASH_WINDOW:
                 self.crashes += 1
+                self.crashes_total += 1
                 if self.crashes >= CRASH_LOOP:
+                    self.crash_loops += 1
                     self.error = CrashLoopError(
                         f"{self.crashes} workers in a row died within {CRASH_WINDOW:g} s "
                         f"of starting (the last: code={code}, signal={sig})")
@@ -199,6 +223,7 @@ class _Fleet:
             timer: _core.Handle = _runtime.call_later(self.delay,
                                                       lambda: self.respawn_one(timer))
             self.pending.append(timer)
+            self.places.append(restarts + 1)
 
     def respawn_one(self, timer: _core.Handle) -> None:
         self.pending.remove(timer)
@@ -247,6 +272,13 @@ class _Fleet:
         self.size += 1
         self.spawn()
 
+    def scale(self, size: int) -> None:
+        """size workers from now on: more are forked, the oldest retire."""
+        while self.size < size:
+            self.grow()
+        while self.size > max(size, 1):
+            self.shrink()
+
     def shrink(self) -> None:
         if self.size <= 1:
             return
@@ -290,7 +322,14 @@ class _Fleet:
         return (f"{self.count('listening', 'online')} workers, "
                 f"{self.count('listening')} listening, {self.restarts} restarts")
 
+    def reload_began(self) -> None:
+        self.reload_starts.append(time.monotonic())
+
     def reload_ended(self, complete: bool) -> None:
+        self.reloads[complete] += 1
+        if self.reload_starts:
+            self.last_reload = time.monotonic() - self.reload_starts.pop(0)
+            self.reload_seconds += self.last_reload
         if not self.stopping:
             _notify.notify("READY=1", "STATUS=" + ("reloaded: " if complete else
                                                    "reload stopped: ") + self.status())

@@ -8,6 +8,7 @@ headers and, last, an address). Both roles use these to speak of servers.
     SERVER_CLOSE   W->P  (flags: key) stop routing to me; P->W the same: nothing more is coming
     NEWCONN        P->W  (flags: key) + fd of a connection (SCHED_RR)
     NEWCONN_ACK    W->P  (flags: key) + fd: not taken (my server is closing), route it elsewhere
+    STATS          P->W  (empty) your figures?  W->P  connections served u64, open u32
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _QUERY = struct.Struct("<IiiHB")
 _REPLY = struct.Struct("<IiHBH")
 _LISTENING = struct.Struct("<HB")
 _SEQ = struct.Struct("<I")
+_STATS = struct.Struct("<QI")
 
 
 
@@ -77,3 +79,12 @@ def pack_listening(address: Address) -> bytes:
 def unpack_listening(payload: bytes) -> Address:
     port, unix = _LISTENING.unpack_from(payload)
     return _unpack_address(port, unix, payload[_LISTENING.size:])
+
+
+def pack_stats(served: int, open_connections: int) -> bytes:
+    return _STATS.pack(served, open_connections)
+
+
+def unpack_stats(payload: bytes) -> tuple[int, int]:
+    served, open_connections = _STATS.unpack_from(payload)
+    return served, open_connections

@@ -31,6 +31,7 @@ settings_view: Mapping[str, Any] = _fast.MappingProxyType(settings)
 next_id = 1                     # the id of the next fork(); > 1 once one forked
 ran = False                     # run() was called (cli: the app ran its own loop)
 servers: set[Any] = set()       # a worker's servers: its disconnect() closes them
+served = [0]                    # connections its servers took (a list: bumped in place)
 _threadsafe: _fast.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = _fast.deque()
 _wakeup_fd = -1
 

@@ -512,6 +512,14 @@ def fail_boot(reason: str) -> None:
     os._exit(BOOT_FAILURE_EXIT)
 
 
+def _report_stats(w: Worker) -> None:
+    """The primary asks for this worker's figures (status, metrics); its
+    user messages it counts on its own end of the channel."""
+    from ._protocol import pack_stats
+    open_connections = sum(getattr(s, "connections", 0) for s in _runtime.servers)
+    w._send_frame(_core.FRAME_STATS, pack_stats(_runtime.served[0], open_connections))
+
+
 primary_frame_handlers.update({
     _core.FRAME_ONLINE: control_handler(Worker._on_online),
     _core.FRAME_EXITED_AFTER_DISCONNECT: control_handler(_exited_after_disconnect),
@@ -521,4 +529,5 @@ worker_frame_handlers.update({
     _core.FRAME_DISCONNECT: control_handler(Worker.disconnect),
     # the heartbeat: our loop is alive
     _core.FRAME_PING: control_handler(lambda w: w._send_frame(_core.FRAME_PONG)),
+    _core.FRAME_STATS: control_handler(_report_stats),
 })

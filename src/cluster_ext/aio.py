@@ -73,12 +73,14 @@ class _Shared(net._SharedServer):
     def accepted_protocol(self) -> asyncio.BaseProtocol:
         """SCHED_NONE: asyncio accepted the connection on the shared socket."""
         self.connections += 1
+        _runtime.served[0] += 1
         return self.counted_protocol()
 
     def _accepted(self, fd: int) -> None:
         """SCHED_RR: a connection from the primary, counted from here: a close
         that begins before the transport exists still waits for it."""
         self.connections += 1
+        _runtime.served[0] += 1
         # family given: socket() would learn it with three getsockopt() calls
         sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         loop = asyncio.get_running_loop()    # we run inside its reader callback

@@ -69,6 +69,12 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--ready-file", default=None, metavar="PATH",
                         help="a file that exists exactly while every worker serves "
                              "(for exec readiness probes)")
+    common.add_argument("--control", default=None, metavar="PATH",
+                        help="answer `cluster-ext status PATH`, reload, scale and stop on "
+                             "a Unix socket at PATH (mode 0600)")
+    common.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+                        help="serve /metrics (Prometheus) from the primary on HOST:PORT "
+                             "(HOST default 127.0.0.1); needs cluster_ext[metrics]")
     return common
 
 
@@ -128,7 +134,131 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                     "`kill -HUP <primary pid>` to reload, Ctrl-C to stop.")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--host", default="127.0.0.1")
+    status = commands.add_parser(
+        "status", help="the workers of a running cluster, from its --control socket",
+        description="One row per worker of the cluster whose primary serves the control "
+                    "socket PATH (--control PATH): id, pid, state, age, restarts, resident "
+                    "memory, CPU %%, open connections, connections served, messages "
+                    "received/sent by the primary.")
+    status.add_argument("path", metavar="PATH", help="the control socket")
+    status.add_argument("--json", action="store_true", help="the figures as one JSON object")
+    for name, text in (("reload", "a rolling restart of a running cluster; waits for its end"),
+                       ("stop", "a graceful stop of a running cluster")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("path", metavar="PATH", help="the control socket")
+    scale = commands.add_parser("scale", help="a running cluster keeps N workers from now on")
+    scale.add_argument("path", metavar="PATH", help="the control socket")
+    scale.add_argument("n", type=int, metavar="N", help="workers")
     return parser
+
+
+CONTROL_COMMANDS = ("status", "reload", "stop", "scale")
+
+
+def _control_client(args: argparse.Namespace) -> int:
+    """status, reload, scale and stop: one request to a primary's control
+    socket. Exit 0 when it did it, 1 when it answered with an error, 2 when
+    no primary answered."""
+    import json
+
+    from . import _ops
+    line = f"scale {args.n}" if args.command == "scale" else args.command
+    try:
+        reply = _ops.request(args.path, line)
+    except (OSError, ValueError) as exc:
+        print(f"cluster-ext {args.command}: no primary answered on {args.path}: {exc}",
+              file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"cluster-ext {args.command}: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
+    elif args.command == "reload":
+        print(f"reloaded in {reply['seconds']:.1f} s")
+    elif args.command == "scale":
+        print(f"{reply['workers_wanted']} workers wanted")
+    return 0
+
+
+def _status_table(figures: dict[str, Any]) -> str:
+    """The figures as a person reads them at a glance."""
+    primary = figures["primary"]
+    head = f"primary {primary['pid']}"
+    if primary["supervised"]:
+        last = primary["last_reload_seconds"]
+        head += (f": {primary['state']}, {len(figures['workers'])} of "
+                 f"{primary['workers_wanted']} workers, {primary['restarts']} restarts, "
+                 f"{primary['reloads']} reloads" + (f" (last {last:.1f} s)" if last else ""))
+    rows = [("ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
+             "MSGS IN/OUT")]
+    for w in figures["workers"]:
+        rows.append((str(w["id"]), str(w["pid"]), w["state"], _age(w["age"]),
+                     str(w["restarts"]), _size(w["rss"]),
+                     "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+                     _count(w["connections"]), _count(w["served"]),
+                     f"{w['messages_received']}/{w['messages_sent']}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    return "\n".join([head, *lines])
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s // 60 % 60:02d}m"
+    return f"{s // 86400}d{s // 3600 % 24:02d}h"
+
+
+def _size(rss: int | None) -> str:
+    if rss is None:
+        return "-"
+    if rss < 1024:
+        return f"{rss} B"
+    size, unit = rss / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """[HOST:]PORT, HOST may be [IPv6]."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--metrics takes [HOST:]PORT, not {text!r}")
+    return host, int(port)
+
+
+def _open_services(args: argparse.Namespace) -> list[Any]:
+    """--control and --metrics, before any fork: a taken path or port is a
+    clear error now, not a surprise later."""
+    services: list[Any] = []
+    try:
+        if args.control is not None:
+            services.append(cluster.control(args.control))
+        if args.metrics is not None:
+            host, port = _host_port(args.metrics)
+            services.append(cluster.serve_metrics(port, host))
+            log.info("metrics on http://%s:%d/metrics", host, services[-1].address[1])
+    except BaseException:
+        for service in services:
+            service.close()
+        raise
+    return services
 
 
 def _log_lifecycle() -> None:
@@ -228,6 +358,8 @@ def _demo_worker(host: str, port: int) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     """The console script cluster-ext; __main__ names itself python -m cluster_ext."""
     args = _parser(prog).parse_args(argv)
+    if args.command in CONTROL_COMMANDS:
+        return _control_client(args)
     if args.command == "run" and _is_web_app(args.app) and args.args:
         # uvicorn's order (APP, then options): what follows APP is ours
         argparse.ArgumentParser(prog=f"{prog} run", parents=[_common_parser(), _web_parser()]
@@ -258,6 +390,11 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     log.info("primary %d: supervising %s workers running %s", os.getpid(),
              args.workers or os.cpu_count(), what)
     try:
+        services = _open_services(args)
+    except (OSError, ValueError, ImportError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=args.heartbeat_timeout, pid_file=args.pid_file,
                           ready_file=args.ready_file, drain_delay=args.drain_delay)
@@ -267,5 +404,8 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     except cluster.BootError as exc:
         log.error("stopped: %s", exc)
         return 3
+    finally:
+        for service in services:
+            service.close()
     log.info("primary %d: all workers stopped", os.getpid())
     return 0

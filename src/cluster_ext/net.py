@@ -126,6 +126,16 @@ class Socket(EventEmitter):
         self._stream.pause(False)
         return self
 
+    def ref(self) -> Socket:
+        """The connection keeps run() going while it is open (the default)."""
+        self._stream.ref(True)
+        return self
+
+    def unref(self) -> Socket:
+        """run() may return while this connection is open, as Node's unref()."""
+        self._stream.ref(False)
+        return self
+
     def set_no_delay(self, no_delay: bool = True) -> Socket:
         """TCP_NODELAY on a TCP connection; nothing on others."""
         self._stream.set_no_delay(no_delay)
@@ -197,6 +207,7 @@ class Server(EventEmitter, _SharedServer):
         self._sockets: set[Socket] = set()
         self._spec: ListenSpec | None = None   # (host, port, path) of a cluster listen
         self._state = "new"              # new, asking, listening, closing, closed
+        self._referenced = True          # its listener keeps run() going
 
     def __repr__(self) -> str:
         return f"<net.Server {self._state} {self._address}>"
@@ -241,6 +252,21 @@ class Server(EventEmitter, _SharedServer):
             _runtime.call_later(0, self._emit_listening)
         return self
 
+    def ref(self) -> Server:
+        """Listening keeps run() going (the default)."""
+        return self._set_ref(True)
+
+    def unref(self) -> Server:
+        """run() may return while this server listens, as Node's unref(): for
+        a side service (a control or metrics port) that must not hold a stop."""
+        return self._set_ref(False)
+
+    def _set_ref(self, on: bool) -> Server:
+        self._referenced = on
+        if self._listener is not None:
+            self._listener.ref(on)
+        return self
+
     def close(self, callback: Callable[..., Any] | None = None) -> Server:
         """Stops accepting; 'close' and callback() once every connection has ended."""
         if callback is not None:
@@ -261,6 +287,8 @@ class Server(EventEmitter, _SharedServer):
     def _listen_on(self, fd: int, address: _protocol.Address, *, exclusive: bool,
                    accepts: int) -> None:
         self._listener = _core.Listener(fd, self._accepted, exclusive, accepts)
+        if not self._referenced:
+            self._listener.ref(False)
         self._address = address
 
     def _became_listening(self, address: _protocol.Address) -> None:
@@ -279,6 +307,7 @@ class Server(EventEmitter, _SharedServer):
         # same, and close() waits for it like for any connection.
         sock = Socket(fd, self)
         self._sockets.add(sock)
+        _runtime.served[0] += 1
         self.emit("connection", sock)
 
     def _maybe_closed(self) -> None:
