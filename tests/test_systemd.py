@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from test_web import WEBAPPS, get, serving, stop, until
+from test_web import WEBAPPS, Load, get, serving, stop, until
 
 pytest.importorskip("uvicorn")
 
@@ -40,6 +40,42 @@ def test_socket_activation_with_systemds_own_tool(app):
     assert get(port, "/env?LISTEN_FDS")[2].strip() == "-"
     assert get(port, "/env?LISTEN_PID")[2].strip() == "-"
     stop(a)
+
+
+@pytest.mark.parametrize("sched", ["rr", "none"])
+def test_a_restart_of_the_whole_primary_refuses_no_connection(app, sched):
+    """What `systemctl restart` does to a socket-activated service: the
+    listening socket stays with systemd (here, this test) while one primary
+    stops and the next starts with LISTEN_FDS. Clients that connect all the
+    while, one connection per request, see no failure: the connections made
+    between the two wait in the backlog."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    port, fd = listener.getsockname()[1], listener.fileno()
+    # sd_listen_fds(3): the socket at fd 3, LISTEN_PID the primary's own pid
+    # (the pid that exec keeps), as systemd sets them up
+    activate = (f"import os, sys; os.dup2({fd}, 3); os.environ.update(LISTEN_PID=str("
+                "os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='web'); os.execv(sys.executable, "
+                f"[sys.executable, '-m', 'cluster_ext', 'run', '-w', '2', '--sched', '{sched}', "
+                "'webapp:app'])")
+    cmd = [sys.executable, "-c", activate]
+    first = app("first", cmd=cmd, cwd=WEBAPPS, merge_stderr=True, pass_fds=(fd,))
+    serving(first)
+    load = Load(port, clients=4)
+    try:
+        load.wait_ok(100)
+        pids_before = set(load.pids)
+        stop(first)
+        second = app("second", cmd=cmd, cwd=WEBAPPS, merge_stderr=True, pass_fds=(fd,))
+        serving(second)
+        load.wait_ok(100)
+    finally:
+        load.stop()
+    assert load.errors == [], load.errors[:5]
+    assert load.pids - pids_before, "the second primary's workers served"
+    stop(second)
+    listener.close()
 
 
 class Notifications:
@@ -171,4 +207,7 @@ def test_the_kubernetes_example_parses_and_its_stop_fits_the_grace_period():
     assert command[0] == "cluster-ext"
     args = cli._parser("cluster-ext").parse_args(command[1:])    # every flag is ours
     assert args.ready_file == "/tmp/ready" and args.pid_file == "/tmp/cluster.pid"
+    port = next(p["containerPort"] for p in pod["containers"][0]["ports"]
+                if p["name"] == "metrics")
+    assert args.metrics == f"0.0.0.0:{port}" and args.control == "/tmp/control.sock"
     assert args.drain_delay + args.graceful_timeout < pod["terminationGracePeriodSeconds"]
