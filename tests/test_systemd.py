@@ -78,6 +78,34 @@ def test_a_restart_of_the_whole_primary_refuses_no_connection(app, sched):
     listener.close()
 
 
+def test_an_adopted_socket_on_every_address_serves_a_listen_without_host(app, tmp_path):
+    """systemd's ListenStream=PORT listens on [::]:PORT; a net server's
+    listen(PORT) with no host (every address) is that socket, not a second
+    bind (which the held port would refuse)."""
+    listener = socket.socket(socket.AF_INET6)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::", 0))
+    listener.listen(64)
+    port, fd = listener.getsockname()[1], listener.fileno()
+    script = tmp_path / "any_address.py"
+    script.write_text("import sys\nimport cluster_ext as cluster\nfrom cluster_ext import net\n"
+                      "net.create_server(lambda s: s.end(f'{cluster.worker.id}\\n'))"
+                      ".listen(int(sys.argv[1]))\n")
+    activate = (f"import os, sys; os.dup2({fd}, 3); os.environ.update(LISTEN_PID=str("
+                "os.getpid()), LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, "
+                f"'-m', 'cluster_ext', 'run', '-w', '2', '{script}', '{port}'])")
+    a = app("any", cmd=[sys.executable, "-c", activate], cwd=tmp_path, merge_stderr=True,
+            pass_fds=(fd,))
+    serving(a)
+    answers = set()
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            answers.add(c.makefile().read().strip())
+    assert answers == {"1", "2"}, answers
+    stop(a)
+    listener.close()
+
+
 class Notifications:
     """The datagrams sd_notify sends, on a socket this test binds."""
 

@@ -163,11 +163,19 @@ def test_options_may_follow_the_app_as_uvicorn_takes_them(app):
 
 
 def test_a_unix_socket_bind(app, tmp_path):
+    """A socket file left by a primary that was killed is replaced; one a
+    live cluster serves on is refused, and that cluster carries on."""
     path = tmp_path / "web.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()                                 # the file stays, nobody answers
     cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind", f"unix:{path}",
            "webapp:app"]
     a = app("webapp:app", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
     serving(a)
+    second = app("second", cmd=cmd, cwd=WEBAPPS, merge_stderr=True)
+    text = "\n".join(second.finish(code=3))
+    assert "EADDRINUSE" in text and str(path) in text, text
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(str(path))
@@ -304,8 +312,9 @@ def test_reload_under_load_fails_no_request(app, sched, keep_alive):
     assert len(load.pids) >= 3, load.pids
 
 
-def test_a_slow_request_survives_a_reload_and_a_stop(app):
-    a, port = cli(app, "webapp:app", "--graceful-timeout", "20")
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_slow_request_survives_a_reload_and_a_stop(app, http):
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "20", "--http", http)
     serving(a)
     results = []
 

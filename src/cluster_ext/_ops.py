@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from . import _core, _fleet, _protocol, _runtime, _worker, net
+from . import _core, _fleet, _protocol, _runtime, _shared, _worker, net
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -344,24 +344,16 @@ def _encode(reply: dict[str, Any]) -> bytes:
 def _bind_control(path: str) -> socket.socket:
     """A listening Unix socket at path, mode 0600. A socket left there by a
     primary that died is replaced; one a live primary answers on is an error."""
-    import stat
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise OSError(errno.EEXIST, f"control socket: {path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)              # stale: its primary is gone
+        _shared.remove_stale_socket(path)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = f"{path} is live: another primary serves on it"
+        elif exc.errno == errno.EEXIST:
+            why = f"{path} exists and is not a socket"
         else:
-            raise OSError(errno.EADDRINUSE, f"control socket: {path} is live: another "
-                          "primary serves on it")
-        finally:
-            probe.close()
+            why = f"{path}: {exc.strerror or exc}"
+        raise OSError(exc.errno, f"control socket: {why}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     umask = os.umask(0o177)              # never a moment with wider permissions
     try:

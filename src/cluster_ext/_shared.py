@@ -97,12 +97,13 @@ def listen_socket(host: str | None, port: int, path: str | None,
     """A bound, listening, non-blocking socket and its address (a duplicate
     of an adopted one, if one listens there)."""
     import socket
-    adopted = _adopted.get(path if path is not None else (host, port))
+    adopted = _find_adopted(host, port, path)
     if adopted is not None:
         sock = socket.socket(fileno=os.dup(adopted.fileno()))
         sock.setblocking(False)
         return sock, address_of(sock)
     if path is not None:
+        remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = path
     elif host is None:
@@ -135,6 +136,40 @@ def listen_socket(host: str | None, port: int, path: str | None,
                      else (errno.EINVAL, str(exc)))
         raise OSError(code, f"listen {errno.errorcode.get(code, code)}: {why} {where}") from None
     return sock, address_of(sock)
+
+
+def _find_adopted(host: str | None, port: int, path: str | None) -> socket.socket | None:
+    if path is not None:
+        return _adopted.get(path)
+    if host is None:                     # every address: systemd's ListenStream=8000
+        return _adopted.get(("::", port)) or _adopted.get(("0.0.0.0", port))
+    return _adopted.get((host, port))
+
+
+def remove_stale_socket(path: str) -> None:
+    """A Unix socket file at path that nobody answers on (left by a process
+    that was killed) is removed, so that a restart can bind again; one that
+    answers is EADDRINUSE, anything else at path EEXIST."""
+    import socket
+    import stat
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)                # a full backlog: live, and busy
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    except TimeoutError:
+        pass
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path} is live: another process serves on it")
 
 
 def address_of(sock: socket.socket) -> _protocol.Address:

@@ -94,6 +94,8 @@ def _web_parser() -> argparse.ArgumentParser:
                      help="threads per worker that run a WSGI application (default 1: "
                           "on the worker's loop, one request at a time, as gunicorn's "
                           "sync worker)")
+    web.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                     help="uvicorn's HTTP implementation (default: httptools if installed)")
     web.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                      help="the ASGI lifespan protocol, run once in every worker")
     web.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
@@ -285,7 +287,8 @@ def _is_web_app(app: str) -> bool:
 
 def _web_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "lifespan": args.lifespan, "timeout_keep_alive": args.timeout_keep_alive,
+        "lifespan": args.lifespan, "http": args.http,
+        "timeout_keep_alive": args.timeout_keep_alive,
         "limit_concurrency": args.limit_concurrency, "backlog": args.backlog,
         "root_path": args.root_path, "proxy_headers": args.proxy_headers}
     if args.forwarded_allow_ips is not None:

@@ -570,6 +570,10 @@ class _Draining:
         cycle = self.cycle
         if cycle is not None:
             cycle.keep_alive = False
+            if not cycle.response_started and _CLOSE not in cycle.default_headers:
+                # h11's cycle says Connection: close only when the request
+                # did; httptools' sees this one and writes no second
+                cycle.default_headers = [*cycle.default_headers, _CLOSE]
 
     def cx_close_if_idle(self) -> None:
         if self.cx_upgraded:                 # a WebSocket now: closed at the timeout
@@ -579,6 +583,7 @@ class _Draining:
             self.transport.close()
 
 
+_CLOSE = (b"connection", b"close")
 _draining_classes: dict[type, type] = {}
 
 
