@@ -106,6 +106,32 @@ def test_an_adopted_socket_on_every_address_serves_a_listen_without_host(app, tm
     listener.close()
 
 
+@pytest.mark.parametrize("case", ["not_a_socket", "not_our_pid"])
+def test_listen_fds_that_are_not_ours_to_adopt_are_a_warning(app, case):
+    """A LISTEN_FDS descriptor that is not a listening socket, or a LISTEN_PID
+    that is not the primary's: one warning, nothing adopted, the variables
+    gone from the workers, and the cluster serves its --bind."""
+    r, w = os.pipe()
+    port = free_port()
+    pid = "os.getpid()" if case == "not_a_socket" else "1"
+    activate = (f"import os, sys; os.dup2({r}, 3); os.environ.update(LISTEN_PID=str({pid}), "
+                "LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, '-m', "
+                f"'cluster_ext', 'run', '-w', '2', '--bind', '127.0.0.1:{port}', 'webapp:app'])")
+    try:
+        a = app("bad-fds", cmd=[sys.executable, "-c", activate], cwd=WEBAPPS,
+                merge_stderr=True, pass_fds=(r,))
+        serving(a)
+        assert get(port)[0] == 200
+        assert get(port, "/env?LISTEN_FDS")[2].strip() == "-"
+        lines = stop(a)
+    finally:
+        os.close(r)
+        os.close(w)
+    expected = ("LISTEN_FDS: fd 3 is not an open socket" if case == "not_a_socket"
+                else "LISTEN_FDS ignored: LISTEN_PID='1'")
+    assert sum(expected in line for line in lines) == 1, lines
+
+
 class Notifications:
     """The datagrams sd_notify sends, on a socket this test binds."""
 
