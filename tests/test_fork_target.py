@@ -1,4 +1,6 @@
 """fork(target=...) beside exec'ed workers."""
+import pytest
+
 from conftest import json_lines, only_json, run_app
 
 
@@ -7,12 +9,17 @@ def test_target_and_exec_workers_share_the_primary():
     assert result["replies"] == {str(i): f"hello {i}" for i in range(1, 5)}
 
 
-def test_a_target_worker_loses_nothing_it_wrote_and_runs_only_its_atexit(tmp_path):
-    """Defect J: every byte through an unclosed buffered file and unflushed
-    stdout; the worker's atexit handlers run, the primary's do not run again."""
-    lines = run_app("target_flush.py", str(tmp_path / "out"))
+@pytest.mark.parametrize("mode", ["target", "exec"])
+def test_a_worker_that_disconnects_loses_nothing_it_wrote(tmp_path, mode):
+    """Defect J, and the fast exit of both kinds of worker: every byte through
+    an unclosed buffered file and unflushed stdout, the worker's atexit
+    handlers and its non-daemon thread run to their end, the primary's
+    handlers do not run again; an exec'ed worker's run() ends the process
+    (exit 0: nothing after run() runs, as a Node worker exits)."""
+    lines = run_app("target_flush.py", str(tmp_path / "out"), mode)
     assert only_json(lines) == {"exit": [[0, None]], "bytes": 51200, "intact": True,
-                                "worker_atexit": True}
+                                "worker_atexit": True, "thread_joined": True}
+    assert "after run" not in lines
     assert lines[0] == "worker wrote, unflushed", lines
     assert lines[-1] == "primary atexit in primary"
     assert sum("primary atexit" in line for line in lines) == 1, lines

@@ -300,31 +300,10 @@ def _become_worker(worker_id: int, fd: int, settings: Mapping[str, Any],
 
 
 def _exit_target_worker(code: int) -> None:
-    """The end of a fork(target=) worker. os._exit(), as multiprocessing does: a
-    normal exit would unwind into the primary's stack above fork() and run what
-    the primary registered. Before it, what a normal exit does for the worker's
-    own state: its atexit handlers run, and every buffered file it opened is
-    flushed (gc.freeze() at fork set the inherited objects apart, whose buffers
-    may hold the primary's unwritten bytes)."""
-    try:
-        atexit._run_exitfuncs()
-    except BaseException:
-        pass                    # _run_exitfuncs reports what its handlers raised
-    import io
-    files = [obj for obj in gc.get_objects() if isinstance(obj, io.IOBase)]
-    # text layers first: they write into the binary buffers under them
-    for obj in sorted(files, key=lambda f: not isinstance(f, io.TextIOBase)):
-        try:
-            if not obj.closed:
-                obj.flush()
-        except Exception:
-            pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(code)
+    """The end of a fork(target=) worker: os._exit(), as multiprocessing does,
+    through exit_process() (a normal exit would unwind into the primary's
+    stack above fork() and run what the primary registered)."""
+    _runtime.exit_process(code)
 
 
 def _reset_signal_handlers() -> None:
