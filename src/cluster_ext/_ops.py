@@ -231,14 +231,21 @@ class Control(_Service):
     def serve(self, conn: net.Socket) -> None:
         buffer = bytearray()
         busy = [False]                   # a request is being answered: later ones wait
+        pumping = [False]                # next_request() is on the stack
 
         def next_request() -> None:
-            while not busy[0] and b"\n" in buffer:
-                line, _, rest = bytes(buffer).partition(b"\n")
-                buffer[:] = rest
-                busy[0] = True
-                conn.pause()
-                self.request(line, answer)
+            # A loop, not recursion: answers that come at once (errors,
+            # scale, stop) must not nest one call per pipelined request.
+            pumping[0] = True
+            try:
+                while not busy[0] and b"\n" in buffer and not conn.closed:
+                    line, _, rest = bytes(buffer).partition(b"\n")
+                    buffer[:] = rest
+                    busy[0] = True
+                    conn.pause()
+                    self.request(line, answer)
+            finally:
+                pumping[0] = False
             if len(buffer) > MAX_REQUEST:
                 conn.end(_encode({"ok": False, "error": "request too long"}))
                 buffer.clear()
@@ -249,7 +256,8 @@ class Control(_Service):
             conn.write(_encode(reply))
             busy[0] = False
             conn.resume()
-            next_request()
+            if not pumping[0]:           # a later answer (status): go on from here
+                next_request()
 
         def on_data(data: bytes) -> None:
             buffer.extend(data)
@@ -328,7 +336,7 @@ def _parse_request(line: bytes) -> tuple[str, int | None]:
         if argument is not None:
             raise ControlError(f"{command} takes no argument")
         return command, None
-    if isinstance(argument, str) and argument.isdigit():
+    if isinstance(argument, str) and argument.isascii() and argument.isdigit():
         argument = int(argument)
     if not isinstance(argument, int) or isinstance(argument, bool):
         raise ControlError("scale takes a number of workers (scale 4, or "
