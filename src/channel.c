@@ -117,6 +117,7 @@ read_some(cx_chan *ch, int max_reads)
         struct msghdr msg;
         struct cmsghdr *cm;
         ssize_t n;
+        int fds_came;
         int r = cx_grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
         if (r < 0) {
             return r;
@@ -138,10 +139,12 @@ read_some(cx_chan *ch, int max_reads)
             return errno == ECONNRESET ? 1 : -errno;
         }
         r = 0;
+        fds_came = 0;
         for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
                 int nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
                 int fds[CX_BATCH_FDS];
+                fds_came = 1;
                 memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
                 if (r == 0) {
                     r = fifo_push(ch, fds, nfds);
@@ -167,7 +170,10 @@ read_some(cx_chan *ch, int max_reads)
         if (r < 0) {
             return r;
         }
-        if ((size_t)n < iov.iov_len) {
+        /* A short read means drained, unless descriptors came: the kernel
+           ends a read after the bytes that carry them, with more queued
+           (a drain-close that stopped here dropped the rest). */
+        if ((size_t)n < iov.iov_len && !fds_came) {
             return 0;           /* drained: no need for one more EAGAIN */
         }
     }

@@ -31,6 +31,19 @@ stream_deliver(CxObject *obj, cx_note *note)
     }
     args[0] = PyLong_FromLong(note->kind);
     args[1] = PyLong_FromLong(note->a);
+    if (note->kind == CX_NOTE_CLOSE) {
+        /* The last note: let go of the callbacks, which hold the Python
+           socket that holds this stream, so that reference counting frees
+           the pair rather than the cycle collector (a collection every few
+           hundred connections). */
+        PyObject *on_event = self->on_event;
+        int r;
+        self->on_event = NULL;
+        Py_CLEAR(self->on_data);
+        r = cxpy_call_steal(on_event, args, 2);
+        Py_DECREF(on_event);
+        return r;
+    }
     return cxpy_call_steal(self->on_event, args, 2);
 }
 

@@ -257,6 +257,13 @@ cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket)
         return r;
     }
     cx_handle_link(&s->h);
+    if (is_socket == 1) {
+        /* A server's new connection: its first request is most often here
+           already. Reading it now saves the epoll round and the context
+           switch of waiting for it (EAGAIN costs one read). */
+        stream_read(s);
+        stream_settle(s);
+    }
     return 0;
 }
 

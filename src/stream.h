@@ -25,7 +25,8 @@ typedef struct cx_stream {
    owner may fail between this and cx_stream_open(). */
 void cx_stream_init(cx_loop *loop, cx_stream *s);
 /* Takes ownership of fd, even on failure. is_socket: 1, 0, or -1 to ask
-   the kernel (an accepted connection is known to be one: no fstat). */
+   the kernel (an accepted connection is known to be one: no fstat). With 1
+   it reads at once what is there (notes, delivered after the caller's turn). */
 int cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket);
 /* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
 int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);

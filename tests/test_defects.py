@@ -340,3 +340,51 @@ def test_h_a_failed_loop_init_reports_the_errno_of_the_call_that_failed(tmp_path
                                          "--wrap=eventfd")
     assert result["init"] == result["enomem"], result
     assert result["fds_left"] == 0, result
+
+
+# The peer writes two frames that carry a descriptor each and a plain one,
+# and closes; then the channel is drain-closed, as the primary does when a
+# worker has exited. The kernel ends a read after the bytes that carry
+# descriptors, even with more queued.
+DRAIN_PAST_DESCRIPTORS = r'''
+import json, os, socket, struct
+from cluster_ext import _core
+
+ours, theirs = socket.socketpair()
+frames, events = [], []
+
+def on_frame(frame_type, flags, payload, fds):
+    frames.append([payload.decode(), len(fds)])
+    for fd in fds:
+        os.close(fd)
+
+chan = _core.Channel(ours.detach(), on_frame, lambda kind, err: events.append([kind, err]),
+                     1 << 20, 1 << 16)
+
+def frame(payload, nfds=0):
+    return struct.pack("=IBBH", len(payload), _core.FRAME_USER, nfds, 0) + payload
+
+null = os.open("/dev/null", os.O_RDONLY)
+socket.send_fds(theirs, [frame(b'"one"', 1)], [null])
+socket.send_fds(theirs, [frame(b'"two"', 1)], [null])
+theirs.sendall(frame(b'"three"'))
+theirs.close()
+os.close(null)
+chan.drain_close()
+for _ in range(10):
+    _core.turn(0)
+print(json.dumps({"frames": frames, "events": events, "closed": chan.closed,
+                  "close": _core.EVENT_CLOSE}), flush=True)
+'''
+
+
+def test_i_a_drain_close_reads_past_frames_that_carry_descriptors():
+    # read_some() took any short read for a drained socket; but a read ends
+    # after the bytes that carry descriptors, with more queued. A drain-close
+    # (a worker's exit) stopped there and dropped the frames after it: here
+    # "two" and "three". Found by fuzz/frames_libfuzzer.c
+    # (fuzz/corpus/frames_libfuzzer/regress-drain-close-stops-at-fds.bin).
+    result = run_python(DRAIN_PAST_DESCRIPTORS)
+    assert result["frames"] == [['"one"', 1], ['"two"', 1], ['"three"', 0]], result
+    assert result["events"] == [[result["close"], 0]], result
+    assert result["closed"] is True, result

@@ -74,6 +74,8 @@ def json_decode(payload: bytes) -> Any:
         obj, end = scan(text, 0)
     except StopIteration:
         raise ValueError("not a JSON document") from None
+    except RecursionError:      # "[" * 1000 is enough: the scanner recurses
+        raise ValueError("JSON nested too deeply") from None
     if end != len(text):
         raise ValueError(f"extra data after the JSON document at {end}")
     return obj

@@ -318,7 +318,7 @@ def _parse_request(line: bytes) -> tuple[str, int | None]:
         import json
         try:
             request = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:     # "[" * 1000 recurses too deep
             raise ControlError(f"malformed JSON request: {exc}") from None
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             raise ControlError('a JSON request is an object with a "command" string')
@@ -336,7 +336,9 @@ def _parse_request(line: bytes) -> tuple[str, int | None]:
         if argument is not None:
             raise ControlError(f"{command} takes no argument")
         return command, None
-    if isinstance(argument, str) and argument.isascii() and argument.isdigit():
+    # past 4300 digits int() raises ValueError; past 9, no fleet is that big
+    if isinstance(argument, str) and argument.isascii() and argument.isdigit() \
+            and len(argument) <= 9:
         argument = int(argument)
     if not isinstance(argument, int) or isinstance(argument, bool):
         raise ControlError("scale takes a number of workers (scale 4, or "

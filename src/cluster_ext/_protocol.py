@@ -9,6 +9,9 @@ headers and, last, an address). Both roles use these to speak of servers.
     NEWCONN        P->W  (flags: key) + fd of a connection (SCHED_RR)
     NEWCONN_ACK    W->P  (flags: key) + fd: not taken (my server is closing), route it elsewhere
     STATS          P->W  (empty) your figures?  W->P  connections served u64, open u32
+
+A record too short for its header, or whose address is not UTF-8, is a
+ValueError: what a peer sent must not stop the loop with another type.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from typing import Any, TypeAlias
     Address: TypeAlias = tuple[str, int] | str    # (host, port), or a Unix socket's path
 
 _QUERY = struct.Struct("<IiiHB")
@@ -25,6 +28,13 @@ _LISTENING = struct.Struct("<HB")
 _SEQ = struct.Struct("<I")
 _STATS = struct.Struct("<QI")
 
+
+def _header(record: struct.Struct, payload: bytes) -> tuple[Any, ...]:
+    try:
+        return record.unpack_from(payload)
+    except struct.error:                 # not a ValueError
+        raise ValueError(f"a record of {len(payload)} bytes, under its "
+                         f"{record.size}-byte header") from None
 
 
 QUERY_UNIX, QUERY_WANT_FD = 1, 2
@@ -38,7 +48,7 @@ def pack_query(seq: int, port: int, backlog: int, index: int, host: str | None,
 
 
 def unpack_query(payload: bytes) -> tuple[int, int, int, int, str | None, str | None, bool]:
-    seq, port, backlog, index, kind = _QUERY.unpack_from(payload)
+    seq, port, backlog, index, kind = _header(_QUERY, payload)
     where = payload[_QUERY.size:].decode()
     want_fd = bool(kind & QUERY_WANT_FD)
     if kind & QUERY_UNIX:
@@ -62,12 +72,12 @@ def pack_reply(seq: int, err: int, key: int, policy: int, address: Address | Non
 
 
 def reply_seq(payload: bytes) -> int:
-    seq: int = _SEQ.unpack_from(payload)[0]
+    seq: int = _header(_SEQ, payload)[0]
     return seq
 
 
 def unpack_reply(payload: bytes, unix: bool) -> tuple[int, int, int, int, Address]:
-    seq, err, key, policy, port = _REPLY.unpack_from(payload)
+    seq, err, key, policy, port = _header(_REPLY, payload)
     return seq, err, key, policy, _unpack_address(port, unix, payload[_REPLY.size:])
 
 
@@ -77,7 +87,7 @@ def pack_listening(address: Address) -> bytes:
 
 
 def unpack_listening(payload: bytes) -> Address:
-    port, unix = _LISTENING.unpack_from(payload)
+    port, unix = _header(_LISTENING, payload)
     return _unpack_address(port, unix, payload[_LISTENING.size:])
 
 
@@ -86,5 +96,5 @@ def pack_stats(served: int, open_connections: int) -> bytes:
 
 
 def unpack_stats(payload: bytes) -> tuple[int, int]:
-    served, open_connections = _STATS.unpack_from(payload)
+    served, open_connections = _header(_STATS, payload)
     return served, open_connections

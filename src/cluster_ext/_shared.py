@@ -237,9 +237,19 @@ def _drop_if_unused(handle: SharedHandle) -> None:
         handle.close()
 
 
+def _malformed(w: Any, what: str, exc: ValueError) -> None:
+    """A server frame that no worker of ours would write: dropped, since an
+    exception here would stop the primary's loop, and with it every worker."""
+    _runtime.log("warning", f"a malformed {what} frame from worker {w.id} dropped: {exc}")
+
+
 def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
-    seq, port, backlog, index, host, path, want_fd = _protocol.unpack_query(payload)
+    try:
+        seq, port, backlog, index, host, path, want_fd = _protocol.unpack_query(payload)
+    except ValueError as exc:
+        _malformed(w, "QUERY_SERVER", exc)
+        return
 
     def reply(err: int, handle: SharedHandle | None = None) -> None:
         body = _protocol.pack_reply(seq, err, handle.key if handle else 0,
@@ -264,6 +274,10 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         except OSError as exc:
             reply(exc.errno or errno.EINVAL)
             return
+        except (ValueError, OverflowError):
+            # a host idna cannot encode, a path with a NUL, a port past 65535
+            reply(errno.EINVAL)
+            return
         handle = SharedHandle(spec, _new_key(), sock, address, policy)
         _handles[spec] = handle
         _by_key[handle.key] = handle
@@ -273,7 +287,11 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
 
 def _on_listening(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
-    address = _protocol.unpack_listening(payload)
+    try:
+        address = _protocol.unpack_listening(payload)
+    except ValueError as exc:
+        _malformed(w, "LISTENING", exc)
+        return
     if w.state in ("none", "online"):
         w.state = "listening"
     w.emit("listening", address)

@@ -33,15 +33,24 @@ HWM = 128 * 1024                 # send() returns False past this many queued by
 # primary (_shared) and in a worker (net).
 primary_frame_handlers: dict[int, Callable[..., None]] = {}
 worker_frame_handlers: dict[int, Callable[..., None]] = {}
-# handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj)
+# handle kind -> (class, fn(obj) -> fd, fn(obj) after sending, fn(fd) -> obj); the
+# last owns fd from the call on, even when it raises, as the native constructors do
 handle_codecs: dict[int, tuple[type[Any], Callable[[Any], int], Callable[[Any], Any],
                                Callable[[int], Any]]] = {}
 
 
 def _socket_codec() -> None:
     import socket
+
+    def from_fd(fd: int) -> socket.socket:
+        try:
+            return socket.socket(fileno=fd)
+        except OSError:                  # not a socket: the decoder owns fd all the same
+            os.close(fd)
+            raise
+
     handle_codecs[HANDLE_SOCKET] = (socket.socket, lambda s: s.fileno(), lambda s: None,
-                                    lambda fd: socket.socket(fileno=fd))
+                                    from_fd)
 
 _FRAME_USER = _core.FRAME_USER
 
@@ -191,8 +200,8 @@ class Worker(EventEmitter):
             if kind:
                 if len(fds) != 1 or kind not in handle_codecs:
                     raise ValueError(f"bad handle (kind {kind}, {len(fds)} fds)")
-                handle = handle_codecs[kind][3](fds[0])
-                fds = ()
+                fd, fds = fds[0], ()     # the codec's now, even if it fails
+                handle = handle_codecs[kind][3](fd)
             elif fds:
                 raise ValueError("descriptors without a handle kind")
         except Exception as exc:

@@ -168,6 +168,10 @@ class Socket(EventEmitter):
                     self.emit("error", error)
                 self.emit("close", error is not None)
             finally:
+                # Nothing more is emitted: the listeners go, and with them the
+                # cycles through closures that hold this socket, which
+                # reference counting frees now instead of the cycle collector.
+                self.remove_all_listeners()
                 if self._server is not None:
                     self._server._maybe_closed()
 
@@ -333,12 +337,21 @@ class Server(EventEmitter, _SharedServer):
         self.emit("close")
 
     def _adopt(self, fd: int) -> None:
-        """A listening socket that came in a message: serve it here."""
+        """A listening socket that came in a message: serve it here. Like a
+        constructor, it owns fd from the call on, even when it fails."""
         import socket
-        with socket.socket(fileno=os.dup(fd)) as view:
+        try:
+            view = socket.socket(fileno=fd)      # not a socket: OSError, fd still open
+        except OSError:
+            os.close(fd)
+            raise
+        try:
             address = _shared.address_of(view)
+        except BaseException:
+            view.close()
+            raise
         self._state = "asking"
-        self._listen_on(fd, address, exclusive=False, accepts=64)
+        self._listen_on(view.detach(), address, exclusive=False, accepts=64)
         self._became_listening(address)
 
 
@@ -402,14 +415,27 @@ def announce_listening(address: Any) -> None:
 
 
 def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
-    seq = _protocol.reply_seq(payload)
+    # A malformed reply is from no primary of ours; it fails that listen (or
+    # is dropped), never this worker's loop.
+    _worker.close_fds(fds[1:])           # one listening socket at most
+    try:
+        seq = _protocol.reply_seq(payload)
+    except ValueError as exc:
+        _worker.close_fds(fds[:1])
+        _runtime.log("warning", f"a malformed SERVER_REPLY frame dropped: {exc}")
+        return
     on_reply, unix = _pending.pop(seq, (None, False))
     if on_reply is None:
-        _worker.close_fds(fds)
+        _worker.close_fds(fds[:1])
         return
-    _, err, key, _policy, address = _protocol.unpack_reply(payload, unix)
+    address: _protocol.Address | None
+    try:
+        _, err, key, _policy, address = _protocol.unpack_reply(payload, unix)
+    except ValueError as exc:
+        _runtime.log("warning", f"a malformed SERVER_REPLY frame: {exc}")
+        err, key, address = errno.EPROTO, 0, None
     if err and fds:
-        _worker.close_fds(fds)
+        _worker.close_fds(fds[:1])
         fds = ()
     on_reply(err, key, address, fds[0] if fds else None)
 
