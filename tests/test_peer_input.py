@@ -39,8 +39,9 @@ def test_a_malformed_frame_from_a_worker_leaves_the_primary_running(mode):
     assert ["exit", 0, None] in log, log
     errors = [entry for entry in log if entry[0] == "error"]
     if mode == "deep_json":
-        assert errors == [["error", "ValueError", "undecodable message from worker 1: "
-                           "ValueError('JSON nested too deeply')"]], log
+        # the scanner of 3.13 gives up on depth by itself; older ones recurse
+        assert len(errors) == 1 and errors[0][:2] == ["error", "ValueError"], log
+        assert errors[0][2].startswith("undecodable message from worker 1: ValueError("), log
     else:
         assert errors == [], log         # dropped, with a warning on the logger
 
