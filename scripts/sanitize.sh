@@ -9,7 +9,7 @@ py=$(command -v "${PYTHON:-python3}")
 case $py in /*) ;; *) py="$PWD/$py" ;; esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/src" "$root/tests" "$root/examples" "$root/bench" \
+cp -r "$root/src" "$root/tests" "$root/examples" "$root/fuzz" "$root/bench" \
       "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
 rm -f "$work"/src/cluster_ext/*.so
 # shellcheck source=build_inplace.sh
