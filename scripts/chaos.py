@@ -63,8 +63,11 @@ def control(path: str, line: str) -> dict:
 
 
 def proc_figures(pid: int) -> tuple[int, int]:
-    """(open descriptors, RSS in KiB) of a process."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    """(open descriptors, RSS in KiB) of a process. The fewest descriptors of
+    a few looks: the primary closes its end of our last control connection
+    a moment after we close ours."""
+    fds = min(len(os.listdir(f"/proc/{pid}/fd")) for _ in range(20)
+              if time.sleep(0.02) is None)
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return fds, rss
