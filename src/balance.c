@@ -70,6 +70,7 @@ int
 cx_balancer_open(cx_balancer *b, int fd, int key)
 {
     b->key = key;
+    b->l.paused = b->ntargets == 0;
     return cx_listener_open(&b->l, fd, 0, ACCEPTS_PER_WAKEUP);
 }
 
@@ -79,10 +80,15 @@ cx_balancer_add(cx_balancer *b, cx_chan *ch)
     int r = cx_grow((void **)&b->targets, &b->cap, b->ntargets + 1,
                     sizeof(*b->targets));
 
-    if (r == 0) {
-        b->targets[b->ntargets++] = ch;
+    if (r < 0) {
+        return r;
     }
-    return r;
+    b->targets[b->ntargets++] = ch;
+    if (b->ntargets == 1 && (r = cx_listener_pause(&b->l, 0)) < 0) {
+        b->ntargets--;          /* not registered: the caller keeps no ref */
+        return r;
+    }
+    return 0;
 }
 
 int
@@ -92,7 +98,11 @@ cx_balancer_remove(cx_balancer *b, cx_chan *ch)
         if (b->targets[i] == ch) {
             memmove(b->targets + i, b->targets + i + 1,
                     (b->ntargets - i - 1) * sizeof(*b->targets));
-            b->ntargets--;
+            /* With nobody to take them, connections wait in the backlog
+               (a supervisor respawning) rather than be accepted and closed. */
+            if (--b->ntargets == 0) {
+                cx_listener_pause(&b->l, 1);
+            }
             return 1;
         }
     }

@@ -6,6 +6,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import free_port, run_app
 
 
@@ -112,6 +114,32 @@ def test_reload_under_load_replaces_every_worker_without_errors(app):
     a.finish(code=0)
     assert stats["errors"] == []
     assert stats["ok"] > 0 and len(stats["pids"]) >= 3   # old and new workers served
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_a_fleet_with_every_worker_killed_refuses_no_connection(app, policy):
+    """While supervise() respawns, the address stays open: a connection made
+    when no worker is alive waits in the backlog and the next worker serves it."""
+    port = free_port()
+    a = app("fleet.py", "killall", env={"PORT": str(port), "CLUSTER_EXT_SCHED_POLICY": policy})
+    seen = []
+    lines_until(a, "listening", seen)
+    lines_until(a, "listening", seen)
+    with open(f"/proc/{a.pid}/task/{a.pid}/children") as f:
+        old = {int(pid) for pid in f.read().split()}
+    assert len(old) == 2
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    lines_until(a, "exit ", seen)
+    lines_until(a, "exit ", seen)
+    assert not any(line.startswith("fork 3") for line in seen), seen   # none alive yet
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.settimeout(10)
+        c.sendall(b"ping\n")
+        reply = c.recv(64)
+    assert reply.startswith(b"pong ") and int(reply.split()[1]) not in old, reply
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
 
 
 def test_a_retired_worker_is_not_replaced(app):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _core, _fast, _notify, _primary, _runtime, _worker
+from . import _core, _fast, _notify, _primary, _runtime, _shared, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ class _Fleet:
     def stop(self, now: bool = False) -> None:
         self.stopping += 1
         if self.stopping == 1:
+            _shared.hold(False)
             _notify.notify("STOPPING=1", "STATUS=stopping")
             self.unready()
         self.cancel_timers()
@@ -404,6 +405,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("listening", fleet.on_listening)
     emitter.on("online", fleet.on_online)
     _active = fleet
+    _shared.hold(True)
     try:
         if pid_file is not None:
             _write_file(pid_file, f"{os.getpid()}\n")
@@ -417,6 +419,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         _runtime.run()
     finally:
         _active = None
+        _shared.hold(False)
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)

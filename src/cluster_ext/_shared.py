@@ -229,9 +229,23 @@ def _new_key() -> int:
             return key
 
 
+_held = [False]
+
+
+def hold(on: bool) -> None:
+    """While a fleet runs, an address outlives the moments it has no worker
+    (all of them killed, respawning): new connections wait in the backlog
+    instead of being refused. Once released, an unused address closes, as
+    in Node."""
+    _held[0] = on
+    if not on:
+        for handle in list(_handles.values()):
+            _drop_if_unused(handle)
+
+
 def _drop_if_unused(handle: SharedHandle) -> None:
     """The last worker left: close the socket, new connections are refused."""
-    if not handle.workers and _handles.get(handle.spec) is handle:
+    if not handle.workers and not _held[0] and _handles.get(handle.spec) is handle:
         del _handles[handle.spec]
         del _by_key[handle.key]
         handle.close()

@@ -7,6 +7,8 @@
   reload     workers serve a port; SIGHUP replaces each of them
   retire     SIGTTOU retires the oldest (not replaced), SIGTTIN adds one
   drain      workers serve a port; SIGTERM waits for a held connection
+  killall    as reload, with a respawn back-off of half a second: a test
+             SIGKILLs every worker and connects while none is alive
   deaf       workers serve a port from a blocking loop of their own and never
              read their channel (GRACE: the graceful timeout)
 """
@@ -33,7 +35,7 @@ if cluster.is_primary:
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
     size = 1 if MODE == "heartbeat" else 2
     try:
-        backoff = (0.01, 0.64) if MODE == "crashloop" else (0.01, 0.05)
+        backoff = {"crashloop": (0.01, 0.64), "killall": (0.5, 0.5)}.get(MODE, (0.01, 0.05))
         cluster.supervise(size, backoff=backoff,
                           graceful_timeout=float(os.environ.get("GRACE", "10")),
                           heartbeat_timeout=0.5 if MODE == "heartbeat" else None)
@@ -50,7 +52,7 @@ else:
         cluster.call_later(60, lambda: None)     # outlives the disconnect
     if MODE == "heartbeat" and me.id == 1:
         cluster.call_later(0.05, lambda: exec("while True: pass"))
-    if MODE in ("reload", "drain"):
+    if MODE in ("reload", "drain", "killall"):
         def answer(sock):
             if MODE == "drain":          # answer each line, keep the connection
                 sock.on("data", lambda d: sock.write(f"pong {os.getpid()}\n".encode()))
