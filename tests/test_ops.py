@@ -197,6 +197,32 @@ def test_reload_replaces_every_worker_and_waits_for_the_end(app, sockdir):
     assert any("reload asked on the control socket" in line for line in lines), lines
 
 
+def test_a_reload_asked_during_a_reload_joins_it(app, sockdir):
+    """Two asks at once make one reload: every worker forked before the second
+    ask is replaced (the first replacement too), both askers get the end, and
+    the fleet never holds more than one extra worker."""
+    path = sockdir / "ctl.sock"
+    a, port = cli(app, "webapp:app", "--control", str(path))
+    serving(a)
+    first, second = (socket.socket(socket.AF_UNIX) for _ in range(2))
+    with first, second:
+        for s in (first, second):
+            s.settimeout(30)
+            s.connect(str(path))
+        first.sendall(b"reload\n")
+        until(a, "worker 3 forked")
+        second.sendall(b"reload\n")
+        replies = [json.loads(s.makefile("rb").readline()) for s in (first, second)]
+    assert all(r["ok"] is True for r in replies), replies
+    figures = status(path)
+    assert [(w["id"], w["state"]) for w in figures["workers"]] == \
+        [(4, "listening"), (5, "listening")], figures
+    assert figures["primary"]["reloads"] == 1, figures["primary"]
+    lines = stop(a)
+    forks = [int(line.split(" worker ")[1].split()[0]) for line in lines if " forked (pid " in line]
+    assert forks == [1, 2, 3, 4, 5], lines         # the reload's: 3, 4, 5, one at a time
+
+
 def test_scale_grows_and_shrinks_the_fleet(app, sockdir):
     path = sockdir / "ctl.sock"
     a, port = cli(app, "webapp:app", "--control", str(path))

@@ -75,35 +75,75 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any]) -> Non
     is replaced, False when the replacements could not start."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
+    if _Reload.running is not None:
+        _Reload.running.join(on_end)
+        return
     _notify.reloading()                 # nothing without a supervise() under systemd
     if _active is not None:
         _active.reload_began()
     if timeout is None:
         timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
-    workers = _runtime.workers
-    assert workers is not None          # the primary's
-    old = list(workers.values())
+    _Reload(timeout, on_end).step()
 
-    def stopping() -> bool:
-        return _active is not None and _active.stopping > 0
 
-    def ended(complete: bool) -> None:
+class _Reload:
+    """The reload running; there is one at a time. One asked while it runs
+    joins it rather than run beside it (two would each fork replacements and
+    both retire the same workers, and the fleet would swell): from then on it
+    replaces every worker forked before the latest ask, its own replacements
+    so far included, since they may run the code that was current before."""
+
+    running: _Reload | None = None
+
+    def __init__(self, timeout: float, on_end: Callable[[bool], Any]) -> None:
+        self.timeout = timeout
+        self.on_ends = [on_end]
+        self.upto = _runtime.next_id - 1      # the newest worker id to replace
+        self.retiring: set[int] = set()
+        _Reload.running = self
+
+    def join(self, on_end: Callable[[bool], Any]) -> None:
+        self.on_ends.append(on_end)
+        self.upto = _runtime.next_id - 1
+
+    def stopping(self) -> bool:
+        """A fleet that begins to stop ends the reload: nothing more is forked."""
+        if _active is not None and _active.stopping > 0:
+            _Reload.running = None
+            return True
+        return False
+
+    def ended(self, complete: bool) -> None:
+        _Reload.running = None
         if _active is not None:
             _active.reload_ended(complete)
-        on_end(complete)
+        for on_end in self.on_ends:
+            on_end(complete)
 
-    def step() -> None:
-        while old and (old[0].is_dead() or not old[0].is_connected()):
-            old.pop(0)
-        if stopping():
-            return
-        if not old:
-            ended(True)
-            return
-        replace(old.pop(0), RELOAD_TRIES)
+    def next_old(self) -> Worker | None:
+        workers = _runtime.workers
+        assert workers is not None          # the primary's
+        return min((w for w in workers.values()
+                    if w.id <= self.upto and w.id not in self.retiring
+                    and not w.is_dead() and w.is_connected() and not w._disconnecting),
+                   key=lambda w: w.id, default=None)
 
-    def replace(w: Worker, tries: int) -> None:
-        ready = "listening" if w.state == "listening" else "online"
+    def step(self) -> None:
+        if self.stopping():
+            return
+        w = self.next_old()
+        if w is None:
+            self.ended(True)
+        else:
+            self.replace(w, RELOAD_TRIES)
+
+    def replace(self, w: Worker, tries: int) -> None:
+        # w may still be starting (forked before a later ask): a fleet that
+        # serves waits for its replacement to listen all the same.
+        workers = _runtime.workers
+        assert workers is not None
+        serves = any(x.state == "listening" for x in workers.values())
+        ready = "listening" if serves else "online"
         new = _primary.fork()
         if _active is not None:           # the new one takes the old one's place
             _active.restarts_of[new.id] = _active.restarts_of.get(w.id, 0) + 1
@@ -111,31 +151,30 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any]) -> Non
         def replaced(*_: Any) -> None:
             new.off("exit", failed)
             if w.is_dead():               # killed meanwhile: nothing to retire
-                step()
+                self.step()
                 return
-            w.once("exit", lambda *_: step())
-            w.disconnect(timeout=timeout)
+            self.retiring.add(w.id)
+            w.once("exit", lambda *_: self.step())
+            w.disconnect(timeout=self.timeout)
 
         def failed(*_: Any) -> None:
             new.off(ready, replaced)
-            if stopping():
+            if self.stopping():
                 return
             if new.boot_failure is not None:  # the new code cannot start: keep the old
                 _runtime.log("error", "reload stopped, the workers keep their code: "
                              f"worker {new.id} failed to boot: {new.boot_failure}")
-                ended(False)
+                self.ended(False)
                 return
             if w.is_dead():               # both gone: its slot is the fleet's to refill
-                step()
+                self.step()
             elif tries > 1:
-                replace(w, tries - 1)
+                self.replace(w, tries - 1)
             else:
-                ended(False)
+                self.ended(False)
 
         new.once(ready, replaced)
         new.once("exit", failed)
-
-    step()
 
 
 class _Fleet:
