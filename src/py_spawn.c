@@ -1,13 +1,22 @@
 /* py_spawn.c: starting workers: spawn() (fork + exec, spawn.c) with argv and
    envp built here, before the fork, so that the child allocates nothing;
    socketpair() for a worker's channel; die_with_parent() for a child forked
-   without exec; instances() for a worker's fast exit. The caller owns every descriptor these return. Called by
-   module.c through cxpy_spawn_init(). */
+   without exec; fork_sibling() for the worker template; instances() for a
+   worker's fast exit. The caller owns every descriptor these return. Called
+   by module.c through cxpy_spawn_init(). */
 #include "glue.h"
 #include "spawn.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* A NULL-terminated char ** over an iterable of str, bytes or path-like
    items (fs encoding), whose strings *keep owns. The caller's sequence is
@@ -179,12 +188,99 @@ py_instances(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* os.fork(), except that the child's parent is this process's parent
+   (CLONE_PARENT): the worker template forks workers that the primary waits
+   for, signals and outlives as if it had forked them. Only for a process of
+   one thread, as the template is: glibc's fork() handlers are not run, and
+   with no other thread no lock of libc's can be held at the fork. Python's
+   own fork hooks are (os.register_at_fork: random reseeds, threading). */
+static PyObject *
+py_fork_sibling(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    long pid;
+    int err;
+
+    CX_UNUSED(mod);
+    PyOS_BeforeFork();
+    /* Only flags are given: the order of the other arguments differs
+       between architectures, and zero means the same in every place. */
+    pid = syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0, 0, 0, 0);
+    err = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
+}
+
+/* Rewrites this process's argument area (/proc/self/stat's arg_start and
+   arg_end: what /proc/PID/cmdline and ps show) with a NUL-separated argv,
+   cut to fit and padded with NULs: a worker forked from the template shows
+   the command an exec would have given it. The area is the process's own,
+   writable memory, from its start on; setproctitle writes it the same way. */
+static PyObject *
+py_set_cmdline(PyObject *mod, PyObject *arg)
+{
+    char stat[2048], *p;
+    unsigned long long start = 0, end = 0;
+    ssize_t n;
+    int fd, field;
+
+    CX_UNUSED(mod);
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "set_cmdline(bytes)");
+        return NULL;
+    }
+    fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    n = read(fd, stat, sizeof(stat) - 1);
+    close(fd);
+    if (n <= 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    stat[n] = '\0';
+    /* After the command name, which may hold spaces and parentheses, the
+       fields from the third on: arg_start is the 48th, arg_end the 49th. */
+    p = strrchr(stat, ')');
+    for (field = 2; p != NULL && field < 48; field++) {
+        p = strchr(p + 1, ' ');
+    }
+    if (p == NULL || sscanf(p, " %llu %llu", &start, &end) != 2 || end <= start) {
+        PyErr_SetString(PyExc_OSError, "no argument area in /proc/self/stat");
+        return NULL;
+    }
+    {
+        char *area = (char *)(uintptr_t)start;
+        size_t cap = (size_t)(end - start);
+        size_t len = (size_t)PyBytes_GET_SIZE(arg);
+
+        if (len > cap) {
+            len = cap;
+        }
+        memcpy(area, PyBytes_AS_STRING(arg), len);
+        memset(area + len, 0, cap - len);
+        area[cap - 1] = '\0';      /* ends in NUL: no setproctitle reading */
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef spawn_functions[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
      "spawn(path, argv, envp, cwd, chan_fd, stdio, uid, gid) -> pid"},
     {"socketpair", py_socketpair, METH_NOARGS,
      "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
     {"die_with_parent", py_die_with_parent, METH_O, NULL},
+    {"set_cmdline", py_set_cmdline, METH_O,
+     "set_cmdline(b'arg0\\0arg1\\0') -> None: what /proc/PID/cmdline shows."},
+    {"fork_sibling", py_fork_sibling, METH_NOARGS,
+     "fork_sibling() -> pid: os.fork() whose child is this process's sibling."},
     {"instances", (PyCFunction)(void (*)(void))py_instances, METH_FASTCALL,
      "instances(list, type) -> list: the items that are instances of type."},
     {NULL, NULL, 0, NULL},

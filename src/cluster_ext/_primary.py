@@ -14,7 +14,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable, Mapping
     from typing import Any
 
-from . import _core, _fast, _runtime, _shared, _worker
+from . import _core, _fast, _runtime, _shared, _template, _worker
 from ._runtime import SCHED_NONE, SCHED_RR
 from ._worker import Worker
 
@@ -102,14 +102,17 @@ def _default_command() -> tuple[list[str], list[str]]:
     return [sys.executable, *interp[1:]], spec
 
 
-def worker_argv(settings: Mapping[str, Any]) -> list[str]:
+def worker_argv(settings: Mapping[str, Any]) -> tuple[list[str], int | None]:
+    """The worker's command, and where its script, -m or -c begins after the
+    interpreter and its options (None: not this interpreter's script)."""
     ex, args, exec_args = settings["exec"], list(settings["args"]), list(settings["exec_args"])
     if ex is None:
         interp, spec = _default_command()
-        return [*interp, *exec_args, *spec, *args]
+        head = [*interp, *exec_args]
+        return [*head, *spec, *args], len(head) if spec else None
     if isinstance(ex, str):
-        return [sys.executable, *exec_args, os.path.abspath(ex), *args]
-    return [*ex, *args]
+        return [sys.executable, *exec_args, os.path.abspath(ex), *args], 1 + len(exec_args)
+    return [*ex, *args], None
 
 
 def resolve_executable(name: str) -> str:
@@ -200,22 +203,26 @@ def fork_refused(exc: OSError) -> OSError:
 
 def start_exec(worker_id: int, settings: Mapping[str, Any],
                env: Mapping[str, str] | None) -> tuple[int, int, Stdio]:
-    """Fork + exec of a worker. Returns (pid, our channel fd, stdio)."""
-    argv = worker_argv(settings)
+    """Fork + exec of a worker (or its fork from the template, which stands
+    for the exec). Returns (pid, our channel fd, stdio)."""
+    argv, spec_at = worker_argv(settings)
     path = resolve_executable(argv[0])
     ours, their_fd = _core.socketpair()
     stdio = None
     try:
         stdio = Stdio(settings)
         try:
-            envp = [f"{k}={v}" for k, v in
-                    worker_env(worker_id, their_fd, settings, env).items()]
+            environ = worker_env(worker_id, their_fd, settings, env)
             uid, gid = settings["uid"], settings["gid"]
             try:
-                pid = _core.spawn(path, argv, envp, settings["cwd"], their_fd,
-                                  (stdio.child[0], stdio.child[1], stdio.child[2]),
-                                  -1 if uid is None else uid,
-                                  -1 if gid is None else gid)
+                pid = None if spec_at is None else _template.fork(
+                    argv, spec_at, environ, settings["cwd"], uid, gid, stdio.child, their_fd)
+                if pid is None:
+                    pid = _core.spawn(path, argv, [f"{k}={v}" for k, v in environ.items()],
+                                      settings["cwd"], their_fd,
+                                      (stdio.child[0], stdio.child[1], stdio.child[2]),
+                                      -1 if uid is None else uid,
+                                      -1 if gid is None else gid)
             except OSError as exc:
                 if exc.filename is None:     # fork() itself, not the program
                     raise fork_refused(exc) from None
@@ -293,6 +300,7 @@ def _become_worker(worker_id: int, fd: int, settings: Mapping[str, Any],
     _runtime.wake_on_signals()          # the engine was rebuilt: a new pipe
     _runtime.emitter.remove_all_listeners()
     _shared.forget()
+    _template.forget()
     _worker.boot(worker_id, fd, settings["serialization"], settings["max_message_size"])
     target()
     _runtime.run()

@@ -1,0 +1,106 @@
+"""The worker template: a worker forked from it starts as an exec'd one
+would (CLUSTER_EXT_TEMPLATE=0 is the reference, in the same test), ends as
+one would, and a template that dies or whose primary dies leaves nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import APPS, only_json, run_app
+
+BOTH = {"template": {"CLUSTER_EXT_TEMPLATE": "1"}, "exec": {"CLUSTER_EXT_TEMPLATE": "0"}}
+
+
+def gone(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True          # dead; its parent (init, after ours) reaps it
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_worker_from_the_template_starts_as_an_exec_would(tmp_path):
+    runs = {how: only_json(run_app("start_probe.py", "facts", str(tmp_path), env=env))
+            for how, env in BOTH.items()}
+    forked, execd = runs["template"], runs["exec"]
+    assert forked["others_while_running"] == 1 and execd["others_while_running"] == 0
+    assert forked["others_after"] == execd["others_after"] == 0     # the template is reaped
+    assert forked["exit"] == execd["exit"] == [0, None]
+    a, b = forked["worker"], execd["worker"]
+    assert len(a.pop("fds")) <= len(b.pop("fds"))     # nothing of the template's is left open
+    for w in (a, b):
+        w["env"].pop("PROBE_PRIMARY")
+    assert a == b
+    assert a["name"] == "__main__" and a["argv"][1:] == ["facts", str(tmp_path), "x"]
+    assert a["xoptions"] == {"probe": "1"} and a["cwd"] == str(tmp_path)
+    assert a["env"]["PROBE_EXTRA"] == "yes" and a["cluster_env"] == ["CLUSTER_EXT_TEMPLATE"]
+    assert a["parent_is_primary"] is True
+    assert a["cmdline"] == [sys.executable, "-X", "probe=1", str(APPS / "start_probe.py"),
+                            "facts", str(tmp_path), "x"]           # what ps shows
+
+
+def test_a_worker_from_the_template_ends_as_an_exec_would(tmp_path):
+    ends = {}
+    for how, env in BOTH.items():
+        path = tmp_path / how
+        done = subprocess.run([sys.executable, "start_probe.py", "exit", str(path)], cwd=APPS,
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        ends[how] = (json.loads(done.stdout.splitlines()[-1]), done.stderr,
+                     "atexit ran" in done.stdout, path.read_text())
+    assert ends["template"] == ends["exec"]
+    codes, stderr, atexit_ran, written = ends["template"]
+    assert codes == {"exit7": [7, None], "raise": [1, None], "atexit": [0, None]}
+    assert stderr.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{APPS / "start_probe.py"}", line {stderr.split("line ")[1].split(",")[0]}, '
+        "in <module>",
+        '    raise LookupError("from the script")',
+        "LookupError: from the script"]
+    assert atexit_ran and written == "unclosed " * 1000
+
+
+def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():
+    out = only_json(run_app("start_probe.py", "refork", env=BOTH["template"]))
+    # the two workers, and no zombie: the dead template was reaped
+    assert len(out["states"]) == 2 and "Z" not in out["states"], out
+    assert out["children_after"] == 0, out
+
+
+def test_the_template_dies_with_its_primary():
+    a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
+                         env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        pids = json.loads(a.stdout.readline())
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait(10)
+        assert gone(pids["template"]) and gone(pids["worker"]), pids
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+        a.stdout.close()
+
+
+@pytest.mark.parametrize("how", BOTH)
+def test_a_primary_run_with_c_code(how):
+    code = ("import json, sys, cluster_ext as c\n"
+            "if c.is_primary:\n"
+            "    w = c.fork(); w.on('message', lambda m, h: (print(json.dumps(m)), w.kill()))\n"
+            "    c.run()\n"
+            "else:\n"
+            "    c.worker.send([__name__, sys.argv, sys.path[0]])\n"
+            "    c.run()\n")
+    done = subprocess.run([sys.executable, "-c", code, "one"], env={**os.environ, **BOTH[how]},
+                          capture_output=True, text=True, timeout=30, cwd=APPS)
+    assert json.loads(done.stdout) == ["__main__", ["-c", "one"], ""], done.stderr
