@@ -69,6 +69,14 @@ def test_a_worker_from_the_template_ends_as_an_exec_would(tmp_path):
     assert atexit_ran and written == "unclosed " * 1000
 
 
+@pytest.mark.parametrize("how", BOTH)
+def test_a_cwd_the_worker_cannot_take_fails_the_fork_as_the_exec_does(how):
+    out = only_json(run_app("start_probe.py", "badcwd", env=BOTH[how]))
+    # ENOENT raised by fork(), no worker, and the failed child reaped
+    assert out == {"raised": ["FileNotFoundError", 2, True], "workers": 0,
+                   "children": ["S"] if how == "template" else []}, out
+
+
 def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():
     out = only_json(run_app("start_probe.py", "refork", env=BOTH["template"]))
     # the two workers, and no zombie: the dead template was reaped

@@ -264,17 +264,26 @@ def serve() -> None:
             continue
         if not body:
             os._exit(0)
-        read_err, write_err = os.pipe2(os.O_CLOEXEC)
+        request = json.loads(body)
+        # Only a cwd, uid or gid can fail as the exec would have: then the
+        # answer waits for the child to have taken them (an errno, or EOF).
+        # Else it goes at once, and a burst of forks does not wait on the
+        # scheduling of each child.
+        read_err, write_err = (os.pipe2(os.O_CLOEXEC) if any(
+            request[k] is not None for k in ("cwd", "uid", "gid")) else (-1, -1))
         pid = _core.fork_sibling()
         if pid == 0:
-            os.close(read_err)
             sock.close()
-            _become_worker(json.loads(body), fds, write_err)
-        os.close(write_err)
+            if read_err >= 0:
+                os.close(read_err)
+            _become_worker(request, fds, write_err)
         for fd in fds:
             os.close(fd)
-        err = os.read(read_err, 4)
-        os.close(read_err)
+        err = b""
+        if read_err >= 0:
+            os.close(write_err)
+            err = os.read(read_err, 4)
+            os.close(read_err)
         sock.send(struct.pack("=ii", pid, struct.unpack("=i", err)[0] if len(err) == 4 else 0))
 
 
@@ -304,9 +313,12 @@ def _become_worker(request: dict[str, Any], fds: list[int], write_err: int) -> N
             if request["uid"] is not None:
                 os.setuid(request["uid"])
         except OSError as exc:
+            if write_err < 0:
+                raise
             os.write(write_err, struct.pack("=i", exc.errno or 5))
             os._exit(127)
-        os.close(write_err)              # the template answers the primary now
+        if write_err >= 0:
+            os.close(write_err)          # the template answers the primary now
         _core.after_fork()               # an engine of its own, not the template's
         _runtime.wake_on_signals()       # on the new engine's pipe
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -4,6 +4,7 @@ that compares a worker forked from the template with an exec'd one
 cwd, fork(env=)), its facts in one JSON line, with the primary's children
 that are no worker while it runs and after. MODE 'exit': workers that end in
 sys.exit(7), an exception, and an atexit handler with an unclosed file.
+MODE 'badcwd': a cwd that does not exist.
 MODE 'refork': the template is SIGKILLed after the first worker is online;
 the second fork is exec'd. MODE 'hold': prints the template's and the
 worker's pids, and serves on until killed."""
@@ -73,6 +74,15 @@ if cluster.is_primary and MODE == "facts":
     cluster.run()
     out["others_after"] = len(children())
     print(json.dumps(out), flush=True)
+elif cluster.is_primary and MODE == "badcwd":
+    cluster.setup_primary(cwd="/nonexistent/dir")
+    try:
+        cluster.fork()
+        raised = None
+    except OSError as exc:
+        raised = [type(exc).__name__, exc.errno, exc.filename == sys.executable]
+    print(json.dumps({"raised": raised, "workers": len(cluster.workers),
+                      "children": sorted(state(pid) for pid in children())}), flush=True)
 elif cluster.is_primary and MODE in ("refork", "hold"):
     out = {}
     first = cluster.fork()
