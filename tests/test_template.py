@@ -47,6 +47,23 @@ def test_a_worker_from_the_template_starts_as_an_exec_would(tmp_path):
                             "facts", str(tmp_path), "x"]           # what ps shows
 
 
+@pytest.mark.parametrize("option", ["-I", "-P"])
+def test_interpreter_options_that_leave_sys_path_alone(tmp_path, option):
+    """-I and -P (3.11) put no script directory first: neither does the template."""
+    if option == "-P" and sys.version_info < (3, 11):
+        pytest.skip("-P is 3.11's")
+    facts = {}
+    for how, env in BOTH.items():
+        done = subprocess.run([sys.executable, option, "start_probe.py", "facts", str(tmp_path)],
+                              cwd=APPS, env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        facts[how] = json.loads(done.stdout.splitlines()[-1])["worker"]
+    assert facts["template"]["path0"] == facts["exec"]["path0"] != str(APPS)
+    assert facts["template"]["path"] == facts["exec"]["path"]
+    assert facts["template"]["flags"] == facts["exec"]["flags"]
+
+
 def test_a_worker_from_the_template_ends_as_an_exec_would(tmp_path):
     ends = {}
     for how, env in BOTH.items():

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 ENV_FD = "CLUSTER_EXT_TEMPLATE_FD"
 REPLY_TIMEOUT = 10.0            # seconds for one fork's answer; then exec
-MAX_REQUEST = 1 << 20           # bytes: an environment larger than this is exec'd
+MAX_REQUEST = 1 << 16           # bytes: a larger request (its environment) is exec'd
 CMDLINE_ROOM = 4096             # bytes at least for a worker's /proc/PID/cmdline
 # Read as the interpreter starts, or as a module the template imported does:
 # a worker whose value differs cannot come from this template.
@@ -89,7 +89,8 @@ class Template:
             finally:
                 os.close(theirs_fd)
             self.sock.settimeout(REPLY_TIMEOUT)
-            self.sock.send(json.dumps(preloads()).encode())
+            names = json.dumps(preloads()).encode()
+            self.sock.send(names if len(names) <= MAX_REQUEST else b"[]")
             ready = self.sock.recv(16)   # the template has imported them
             if ready != b"ready":
                 raise OSError("the worker template did not start")
@@ -380,15 +381,19 @@ def _run_script(argv: list[str], spec_at: int) -> int:
         what, target, args = "path", spec[0], spec[1:]
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
+    # The template's "-c" put "" first, unless -P or -I left sys.path alone
+    # (and then the exec would have too).
+    first = None if getattr(sys.flags, "safe_path", False) or sys.flags.isolated else ""
     if what == "-c":
         sys.argv = ["-c", *args]
-        sys.path[0] = ""
     elif what == "-m":
         sys.argv = ["-m", *args]         # runpy puts the module's path first
-        sys.path[0] = os.getcwd()
+        first = first if first is None else os.getcwd()
     else:
         sys.argv = [target, *args]
-        sys.path[0] = os.path.dirname(os.path.realpath(target))
+        first = first if first is None else os.path.dirname(os.path.realpath(target))
+    if first is not None:
+        sys.path[0] = first
     _runtime.settings.update(_primary.default_settings())   # from this argv and env
     _worker.boot_from_env()
     if what == "-m":
