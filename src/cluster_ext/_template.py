@@ -77,7 +77,8 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         try:
-            theirs_fd = _lift(theirs.detach())
+            from ._primary import _above_stdio
+            theirs_fd = _above_stdio(theirs.detach())
             try:
                 envp = [f"{k}={v}" for k, v in env.items()] + [f"{ENV_FD}={theirs_fd}"]
                 code = "from cluster_ext import _template; _template.serve()"
@@ -214,16 +215,6 @@ def forget() -> None:
         t = _running.pop()
         t.sock.close()
         t.pid = None
-
-
-def _lift(fd: int) -> int:
-    """Above 0-2, which the engine's spawn keeps for the child's stdio."""
-    if fd > 2:
-        return fd
-    import fcntl
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(fd)
-    return moved
 
 
 def _reap(pid: int) -> None:
