@@ -53,10 +53,13 @@ def preloads() -> list[str]:
     far, since its workers run the same script, and each import in each of
     them is start time (argparse and its re, asyncio, our net)."""
     stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
-    return sorted(name for name in list(sys.modules)
-                  if (name.partition(".")[0] in stdlib or name.startswith("cluster_ext."))
-                  and name.partition(".")[0] not in NOT_PRELOADED
-                  and not name.startswith("cluster_ext._template"))
+    # In the primary's order (sys.modules keeps it): a package before what
+    # it imports. A private module alone first (_asyncio before asyncio)
+    # can meet its package half made and leave it on its fallbacks.
+    return [name for name in list(sys.modules)
+            if (name.partition(".")[0] in stdlib or name.startswith("cluster_ext."))
+            and name.partition(".")[0] not in NOT_PRELOADED and not name.startswith("_")
+            and not name.startswith("cluster_ext._template")]
 
 
 def start_variables(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
