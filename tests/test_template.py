@@ -101,6 +101,21 @@ def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():
     assert out["children_after"] == 0, out
 
 
+def test_ps_names_the_template():
+    a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
+                         env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        pids = json.loads(a.stdout.readline())
+        with open(f"/proc/{pids['template']}/cmdline", "rb") as f:
+            assert f.read().rstrip(b"\0") == \
+                f"cluster_ext: worker template of primary {a.pid}".encode()
+    finally:
+        a.kill()
+        a.wait()
+        a.stdout.close()
+
+
 def test_the_template_dies_with_its_primary():
     a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
                          env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,

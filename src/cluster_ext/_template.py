@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 ENV_FD = "CLUSTER_EXT_TEMPLATE_FD"
 REPLY_TIMEOUT = 10.0            # seconds for one fork's answer; then exec
 MAX_REQUEST = 1 << 16           # bytes: a larger request (its environment) is exec'd
+TITLE = "cluster_ext: worker template of primary"    # its command line, for ps
 CMDLINE_ROOM = 4096             # bytes at least for a worker's /proc/PID/cmdline
 # Read as the interpreter starts, or as a module the template imported does:
 # a worker whose value differs cannot come from this template.
@@ -244,6 +245,8 @@ def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the primary's to act on
     sock = socket.socket(fileno=int(os.environ.pop(ENV_FD)))
     sock.set_inheritable(False)
+    # What ps shows for this process, which serves no one itself.
+    _core.set_cmdline(f"{TITLE} {os.getppid()}\0".encode())
     import importlib
     for name in json.loads(sock.recv(MAX_REQUEST)):
         try:
