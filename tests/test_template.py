@@ -1,12 +1,13 @@
 """The worker template: a worker forked from it starts as an exec'd one
 would (CLUSTER_EXT_TEMPLATE=0 is the reference, in the same test), ends as
 one would, and a template that dies or whose primary dies leaves nothing."""
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,16 +16,27 @@ from conftest import APPS, only_json, run_app
 BOTH = {"template": {"CLUSTER_EXT_TEMPLATE": "1"}, "exec": {"CLUSTER_EXT_TEMPLATE": "0"}}
 
 
-def gone(pid, timeout=10):
-    deadline = time.monotonic() + timeout
-    while os.path.exists(f"/proc/{pid}"):
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return True          # dead; its parent (init, after ours) reaps it
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+@contextlib.contextmanager
+def holding():
+    """start_probe.py hold, under the template: (the primary, its pids line)."""
+    a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
+                         env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        yield a, json.loads(a.stdout.readline())
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+        a.stdout.close()
+
+
+def exits_within(pidfd, timeout=10):
+    """Whether the process ends within timeout: a pidfd is readable once it has."""
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 def test_a_worker_from_the_template_starts_as_an_exec_would(tmp_path):
@@ -102,34 +114,19 @@ def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():
 
 
 def test_ps_names_the_template():
-    a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
-                         env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,
-                         text=True)
-    try:
-        pids = json.loads(a.stdout.readline())
+    with holding() as (a, pids):
         with open(f"/proc/{pids['template']}/cmdline", "rb") as f:
             assert f.read().rstrip(b"\0") == \
                 f"cluster_ext: worker template of primary {a.pid}".encode()
-    finally:
-        a.kill()
-        a.wait()
-        a.stdout.close()
 
 
 def test_the_template_dies_with_its_primary():
-    a = subprocess.Popen([sys.executable, "start_probe.py", "hold"], cwd=APPS,
-                         env={**os.environ, **BOTH["template"]}, stdout=subprocess.PIPE,
-                         text=True)
-    try:
-        pids = json.loads(a.stdout.readline())
+    with holding() as (a, pids):
+        watches = {name: os.pidfd_open(pid) for name, pid in pids.items()}
         os.kill(a.pid, signal.SIGKILL)
         a.wait(10)
-        assert gone(pids["template"]) and gone(pids["worker"]), pids
-    finally:
-        if a.poll() is None:
-            a.kill()
-            a.wait()
-        a.stdout.close()
+        assert {name: exits_within(fd) for name, fd in watches.items()} == \
+            {"template": True, "worker": True}, pids
 
 
 @pytest.mark.parametrize("how", BOTH)
