@@ -15,6 +15,8 @@
 # CC (default clang) and AFL_CC (default afl-clang-fast) name the compilers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=fuzz_report.sh
+source "$root/scripts/fuzz_report.sh"
 targets=(frames_libfuzzer)
 engine=(channel.c outq.c loop.c util.c)
 mode=libfuzzer seconds=60 runs="" keep=""
@@ -89,21 +91,8 @@ for target in "${targets[@]}"; do
     bound=(-max_total_time="$seconds") what="$seconds s"
     [[ -n $runs ]] && bound=(-runs="$runs") what="$runs runs"
     echo "+ $target: libFuzzer, $what, corpus $corpus"
-    start=$SECONDS
-    if "$work/$target" "${bound[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-            -artifact_prefix="$root/fuzz/out/$target-" "$corpus" > "$work/$target.log" 2>&1; then
-        result=ok
-    else
-        result=failed status=1
-        grep -a -v '^#\|^INFO\|^\s*$' "$work/$target.log" | tail -40 >&2
-    fi
-    done_line=$(grep -a -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$work/$target.log" \
-                | tail -n 1 || true)
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$target.log")
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/$target.log")
-    cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\) corp: \([0-9]*\)\/.*/cov \1, ft \2, corpus \3 inputs/p' \
-          <<< "$done_line")
-    echo "$target: ${execs:-?} execs in $((SECONDS - start)) s (${rate:-?}/s), ${cov:-no coverage line}," \
-         "crashes $([[ $result == ok ]] && echo 0 || echo "1: see fuzz/out/$target-*")"
+    fuzz_run "$work/$target.log" "$target" crashes \
+        "$work/$target" "${bound[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="$root/fuzz/out/$target-" "$corpus" || status=1
 done
 exit $status

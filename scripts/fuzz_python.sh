@@ -10,6 +10,8 @@
 #   (default 10 s each; --runs N for N executions each instead)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=fuzz_report.sh
+source "$root/scripts/fuzz_report.sh"
 py=$(command -v "${PYTHON:-python3}")
 seconds=10 runs="" targets=()
 while (($#)); do
@@ -40,24 +42,10 @@ for target in "${targets[@]}"; do
     bound=(-max_total_time="$seconds") what="$seconds s"
     [[ -n $runs ]] && bound=(-runs="$runs") what="$runs runs"
     echo "+ $target: atheris, $what"
-    start=$SECONDS
     # -rss_limit_mb over the harness's RLIMIT_AS (3 GiB): a pickle's huge
     # allocation fails as MemoryError (the 'error' path) before it is an OOM
-    if "$py" "$harness" "$target" "${bound[@]}" -max_len=8192 -timeout=10 -rss_limit_mb=3500 \
-            -print_final_stats=1 -artifact_prefix="$root/fuzz/out/py-$target-" "$corpus" \
-            > "$work/$target.log" 2>&1; then
-        result=ok
-    else
-        result=failed status=1
-        grep -a -v '^#\|^INFO\|^WARNING\|^\s*$' "$work/$target.log" | tail -40 >&2
-    fi
-    last=$(grep -a -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$work/$target.log" \
-           | tail -n 1 || true)
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$target.log")
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/$target.log")
-    cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\) corp: \([0-9]*\)\/.*/cov \1, ft \2, corpus \3 inputs/p' \
-          <<< "$last")
-    echo "py-$target: ${execs:-?} execs in $((SECONDS - start)) s (${rate:-?}/s)," \
-         "${cov:-no coverage line}, failures $([[ $result == ok ]] && echo 0 || echo "1: see fuzz/out/py-$target-*")"
+    fuzz_run "$work/$target.log" "py-$target" failures \
+        "$py" "$harness" "$target" "${bound[@]}" -max_len=8192 -timeout=10 -rss_limit_mb=3500 \
+        -print_final_stats=1 -artifact_prefix="$root/fuzz/out/py-$target-" "$corpus" || status=1
 done
 exit $status

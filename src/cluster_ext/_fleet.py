@@ -99,14 +99,13 @@ class _Reload:
         self.timeout = timeout
         self.on_ends = [on_end]
         self.upto = _runtime.next_id - 1      # the newest worker id to replace
-        self.retiring: set[int] = set()
         _Reload.running = self
 
     def join(self, on_end: Callable[[bool], Any]) -> None:
         self.on_ends.append(on_end)
         self.upto = _runtime.next_id - 1
 
-    def stopping(self) -> bool:
+    def abandoned(self) -> bool:
         """A fleet that begins to stop ends the reload: nothing more is forked."""
         if _active is not None and _active.stopping > 0:
             _Reload.running = None
@@ -124,12 +123,12 @@ class _Reload:
         workers = _runtime.workers
         assert workers is not None          # the primary's
         return min((w for w in workers.values()
-                    if w.id <= self.upto and w.id not in self.retiring
-                    and not w.is_dead() and w.is_connected() and not w._disconnecting),
+                    if w.id <= self.upto and not w.is_dead() and w.is_connected()
+                    and not w._disconnecting),     # retiring already: ours, or a shrink
                    key=lambda w: w.id, default=None)
 
     def step(self) -> None:
-        if self.stopping():
+        if self.abandoned():
             return
         w = self.next_old()
         if w is None:
@@ -153,13 +152,12 @@ class _Reload:
             if w.is_dead():               # killed meanwhile: nothing to retire
                 self.step()
                 return
-            self.retiring.add(w.id)
             w.once("exit", lambda *_: self.step())
             w.disconnect(timeout=self.timeout)
 
         def failed(*_: Any) -> None:
             new.off(ready, replaced)
-            if self.stopping():
+            if self.abandoned():
                 return
             if new.boot_failure is not None:  # the new code cannot start: keep the old
                 _runtime.log("error", "reload stopped, the workers keep their code: "

@@ -168,7 +168,6 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     interpreter = list(argv[:spec_at])
     if interpreter[0] != sys.executable or any(o in EXEC_ONLY_OPTIONS for o in interpreter):
         return None
-    base = {k: v for k, v in env.items() if not k.startswith("CLUSTER_EXT_")}
     key = (tuple(interpreter), start_variables(env))
     if key in _failed:
         return None
@@ -181,11 +180,12 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     template = _running[0] if _running and _running[0].key == key else None
     if template is None:
         stop()
+        base = {k: v for k, v in env.items() if not k.startswith("CLUSTER_EXT_")}
         try:
             template = Template(key, interpreter, base,
                                 max(CMDLINE_ROOM, 2 * sum(len(a) + 1 for a in argv)))
         except OSError:
-            _failed.add(key)
+            _give_up(key)
             return None
         _running.append(template)
     fds = [chan_fd] + [fd if fd >= 0 else i for i, fd in enumerate(stdio)]
@@ -194,16 +194,20 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     try:
         return template.fork(request, fds, argv[0])
     except _Gone:
-        stop()
-        _failed.add(key)
+        _give_up(key)
         return None
     except _Unfit:
         return None
     except OSError as exc:
         if exc.filename is None:         # the template is in doubt: not again
-            stop()
-            _failed.add(key)
+            _give_up(key)
         raise
+
+
+def _give_up(key: tuple[Any, ...]) -> None:
+    """No template for key from here: its forks are exec'd."""
+    stop()
+    _failed.add(key)
 
 
 def stop() -> None:
