@@ -238,7 +238,7 @@ chan_flush(cx_chan *ch)
 
     cx_list_remove(&ch->flusher.node);  /* flushed early: off the deferred list */
     if (!ch->write_err) {
-        r = cx_outq_write(&ch->out, ch->fd, 1, &reached);
+        r = cx_outq_write(&ch->out, ch->fd, 1, 0, &reached);
         cx_note_post_n(&ch->h, CX_NOTE_WRITTEN, 0, reached);
     }
     if (r < 0) {

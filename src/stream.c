@@ -134,7 +134,7 @@ stream_flush(cx_stream *s)
     if (s->fd < 0) {
         return;
     }
-    r = cx_outq_write(&s->out, s->fd, s->is_socket, &reached);
+    r = cx_outq_write(&s->out, s->fd, s->is_socket, s->ending, &reached);
     cx_note_post_n(&s->h, CX_NOTE_WRITTEN, 0, reached);
     if (r < 0) {
         cx_stream_destroy(s, -r);
