@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _core
+from . import _core, _runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class _Gone(_Unfit):
 
 _running: list[Template] = []
 _failed: set[tuple[Any, ...]] = set()       # keys whose template would not start
+_holds = [0]
 
 
 def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | None,
@@ -210,9 +211,26 @@ def _give_up(key: tuple[Any, ...]) -> None:
     _failed.add(key)
 
 
+def hold(on: bool) -> None:
+    """While held (a reload runs), the template stays between its forks."""
+    _holds[0] += 1 if on else -1
+    if not on:
+        settle()
+
+
+def settle() -> None:
+    """Ends the template once no worker is starting and nothing holds it: a
+    burst of forks shares one, and a fleet that runs is the primary and its
+    workers only, with no idle process beside them."""
+    workers = _runtime.workers
+    if _running and not _holds[0] and not any(
+            w.state == "none" for w in (workers.values() if workers else ())):
+        stop()
+
+
 def stop() -> None:
-    """No template from here (the loop has ended, the last worker has
-    exited, or another template is needed)."""
+    """No template from here (the start is over, the loop has ended, or
+    another template is needed)."""
     while _running:
         _running.pop().close()
 

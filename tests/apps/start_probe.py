@@ -6,9 +6,10 @@ that are no worker while it runs and after. MODE 'exit': workers that end in
 sys.exit(7), an exception, and an atexit handler with an unclosed file.
 MODE 'badcwd': a cwd that does not exist.
 MODE 'refork': the template is SIGKILLed after the first worker is online;
-the second fork is exec'd. MODE 'hold': prints the template's and the
-worker's pids, and serves on until killed."""
+the second fork is exec'd. MODE 'hold': holds the template (as a reload
+does), prints its pid and the worker's, and serves on until killed."""
 import atexit
+import gc
 import json
 import os
 import signal
@@ -54,6 +55,7 @@ def facts():
         "settings": {k: v for k, v in cluster.settings.items() if k != "scheduling_policy"},
         "worker_id": cluster.worker.id,
         "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\0").decode().split("\0"),
+        "frozen": gc.get_freeze_count() > 0,     # by the template, before its fork
     }
 
 
@@ -85,6 +87,9 @@ elif cluster.is_primary and MODE == "badcwd":
                       "children": sorted(state(pid) for pid in children())}), flush=True)
 elif cluster.is_primary and MODE in ("refork", "hold"):
     out = {}
+    if MODE == "hold":
+        from cluster_ext import _template
+        _template.hold(True)
     first = cluster.fork()
 
     def first_online():
