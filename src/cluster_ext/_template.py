@@ -131,9 +131,11 @@ class Template:
             raise OSError(err, os.strerror(err), path)
         return int(pid)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Ends the template (it holds nothing to flush, and SIGKILL ends
-        even a stopped one) and reaps it: it is our child."""
+        even a stopped one) and reaps it, it is our child: now, or without
+        waiting by the running loop (a template's end takes a millisecond
+        or two that a worker's start or exit would otherwise wait out)."""
         self.sock.close()
         pid = getattr(self, "pid", None)
         if pid is not None:
@@ -142,7 +144,10 @@ class Template:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
-            _reap(pid)
+            if wait:
+                _reap(pid)
+            else:
+                _core.watch_child(pid, _reaped)
 
 
 class _Unfit(Exception):
@@ -225,14 +230,18 @@ def settle() -> None:
     workers = _runtime.workers
     if _running and not _holds[0] and not any(
             w.state == "none" for w in (workers.values() if workers else ())):
-        stop()
+        stop(wait=False)
 
 
-def stop() -> None:
+def stop(wait: bool = True) -> None:
     """No template from here (the start is over, the loop has ended, or
     another template is needed)."""
     while _running:
-        _running.pop().close()
+        _running.pop().close(wait)
+
+
+def _reaped(code: int | None, sig: int | None) -> None:
+    pass
 
 
 def forget() -> None:
