@@ -114,6 +114,14 @@ struct cx_loop {
         int spin_misses, spin_rest;    /* adaptive: stop spinning when idle */
         int deferring;                 /* sends wait for cx_loop_flush() */
     } chan_policy;
+    /* Yielding before a sleep (loop.c, yield_wait): adaptive, and never in
+       a loop with a raced listener. */
+    struct {
+        int worked;                    /* the last turn had events */
+        int raced;                     /* open listeners with raced set */
+        uint64_t resume_ns;            /* none before then (CLOCK_MONOTONIC) */
+        int window, slow;              /* yields, and slow ones, of this window */
+    } yield_policy;
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
 };

@@ -240,11 +240,11 @@ listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     CxListener *self;
     PyObject *on_connection;
-    int fd, exclusive, max_accepts, r;
+    int fd, raced, max_accepts, r;
 
     if (cxpy_no_kwds("Listener", kwds) < 0 ||
         !PyArg_ParseTuple(args, "iOpi:Listener", &fd, &on_connection,
-                          &exclusive, &max_accepts) ||
+                          &raced, &max_accepts) ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -261,7 +261,7 @@ listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->hp = &self->l.h;
     self->deliver = listener_deliver;
     self->on_connection = Py_NewRef(on_connection);
-    r = cx_listener_open(&self->l, fd, exclusive, max_accepts);
+    r = cx_listener_open(&self->l, fd, raced, max_accepts);
     return cxpy_opened((CxObject *)self, r);
 }
 
@@ -335,7 +335,7 @@ static PyType_Slot listener_slots[] = {
     {Py_tp_clear, listener_clear},
     {Py_tp_methods, listener_methods},
     {Py_tp_getset, listener_getset},
-    {Py_tp_doc, "Listener(fd, on_connection, exclusive, max_accepts)"},
+    {Py_tp_doc, "Listener(fd, on_connection, raced, max_accepts)"},
     {0, NULL},
 };
 

@@ -309,10 +309,7 @@ listener_watch(cx_listener *l)
         cx_io_stop(l->h.loop, &l->io);
         return 0;
     }
-    /* EPOLLEXCLUSIVE cannot be modified, only added: the io is stopped
-       whenever it is not watched. */
-    return cx_io_start(l->h.loop, &l->io,
-                       EPOLLIN | (l->exclusive ? EPOLLEXCLUSIVE : 0));
+    return cx_io_start(l->h.loop, &l->io, EPOLLIN);
 }
 
 static void
@@ -353,6 +350,10 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
 void
 cx_listener_release(cx_listener *l)
 {
+    if (l->raced) {
+        l->raced = 0;
+        l->h.loop->yield_policy.raced--;
+    }
     cx_timer_stop(&l->retry);
     cx_io_stop(l->h.loop, &l->io);
     cx_close(&l->fd);
@@ -379,13 +380,14 @@ cx_listener_init(cx_loop *loop, cx_listener *l)
 }
 
 int
-cx_listener_open(cx_listener *l, int fd, int exclusive, int max_accepts)
+cx_listener_open(cx_listener *l, int fd, int raced, int max_accepts)
 {
     int r;
 
     l->fd = fd;
     l->io.fd = fd;
-    l->exclusive = exclusive;
+    l->raced = raced != 0;
+    l->h.loop->yield_policy.raced += l->raced;
     l->max_accepts = max_accepts > 0 ? max_accepts : 64;
     r = listener_watch(l);
     if (r < 0) {

@@ -41,7 +41,7 @@ struct cx_listener {
     cx_io io;
     cx_timer retry;            /* after EMFILE: accept again later */
     int fd;                    /* owned */
-    int exclusive;             /* shared with other processes: EPOLLEXCLUSIVE */
+    int raced;                 /* other processes accept from it too (SCHED_NONE) */
     int max_accepts;           /* per wakeup */
     int paused;
     /* Takes each accepted fd; NULL: a CONNECTION note for the glue. Runs
@@ -53,7 +53,7 @@ struct cx_listener {
    accepts become CONNECTION notes unless on_accept is set after this. */
 void cx_listener_init(cx_loop *loop, cx_listener *l);
 /* Takes ownership of a listening fd, even on failure. */
-int cx_listener_open(cx_listener *l, int fd, int exclusive, int max_accepts);
+int cx_listener_open(cx_listener *l, int fd, int raced, int max_accepts);
 void cx_listener_close(cx_listener *l);
 /* Stops watching and closes the fd, without unlinking the handle. */
 void cx_listener_release(cx_listener *l);

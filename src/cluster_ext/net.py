@@ -256,7 +256,7 @@ class Server(EventEmitter, _SharedServer):
                 self._state = "closed"
                 _runtime.call_later(0, self.emit, "error", exc)
                 return self
-            self._listen_on(sock.detach(), address, exclusive=False, accepts=64)
+            self._listen_on(sock.detach(), address, raced=False, accepts=64)
             _runtime.call_later(0, self._emit_listening)
         return self
 
@@ -292,9 +292,9 @@ class Server(EventEmitter, _SharedServer):
 
     # ---- internals ------------------------------------------------------------
 
-    def _listen_on(self, fd: int, address: _protocol.Address, *, exclusive: bool,
+    def _listen_on(self, fd: int, address: _protocol.Address, *, raced: bool,
                    accepts: int) -> None:
-        self._listener = _core.Listener(fd, self._accepted, exclusive, accepts)
+        self._listener = _core.Listener(fd, self._accepted, raced, accepts)
         if not self._referenced:
             self._listener.ref(False)
         self._address = address
@@ -351,7 +351,7 @@ class Server(EventEmitter, _SharedServer):
             view.close()
             raise
         self._state = "asking"
-        self._listen_on(view.detach(), address, exclusive=False, accepts=64)
+        self._listen_on(view.detach(), address, raced=False, accepts=64)
         self._became_listening(address)
 
 
@@ -456,7 +456,7 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
             _runtime.worker._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
             return
         if fd is not None:               # SCHED_NONE: accept on the shared socket
-            server._listen_on(fd, address, exclusive=False, accepts=NONE_ACCEPTS)
+            server._listen_on(fd, address, raced=True, accepts=NONE_ACCEPTS)
         server._key = key
         _shared_servers[key] = server
         server._became_listening(address)

@@ -7,8 +7,9 @@
   reload     workers serve a port; SIGHUP replaces each of them
   retire     SIGTTOU retires the oldest (not replaced), SIGTTIN adds one
   drain      workers serve a port; SIGTERM waits for a held connection
-  killall    as reload, with a respawn back-off of half a second: a test
-             SIGKILLs every worker and connects while none is alive
+  killall    as reload, with a respawn back-off of half a second, and each
+             listening worker's pid: a test SIGKILLs every worker and
+             connects while none is alive
   deaf       workers serve a port from a blocking loop of their own and never
              read their channel (GRACE: the graceful timeout)
 """
@@ -31,6 +32,8 @@ if cluster.is_primary:
     cluster.on("online", lambda w: say("online", w.id))
     cluster.on("listening", lambda w, a: say("listening", w.id, a[1]))
     cluster.on("disconnect", lambda w: say("disconnect", w.id))
+    if MODE == "killall":
+        cluster.on("listening", lambda w, a: say("pid", w.process.pid))
     cluster.on("exit", lambda w, code, sig: say(
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
     size = 1 if MODE == "heartbeat" else 2

@@ -12,6 +12,7 @@ import atexit
 import gc
 import json
 import os
+import select
 import signal
 import sys
 
@@ -23,6 +24,19 @@ MODE = sys.argv[1]
 def children():
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
         return {int(pid) for pid in f.read().split()}
+
+
+def still_running(pids, timeout=5):
+    """How many of pids have not ended within timeout (ended: reaped or not)."""
+    running = 0
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        running += not select.select([fd], [], [], timeout)[0]
+        os.close(fd)
+    return running
 
 
 def state(pid):
@@ -68,7 +82,7 @@ if cluster.is_primary and MODE == "facts":
 
     def got(msg, handle):
         out["worker"] = msg
-        out["others_while_running"] = len(children() - {w.process.pid})
+        out["others_while_running"] = still_running(children() - {w.process.pid})
         w.disconnect()
 
     w.on("message", got)
