@@ -144,10 +144,13 @@ class Template:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
-            if wait:
-                _reap(pid)
-            else:
-                _core.watch_child(pid, _reaped)
+            if not wait:
+                try:
+                    _core.watch_child(pid, _reaped)
+                    return
+                except OSError:          # no watch to be had: wait after all
+                    pass
+            _reap(pid)
 
 
 class _Unfit(Exception):
