@@ -42,8 +42,9 @@ cx_outq_size(const cx_outq *q)
 /* Writes as much as fd takes (sendmsg on sockets, write otherwise).
    more: a shutdown follows, so MSG_MORE holds the last bytes back for the
    FIN to leave in the same TCP segment (8 segments a connection instead of
-   10 for a request, a reply and a close). *reached counts the notify marks passed. Returns 0 when the queue is empty,
-   1 when the fd would block, -errno on failure. */
+   10 for a request, a reply and a close). *reached counts the notify marks
+   passed. Returns 0 when the queue is empty, 1 when the fd would block,
+   -errno on failure. */
 int cx_outq_write(cx_outq *q, int fd, int is_socket, int more, int *reached);
 /* Drops everything queued; returns how many marks were still pending. */
 int cx_outq_clear(cx_outq *q);

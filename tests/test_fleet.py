@@ -124,6 +124,7 @@ def test_a_fleet_with_every_worker_killed_refuses_no_connection(app, policy):
     a = app("fleet.py", "killall", env={"PORT": str(port), "CLUSTER_EXT_SCHED_POLICY": policy})
     seen = []
     old = {int(lines_until(a, "pid", seen).split()[1]) for _ in range(2)}
+    assert len(old) == 2
     for pid in old:
         os.kill(pid, signal.SIGKILL)
     lines_until(a, "exit ", seen)

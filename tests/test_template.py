@@ -48,7 +48,9 @@ def test_a_worker_from_the_template_starts_as_an_exec_would(tmp_path):
     assert forked["others_after"] == execd["others_after"] == 0
     assert forked["exit"] == execd["exit"] == [0, None]
     a, b = forked["worker"], execd["worker"]
-    assert (a.pop("frozen"), b.pop("frozen")) == (True, False)     # forked from it, exec'd
+    # forked from the template, which froze its preloads (thousands of objects;
+    # an exec'd 3.12 freezes 375 at its start, others none)
+    assert a.pop("frozen") > b.pop("frozen") + 1000
     assert len(a.pop("fds")) <= len(b.pop("fds"))     # nothing of the template's is left open
     for w in (a, b):
         w["env"].pop("PROBE_PRIMARY")
@@ -106,6 +108,13 @@ def test_a_cwd_the_worker_cannot_take_fails_the_fork_as_the_exec_does(how):
     # ENOENT raised by fork(), no worker, and the failed child reaped
     assert out == {"raised": ["FileNotFoundError", 2, True], "workers": 0,
                    "children": ["S"] if how == "template" else []}, out
+
+
+def test_a_fork_while_the_fleet_serves_is_execd():
+    """The template serves a start; a restart or scale-up beside workers that
+    serve is exec'd, so the primary's loop never waits for a template."""
+    frozen = only_json(run_app("start_probe.py", "serving", env=BOTH["template"]))
+    assert frozen["1"] > 1000 > frozen["2"], frozen
 
 
 def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _core, _fast, _notify, _primary, _runtime, _shared, _template, _worker
+from . import _core, _fast, _notify, _primary, _runtime, _shared, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,7 +100,6 @@ class _Reload:
         self.on_ends = [on_end]
         self.upto = _runtime.next_id - 1      # the newest worker id to replace
         _Reload.running = self
-        _template.hold(True)                  # its forks, one at a time, share one
 
     def join(self, on_end: Callable[[bool], Any]) -> None:
         self.on_ends.append(on_end)
@@ -109,17 +108,12 @@ class _Reload:
     def abandoned(self) -> bool:
         """A fleet that begins to stop ends the reload: nothing more is forked."""
         if _active is not None and _active.stopping > 0:
-            self.let_go()
+            _Reload.running = None
             return True
         return False
 
-    def let_go(self) -> None:
-        if _Reload.running is self:
-            _Reload.running = None
-            _template.hold(False)
-
     def ended(self, complete: bool) -> None:
-        self.let_go()
+        _Reload.running = None
         if _active is not None:
             _active.reload_ended(complete)
         for on_end in self.on_ends:

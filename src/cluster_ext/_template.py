@@ -163,7 +163,6 @@ class _Gone(_Unfit):
 
 _running: list[Template] = []
 _failed: set[tuple[Any, ...]] = set()       # keys whose template would not start
-_holds = [0]
 
 
 def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | None,
@@ -187,6 +186,11 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     except ImportError:
         return None
     template = _running[0] if _running and _running[0].key == key else None
+    if template is None and _workers_in("listening"):
+        # A fleet that serves execs (a restart, a scale-up, a reload's step):
+        # its loop would wait ~30 ms for a template's start, and with it the
+        # SCHED_RR hand-offs.
+        return None
     if template is None:
         stop()
         base = {k: v for k, v in env.items() if not k.startswith("CLUSTER_EXT_")}
@@ -219,20 +223,15 @@ def _give_up(key: tuple[Any, ...]) -> None:
     _failed.add(key)
 
 
-def hold(on: bool) -> None:
-    """While held (a reload runs), the template stays between its forks."""
-    _holds[0] += 1 if on else -1
-    if not on:
-        settle()
+def _workers_in(state: str) -> bool:
+    workers = _runtime.workers
+    return any(w.state == state for w in (workers.values() if workers else ()))
 
 
 def settle() -> None:
-    """Ends the template once no worker is starting and nothing holds it: a
-    burst of forks shares one, and a fleet that runs is the primary and its
-    workers only, with no idle process beside them."""
-    workers = _runtime.workers
-    if _running and not _holds[0] and not any(
-            w.state == "none" for w in (workers.values() if workers else ())):
+    """Ends the template once no worker is starting: a burst of forks shares
+    one, and a fleet that runs is the primary and its workers only."""
+    if _running and not _workers_in("none"):
         stop(wait=False)
 
 

@@ -295,9 +295,9 @@ class Worker(EventEmitter):
             self.exited_after_disconnect = False
         if _runtime.workers is not None and _runtime.workers.get(self.id) is self:
             del _runtime.workers[self.id]
-            _template.settle()
         self.emit("exit", code, sig)
         _runtime.emitter.emit("exit", self, code, sig)
+        _template.settle()               # after a fork that 'exit' may have made
 
     # ---- the public face -------------------------------------------------------
 

@@ -351,7 +351,8 @@ class Server(EventEmitter, _SharedServer):
             view.close()
             raise
         self._state = "asking"
-        self._listen_on(view.detach(), address, raced=False, accepts=64)
+        # Sent to several processes, it is raced as a SCHED_NONE socket is.
+        self._listen_on(view.detach(), address, raced=True, accepts=64)
         self._became_listening(address)
 
 

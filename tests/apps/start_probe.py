@@ -6,8 +6,10 @@ that are no worker while it runs and after. MODE 'exit': workers that end in
 sys.exit(7), an exception, and an atexit handler with an unclosed file.
 MODE 'badcwd': a cwd that does not exist.
 MODE 'refork': the template is SIGKILLed after the first worker is online;
-the second fork is exec'd. MODE 'hold': holds the template (as a reload
-does), prints its pid and the worker's, and serves on until killed."""
+the second fork is exec'd. MODE 'hold': at the worker's 'online', while
+the template still lives, prints its pid and the worker's, then blocks
+there until killed. MODE 'serving': a worker that listens, then one forked
+while it serves; each reports its frozen GC objects (the template's mark)."""
 import atexit
 import gc
 import json
@@ -69,7 +71,7 @@ def facts():
         "settings": {k: v for k, v in cluster.settings.items() if k != "scheduling_policy"},
         "worker_id": cluster.worker.id,
         "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\0").decode().split("\0"),
-        "frozen": gc.get_freeze_count() > 0,     # by the template, before its fork
+        "frozen": gc.get_freeze_count(),     # the template's gc.freeze() before its fork
     }
 
 
@@ -101,15 +103,13 @@ elif cluster.is_primary and MODE == "badcwd":
                       "children": sorted(state(pid) for pid in children())}), flush=True)
 elif cluster.is_primary and MODE in ("refork", "hold"):
     out = {}
-    if MODE == "hold":
-        from cluster_ext import _template
-        _template.hold(True)
     first = cluster.fork()
 
     def first_online():
         template = (children() - {first.process.pid}).pop()
         if MODE == "hold":
             print(json.dumps({"template": template, "worker": first.process.pid}), flush=True)
+            signal.pause()               # 'online' handlers run before the template ends
             return
         os.kill(template, signal.SIGKILL)
         while state(template) != "Z":    # dead, not yet reaped: the next fork finds out
@@ -126,6 +126,18 @@ elif cluster.is_primary and MODE in ("refork", "hold"):
     cluster.run()
     out["children_after"] = len(children())
     print(json.dumps(out), flush=True)
+elif cluster.is_primary and MODE == "serving":
+    frozen = {}
+
+    def report(w, msg, handle):
+        frozen[w.id] = msg
+        if len(frozen) == 2:
+            cluster.disconnect()
+
+    cluster.on("message", report)
+    cluster.fork().once("listening", lambda address: cluster.fork())
+    cluster.run()
+    print(json.dumps(frozen), flush=True)
 elif cluster.is_primary:
     out = {}
     for how in ("exit7", "raise", "atexit"):
@@ -135,6 +147,12 @@ elif cluster.is_primary:
     print(json.dumps(out), flush=True)
 elif MODE == "facts":
     cluster.worker.send(facts())
+    cluster.run()
+elif MODE == "serving":
+    from cluster_ext import net
+    if cluster.worker.id == 1:
+        net.create_server().listen(0, "127.0.0.1")
+    cluster.worker.send(gc.get_freeze_count())
     cluster.run()
 elif MODE in ("refork", "hold"):
     cluster.run()
