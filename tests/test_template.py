@@ -43,8 +43,8 @@ def test_a_worker_from_the_template_starts_as_an_exec_would(tmp_path):
     runs = {how: only_json(run_app("start_probe.py", "facts", str(tmp_path), env=env))
             for how, env in BOTH.items()}
     forked, execd = runs["template"], runs["exec"]
-    # the template has ended once its worker was online: no process is left beside it
-    assert forked["others_while_running"] == execd["others_while_running"] == 0
+    # the template lives beside its worker, and is reaped with the last one
+    assert forked["others_while_running"] == 1 and execd["others_while_running"] == 0
     assert forked["others_after"] == execd["others_after"] == 0
     assert forked["exit"] == execd["exit"] == [0, None]
     a, b = forked["worker"], execd["worker"]
@@ -110,11 +110,12 @@ def test_a_cwd_the_worker_cannot_take_fails_the_fork_as_the_exec_does(how):
                    "children": ["S"] if how == "template" else []}, out
 
 
-def test_a_fork_while_the_fleet_serves_is_execd():
-    """The template serves a start; a restart or scale-up beside workers that
-    serve is exec'd, so the primary's loop never waits for a template."""
-    frozen = only_json(run_app("start_probe.py", "serving", env=BOTH["template"]))
-    assert frozen["1"] > 1000 > frozen["2"], frozen
+def test_a_fork_while_the_fleet_serves_comes_from_the_same_template():
+    """A restart or scale-up beside workers that serve is a fork of the
+    template that started them, not an exec nor a new template's start."""
+    out = only_json(run_app("start_probe.py", "serving", env=BOTH["template"]))
+    assert out["frozen"]["1"] > 1000 and out["frozen"]["2"] > 1000, out
+    assert len(out["templates"]) == 1, out
 
 
 def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():

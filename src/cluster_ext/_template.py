@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _core, _runtime
+from . import _core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,11 +131,9 @@ class Template:
             raise OSError(err, os.strerror(err), path)
         return int(pid)
 
-    def close(self, wait: bool = True) -> None:
+    def close(self) -> None:
         """Ends the template (it holds nothing to flush, and SIGKILL ends
-        even a stopped one) and reaps it, it is our child: now, or without
-        waiting by the running loop (a template's end takes a millisecond
-        or two that a worker's start or exit would otherwise wait out)."""
+        even a stopped one) and reaps it: it is our child."""
         self.sock.close()
         pid = getattr(self, "pid", None)
         if pid is not None:
@@ -144,12 +142,6 @@ class Template:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
-            if not wait:
-                try:
-                    _core.watch_child(pid, _reaped)
-                    return
-                except OSError:          # no watch to be had: wait after all
-                    pass
             _reap(pid)
 
 
@@ -186,11 +178,6 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     except ImportError:
         return None
     template = _running[0] if _running and _running[0].key == key else None
-    if template is None and _workers_in("listening"):
-        # A fleet that serves execs (a restart, a scale-up, a reload's step):
-        # its loop would wait ~30 ms for a template's start, and with it the
-        # SCHED_RR hand-offs.
-        return None
     if template is None:
         stop()
         base = {k: v for k, v in env.items() if not k.startswith("CLUSTER_EXT_")}
@@ -223,27 +210,11 @@ def _give_up(key: tuple[Any, ...]) -> None:
     _failed.add(key)
 
 
-def _workers_in(state: str) -> bool:
-    workers = _runtime.workers
-    return any(w.state == state for w in (workers.values() if workers else ()))
-
-
-def settle() -> None:
-    """Ends the template once no worker is starting: a burst of forks shares
-    one, and a fleet that runs is the primary and its workers only."""
-    if _running and not _workers_in("none"):
-        stop(wait=False)
-
-
-def stop(wait: bool = True) -> None:
-    """No template from here (the start is over, the loop has ended, or
-    another template is needed)."""
+def stop() -> None:
+    """No template from here (the loop has ended, the last worker has
+    exited, or another template is needed)."""
     while _running:
-        _running.pop().close(wait)
-
-
-def _reaped(code: int | None, sig: int | None) -> None:
-    pass
+        _running.pop().close()
 
 
 def forget() -> None:

@@ -260,7 +260,6 @@ class Worker(EventEmitter):
             self.state = "online"
         self.emit("online")
         _runtime.emitter.emit("online", self)
-        _template.settle()
 
     def _stop_routing(self) -> None:
         """Connections stop going to this worker (disconnect, kill or exit)."""
@@ -295,9 +294,10 @@ class Worker(EventEmitter):
             self.exited_after_disconnect = False
         if _runtime.workers is not None and _runtime.workers.get(self.id) is self:
             del _runtime.workers[self.id]
+            if not _runtime.workers:
+                _template.stop()         # an idle primary keeps no process of ours
         self.emit("exit", code, sig)
         _runtime.emitter.emit("exit", self, code, sig)
-        _template.settle()               # after a fork that 'exit' may have made
 
     # ---- the public face -------------------------------------------------------
 

@@ -6,15 +6,15 @@ that are no worker while it runs and after. MODE 'exit': workers that end in
 sys.exit(7), an exception, and an atexit handler with an unclosed file.
 MODE 'badcwd': a cwd that does not exist.
 MODE 'refork': the template is SIGKILLed after the first worker is online;
-the second fork is exec'd. MODE 'hold': at the worker's 'online', while
-the template still lives, prints its pid and the worker's, then blocks
-there until killed. MODE 'serving': a worker that listens, then one forked
-while it serves; each reports its frozen GC objects (the template's mark)."""
+the second fork is exec'd. MODE 'hold': at the worker's 'online', prints
+the template's pid and the worker's, then blocks there until killed.
+MODE 'serving': a worker that listens, then one forked while it serves;
+each reports its frozen GC objects (the template's mark), and the primary
+the templates it saw (its children that are no worker)."""
 import atexit
 import gc
 import json
 import os
-import select
 import signal
 import sys
 
@@ -26,19 +26,6 @@ MODE = sys.argv[1]
 def children():
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
         return {int(pid) for pid in f.read().split()}
-
-
-def still_running(pids, timeout=5):
-    """How many of pids have not ended within timeout (ended: reaped or not)."""
-    running = 0
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        running += not select.select([fd], [], [], timeout)[0]
-        os.close(fd)
-    return running
 
 
 def state(pid):
@@ -84,7 +71,7 @@ if cluster.is_primary and MODE == "facts":
 
     def got(msg, handle):
         out["worker"] = msg
-        out["others_while_running"] = still_running(children() - {w.process.pid})
+        out["others_while_running"] = len(children() - {w.process.pid})
         w.disconnect()
 
     w.on("message", got)
@@ -109,7 +96,7 @@ elif cluster.is_primary and MODE in ("refork", "hold"):
         template = (children() - {first.process.pid}).pop()
         if MODE == "hold":
             print(json.dumps({"template": template, "worker": first.process.pid}), flush=True)
-            signal.pause()               # 'online' handlers run before the template ends
+            signal.pause()
             return
         os.kill(template, signal.SIGKILL)
         while state(template) != "Z":    # dead, not yet reaped: the next fork finds out
@@ -127,17 +114,18 @@ elif cluster.is_primary and MODE in ("refork", "hold"):
     out["children_after"] = len(children())
     print(json.dumps(out), flush=True)
 elif cluster.is_primary and MODE == "serving":
-    frozen = {}
+    frozen, templates = {}, set()
 
     def report(w, msg, handle):
         frozen[w.id] = msg
+        templates.update(children() - {w.process.pid for w in cluster.workers.values()})
         if len(frozen) == 2:
             cluster.disconnect()
 
     cluster.on("message", report)
     cluster.fork().once("listening", lambda address: cluster.fork())
     cluster.run()
-    print(json.dumps(frozen), flush=True)
+    print(json.dumps({"frozen": frozen, "templates": sorted(templates)}), flush=True)
 elif cluster.is_primary:
     out = {}
     for how in ("exit7", "raise", "atexit"):
