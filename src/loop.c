@@ -718,12 +718,11 @@ yield_wait(cx_loop *loop, struct epoll_event *events)
     (void)sched_yield();
     n = epoll_wait(loop->epfd, events, BATCH, 0);
     took = cx_now_ns() - start;
-    loop->yield_policy.slow += took > YIELD_SLOW_NS;
-    if (loop->yield_policy.slow >= YIELD_SLOW_MAX) {
+    if (took > YIELD_SLOW_NS && ++loop->yield_policy.slow >= YIELD_SLOW_MAX) {
         loop->yield_policy.resume_ns = start + took + YIELD_PAUSE_NS;
+        loop->yield_policy.window = loop->yield_policy.slow = 0;
     }
-    if (loop->yield_policy.slow >= YIELD_SLOW_MAX ||
-        ++loop->yield_policy.window >= YIELD_WINDOW) {
+    else if (++loop->yield_policy.window >= YIELD_WINDOW) {
         loop->yield_policy.window = loop->yield_policy.slow = 0;
     }
     return n;

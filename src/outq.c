@@ -115,7 +115,7 @@ atts_pop(cx_outq *q)
 }
 
 int
-cx_outq_write(cx_outq *q, int fd, int is_socket, int more, int *reached)
+cx_outq_write(cx_outq *q, int fd, int is_socket, int send_flags, int *reached)
 {
     union {
         struct cmsghdr align;
@@ -164,9 +164,9 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int more, int *reached)
             iov.iov_len = (size_t)(att->pos - q->pos);
         }
         do {
-            n = is_socket ? sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT |
-                                            (more ? MSG_MORE : 0))
-                          : write(fd, iov.iov_base, iov.iov_len);
+            n = is_socket
+                ? sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT | send_flags)
+                : write(fd, iov.iov_base, iov.iov_len);
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
             return errno == EAGAIN || errno == ENOBUFS ? 1 : -errno;

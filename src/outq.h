@@ -39,13 +39,11 @@ cx_outq_size(const cx_outq *q)
 {
     return q->len - q->off;
 }
-/* Writes as much as fd takes (sendmsg on sockets, write otherwise).
-   more: a shutdown follows, so MSG_MORE holds the last bytes back for the
-   FIN to leave in the same TCP segment (8 segments a connection instead of
-   10 for a request, a reply and a close). *reached counts the notify marks
-   passed. Returns 0 when the queue is empty, 1 when the fd would block,
-   -errno on failure. */
-int cx_outq_write(cx_outq *q, int fd, int is_socket, int more, int *reached);
+/* Writes as much as fd takes (sendmsg with send_flags added on sockets,
+   write otherwise). *reached counts the notify marks passed. Returns 0 when
+   the queue is empty, 1 when the fd would block, -errno on failure. */
+int cx_outq_write(cx_outq *q, int fd, int is_socket, int send_flags,
+                  int *reached);
 /* Drops everything queued; returns how many marks were still pending. */
 int cx_outq_clear(cx_outq *q);
 void cx_outq_free(cx_outq *q);

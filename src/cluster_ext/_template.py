@@ -382,18 +382,15 @@ def _run_script(argv: list[str], spec_at: int) -> int:
         what, target, args = "path", spec[0], spec[1:]
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
-    # The template's "-c" put "" first, unless -P or -I left sys.path alone
-    # (and then the exec would have too).
-    first = None if getattr(sys.flags, "safe_path", False) or sys.flags.isolated else ""
     if what == "-c":
-        sys.argv = ["-c", *args]
+        sys.argv, first = ["-c", *args], ""
     elif what == "-m":
-        sys.argv = ["-m", *args]         # runpy puts the module's path first
-        first = first if first is None else os.getcwd()
+        sys.argv, first = ["-m", *args], os.getcwd()    # runpy puts the module's path first
     else:
-        sys.argv = [target, *args]
-        first = first if first is None else os.path.dirname(os.path.realpath(target))
-    if first is not None:
+        sys.argv, first = [target, *args], os.path.dirname(os.path.realpath(target))
+    # What the exec would have put first, where the template's "-c" put "";
+    # under -P or -I neither puts anything.
+    if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
         sys.path[0] = first
     _runtime.settings.update(_primary.default_settings())   # from this argv and env
     _worker.boot_from_env()

@@ -118,7 +118,7 @@ elif cluster.is_primary and MODE == "serving":
 
     def report(w, msg, handle):
         frozen[w.id] = msg
-        templates.update(children() - {w.process.pid for w in cluster.workers.values()})
+        templates.update(children() - {x.process.pid for x in cluster.workers.values()})
         if len(frozen) == 2:
             cluster.disconnect()
 
