@@ -114,8 +114,11 @@ def test_a_fork_while_the_fleet_serves_comes_from_the_same_template():
     """A restart or scale-up beside workers that serve is a fork of the
     template that started them, not an exec nor a new template's start."""
     out = only_json(run_app("start_probe.py", "serving", env=BOTH["template"]))
-    assert out["frozen"]["1"] > 1000 and out["frozen"]["2"] > 1000, out
+    first, second = out["frozen"]["1"], out["frozen"]["2"]
+    assert first[0] > 1000 and second[0] > 1000, out
     assert len(out["templates"]) == 1, out
+    # each takes the primary's environment as it was at its own fork
+    assert first[1:] == ["here", "before"] and second[1:] == [None, "after"], out
 
 
 def test_a_template_that_died_is_reaped_and_the_next_fork_is_execd():

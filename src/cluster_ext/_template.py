@@ -75,10 +75,10 @@ class Template:
 
     def __init__(self, key: tuple[Any, ...], interpreter: Sequence[str],
                  env: Mapping[str, str], cmdline_room: int) -> None:
+        import _socket
         import json
-        import socket
         self.key = key
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self.sock = ours
         try:
             from ._primary import _above_stdio
@@ -109,13 +109,12 @@ class Template:
         worker (the errno its setup met, as the exec's), or the template
         took the request and did not answer."""
         import json
-        import socket
         import struct
         body = json.dumps(request).encode()
         if len(body) > MAX_REQUEST:
             raise _Unfit("the request is too large")
         try:
-            socket.send_fds(self.sock, [body], list(fds))
+            _send_fds(self.sock, body, fds)
         except OSError as exc:
             raise _Gone from exc
         try:
@@ -172,8 +171,8 @@ def fork(argv: Sequence[str], spec_at: int, env: Mapping[str, str], cwd: str | N
     if key in _failed:
         return None
     try:
-        import json  # noqa: F401  what the template's protocol needs, imported
-        import socket  # noqa: F401  once here, so that a primary that can no
+        import _socket  # noqa: F401  what the template's protocol needs, imported
+        import json  # noqa: F401  once here, so that a primary that can no
         import struct  # noqa: F401  longer read its library still execs
     except ImportError:
         return None
@@ -225,6 +224,27 @@ def forget() -> None:
         t.pid = None
 
 
+# The template's protocol speaks through _socket: the socket module's import
+# (selectors, enum classes) would be start time in the primary and the template.
+
+def _send_fds(sock: Any, body: bytes, fds: Sequence[int]) -> None:
+    import _socket
+    import struct
+    rights = struct.pack(f"={len(fds)}i", *fds)
+    sock.sendmsg([body], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+
+
+def _recv_fds(sock: Any, size: int, most: int) -> tuple[bytes, list[int]]:
+    import _socket
+    import struct
+    body, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(most * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) - len(data) % 4])
+    return body, fds
+
+
 def _reap(pid: int) -> None:
     while True:
         try:
@@ -241,14 +261,14 @@ def _reap(pid: int) -> None:
 def serve() -> None:
     """The template's life: one fork per request, until the primary closes
     its end (or dies: the template dies with it, as a worker does)."""
+    import _socket
     import gc
     import json
     import signal
-    import socket
     import struct
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the primary's to act on
-    sock = socket.socket(fileno=int(os.environ.pop(ENV_FD)))
-    sock.set_inheritable(False)
+    sock = _socket.socket(fileno=int(os.environ.pop(ENV_FD)))
+    os.set_inheritable(sock.fileno(), False)
     # What ps shows for this process, which serves no one itself.
     _core.set_cmdline(f"{TITLE} {os.getppid()}\0".encode())
     import importlib
@@ -261,7 +281,7 @@ def serve() -> None:
     sock.send(b"ready")
     while True:
         try:
-            body, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 4)
+            body, fds = _recv_fds(sock, MAX_REQUEST, 4)
         except InterruptedError:
             continue
         if not body:
@@ -328,8 +348,7 @@ def _become_worker(request: dict[str, Any], fds: list[int], write_err: int) -> N
         _core.set_cmdline(b"".join(os.fsencode(a) + b"\0" for a in argv))
         env = request["env"]
         env["CLUSTER_EXT_CHANNEL_FD"] = str(chan_fd)
-        os.environ.clear()
-        os.environ.update(env)
+        _take_environment(env)
         _fresh_stdio()
         code = _run_script(argv, request["spec_at"])
     except SystemExit as exc:
@@ -341,6 +360,17 @@ def _become_worker(request: dict[str, Any], fds: list[int], write_err: int) -> N
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
     finally:
         _runtime.exit_process(code)
+
+
+def _take_environment(env: dict[str, str]) -> None:
+    """os.environ becomes env. Most of it is the template's already: only
+    what differs is set (each setenv copies pages this fork shares)."""
+    environ = os.environ
+    for name in [name for name in environ if name not in env]:
+        del environ[name]
+    for name, value in env.items():
+        if environ.get(name) != value:
+            environ[name] = value
 
 
 def _fresh_stdio() -> None:

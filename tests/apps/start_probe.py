@@ -9,8 +9,9 @@ MODE 'refork': the template is SIGKILLed after the first worker is online;
 the second fork is exec'd. MODE 'hold': at the worker's 'online', prints
 the template's pid and the worker's, then blocks there until killed.
 MODE 'serving': a worker that listens, then one forked while it serves;
-each reports its frozen GC objects (the template's mark), and the primary
-the templates it saw (its children that are no worker)."""
+each reports its frozen GC objects (the template's mark) and two variables
+the primary drops or changes between the forks, and the primary the
+templates it saw (its children that are no worker)."""
 import atexit
 import gc
 import json
@@ -122,8 +123,16 @@ elif cluster.is_primary and MODE == "serving":
         if len(frozen) == 2:
             cluster.disconnect()
 
+    def fork_again(address):
+        # the environment moves on after the template's start: the next worker
+        # sees it as it is now, as an exec would
+        del os.environ["PROBE_GONE"]
+        os.environ["PROBE_CHANGED"] = "after"
+        cluster.fork()
+
+    os.environ.update(PROBE_GONE="here", PROBE_CHANGED="before")
     cluster.on("message", report)
-    cluster.fork().once("listening", lambda address: cluster.fork())
+    cluster.fork().once("listening", fork_again)
     cluster.run()
     print(json.dumps({"frozen": frozen, "templates": sorted(templates)}), flush=True)
 elif cluster.is_primary:
@@ -140,7 +149,8 @@ elif MODE == "serving":
     from cluster_ext import net
     if cluster.worker.id == 1:
         net.create_server().listen(0, "127.0.0.1")
-    cluster.worker.send(gc.get_freeze_count())
+    cluster.worker.send([gc.get_freeze_count(), os.environ.get("PROBE_GONE"),
+                         os.environ.get("PROBE_CHANGED")])
     cluster.run()
 elif MODE in ("refork", "hold"):
     cluster.run()
