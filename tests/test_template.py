@@ -114,7 +114,7 @@ def test_a_fork_while_the_fleet_serves_comes_from_the_same_template():
     """A restart or scale-up beside workers that serve is a fork of the
     template that started them, not an exec nor a new template's start."""
     out = only_json(run_app("start_probe.py", "serving", env=BOTH["template"]))
-    first, second = out["frozen"]["1"], out["frozen"]["2"]
+    first, second = out["reports"]["1"], out["reports"]["2"]
     assert first[0] > 1000 and second[0] > 1000, out
     assert len(out["templates"]) == 1, out
     # each takes the primary's environment as it was at its own fork

@@ -234,17 +234,6 @@ def _send_fds(sock: Any, body: bytes, fds: Sequence[int]) -> None:
     sock.sendmsg([body], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
 
 
-def _recv_fds(sock: Any, size: int, most: int) -> tuple[bytes, list[int]]:
-    import _socket
-    import struct
-    body, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(most * 4))
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) - len(data) % 4])
-    return body, fds
-
-
 def _reap(pid: int) -> None:
     while True:
         try:
@@ -257,6 +246,17 @@ def _reap(pid: int) -> None:
 
 
 # ---- in the template --------------------------------------------------------------------
+def _recv_fds(sock: Any, size: int, most: int) -> tuple[bytes, list[int]]:
+    import _socket
+    import struct
+    body, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(most * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) - len(data) % 4])
+    return body, fds
+
+
 
 def serve() -> None:
     """The template's life: one fork per request, until the primary closes
@@ -363,14 +363,20 @@ def _become_worker(request: dict[str, Any], fds: list[int], write_err: int) -> N
 
 
 def _take_environment(env: dict[str, str]) -> None:
-    """os.environ becomes env. Most of it is the template's already: only
-    what differs is set (each setenv copies pages this fork shares)."""
+    """os.environ becomes env, in env's order as an exec lays it out. Most
+    of it is the template's already: the longest run of names in the same
+    places is kept, and only a value there that differs is set (each setenv
+    copies pages this fork shares); what follows is set again in order."""
     environ = os.environ
-    for name in [name for name in environ if name not in env]:
+    have, want = list(environ), list(env)
+    same = 0
+    while same < min(len(have), len(want)) and have[same] == want[same]:
+        same += 1
+    for name in have[same:]:
         del environ[name]
-    for name, value in env.items():
-        if environ.get(name) != value:
-            environ[name] = value
+    for name in want:
+        if environ.get(name) != env[name]:
+            environ[name] = env[name]
 
 
 def _fresh_stdio() -> None:

@@ -50,6 +50,7 @@ def facts():
         "xoptions": sys._xoptions, "streams": streams,
         "env": {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_EXT_")},
         "cluster_env": [k for k in os.environ if k.startswith("CLUSTER_EXT_")],
+        "env_order": list(os.environ),         # as an exec lays the environment out
         "parent_is_primary": os.getppid() == int(os.environ["PROBE_PRIMARY"]),
         "signals": {sig.name: str(signal.getsignal(sig)) for sig in (
             signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGHUP, signal.SIGCHLD,
@@ -115,12 +116,12 @@ elif cluster.is_primary and MODE in ("refork", "hold"):
     out["children_after"] = len(children())
     print(json.dumps(out), flush=True)
 elif cluster.is_primary and MODE == "serving":
-    frozen, templates = {}, set()
+    reports, templates = {}, set()
 
     def report(w, msg, handle):
-        frozen[w.id] = msg
+        reports[w.id] = msg
         templates.update(children() - {x.process.pid for x in cluster.workers.values()})
-        if len(frozen) == 2:
+        if len(reports) == 2:
             cluster.disconnect()
 
     def fork_again(address):
@@ -134,7 +135,7 @@ elif cluster.is_primary and MODE == "serving":
     cluster.on("message", report)
     cluster.fork().once("listening", fork_again)
     cluster.run()
-    print(json.dumps({"frozen": frozen, "templates": sorted(templates)}), flush=True)
+    print(json.dumps({"reports": reports, "templates": sorted(templates)}), flush=True)
 elif cluster.is_primary:
     out = {}
     for how in ("exit7", "raise", "atexit"):
