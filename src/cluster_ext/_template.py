@@ -224,14 +224,26 @@ def forget() -> None:
         t.pid = None
 
 
-# The template's protocol speaks through _socket: the socket module's import
-# (selectors, enum classes) would be start time in the primary and the template.
+# Requests with their descriptors, both ways through _socket: the socket
+# module's import (selectors, enum classes) would be start time in the primary
+# and the template.
 
 def _send_fds(sock: Any, body: bytes, fds: Sequence[int]) -> None:
     import _socket
     import struct
     rights = struct.pack(f"={len(fds)}i", *fds)
     sock.sendmsg([body], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+
+
+def _recv_fds(sock: Any, size: int, most: int) -> tuple[bytes, list[int]]:
+    import _socket
+    import struct
+    body, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(most * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) - len(data) % 4])
+    return body, fds
 
 
 def _reap(pid: int) -> None:
@@ -246,17 +258,6 @@ def _reap(pid: int) -> None:
 
 
 # ---- in the template --------------------------------------------------------------------
-def _recv_fds(sock: Any, size: int, most: int) -> tuple[bytes, list[int]]:
-    import _socket
-    import struct
-    body, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_SPACE(most * 4))
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) - len(data) % 4])
-    return body, fds
-
-
 
 def serve() -> None:
     """The template's life: one fork per request, until the primary closes
@@ -370,7 +371,9 @@ def _take_environment(env: dict[str, str]) -> None:
     environ = os.environ
     have, want = list(environ), list(env)
     same = 0
-    while same < min(len(have), len(want)) and have[same] == want[same]:
+    for had, wanted in zip(have, want, strict=False):   # the shorter bounds the run
+        if had != wanted:
+            break
         same += 1
     for name in have[same:]:
         del environ[name]
