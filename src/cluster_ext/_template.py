@@ -369,17 +369,17 @@ def _take_environment(env: dict[str, str]) -> None:
     places is kept, and only a value there that differs is set (each setenv
     copies pages this fork shares); what follows is set again in order."""
     environ = os.environ
-    have, want = list(environ), list(env)
+    have = list(environ)
     same = 0
-    for had, wanted in zip(have, want, strict=False):   # the shorter bounds the run
+    for had, wanted in zip(have, env, strict=False):   # the shorter bounds the run
         if had != wanted:
             break
         same += 1
     for name in have[same:]:
         del environ[name]
-    for name in want:
-        if environ.get(name) != env[name]:
-            environ[name] = env[name]
+    for name, value in env.items():
+        if environ.get(name) != value:
+            environ[name] = value
 
 
 def _fresh_stdio() -> None:
