@@ -227,6 +227,17 @@ py_set_wake_callback(PyObject *mod, PyObject *fn)
     Py_RETURN_NONE;
 }
 
+/* The engine's settings from the environment: at import in an exec'd
+   process, and again after a fork, whose child took on a worker's
+   environment first. */
+static void
+read_settings(void)
+{
+    const char *spin = getenv("CLUSTER_EXT_SPIN_US");
+
+    cxpy.loop.chan_policy.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
+}
+
 /* In the child of os.fork(): the parent's engine is dropped without a note
    and without touching the shared epoll set; a fresh loop takes its place. */
 static PyObject *
@@ -256,6 +267,7 @@ py_after_fork(PyObject *mod, PyObject *Py_UNUSED(ignored))
         }
     }
     r = cx_loop_reinit_after_fork(&cxpy.loop);
+    read_settings();
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pinned); i++) {
         CxObject *obj = (CxObject *)PyList_GET_ITEM(pinned, i);
         obj->hp->pending = 0;
@@ -270,6 +282,16 @@ py_after_fork(PyObject *mod, PyObject *Py_UNUSED(ignored))
 fail:
     Py_DECREF(pinned);
     return NULL;
+}
+
+/* What the engine took from the environment (CLUSTER_EXT_SPIN_US): a
+   worker can tell it honours its own. */
+static PyObject *
+py_settings(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    return Py_BuildValue("{s:K}", "spin_us",
+                         (unsigned long long)(cxpy.loop.chan_policy.spin_ns / 1000u));
 }
 
 static PyMethodDef loop_functions[] = {
@@ -289,13 +311,14 @@ static PyMethodDef loop_functions[] = {
      "Thread-safe: makes the loop call the wake callback."},
     {"set_wake_callback", py_set_wake_callback, METH_O, NULL},
     {"after_fork", py_after_fork, METH_NOARGS, NULL},
+    {"settings", py_settings, METH_NOARGS,
+     "The engine's settings from the environment: {'spin_us': int}."},
     {NULL, NULL, 0, NULL},
 };
 
 int
 cxpy_loop_init(PyObject *mod)
 {
-    const char *spin;
     int r;
 
     /* Epoll, children and signals belong to the process: one loop. */
@@ -304,8 +327,7 @@ cxpy_loop_init(PyObject *mod)
                         "cluster_ext._core can be loaded once per process");
         return -1;
     }
-    spin = getenv("CLUSTER_EXT_SPIN_US");
-    cxpy.loop.chan_policy.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
+    read_settings();
     r = cx_loop_init(&cxpy.loop);
     if (r < 0) {
         cxpy_raise_oserror(-r);

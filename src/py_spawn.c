@@ -1,22 +1,14 @@
 /* py_spawn.c: starting workers: spawn() (fork + exec, spawn.c) with argv and
    envp built here, before the fork, so that the child allocates nothing;
-   socketpair() for a worker's channel; die_with_parent() for a child forked
-   without exec; fork_sibling() for the worker template; instances() for a
-   worker's fast exit. The caller owns every descriptor these return. Called
-   by module.c through cxpy_spawn_init(). */
+   socketpair() for a worker's channel; die_with_parent() and set_ids() for a
+   child forked without exec, which takes on the same plan as an exec'd one;
+   instances() for a fork(target=) worker's exit. The caller owns every
+   descriptor these return. Called by module.c through cxpy_spawn_init(). */
 #include "glue.h"
 #include "spawn.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 /* A NULL-terminated char ** over an iterable of str, bytes or path-like
    items (fs encoding), whose strings *keep owns. The caller's sequence is
@@ -59,6 +51,54 @@ fail:
     return NULL;
 }
 
+/* groups: None (n = -1: kept) or a sequence of gids, into a PyMem array
+   that the caller frees. */
+static int
+gid_array(PyObject *groups, gid_t **out, int *n)
+{
+    PyObject *items;
+    Py_ssize_t len;
+
+    *out = NULL;
+    *n = -1;
+    if (groups == Py_None) {
+        return 0;
+    }
+    items = PySequence_Tuple(groups);
+    if (items == NULL) {
+        return -1;
+    }
+    len = PyTuple_GET_SIZE(items);
+    if (len > 65536) {
+        PyErr_SetString(PyExc_ValueError, "too many supplementary groups");
+        goto fail;
+    }
+    *out = PyMem_Calloc((size_t)len + 1, sizeof(gid_t));
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        int g = cxpy_as_int(PyTuple_GET_ITEM(items, i));
+        if (g < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "a gid must be >= 0");
+            }
+            goto fail;
+        }
+        (*out)[i] = (gid_t)g;
+    }
+    Py_DECREF(items);
+    *n = (int)len;
+    return 0;
+
+fail:
+    Py_DECREF(items);
+    PyMem_Free(*out);
+    *out = NULL;
+    return -1;
+}
+
 static PyObject *
 py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -66,11 +106,13 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *argv_keep = NULL, *envp_keep = NULL, *path = NULL,
              *cwd = NULL, *result = NULL;
     char **argv = NULL, **envp = NULL;
+    gid_t *groups = NULL;
     pid_t pid;
 
     CX_UNUSED(mod);
-    /* spawn(path, argv, envp, cwd, chan_fd, (fd0, fd1, fd2), uid, gid) */
-    if (cxpy_check_nargs("spawn", nargs, 8, 8) < 0 ||
+    /* spawn(path, argv, envp, cwd, chan_fd, (fd0, fd1, fd2), groups, gid,
+       uid) */
+    if (cxpy_check_nargs("spawn", nargs, 9, 9) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -81,9 +123,9 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     plan.chan_fd = cxpy_as_int(args[4]);
-    plan.uid = cxpy_as_int(args[6]);
     plan.gid = cxpy_as_int(args[7]);
-    if (PyErr_Occurred()) {
+    plan.uid = cxpy_as_int(args[8]);
+    if (PyErr_Occurred() || gid_array(args[6], &groups, &plan.ngroups) < 0) {
         goto done;
     }
     for (int i = 0; i < 3; i++) {
@@ -105,6 +147,7 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     plan.cwd = cwd ? PyBytes_AS_STRING(cwd) : NULL;
     plan.argv = argv;
     plan.envp = envp;
+    plan.groups = groups;
     Py_BEGIN_ALLOW_THREADS
     pid = cx_spawn(&plan);
     Py_END_ALLOW_THREADS
@@ -118,6 +161,7 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     result = PyLong_FromLong(pid);
 
 done:
+    PyMem_Free(groups);
     PyMem_Free(argv);
     PyMem_Free(envp);
     Py_XDECREF(argv_keep);
@@ -161,6 +205,26 @@ py_die_with_parent(PyObject *mod, PyObject *arg)
     return cxpy_none_or_oserror(cx_spawn_die_with_parent((pid_t)parent));
 }
 
+static PyObject *
+py_set_ids(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gid_t *groups = NULL;
+    int ngroups, gid, uid, r;
+
+    CX_UNUSED(mod);
+    if (cxpy_check_nargs("set_ids", nargs, 3, 3) < 0) {
+        return NULL;
+    }
+    gid = cxpy_as_int(args[1]);
+    uid = cxpy_as_int(args[2]);
+    if (PyErr_Occurred() || gid_array(args[0], &groups, &ngroups) < 0) {
+        return NULL;
+    }
+    r = cx_set_ids(groups, ngroups, gid, uid);
+    PyMem_Free(groups);
+    return cxpy_none_or_oserror(r);
+}
+
 /* The items of a list that are instances of cls: a worker's exit looks for
    its open files among every object gc knows, and a Python loop over them
    costs 0.7 ms of the 1.4 ms a small worker takes to end. */
@@ -188,99 +252,15 @@ py_instances(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
-/* os.fork(), except that the child's parent is this process's parent
-   (CLONE_PARENT): the worker template forks workers that the primary waits
-   for, signals and outlives as if it had forked them. Only for a process of
-   one thread, as the template is: glibc's fork() handlers are not run, and
-   with no other thread no lock of libc's can be held at the fork. Python's
-   own fork hooks are (os.register_at_fork: random reseeds, threading). */
-static PyObject *
-py_fork_sibling(PyObject *mod, PyObject *Py_UNUSED(ignored))
-{
-    long pid;
-    int err;
-
-    CX_UNUSED(mod);
-    PyOS_BeforeFork();
-    /* Only flags are given: the order of the other arguments differs
-       between architectures, and zero means the same in every place. */
-    pid = syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), 0, 0, 0, 0);
-    err = errno;
-    if (pid == 0) {
-        PyOS_AfterFork_Child();
-        return PyLong_FromLong(0);
-    }
-    PyOS_AfterFork_Parent();
-    if (pid < 0) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong(pid);
-}
-
-/* Rewrites this process's argument area (/proc/self/stat's arg_start and
-   arg_end: what /proc/PID/cmdline and ps show) with a NUL-separated argv,
-   cut to fit and padded with NULs: a worker forked from the template shows
-   the command an exec would have given it. The area is the process's own,
-   writable memory, from its start on; setproctitle writes it the same way. */
-static PyObject *
-py_set_cmdline(PyObject *mod, PyObject *arg)
-{
-    char stat[2048], *p;
-    unsigned long long start = 0, end = 0;
-    ssize_t n;
-    int fd, field;
-
-    CX_UNUSED(mod);
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "set_cmdline(bytes)");
-        return NULL;
-    }
-    fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    n = read(fd, stat, sizeof(stat) - 1);
-    close(fd);
-    if (n <= 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    stat[n] = '\0';
-    /* After the command name, which may hold spaces and parentheses, the
-       fields from the third on: arg_start is the 48th, arg_end the 49th. */
-    p = strrchr(stat, ')');
-    for (field = 2; p != NULL && field < 48; field++) {
-        p = strchr(p + 1, ' ');
-    }
-    if (p == NULL || sscanf(p, " %llu %llu", &start, &end) != 2 || end <= start) {
-        PyErr_SetString(PyExc_OSError, "no argument area in /proc/self/stat");
-        return NULL;
-    }
-    {
-        char *area = (char *)(uintptr_t)start;
-        size_t cap = (size_t)(end - start);
-        size_t len = (size_t)PyBytes_GET_SIZE(arg);
-
-        if (len > cap) {
-            len = cap;
-        }
-        memcpy(area, PyBytes_AS_STRING(arg), len);
-        memset(area + len, 0, cap - len);
-        area[cap - 1] = '\0';      /* ends in NUL: no setproctitle reading */
-    }
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef spawn_functions[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
-     "spawn(path, argv, envp, cwd, chan_fd, stdio, uid, gid) -> pid"},
+     "spawn(path, argv, envp, cwd, chan_fd, stdio, groups, gid, uid) -> pid"},
     {"socketpair", py_socketpair, METH_NOARGS,
      "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
     {"die_with_parent", py_die_with_parent, METH_O, NULL},
-    {"set_cmdline", py_set_cmdline, METH_O,
-     "set_cmdline(b'arg0\\0arg1\\0') -> None: what /proc/PID/cmdline shows."},
-    {"fork_sibling", py_fork_sibling, METH_NOARGS,
-     "fork_sibling() -> pid: os.fork() whose child is this process's sibling."},
+    {"set_ids", (PyCFunction)(void (*)(void))py_set_ids, METH_FASTCALL,
+     "set_ids(groups, gid, uid) -> None: cx_set_ids() (groups None: kept; "
+     "-1: kept)."},
     {"instances", (PyCFunction)(void (*)(void))py_instances, METH_FASTCALL,
      "instances(list, type) -> list: the items that are instances of type."},
     {NULL, NULL, 0, NULL},

@@ -37,15 +37,8 @@ spawn_child(const cx_spawn_plan *p, pid_t parent, int errpipe_w)
     if (p->cwd != NULL && chdir(p->cwd) < 0) {
         goto fail;
     }
-    if (p->gid >= 0) {
-        if (setgroups(0, NULL) < 0 && errno != EPERM) {
-            goto fail;
-        }
-        if (setgid((gid_t)p->gid) < 0) {
-            goto fail;
-        }
-    }
-    if (p->uid >= 0 && setuid((uid_t)p->uid) < 0) {
+    if ((err = cx_set_ids(p->groups, p->ngroups, p->gid, p->uid)) < 0) {
+        errno = -err;
         goto fail;
     }
     /* A handler inherited from Python would write to the parent's wakeup fd
@@ -70,6 +63,60 @@ fail:
     err = errno;
     (void)cx_write_all(errpipe_w, &err, sizeof(err));
     _exit(127);
+}
+
+static int
+has_gid(const gid_t *set, int n, gid_t gid)
+{
+    for (int i = 0; i < n; i++) {
+        if (set[i] == gid) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether this process's supplementary groups are groups already (the
+   primary group gid may be listed on either side or not). */
+static int
+groups_are(const gid_t *groups, int n, gid_t gid)
+{
+    gid_t now[256];
+    int k = getgroups(256, now);
+
+    if (k < 0) {
+        return 0;
+    }
+    for (int i = 0; i < k; i++) {
+        if (now[i] != gid && !has_gid(groups, n, now[i])) {
+            return 0;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (groups[i] != gid && !has_gid(now, k, groups[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int
+cx_set_ids(const gid_t *groups, int ngroups, int gid, int uid)
+{
+    if (ngroups >= 0 && setgroups((size_t)ngroups, groups) < 0) {
+        int err = errno;
+        if (err != EPERM ||
+            !groups_are(groups, ngroups, gid >= 0 ? (gid_t)gid : getgid())) {
+            return -err;
+        }
+    }
+    if (gid >= 0 && setgid((gid_t)gid) < 0) {
+        return -errno;
+    }
+    if (uid >= 0 && setuid((uid_t)uid) < 0) {
+        return -errno;
+    }
+    return 0;
 }
 
 int

@@ -12,6 +12,8 @@ typedef struct cx_spawn_plan {
     const char *cwd;           /* NULL: the parent's */
     int chan_fd;               /* the one fd the worker inherits (>= 3) */
     int stdio[3];              /* fd (>= 3) for 0, 1, 2; -1 inherits */
+    const gid_t *groups;       /* supplementary groups, set when ngroups >= 0 */
+    int ngroups;
     int uid, gid;              /* -1: unchanged */
     int failed_in_parent;      /* out: set when pipe2() or fork() failed */
 } cx_spawn_plan;
@@ -24,6 +26,11 @@ typedef struct cx_spawn_plan {
    close-on-exec error pipe and the child is reaped. Blocks until the child
    has exec'ed: call it without the GIL. */
 pid_t cx_spawn(cx_spawn_plan *plan);
+/* Takes on an identity, in the only order that drops it whole: the
+   supplementary groups (when ngroups >= 0), then gid, then uid (-1: leave
+   it). A process that may not call setgroups() passes only when its groups
+   already are those. Async-signal-safe. Returns 0, or -errno. */
+int cx_set_ids(const gid_t *groups, int ngroups, int gid, int uid);
 /* For a child made by fork() without exec: die with the parent, like an
    exec'ed worker. Returns 0, or -errno. */
 int cx_spawn_die_with_parent(pid_t parent);

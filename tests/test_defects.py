@@ -167,7 +167,7 @@ from cluster_ext import _core
 true = shutil.which("true")
 argv, envp = [true, "one"], ["A=1"]
 ours, theirs = _core.socketpair()
-pid = _core.spawn(true, argv, envp, None, theirs, (-1, -1, -1), -1, -1)
+pid = _core.spawn(true, argv, envp, None, theirs, (-1, -1, -1), None, -1, -1)
 code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 print(json.dumps({"argv": repr(argv), "envp": repr(envp), "expected": repr([true, "one"]),
                   "code": code}), flush=True)

@@ -140,5 +140,5 @@ else:
     sys.modules[__name__].__class__ = _ClusterModule
 if _runtime.is_worker:
     _worker.boot_from_env()
-elif "CLUSTER_EXT_TEMPLATE_FD" not in os.environ:    # the worker template is no primary
+else:
     _shared.adopt_listen_fds()      # systemd's socket activation, if it is ours

@@ -1,6 +1,7 @@
 """The primary: its settings, fork() and the two ways it starts a worker (fork +
-exec through the engine, or os.fork() without exec for fork(target=...)), the
-worker's command line, environment and stdio, and cluster.disconnect()."""
+exec through the engine, or os.fork() without exec for fork(target=...)) from
+one plan (command line, environment, stdio, identity), and
+cluster.disconnect()."""
 from __future__ import annotations
 
 import atexit
@@ -14,7 +15,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable, Mapping
     from typing import Any
 
-from . import _core, _fast, _runtime, _shared, _template, _worker
+from . import _core, _fast, _runtime, _shared, _worker
 from ._runtime import SCHED_NONE, SCHED_RR
 from ._worker import Worker
 
@@ -102,17 +103,15 @@ def _default_command() -> tuple[list[str], list[str]]:
     return [sys.executable, *interp[1:]], spec
 
 
-def worker_argv(settings: Mapping[str, Any]) -> tuple[list[str], int | None]:
-    """The worker's command, and where its script, -m or -c begins after the
-    interpreter and its options (None: not this interpreter's script)."""
+def worker_argv(settings: Mapping[str, Any]) -> list[str]:
+    """The worker's command line."""
     ex, args, exec_args = settings["exec"], list(settings["args"]), list(settings["exec_args"])
     if ex is None:
         interp, spec = _default_command()
-        head = [*interp, *exec_args]
-        return [*head, *spec, *args], len(head) if spec else None
+        return [*interp, *exec_args, *spec, *args]
     if isinstance(ex, str):
-        return [sys.executable, *exec_args, os.path.abspath(ex), *args], 1 + len(exec_args)
-    return [*ex, *args], None
+        return [sys.executable, *exec_args, os.path.abspath(ex), *args]
+    return [*ex, *args]
 
 
 def resolve_executable(name: str) -> str:
@@ -179,6 +178,8 @@ class Stdio:
 
 def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
                env: Mapping[str, str] | None) -> dict[str, str]:
+    """The worker's whole environment, in the order an exec lays it out:
+    this process's, then env, then the variables its boot takes away."""
     merged = dict(os.environ)
     if env:
         merged.update({str(k): str(v) for k, v in env.items()})
@@ -186,6 +187,28 @@ def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
                   CLUSTER_EXT_SERIALIZATION=settings["serialization"],
                   CLUSTER_EXT_MAX_MESSAGE_SIZE=str(settings["max_message_size"]))
     return merged
+
+
+def worker_ids(uid: int | None, gid: int | None) -> tuple[list[int], int, int] | None:
+    """(supplementary groups, gid, uid) for the worker, -1 for an id it
+    keeps; None when it keeps all three. Privileges are dropped whole: a
+    uid brings its user's groups (initgroups) and, without a gid, its
+    primary group; a gid alone clears the supplementary groups."""
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        assert gid is not None
+        return [], gid, -1
+    import pwd
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        if gid is None:
+            raise ValueError(f"setting 'uid' {uid} has no user in the password "
+                             "database: give 'gid' too") from None
+        return [], gid, uid
+    gid = user.pw_gid if gid is None else gid
+    return os.getgrouplist(user.pw_name, gid), gid, uid
 
 
 def fork_refused(exc: OSError) -> OSError:
@@ -201,85 +224,73 @@ def fork_refused(exc: OSError) -> OSError:
     return OSError(exc.errno, text)
 
 
-def start_exec(worker_id: int, settings: Mapping[str, Any],
-               env: Mapping[str, str] | None) -> tuple[int, int, Stdio]:
-    """Fork + exec of a worker (or its fork from the template, which stands
-    for the exec). Returns (pid, our channel fd, stdio)."""
-    argv, spec_at = worker_argv(settings)
+class Plan:
+    """Everything a worker starts with, built once here and taken on by one
+    routine per way of starting: the engine's spawn (fork + exec, in C) or
+    _become_target_worker (fork without exec). Both give the worker the
+    environment below (its boot takes the CLUSTER_EXT_* variables out), its
+    stdio, cwd, groups, gid and uid in that order, the default disposition
+    of every signal it does not ignore (SIGINT ignored by the boot), an
+    empty signal mask and death with the primary. Holds the channel's ends
+    and the stdio descriptors until it is closed."""
+
+    def __init__(self, worker_id: int, settings: Mapping[str, Any],
+                 env: Mapping[str, str] | None) -> None:
+        self.ids = worker_ids(settings["uid"], settings["gid"])
+        self.cwd: str | None = settings["cwd"]
+        self.ours, self.theirs = _core.socketpair()
+        try:
+            self.stdio = Stdio(settings)
+        except BaseException:
+            self.close()
+            raise
+        self.env = worker_env(worker_id, self.theirs, settings, env)
+
+    def close_child(self) -> None:
+        """The child's descriptors, once it has them (or will never)."""
+        if self.theirs >= 0:
+            os.close(self.theirs)
+            self.theirs = -1
+        if hasattr(self, "stdio"):
+            self.stdio.close_child()
+
+    def close(self) -> None:
+        """Everything: the start failed."""
+        self.close_child()
+        if self.ours >= 0:
+            os.close(self.ours)
+            self.ours = -1
+        if hasattr(self, "stdio"):
+            self.stdio.close_parent()
+
+
+def start_exec(plan: Plan, settings: Mapping[str, Any]) -> int:
+    """Fork + exec of a worker; returns its pid."""
+    argv = worker_argv(settings)
     path = resolve_executable(argv[0])
-    ours, their_fd = _core.socketpair()
-    stdio = None
+    groups, gid, uid = plan.ids or (None, -1, -1)
+    child = plan.stdio.child
     try:
-        stdio = Stdio(settings)
-        try:
-            environ = worker_env(worker_id, their_fd, settings, env)
-            uid, gid = settings["uid"], settings["gid"]
-            try:
-                pid = None if spec_at is None else _template.fork(
-                    argv, spec_at, environ, settings["cwd"], uid, gid, stdio.child, their_fd)
-                if pid is None:
-                    pid = _core.spawn(path, argv, [f"{k}={v}" for k, v in environ.items()],
-                                      settings["cwd"], their_fd,
-                                      (stdio.child[0], stdio.child[1], stdio.child[2]),
-                                      -1 if uid is None else uid,
-                                      -1 if gid is None else gid)
-            except OSError as exc:
-                if exc.filename is None:     # fork() itself, not the program
-                    raise fork_refused(exc) from None
-                raise
-        finally:
-            os.close(their_fd)
-            stdio.close_child()
-    except BaseException:
-        os.close(ours)
-        if stdio is not None:
-            stdio.close_parent()
-        raise
-    return pid, ours, stdio
-
-
-def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, str] | None,
-                 target: Callable[[], Any]) -> tuple[int, int, Stdio]:
-    """os.fork() without exec: the child becomes worker worker_id and runs
-    target(); it never returns from here."""
-    ours, theirs = _core.socketpair()
-    stdio = None
-    try:
-        stdio = Stdio(settings)
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except OSError as exc:
+        return _core.spawn(path, argv, [f"{k}={v}" for k, v in plan.env.items()], plan.cwd,
+                           plan.theirs, (child[0], child[1], child[2]), groups, gid, uid)
+    except OSError as exc:
+        if exc.filename is None:     # fork() itself, not the program
             raise fork_refused(exc) from None
-    except BaseException:
-        os.close(ours)
-        os.close(theirs)
-        if stdio is not None:
-            stdio.close_child()
-            stdio.close_parent()
         raise
+
+
+def start_target(plan: Plan, target: Callable[[], Any]) -> int:
+    """os.fork() without exec: the child becomes the worker of plan and runs
+    target(); it never returns from here."""
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        raise fork_refused(exc) from None
     if pid == 0:
         code = 1
         try:
-            _core.after_fork()
-            _core.die_with_parent(parent)
-            atexit._clear()             # the primary's handlers are not the worker's
-            gc.freeze()                 # what the worker creates from here is its own
-            os.close(ours)
-            stdio.close_parent()
-            for i, fd in enumerate(stdio.child):
-                if fd >= 0:
-                    os.dup2(fd, i)
-            stdio.close_child()
-            if settings["cwd"] is not None:
-                os.chdir(settings["cwd"])
-            if settings["gid"] is not None:
-                os.setgid(settings["gid"])
-            if settings["uid"] is not None:
-                os.setuid(settings["uid"])
-            if env:
-                os.environ.update({str(k): str(v) for k, v in env.items()})
-            code = _become_worker(worker_id, theirs, settings, target)
+            code = _become_target_worker(plan, parent, target)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -287,21 +298,39 @@ def start_target(worker_id: int, settings: Mapping[str, Any], env: Mapping[str, 
             traceback.print_exc()
         finally:
             _exit_target_worker(code)
-    os.close(theirs)
-    stdio.close_child()
-    return pid, ours, stdio
+    return pid
 
 
-def _become_worker(worker_id: int, fd: int, settings: Mapping[str, Any],
-                   target: Callable[[], Any]) -> int:
-    """In the child of fork(target=...): drop the primary's state, boot as a
+def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any]) -> int:
+    """In the child of fork(target=...): take on plan as the exec'd child
+    would (spawn.c's spawn_child), drop the primary's state, boot as a
     worker, run target() and the loop. Returns the exit code."""
+    _core.die_with_parent(parent)
+    os.close(plan.ours)
+    plan.stdio.close_parent()
+    for i, fd in enumerate(plan.stdio.child):
+        if fd >= 0:
+            os.dup2(fd, i)
+    plan.stdio.close_child()
+    if plan.cwd is not None:
+        os.chdir(plan.cwd)
+    if plan.ids is not None:
+        _core.set_ids(*plan.ids)
     _reset_signal_handlers()
+    _fast.signal.pthread_sigmask(_fast.signal.SIG_SETMASK, ())
+    environ = os.environ
+    for name in [name for name in environ if name not in plan.env]:
+        del environ[name]
+    for name, value in plan.env.items():
+        if environ.get(name) != value:
+            environ[name] = value
+    _core.after_fork()                  # reads the engine's settings from env
+    atexit._clear()                     # the primary's handlers are not the worker's
+    gc.freeze()                         # what the worker creates from here is its own
     _runtime.wake_on_signals()          # the engine was rebuilt: a new pipe
     _runtime.emitter.remove_all_listeners()
     _shared.forget()
-    _template.forget()
-    _worker.boot(worker_id, fd, settings["serialization"], settings["max_message_size"])
+    _worker.boot_from_env()
     target()
     _runtime.run()
     return 0
@@ -316,7 +345,7 @@ def _exit_target_worker(code: int) -> None:
 
 def _reset_signal_handlers() -> None:
     """The primary's Python handlers are not the worker's: back to defaults,
-    SIGINT ignored (the primary decides how its workers stop)."""
+    as the exec'd worker's interpreter starts (SIGINT: the boot ignores it)."""
     _signal = _fast.signal
     for sig in _signal.valid_signals():
         try:
@@ -366,10 +395,14 @@ def fork(env: Mapping[str, Any] | None = None, *,
     workers = _runtime.workers
     assert workers is not None          # the primary's
     worker_id, settings = _runtime.next_id, _runtime.settings
-    if target is None:
-        pid, fd, stdio = start_exec(worker_id, settings, env)
-    else:
-        pid, fd, stdio = start_target(worker_id, settings, env, target)
+    plan = Plan(worker_id, settings, env)
+    try:
+        pid = start_exec(plan, settings) if target is None else start_target(plan, target)
+    except BaseException:
+        plan.close()
+        raise
+    plan.close_child()
+    fd, stdio = plan.ours, plan.stdio
     _runtime.next_id += 1
     w = Worker(worker_id, pid, primary_side=True,
                serialization=_worker.SERIALIZATIONS[settings["serialization"]],

@@ -54,12 +54,7 @@ def run() -> None:
     global ran, _stopped
     ran = True
     _stopped = False
-    try:
-        _core.run()
-    finally:
-        if is_primary:
-            from . import _template
-            _template.stop()         # forks to come start their own
+    _core.run()
     if worker is not None and worker.exited_after_disconnect and not _stopped \
             and not worker.is_connected():
         exit_process(0)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable
     from typing import Any
 
-from . import _core, _fast, _runtime, _template
+from . import _core, _fast, _runtime
 from .events import EventEmitter
 
 ChannelClosedError = _core.ChannelClosedError
@@ -294,8 +294,6 @@ class Worker(EventEmitter):
             self.exited_after_disconnect = False
         if _runtime.workers is not None and _runtime.workers.get(self.id) is self:
             del _runtime.workers[self.id]
-            if not _runtime.workers:
-                _template.stop()         # an idle primary keeps no process of ours
         self.emit("exit", code, sig)
         _runtime.emitter.emit("exit", self, code, sig)
 

@@ -1,0 +1,104 @@
+"""A worker is the program run alone: every way the package starts one gives
+the worker what the same program sees when it is run by itself in the same
+conditions (conform_probe.py's facts, equal whole), and fork(target=) gives
+it the same process (environment, identity, signals, limits, descriptors,
+engine settings) as an exec'd one."""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import zipapp
+
+import pytest
+
+from conftest import APPS
+
+PROBE = APPS / "conform_probe.py"
+ARGS = ["one", "two"]
+
+
+def specs(tmp_path):
+    """The ways to name the program: (argv after the interpreter, cwd)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(PROBE, app / "__main__.py")
+    zipapp.create_archive(app, tmp_path / "app.pyz")
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    shutil.copy(PROBE, mod / "conform_probe.py")
+    return {
+        "script": ([str(PROBE)], tmp_path),
+        "directory": ([str(app)], tmp_path),
+        "zipapp": ([str(tmp_path / "app.pyz")], tmp_path),
+        "module": (["-m", "conform_probe"], mod),
+        "code": (["-c", PROBE.read_text()], tmp_path),
+    }
+
+
+def as_the_primary_leaves_it():
+    """What a worker inherits from conform_probe's primary, for a process
+    started alone: SIGUSR1 ignored, one step nicer, fewer descriptors."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    os.nice(1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1000), hard))
+
+
+def base_env(how, **more):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTER_EXT_", "PROBE_"))}
+    env.update(PROBE_HOW=how, **more)
+    return env
+
+
+def run(argv, cwd, env, preexec=None):
+    done = subprocess.run([sys.executable, *argv, *ARGS], cwd=cwd, env=env, timeout=30,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=preexec)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def worker_facts(argv, cwd, how):
+    out = run(argv, cwd, base_env(how))
+    assert out["exit"] == [0, None], out
+    return out["worker"]
+
+
+def alone_facts(argv, cwd):
+    # the worker's environment: the primary's, what it set, then fork(env)
+    env = base_env("exec", PROBE_PRIMARY="1", PROBE_EXTRA="yes", CLUSTER_EXT_SPIN_US="7")
+    return run(argv, cwd, env, as_the_primary_leaves_it)
+
+
+@pytest.mark.timeout(90)
+def test_an_execd_worker_sees_what_the_program_run_alone_sees(tmp_path):
+    for name, (argv, cwd) in specs(tmp_path).items():
+        worker, alone = worker_facts(argv, cwd, "exec"), alone_facts(argv, cwd)
+        assert worker.pop("sigint") == "SIG_IGN", name    # the primary's to act on
+        assert alone.pop("sigint") == "default_int_handler", name
+        assert worker == alone, name
+        assert worker["main"]["annotation"] == "<class 'int'>", name
+        assert worker["main"]["builtins"] == "module", name
+        assert worker["argv"][1:] == ARGS, name
+        process = worker["process"]
+        assert process["engine"] == {"spin_us": 7}, name
+        assert process["mask"] == [], name
+        assert process["signals"]["SIGTERM"] == process["signals"]["SIGHUP"] == \
+            "SIG_DFL", name
+        assert process["signals"]["SIGUSR1"] == "SIG_IGN", name
+        assert not any(k.startswith("CLUSTER_EXT_") and k != "CLUSTER_EXT_SPIN_US"
+                       for k, _ in process["env"]), name
+
+
+def test_a_target_worker_is_the_same_process_as_an_execd_one(tmp_path):
+    argv, cwd = specs(tmp_path)["script"]
+    execd, target = worker_facts(argv, cwd, "exec"), worker_facts(argv, cwd, "target")
+    assert target["sigint"] == execd["sigint"] == "SIG_IGN"
+    # the environment differs by the one variable that names the mechanism
+    for facts in (execd, target):
+        facts["process"]["env"].remove(["PROBE_HOW", "target" if facts is target else "exec"])
+    assert target["process"] == execd["process"]
+
