@@ -2,7 +2,8 @@
 the worker what the same program sees when it is run by itself in the same
 conditions (conform_probe.py's facts, equal whole), and fork(target=) gives
 it the same process (environment, identity, signals, limits, descriptors,
-engine settings) as an exec'd one."""
+engine settings) as an exec'd one. Then: how a worker ends, and the
+identity it takes."""
 import json
 import os
 import resource
@@ -102,3 +103,16 @@ def test_a_target_worker_is_the_same_process_as_an_execd_one(tmp_path):
         facts["process"]["env"].remove(["PROBE_HOW", "target" if facts is target else "exec"])
     assert target["process"] == execd["process"]
 
+
+def test_a_disconnected_worker_unwinds_and_ends_as_python_ends_its_script(tmp_path):
+    done = subprocess.run([sys.executable, str(APPS / "exit_faithful.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "return": [0, None], "exit7": [7, None], "raise": [1, None]}
+    for end in ("return", "exit7", "raise"):
+        assert (tmp_path / f"{end}.with").read_text() == "after run", end
+        assert (tmp_path / f"{end}.finally").exists() and (tmp_path / f"{end}.atexit").exists()
+    # the file only a collection would free is flushed, as Python's teardown flushes it
+    assert (tmp_path / "return.cycle").read_text() == "unclosed " * 1000
+    assert done.stderr.splitlines()[-1] == "LookupError: after run", done.stderr

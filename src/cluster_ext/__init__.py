@@ -138,7 +138,8 @@ if TYPE_CHECKING:
     scheduling_policy: int
 else:
     sys.modules[__name__].__class__ = _ClusterModule
-if _runtime.is_worker:
+if _runtime.is_worker:           # an exec'd worker: it ends as its script does
     _worker.boot_from_env()
+    _runtime.exit_faster()
 else:
     _shared.adopt_listen_fds()      # systemd's socket activation, if it is ours

@@ -4,8 +4,8 @@ block-buffered), registers an atexit handler, starts a non-daemon thread
 that writes a file after a moment, then disconnects. The primary registered
 an atexit handler before forking: it must run once, in the primary, not again
 in the worker. argv: PATH, and 'target' (fork(target=)) or 'exec' (the
-worker runs this script; its run() ends the process after the disconnect, so
-"after run" never prints). Prints one JSON line."""
+worker runs this script; its run() returns after the disconnect, so "after
+run" prints and the script ends in sys.exit(7)). Prints one JSON line."""
 import atexit
 import json
 import os
