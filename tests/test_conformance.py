@@ -116,3 +116,30 @@ def test_a_disconnected_worker_unwinds_and_ends_as_python_ends_its_script(tmp_pa
     # the file only a collection would free is flushed, as Python's teardown flushes it
     assert (tmp_path / "return.cycle").read_text() == "unclosed " * 1000
     assert done.stderr.splitlines()[-1] == "LookupError: after run", done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can take another identity")
+@pytest.mark.parametrize("how", ["exec", "target"])
+def test_a_worker_drops_every_privilege_it_is_asked_to(how):
+    """A primary with root's groups: the worker keeps none of them."""
+    import grp
+    import pwd
+    nobody = pwd.getpwuid(65534)
+    others = sorted({g.gr_gid for g in grp.getgrall()} - {0, 65534})[:2] or [1]
+
+    def ids(**settings):
+        done = subprocess.run([sys.executable, str(APPS / "prim_ids.py"), how,
+                               json.dumps(settings)], capture_output=True, text=True,
+                              timeout=30, extra_groups=[0, *others])
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout.splitlines()[-1])
+        assert out["exit"] == [0, None], out
+        return out["ids"]
+
+    users_groups = sorted(set(os.getgrouplist(nobody.pw_name, nobody.pw_gid)))
+    assert ids(uid=65534, gid=65534) == [65534, 65534, sorted(set(os.getgrouplist(
+        nobody.pw_name, 65534)))]
+    # a uid alone brings its user's primary group too, not root's gid 0
+    assert ids(uid=65534) == [65534, nobody.pw_gid, users_groups]
+    # a gid alone clears the supplementary groups (id -G lists the gid itself)
+    assert ids(gid=65534) == [0, 65534, [] if how == "target" else [65534]]
