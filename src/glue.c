@@ -69,6 +69,41 @@ cxpy_no_kwds(const char *type_name, PyObject *kwds)
 }
 
 int
+cxpy_ctor_fd(const char *type_name, PyObject *args)
+{
+    PyObject *obj;
+    long fd;
+
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes an fd first (0 given)",
+                     type_name);
+        return -1;
+    }
+    obj = PyTuple_GET_ITEM(args, 0);
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s(): fd must be an int, not %.100s",
+                     type_name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    fd = PyLong_AsLong(obj);    /* -1 with OverflowError past a long */
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s(): bad fd %R", type_name, obj);
+        return -1;
+    }
+    return (int)fd;
+}
+
+PyObject *
+cxpy_ctor_fail(int fd)
+{
+    if (fd > 2) {
+        cx_close(&fd);          /* keeps errno; the exception is untouched */
+    }
+    return NULL;
+}
+
+int
 cxpy_park_current(void)
 {
     if (cxpy.exc_type == NULL) {

@@ -67,6 +67,18 @@ int cxpy_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min,
 int cxpy_as_int(PyObject *obj);
 /* -1 with a TypeError when a constructor got keyword arguments. */
 int cxpy_no_kwds(const char *type_name, PyObject *kwds);
+/* The descriptor a constructor is handed, its first positional argument;
+   -1 with an exception when there is none to own: no such argument or not
+   an int (a bool is not one: True would be stdout), TypeError; out of
+   range, ValueError. Once it has returned an fd, the constructor owns it on
+   every path: it hands it to the engine's open, or ends in
+   cxpy_ctor_fail(). */
+int cxpy_ctor_fd(const char *type_name, PyObject *args);
+/* A constructor failing before the engine's open took fd: closes fd unless
+   it is stdio (0-2, which the engine never owns: a stdio number is left
+   open rather than closed by accident). Returns NULL; the exception set
+   stays set. */
+PyObject *cxpy_ctor_fail(int fd);
 void cxpy_pin_update(CxObject *obj);
 /* Calls fn; on an exception parks it (the first one) and stops the loop.
    Returns -1 when the loop must stop. */

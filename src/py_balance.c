@@ -23,30 +23,33 @@ static PyObject *
 balancer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     CxBalancer *self;
+    PyObject *fd_arg;
     int fd, key, r;
 
-    if (cxpy_no_kwds("Balancer", kwds) < 0 ||
-        !PyArg_ParseTuple(args, "ii:Balancer", &fd, &key) ||
-        cxpy_check_owner() < 0) {
+    /* From here fd is ours: every failure closes it (cxpy_ctor_fail). */
+    if ((fd = cxpy_ctor_fd("Balancer", args)) < 0) {
         return NULL;
     }
-    if (fd < 0 || key < 0 || key > UINT16_MAX) {
-        PyErr_SetString(PyExc_ValueError, "bad fd or key");
-        return NULL;
+    if (cxpy_no_kwds("Balancer", kwds) < 0 ||
+        !PyArg_ParseTuple(args, "Oi:Balancer", &fd_arg, &key) ||
+        cxpy_check_owner() < 0) {
+        return cxpy_ctor_fail(fd);
+    }
+    if (key < 0 || key > UINT16_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad key");
+        return cxpy_ctor_fail(fd);
     }
     self = (CxBalancer *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        cx_close(&fd);
-        return NULL;
+        return cxpy_ctor_fail(fd);
     }
     cx_balancer_init(&cxpy.loop, &self->b);
     self->hp = &self->b.l.h;
     self->deliver = balancer_deliver;
     self->channels = PyList_New(0);
     if (self->channels == NULL) {
-        cx_close(&fd);          /* not the engine's yet */
-        Py_DECREF(self);
-        return NULL;
+        Py_DECREF(self);        /* forgets an engine struct with no fd */
+        return cxpy_ctor_fail(fd);
     }
     r = cx_balancer_open(&self->b, fd, key);
     return cxpy_opened((CxObject *)self, r);

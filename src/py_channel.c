@@ -20,28 +20,31 @@ static PyObject *
 channel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     CxChannel *self;
-    PyObject *on_frame, *on_event;
+    PyObject *fd_arg, *on_frame, *on_event;
     Py_ssize_t max_frame, hwm;
     int fd, r;
 
-    if (cxpy_no_kwds("Channel", kwds) < 0 ||
-        !PyArg_ParseTuple(args, "iOOnn:Channel", &fd, &on_frame, &on_event,
-                          &max_frame, &hwm) ||
-        cxpy_check_owner() < 0) {
+    /* From here fd is ours: every failure closes it (cxpy_ctor_fail). */
+    if ((fd = cxpy_ctor_fd("Channel", args)) < 0) {
         return NULL;
+    }
+    if (cxpy_no_kwds("Channel", kwds) < 0 ||
+        !PyArg_ParseTuple(args, "OOOnn:Channel", &fd_arg, &on_frame,
+                          &on_event, &max_frame, &hwm) ||
+        cxpy_check_owner() < 0) {
+        return cxpy_ctor_fail(fd);
     }
     if (!PyCallable_Check(on_frame) || !PyCallable_Check(on_event)) {
         PyErr_SetString(PyExc_TypeError, "callbacks must be callable");
-        return NULL;
+        return cxpy_ctor_fail(fd);
     }
-    if (fd < 0 || max_frame <= 0 || max_frame > UINT32_MAX || hwm < 0) {
-        PyErr_SetString(PyExc_ValueError, "bad fd, max_frame or hwm");
-        return NULL;
+    if (max_frame <= 0 || max_frame > UINT32_MAX || hwm < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad max_frame or hwm");
+        return cxpy_ctor_fail(fd);
     }
     self = (CxChannel *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        cx_close(&fd);
-        return NULL;
+        return cxpy_ctor_fail(fd);
     }
     cx_chan_init(&cxpy.loop, &self->ch);
     self->hp = &self->ch.h;

@@ -51,25 +51,28 @@ static PyObject *
 stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     CxStream *self;
-    PyObject *on_data, *on_event;
+    PyObject *fd_arg, *on_data, *on_event;
     Py_ssize_t hwm;
     int fd, is_socket = -1, r;
 
-    if (cxpy_no_kwds("Stream", kwds) < 0 ||
-        !PyArg_ParseTuple(args, "iOOn|i:Stream", &fd, &on_data, &on_event,
-                          &hwm, &is_socket) ||
-        cxpy_check_owner() < 0) {
+    /* From here fd is ours: every failure closes it (cxpy_ctor_fail). */
+    if ((fd = cxpy_ctor_fd("Stream", args)) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(on_data) || !PyCallable_Check(on_event) || fd < 0 ||
+    if (cxpy_no_kwds("Stream", kwds) < 0 ||
+        !PyArg_ParseTuple(args, "OOOn|i:Stream", &fd_arg, &on_data,
+                          &on_event, &hwm, &is_socket) ||
+        cxpy_check_owner() < 0) {
+        return cxpy_ctor_fail(fd);
+    }
+    if (!PyCallable_Check(on_data) || !PyCallable_Check(on_event) ||
         hwm < 0) {
-        PyErr_SetString(PyExc_ValueError, "bad fd, callbacks or hwm");
-        return NULL;
+        PyErr_SetString(PyExc_ValueError, "bad callbacks or hwm");
+        return cxpy_ctor_fail(fd);
     }
     self = (CxStream *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        cx_close(&fd);
-        return NULL;
+        return cxpy_ctor_fail(fd);
     }
     cx_stream_init(&cxpy.loop, &self->s);
     self->hp = &self->s.h;
@@ -239,23 +242,26 @@ static PyObject *
 listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     CxListener *self;
-    PyObject *on_connection;
+    PyObject *fd_arg, *on_connection;
     int fd, raced, max_accepts, r;
 
-    if (cxpy_no_kwds("Listener", kwds) < 0 ||
-        !PyArg_ParseTuple(args, "iOpi:Listener", &fd, &on_connection,
-                          &raced, &max_accepts) ||
-        cxpy_check_owner() < 0) {
+    /* From here fd is ours: every failure closes it (cxpy_ctor_fail). */
+    if ((fd = cxpy_ctor_fd("Listener", args)) < 0) {
         return NULL;
     }
-    if (!PyCallable_Check(on_connection) || fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "bad fd or callback");
-        return NULL;
+    if (cxpy_no_kwds("Listener", kwds) < 0 ||
+        !PyArg_ParseTuple(args, "OOpi:Listener", &fd_arg, &on_connection,
+                          &raced, &max_accepts) ||
+        cxpy_check_owner() < 0) {
+        return cxpy_ctor_fail(fd);
+    }
+    if (!PyCallable_Check(on_connection)) {
+        PyErr_SetString(PyExc_ValueError, "bad callback");
+        return cxpy_ctor_fail(fd);
     }
     self = (CxListener *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        cx_close(&fd);
-        return NULL;
+        return cxpy_ctor_fail(fd);
     }
     cx_listener_init(&cxpy.loop, &self->l);
     self->hp = &self->l.h;

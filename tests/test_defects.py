@@ -53,6 +53,7 @@ def test_a_constructor_out_of_memory_crashes_nothing_and_keeps_stdin():
         pytest.skip(result["skip"])
     assert result["stdin_intact"], result
     assert result["memory_errors"]["Balancer"] >= 2, result   # the object, then its list
+    assert result["left_open"] == [], result                  # owned even on failure
 
 
 # The primary turns its loop by hand (_core.turn with a timeout) so that every

@@ -1,0 +1,172 @@
+"""Edges of the glue (issue 23, item 9), checked in this process: no
+workers are needed.
+
+- A native constructor handed a descriptor owns it even when it fails
+  (architecture.md, "Who owns each descriptor"): every bad argument after
+  the fd, a wrong count, keywords, the wrong thread. An fd argument that is
+  not an int is no descriptor, so nothing is closed; stdio (0-2) is never
+  closed by a failing constructor."""
+import errno
+import os
+import threading
+
+import pytest
+
+from cluster_ext import _core
+
+BIG = 2 ** 70                  # overflows every C integer
+
+
+def ignore(*args):
+    pass
+
+
+class Falsy:
+    def __bool__(self):
+        raise ZeroDivisionError("no truth value")
+
+
+def identity(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+@pytest.fixture(autouse=True)
+def stdio_untouched():
+    before = [identity(fd) for fd in (0, 1, 2)]
+    yield
+    assert [identity(fd) for fd in (0, 1, 2)] == before
+
+
+def is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+        return False
+    return True
+
+
+def fresh_fd():
+    """A descriptor above stdio (a pipe's read end): a failing constructor
+    never gets as far as looking at its kind."""
+    r, w = os.pipe()
+    os.close(w)
+    assert r > 2
+    return r
+
+
+# Each: a name, and the call with fd in its first place. Every one fails after
+# the fd argument has been read.
+BAD_CALLS = [
+    ("Channel: too few", lambda fd: _core.Channel(fd)),
+    ("Channel: too many", lambda fd: _core.Channel(fd, ignore, ignore, 1 << 20, 1 << 16, 0)),
+    ("Channel: a keyword", lambda fd: _core.Channel(fd, ignore, ignore, 1 << 20, hwm=1)),
+    ("Channel: on_frame", lambda fd: _core.Channel(fd, 1, ignore, 1 << 20, 1 << 16)),
+    ("Channel: on_event", lambda fd: _core.Channel(fd, ignore, None, 1 << 20, 1 << 16)),
+    ("Channel: max_frame type", lambda fd: _core.Channel(fd, ignore, ignore, "1", 1 << 16)),
+    ("Channel: max_frame 0", lambda fd: _core.Channel(fd, ignore, ignore, 0, 1 << 16)),
+    ("Channel: max_frame > u32", lambda fd: _core.Channel(fd, ignore, ignore, 1 << 32, 1)),
+    ("Channel: max_frame overflow", lambda fd: _core.Channel(fd, ignore, ignore, BIG, 1)),
+    ("Channel: hwm -1", lambda fd: _core.Channel(fd, ignore, ignore, 1 << 20, -1)),
+    ("Channel: hwm overflow", lambda fd: _core.Channel(fd, ignore, ignore, 1 << 20, BIG)),
+    ("Stream: too few", lambda fd: _core.Stream(fd, ignore, ignore)),
+    ("Stream: too many", lambda fd: _core.Stream(fd, ignore, ignore, 1, -1, 0)),
+    ("Stream: a keyword", lambda fd: _core.Stream(fd, ignore, ignore, 1, is_socket=0)),
+    ("Stream: on_data", lambda fd: _core.Stream(fd, "x", ignore, 1 << 16)),
+    ("Stream: on_event", lambda fd: _core.Stream(fd, ignore, 2, 1 << 16)),
+    ("Stream: hwm type", lambda fd: _core.Stream(fd, ignore, ignore, 1.5)),
+    ("Stream: hwm -1", lambda fd: _core.Stream(fd, ignore, ignore, -1)),
+    ("Stream: hwm overflow", lambda fd: _core.Stream(fd, ignore, ignore, BIG)),
+    ("Stream: is_socket type", lambda fd: _core.Stream(fd, ignore, ignore, 1, "no")),
+    ("Stream: is_socket overflow", lambda fd: _core.Stream(fd, ignore, ignore, 1, 1 << 40)),
+    ("Listener: too few", lambda fd: _core.Listener(fd, ignore, False)),
+    ("Listener: too many", lambda fd: _core.Listener(fd, ignore, False, 16, 0)),
+    ("Listener: a keyword", lambda fd: _core.Listener(fd, ignore, False, max_accepts=16)),
+    ("Listener: on_connection", lambda fd: _core.Listener(fd, None, False, 16)),
+    ("Listener: raced", lambda fd: _core.Listener(fd, ignore, Falsy(), 16)),
+    ("Listener: max_accepts type", lambda fd: _core.Listener(fd, ignore, False, "16")),
+    ("Listener: max_accepts overflow", lambda fd: _core.Listener(fd, ignore, False, 1 << 40)),
+    ("Balancer: too few", lambda fd: _core.Balancer(fd)),
+    ("Balancer: too many", lambda fd: _core.Balancer(fd, 1, 2)),
+    ("Balancer: a keyword", lambda fd: _core.Balancer(fd, key=1)),
+    ("Balancer: key type", lambda fd: _core.Balancer(fd, None)),
+    ("Balancer: key -1", lambda fd: _core.Balancer(fd, -1)),
+    ("Balancer: key > u16", lambda fd: _core.Balancer(fd, 1 << 16)),
+    ("Balancer: key overflow", lambda fd: _core.Balancer(fd, BIG)),
+]
+
+# A good call of each, for the checks on the fd argument itself.
+GOOD_CALLS = {
+    "Channel": lambda fd, *rest: _core.Channel(fd, ignore, ignore, 1 << 20, 1 << 16, *rest),
+    "Stream": lambda fd, *rest: _core.Stream(fd, ignore, ignore, 1 << 16, -1, *rest),
+    "Listener": lambda fd, *rest: _core.Listener(fd, ignore, False, 16, *rest),
+    "Balancer": lambda fd, *rest: _core.Balancer(fd, 1, *rest),
+}
+
+
+@pytest.mark.parametrize("name, call", BAD_CALLS, ids=[name for name, _ in BAD_CALLS])
+def test_a_failing_constructor_closes_the_fd_it_was_handed(name, call):
+    fd = fresh_fd()
+    try:
+        with pytest.raises((TypeError, ValueError, OverflowError, ZeroDivisionError)):
+            call(fd)
+        assert not is_open(fd), f"{name}: fd {fd} left open"
+    finally:
+        if is_open(fd):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD_CALLS))
+def test_a_constructor_called_from_another_thread_closes_its_fd(kind):
+    fd = fresh_fd()
+    raised = []
+
+    def other():
+        try:
+            GOOD_CALLS[kind](fd)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    try:
+        assert raised and "another thread" in str(raised[0])
+        assert not is_open(fd)
+    finally:
+        if is_open(fd):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD_CALLS))
+@pytest.mark.parametrize("as_what", [float, str, bool, lambda fd: None])
+def test_an_fd_that_is_not_an_int_is_not_taken(kind, as_what):
+    fd = fresh_fd()
+    try:
+        with pytest.raises(TypeError, match="fd must be an int"):
+            GOOD_CALLS[kind](as_what(fd))
+        assert is_open(fd)       # a bool is 1: stdout, checked by the fixture
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD_CALLS))
+@pytest.mark.parametrize("fd", [-1, -BIG, 1 << 31, BIG])
+def test_an_fd_out_of_range_is_a_value_error(kind, fd):
+    with pytest.raises(ValueError, match="fd"):
+        GOOD_CALLS[kind](fd)
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD_CALLS))
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_a_failing_constructor_never_closes_stdio(kind, fd):
+    with pytest.raises(TypeError):
+        GOOD_CALLS[kind](fd, "one argument too many")
+    assert is_open(fd)           # and the same file: the fixture
+
+
+def test_no_arguments_at_all_is_a_type_error():
+    for kind in ("Channel", "Stream", "Listener", "Balancer"):
+        with pytest.raises(TypeError):
+            getattr(_core, kind)()
