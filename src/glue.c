@@ -69,6 +69,28 @@ cxpy_no_kwds(const char *type_name, PyObject *kwds)
 }
 
 int
+cxpy_seconds(const char *what, PyObject *obj, double *out)
+{
+    double s = PyFloat_AsDouble(obj);
+
+    if (s == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;          /* not a number: TypeError */
+        }
+        PyErr_Clear();          /* an int past a double: absurd */
+        s = Py_HUGE_VAL;
+    }
+    if (!(s >= 0.0 && s <= CXPY_MAX_SECONDS)) {         /* NaN too */
+        PyErr_Format(PyExc_ValueError,
+                     "%s: seconds must be finite, 0 or more and at most "
+                     "2147483.647 (2**31-1 ms), not %R", what, obj);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+int
 cxpy_ctor_fd(const char *type_name, PyObject *args)
 {
     PyObject *obj;

@@ -65,6 +65,17 @@ int cxpy_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t min,
 /* obj as a C int; -1 with an exception set on error (PyLong_AsInt is
    public only from 3.13). */
 int cxpy_as_int(PyObject *obj);
+/* The longest wait the loop takes: Node's TIMEOUT_MAX, 2**31-1 ms (24.8
+   days), which is also the most epoll_wait's int milliseconds hold. One
+   bound for every delay and timeout, in C and (as _core.MAX_SECONDS) in
+   Python. */
+#define CXPY_MAX_MS 2147483647
+#define CXPY_MAX_SECONDS (CXPY_MAX_MS / 1000.0)
+/* obj as seconds the loop can wait, in *out: 0 or -1 with an exception,
+   TypeError for what is not a number and ValueError, naming what, for NaN,
+   an infinity, a negative or more than CXPY_MAX_SECONDS (converting those
+   to an integer is undefined behaviour). */
+int cxpy_seconds(const char *what, PyObject *obj, double *out);
 /* -1 with a TypeError when a constructor got keyword arguments. */
 int cxpy_no_kwds(const char *type_name, PyObject *kwds);
 /* The descriptor a constructor is handed, its first positional argument;

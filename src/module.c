@@ -31,13 +31,22 @@ add_constants(PyObject *mod)
         {"EVENT_END", CX_NOTE_END},
     };
 
+    PyObject *max_seconds;
+    int r;
+
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {
         if (PyModule_AddIntConstant(mod, constants[i].name,
                                     constants[i].value) < 0) {
             return -1;
         }
     }
-    return 0;
+    max_seconds = PyFloat_FromDouble(CXPY_MAX_SECONDS);
+    if (max_seconds == NULL) {
+        return -1;
+    }
+    r = PyModule_AddObjectRef(mod, "MAX_SECONDS", max_seconds);
+    Py_DECREF(max_seconds);
+    return r;
 }
 
 static int

@@ -134,16 +134,14 @@ py_call_later(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         cxpy_check_owner() < 0) {
         return NULL;
     }
-    delay = PyFloat_AsDouble(args[0]);
-    if (delay == -1.0 && PyErr_Occurred()) {
+    if (cxpy_seconds("call_later", args[0], &delay) < 0) {
         return NULL;
     }
     self = (CxHandle *)handle_new(CX_NOTE_TIMER, args[1]);
     if (self == NULL) {
         return NULL;
     }
-    r = cx_timer_start(&self->u.timer,
-                       delay <= 0 ? 0 : (uint64_t)(delay * 1e9));
+    r = cx_timer_start(&self->u.timer, (uint64_t)(delay * 1e9));
     return cxpy_opened((CxObject *)self, r);
 }
 
@@ -173,7 +171,7 @@ py_watch_child(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef handle_functions[] = {
     {"call_later", (PyCFunction)(void (*)(void))py_call_later, METH_FASTCALL,
-     "call_later(seconds, fn) -> Handle"},
+     "call_later(seconds, fn) -> Handle: seconds from 0 to MAX_SECONDS."},
     {"watch_child", (PyCFunction)(void (*)(void))py_watch_child,
      METH_FASTCALL, "watch_child(pid, fn(code, signal)) -> Handle"},
     {NULL, NULL, 0, NULL},

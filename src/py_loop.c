@@ -155,20 +155,25 @@ py_run(PyObject *mod, PyObject *Py_UNUSED(ignored))
     return leave_run(failed);
 }
 
+/* turn(None) waits until something happens; turn(seconds) at most that
+   long, rounded up to a millisecond. */
 static PyObject *
 py_turn(PyObject *mod, PyObject *arg)
 {
-    double timeout = PyFloat_AsDouble(arg);
-    int ms, failed;
+    double timeout = 0.0;
+    int ms = -1, failed;
 
     CX_UNUSED(mod);
-    if (timeout == -1.0 && PyErr_Occurred()) {
+    if (arg != Py_None && cxpy_seconds("turn", arg, &timeout) < 0) {
         return NULL;
     }
     if (enter_run() < 0) {
         return NULL;
     }
-    ms = timeout < 0 ? -1 : (int)(timeout * 1000.0 + 0.999);
+    if (arg != Py_None) {
+        double up = timeout * 1000.0 + 0.999;
+        ms = up >= CXPY_MAX_MS ? CXPY_MAX_MS : (int)up;
+    }
     failed = turn_once(ms) < 0;
     return leave_run(failed);
 }
@@ -299,7 +304,8 @@ static PyMethodDef loop_functions[] = {
      "Runs the loop until nothing is left to wait for or stop() is called; "
      "re-raises the first exception a callback raised."},
     {"turn", py_turn, METH_O,
-     "One turn: wait up to timeout seconds (-1: forever), then deliver."},
+     "turn(timeout): one turn: wait up to timeout seconds (None: until "
+     "something happens), then deliver."},
     {"stop", py_stop, METH_NOARGS, "Makes run() return after this callback."},
     {"running", py_running, METH_NOARGS,
      "Whether run() or turn() is on the stack."},

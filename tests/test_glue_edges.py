@@ -5,16 +5,27 @@ workers are needed.
   (architecture.md, "Who owns each descriptor"): every bad argument after
   the fd, a wrong count, keywords, the wrong thread. An fd argument that is
   not an int is no descriptor, so nothing is closed; stdio (0-2) is never
-  closed by a failing constructor."""
+  closed by a failing constructor.
+- A delay or timeout the loop cannot wait (not finite, negative, or over
+  _core.MAX_SECONDS, Node's 2**31-1 ms) is a ValueError."""
 import errno
+import math
 import os
 import threading
 
 import pytest
 
+import cluster_ext as cluster
 from cluster_ext import _core
 
 BIG = 2 ** 70                  # overflows every C integer
+MAX_SECONDS = (2 ** 31 - 1) / 1000   # Node's TIMEOUT_MAX, 24.8 days
+BAD_SECONDS = [math.nan, math.inf, -math.inf, 1e300, 1e10, 10 ** 400, -1, -0.5, -1e-9,
+               2 ** 31 / 1000]  # the last: one ms past the bound
+
+
+def short(value):
+    return repr(value)[:12]
 
 
 def ignore(*args):
@@ -170,3 +181,46 @@ def test_no_arguments_at_all_is_a_type_error():
     for kind in ("Channel", "Stream", "Listener", "Balancer"):
         with pytest.raises(TypeError):
             getattr(_core, kind)()
+
+
+# ---- delays and timeouts ---------------------------------------------------------
+
+
+def test_the_bound_is_nodes_timeout_max():
+    assert _core.MAX_SECONDS == MAX_SECONDS
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS, ids=short)
+def test_call_later_refuses_a_delay_it_cannot_wait(seconds):
+    with pytest.raises(ValueError, match="call_later"):
+        handle = _core.call_later(seconds, ignore)
+        handle.cancel()          # before the fix: not left to fire
+    with pytest.raises(ValueError, match="call_later"):
+        cluster.call_later(seconds, ignore)
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0, 1e-9, 1, MAX_SECONDS])
+def test_call_later_takes_every_delay_up_to_the_bound(seconds):
+    _core.call_later(seconds, ignore).cancel()
+
+
+def test_call_later_still_refuses_what_is_not_a_number():
+    with pytest.raises(TypeError):
+        _core.call_later("1", ignore)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("seconds", BAD_SECONDS, ids=short)
+def test_turn_refuses_a_timeout_it_cannot_wait(seconds):
+    with pytest.raises(ValueError, match="turn"):
+        _core.turn(seconds)
+    assert not _core.running()
+
+
+@pytest.mark.timeout(10)
+def test_turn_takes_zero_the_bound_and_none():
+    _core.turn(0)
+    _core.wakeup()               # the wait ends at once: the eventfd is readable
+    _core.turn(MAX_SECONDS)
+    _core.wakeup()
+    _core.turn(None)             # forever, until something happens

@@ -535,7 +535,7 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
     answer: list[tuple[Any, ...]] = []
     spec = ask_primary(port, host, backlog, path, True, lambda *reply: answer.append(reply))
     while not answer:
-        _core.turn(-1)
+        _core.turn(None)
     err, key, address, fd = answer[0]
     if err:
         release_index(spec)
