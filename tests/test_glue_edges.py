@@ -7,7 +7,8 @@ workers are needed.
   not an int is no descriptor, so nothing is closed; stdio (0-2) is never
   closed by a failing constructor.
 - A delay or timeout the loop cannot wait (not finite, negative, or over
-  _core.MAX_SECONDS, Node's 2**31-1 ms) is a ValueError."""
+  _core.MAX_SECONDS, Node's 2**31-1 ms) is a ValueError, in C (call_later,
+  turn) and at the Python timeouts whose timers start later."""
 import errno
 import math
 import os
@@ -16,7 +17,8 @@ import threading
 import pytest
 
 import cluster_ext as cluster
-from cluster_ext import _core
+from cluster_ext import _core, _notify
+from cluster_ext._worker import Worker
 
 BIG = 2 ** 70                  # overflows every C integer
 MAX_SECONDS = (2 ** 31 - 1) / 1000   # Node's TIMEOUT_MAX, 24.8 days
@@ -224,3 +226,56 @@ def test_turn_takes_zero_the_bound_and_none():
     _core.turn(MAX_SECONDS)
     _core.wakeup()
     _core.turn(None)             # forever, until something happens
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS, ids=short)
+def test_worker_disconnect_refuses_a_bad_timeout(seconds):
+    for primary_side in (True, False):
+        w = Worker(99, os.getpid(), primary_side=primary_side)
+        with pytest.raises(ValueError, match="timeout"):
+            w.disconnect(timeout=seconds)
+        assert w.exited_after_disconnect is None      # nothing was started
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS, ids=short)
+def test_cluster_disconnect_and_reload_refuse_a_bad_timeout(seconds):
+    called = []
+    with pytest.raises(ValueError, match="timeout"):
+        cluster.disconnect(lambda: called.append(1), timeout=seconds)
+    with pytest.raises(ValueError, match="timeout"):
+        cluster.reload(lambda: called.append(2), timeout=seconds)
+    _core.turn(0)
+    assert called == []
+
+
+def test_python_timeouts_take_every_value_up_to_the_bound():
+    for seconds in (0, 0.5, MAX_SECONDS):
+        w = Worker(99, os.getpid(), primary_side=True)     # not connected: nothing to do
+        assert w.disconnect(timeout=seconds) is w
+        cluster.disconnect(timeout=seconds)                 # no worker here
+    assert _core.call_later(0, ignore)                      # and the loop's own
+    _core.turn(0)
+
+
+@pytest.mark.parametrize("arg", ["graceful_timeout", "heartbeat_timeout", "drain_delay",
+                                 "backoff"])
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, 1e300, -1], ids=short)
+def test_supervise_refuses_bad_seconds_before_it_starts(arg, seconds):
+    # workers=0 is refused too: the seconds are checked first, before any fork.
+    value = (0.1, seconds) if arg == "backoff" else seconds
+    with pytest.raises(ValueError, match=arg):
+        cluster.supervise(0, **{arg: value})
+
+
+@pytest.mark.parametrize("usec, interval", [("400000", 0.2), ("-4", None), ("0", None),
+                                            (str(10 ** 20), MAX_SECONDS)])
+def test_the_watchdog_beats_at_an_interval_the_loop_can_wait(monkeypatch, usec, interval):
+    # WATCHDOG_USEC comes from the environment: a bad one is a warning and no
+    # watchdog, never a ValueError out of supervise().
+    monkeypatch.setenv("NOTIFY_SOCKET", "@cluster-ext-test-nobody")
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    _notify.start()
+    try:
+        assert _notify.watchdog_interval == interval
+    finally:
+        _notify.stop()

@@ -75,6 +75,8 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any]) -> Non
     is replaced, False when the replacements could not start."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
+    if timeout is not None:              # its timers start later, in callbacks
+        timeout = _runtime.check_seconds("timeout", timeout)
     if _Reload.running is not None:
         _Reload.running.join(on_end)
         return
@@ -419,14 +421,20 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         raise RuntimeError("supervise() is the primary's")
     if _active is not None:
         raise RuntimeError("supervise() is already running")
+    # Each of these starts a timer later, in a callback (a stop, an exit, a
+    # beat): checked here, before any fork.
+    graceful_timeout = _runtime.check_seconds("graceful_timeout", graceful_timeout)
+    drain_delay = _runtime.check_seconds("drain_delay", drain_delay)
+    low, high = backoff
+    backoff = (_runtime.check_seconds("backoff", low), _runtime.check_seconds("backoff", high))
+    if heartbeat_timeout is not None:
+        heartbeat_timeout = _runtime.check_seconds("heartbeat_timeout", heartbeat_timeout)
     size = workers if workers is not None else (os.cpu_count() or 1)
     if size < 1:
         raise ValueError("supervise() needs at least one worker")
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
     fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
-    if drain_delay < 0:
-        raise ValueError("drain_delay must not be negative")
     fleet.ready_file = ready_file and os.path.abspath(ready_file)
     fleet.drain_delay = drain_delay
     pid_file = pid_file and os.path.abspath(pid_file)

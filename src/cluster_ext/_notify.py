@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _runtime
+from . import _core, _runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,9 +29,14 @@ def start() -> None:
     watchdog_interval = None
     if _address is not None and usec is not None and pid in (None, str(os.getpid())):
         try:
-            watchdog_interval = int(usec) / 2e6       # half the timeout, as systemd asks
-        except ValueError:
+            half = int(usec) / 2e6                     # half the timeout, as systemd asks
+        except (ValueError, OverflowError):
             _warn(f"WATCHDOG_USEC={usec!r} is not a number: no watchdog")
+        else:
+            if half > 0:                 # beyond the loop's longest timer: beat sooner
+                watchdog_interval = min(half, _core.MAX_SECONDS)
+            else:
+                _warn(f"WATCHDOG_USEC={usec!r} is not positive: no watchdog")
 
 
 def enabled() -> bool:

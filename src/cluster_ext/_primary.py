@@ -433,6 +433,8 @@ def disconnect(callback: Callable[[], Any] | None = None, *,
     disconnected. With timeout, workers still connected after it are killed."""
     if not _runtime.is_primary:
         raise RuntimeError("cluster.disconnect() is the primary's")
+    if timeout is not None:              # before any worker is asked
+        timeout = _runtime.check_seconds("timeout", timeout)
     workers = _runtime.workers
     assert workers is not None
     pending = {w.id for w in workers.values() if w.is_connected()}

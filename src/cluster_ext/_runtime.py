@@ -139,6 +139,23 @@ def _flush_files() -> None:
             pass
 
 
+def check_seconds(name: str, value: float) -> float:
+    """value as seconds the loop can wait, else ValueError naming it: finite,
+    0 or more and at most _core.MAX_SECONDS (2**31-1 ms), the bound
+    call_later() keeps. For a timeout given now whose timer starts later,
+    in a callback that must not be the one to raise."""
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:        # an int past a double
+        seconds = float("inf")
+    if not 0 <= seconds <= _core.MAX_SECONDS:      # NaN fails too
+        raise ValueError(f"{name} must be finite, 0 or more and at most "
+                         f"{_core.MAX_SECONDS} seconds (2**31-1 ms), not {value!r}")
+    return seconds
+
+
 def call_later(seconds: float, fn: Callable[..., Any], *args: Any) -> _core.Handle:
     """A timer on the loop; returns a handle with .cancel()."""
     return _core.call_later(seconds, (lambda: fn(*args)) if args else fn)

@@ -370,6 +370,8 @@ class Worker(EventEmitter):
         """Graceful shutdown: in a worker, close every server, wait for their
         connections, then close the channel. In the primary, ask the worker to;
         with timeout, SIGKILL it if it has not exited in time."""
+        if timeout is not None:          # refused on both sides, before anything starts
+            timeout = _runtime.check_seconds("timeout", timeout)
         if self._primary_side:
             return self._disconnect_primary(timeout)
         if not self._disconnecting:
