@@ -133,3 +133,28 @@ def test_worker_message_event_before_cluster_message_event():
         ["worker", 1, 1, False], ["cluster", 1, 1, False],
         ["worker", 1, 2, True], ["cluster", 1, 2, True],
     ]
+
+
+@pytest.mark.parametrize("mode", ["pickle_up", "pickle_down", "json_up"])
+def test_a_message_in_another_serialization_is_an_error_and_never_decoded(mode, tmp_path):
+    # The sender's flags named the deserializer: a json primary unpickled a
+    # frame its worker flagged pickle, and ran the payload's __reduce__
+    # (here os.mkdir; in the report, os.getpid as the primary's user). The
+    # channel's setting decides, on both sides; the frame is an 'error' and
+    # the channel carries on.
+    result = only_json(run_app("msg_foreign.py", mode, str(tmp_path)))
+    log = result["log"]
+    assert result["unpickled"] is False, log
+    if mode == "pickle_down":       # the worker's 'error', sent up as a message
+        errors = [e[1][1:] for e in log if e[0] == "message" and e[1][0] == "worker error"]
+        peer, after = "the primary", ["message", ["worker got", "after"]]
+    else:
+        errors = [e[1:] for e in log if e[0] == "error"]
+        peer, after = "worker 1", ["message", "after"]
+    assert len(errors) == 1, log
+    kind, text = errors[0]
+    assert kind == "ValueError", log
+    assert text.startswith(f"undecodable message from {peer}: "), log
+    # the foreign message never arrived; the next one did
+    assert [e for e in log if e[0] == "message" and e[1][0] != "worker error"] == [after], log
+    assert log[-2:] == [["exit", 0, None], ["run returned"]], log

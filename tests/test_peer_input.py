@@ -56,3 +56,24 @@ def test_a_listen_the_primary_cannot_do_is_einval_in_the_worker(mode):
     assert log[-1] == ["run returned"], log
     assert ["message", ["after", ["OSError", errno.EINVAL]]] in log, log
     assert ["exit", 0, None] in log, log
+
+
+@pytest.mark.parametrize("role", ["primary", "worker"])
+@pytest.mark.parametrize("ser", ["json", "pickle"])
+def test_a_frame_in_another_serialization_is_an_error_and_never_decoded(role, ser):
+    # The frame's flags chose the decoder: a json primary unpickled what a
+    # worker flagged pickle, and so ran its __reduce__; a pickle side took a
+    # plain JSON frame through the JSON hot path. Only the Worker's own
+    # setting decodes; the frame is 'error', its descriptor is closed, and
+    # the next frame arrives.
+    peer = "worker 7" if role == "primary" else "the primary"
+    result = only_json(run_app("peer_foreign.py", role, ser))
+    assert result["payload_live"] is True, result     # the control: it would run
+    assert result["called_by_frames"] == [], result
+    events = result["events"]
+    assert len(events) == 3, events
+    for name, kind, text in events[:2]:
+        assert (name, kind) == ("error", "ValueError"), events
+        assert text.startswith(f"undecodable message from {peer}: "), events
+    assert events[2] == ["message", ["own"], "None"], events
+    assert result["fd_closed"] is True, result

@@ -2,9 +2,12 @@
 
 Both sides speak the internal protocol over one native Channel: frames of a
 type (see _core.FRAME_*) and a small payload. User messages are FRAME_USER,
-serialized here (json or pickle, named in the frame's flags so that either side
-can read them). Servers (net) and the fleet join through primary_frame_handlers
-/ worker_frame_handlers and the handle codecs, without this file knowing them.
+serialized here (json or pickle: the channel's setting, the same at both
+ends). A frame's flags name its serialization, but only the receiver's own
+setting decodes it: a frame flagged otherwise is an 'error', never decoded,
+so that a compromised worker cannot make a json primary unpickle. Servers
+(net) and the fleet join through primary_frame_handlers / worker_frame_handlers
+and the handle codecs, without this file knowing them.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ ChannelClosedError = _core.ChannelClosedError
 
 SER_JSON, SER_PICKLE = 0, 1
 SERIALIZATIONS = {"json": SER_JSON, "pickle": SER_PICKLE}
+SER_NAMES = {SER_JSON: "json", SER_PICKLE: "pickle"}
 HANDLE_SHIFT = 2                 # flags: bits 0-1 serialization, 2-4 handle kind
 HANDLE_SOCKET, HANDLE_NET_SOCKET, HANDLE_NET_SERVER = 1, 2, 3   # net adds the last two
 HWM = 128 * 1024                 # send() returns False past this many queued bytes
@@ -87,13 +91,13 @@ def encode(message: Any, serialization: int) -> bytes:
         raise TypeError(f"message cannot be pickled: {exc}") from exc
 
 
-def decode(flags: int, payload: bytes) -> Any:
-    if flags & 3 == SER_JSON:
+def decode(serialization: int, payload: bytes) -> Any:
+    """A user message, decoded with the receiver's own serialization: never
+    one a frame's flags name, which the peer chose."""
+    if serialization == SER_JSON:
         return _fast.json_decode(payload)
-    if flags & 3 == SER_PICKLE:
-        import pickle
-        return pickle.loads(payload)
-    raise ValueError(f"unknown serialization {flags & 3}")
+    import pickle
+    return pickle.loads(payload)
 
 
 def close_fds(fds: tuple[int, ...]) -> None:
@@ -129,6 +133,9 @@ class Worker(EventEmitter):
         self._primary_side = primary_side
         self._frame_handlers = primary_frame_handlers if primary_side else worker_frame_handlers
         self._serialization = serialization
+        # The flags of a frame the hot path takes in _on_frame: a plain JSON
+        # message on a json channel; none (-1) on a pickle one.
+        self._plain_json_flags = SER_JSON if serialization == SER_JSON else -1
         self._max_message_size = max_message_size
         self._chan: _core.Channel | None = None   # set at once by _open_channel()
         self._connected = False          # until the channel's close is delivered
@@ -172,7 +179,7 @@ class Worker(EventEmitter):
     def _on_frame(self, frame_type: int, flags: int, payload: bytes,
                   fds: tuple[int, ...]) -> None:
         if frame_type == _FRAME_USER:
-            if flags == SER_JSON and not fds:      # the hot path: a plain JSON message
+            if flags == self._plain_json_flags and not fds:   # the hot path: plain JSON
                 try:
                     message = _fast.json_decode(payload)
                 except ValueError as exc:
@@ -193,7 +200,11 @@ class Worker(EventEmitter):
     def _on_user_frame(self, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         handle = None
         try:
-            message = decode(flags, payload)
+            if flags & 3 != self._serialization:     # the channel's, not the peer's, choice
+                name = SER_NAMES.get(flags & 3, f"serialization {flags & 3}")
+                raise ValueError(f"flagged {name} on a channel set to "
+                                 f"{SER_NAMES[self._serialization]}")
+            message = decode(self._serialization, payload)
             kind = flags >> HANDLE_SHIFT
             if kind == HANDLE_SOCKET and kind not in handle_codecs:
                 _socket_codec()
