@@ -1,11 +1,14 @@
 """Coverage-guided fuzzing (atheris) of the Python that decodes what a peer
 sent, in three targets:
 
-- ``frames``: a Worker's ``_on_frame``, in the primary and in a worker, with
-  any frame type, flags, payload and descriptors (``/dev/null``, a connected
-  or a listening socket), as the channel delivers them. A user message must
-  end in one ``'message'`` or in one ``'error'`` carrying
-  ``ValueError("undecodable message from ...")``; no exception may leave
+- ``frames``: a Worker's ``_on_frame``, in the primary and in a worker, set
+  to json or to pickle, with any frame type, flags, payload and descriptors
+  (``/dev/null``, a connected or a listening socket), as the channel delivers
+  them. A user message must end in one ``'message'`` or in one ``'error'``
+  carrying ``ValueError("undecodable message from ...")``, and in the
+  ``'error'`` when its flags name a serialization other than the Worker's
+  (the channel's setting decodes, never the peer's flags); a Worker set to
+  json must never unpickle; no exception may leave
   ``_on_frame`` (it would stop the loop: ``run()`` re-raises it, and a
   primary that dies takes its workers with it); and, once the handles that
   were emitted are closed, no descriptor may be left open.
@@ -23,9 +26,10 @@ bounded time. The process chdirs into a scratch directory, and the frames
 target never reaches the network or the filesystem outside it:
 ``getaddrinfo`` resolves numeric hosts only, a TCP bind takes an ephemeral
 port on the loopback (after the port checks ``bind()`` makes), and Unix
-paths outside the scratch directory are refused (``EACCES``). A pickle may
-name only a few harmless globals: a peer's pickle is trusted by design, so
-the fuzzer must not make it import or call anything. What is tested is how
+paths outside the scratch directory are refused (``EACCES``). Only a Worker
+set to pickle unpickles, and its peer is trusted by that setting (a pickle
+runs code); even there a pickle may name only a few harmless globals, so that
+the fuzzer never makes it import or call anything. What is tested is how
 each malformed input fails, not what a trusted pickle may do.
 """
 from __future__ import annotations
@@ -124,7 +128,11 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"the fuzzer refuses the global {module}.{name}")
 
 
+UNPICKLED = [0]          # pickle.loads calls: a Worker set to json makes none
+
+
 def _loads(data, /, *, fix_imports=True, encoding="ASCII", errors="strict", buffers=()):
+    UNPICKLED[0] += 1
     return _Unpickler(io.BytesIO(data), fix_imports=fix_imports, encoding=encoding,
                       errors=errors, buffers=buffers).load()
 
@@ -253,11 +261,13 @@ def fuzz_frames(data: bytes) -> None:
     r = Reader(data)
     mode = r.int(1)
     primary_side = bool(mode & 1)
+    serialization = _worker.SER_PICKLE if mode & 4 else _worker.SER_JSON
     _runtime.settings["scheduling_policy"] = _runtime.SCHED_NONE if mode & 2 else _runtime.SCHED_RR
     before = count_fds()
     fds_before = open_fds() if os.environ.get("CX_FUZZ_DEBUG") else None
     ours, peer = socket.socketpair()
-    w = _worker.Worker(7, os.getpid(), primary_side=primary_side)
+    w = _worker.Worker(7, os.getpid(), primary_side=primary_side,
+                       serialization=serialization)
     w._open_channel(ours.detach())
     events: list[tuple[str, tuple]] = []
     for name in ("message", "error", "online", "listening", "disconnect", "disconnecting"):
@@ -279,6 +289,7 @@ def fuzz_frames(data: bytes) -> None:
             payload = r.take(min(r.int(2), MAX_PAYLOAD))
             fds = tuple(make_fd(fd_spec >> 2 & 3, keep) for _ in range(fd_spec & 3))
             seen = len(events)
+            unpickled = UNPICKLED[0]
             try:
                 w._on_frame(frame_type, flags, payload, fds)
             except Exception as exc:
@@ -300,8 +311,14 @@ def fuzz_frames(data: bytes) -> None:
                         type(args[0]) is ValueError
                         and str(args[0]).startswith("undecodable message from ")):
                     raise Unexpected(f"a user frame gave the error {args[0]!r}")
+                if name == "message" and flags & 3 != serialization:
+                    raise Unexpected(f"a user frame flagged {flags & 3} was decoded "
+                                     f"on a Worker set to {serialization}")
             elif any(name == "error" for name, _ in new):
                 raise Unexpected(f"frame type {frame_type} gave {new!r}")
+            if serialization == _worker.SER_JSON and UNPICKLED[0] != unpickled:
+                raise Unexpected(f"a Worker set to json unpickled (type {frame_type}, "
+                                 f"flags {flags:#x})")
     finally:
         for handle in handles:
             close_handle(handle)
