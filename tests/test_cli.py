@@ -93,6 +93,9 @@ def test_demo_answers_and_stops_on_sigint(cli):
     port = free_port()
     c = cli("demo", "-w", "2", "--port", str(port))
     c.wait_log("listening on", count=2)
+    # the primary's children are its two workers, and nothing else of ours
+    with open(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children") as f:
+        assert len(f.read().split()) == 2
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         hello = s.recv(100)
         assert hello.startswith(b"hello from worker")
