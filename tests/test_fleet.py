@@ -1,5 +1,6 @@
 """supervise(), reload() and the heartbeat through real processes and signals."""
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -246,3 +247,61 @@ def test_a_worker_that_disconnects_but_never_exits_is_killed_at_the_timeout(app)
     assert sum(line.startswith("disconnect ") for line in lines) == 2, lines
     exits = sorted(line for line in lines if line.startswith("exit "))
     assert exits == ["exit 1 None SIGKILL True", "exit 2 None SIGKILL True"], lines
+
+
+
+# ---- readiness ---------------------------------------------------------------------------
+
+def pace(a, seconds=0.05):
+    """Waits up to seconds for a's exit, the pace of a watch: a must not end."""
+    fd = os.pidfd_open(a.pid)
+    try:
+        assert not select.select([fd], [], [], seconds)[0], f"ended: {a.finish(code=None)}"
+    finally:
+        os.close(fd)
+
+
+def lines_now(a):
+    """Every line a has written so far, without waiting for more."""
+    fd = a.proc.stdout.fileno()
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        a._buf += chunk
+    *complete, a._buf = a._buf.split(b"\n")
+    a.lines.extend(line.decode() for line in complete)
+    return a.lines
+
+
+def until_ready(a, ready_file):
+    deadline = time.monotonic() + 20
+    while not ready_file.exists():
+        assert time.monotonic() < deadline, lines_now(a)
+        pace(a)
+
+
+def test_a_fleet_is_ready_once_every_worker_listens_however_long_it_takes(app, tmp_path):
+    """Workers that set up for 1.5 s before they listen: when the ready file
+    appears, the port answers and both have said 'listening' (it used to
+    appear a second after 'online')."""
+    port, ready_file = free_port(), tmp_path / "ready"
+    a = app("fleet_ready.py", "listen", env={"PORT": str(port), "READY_FILE": str(ready_file)})
+    until_ready(a, ready_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        assert c.recv(16).strip() in (b"1", b"2")
+    assert sum(line.startswith("listening") for line in lines_now(a)) == 2, a.lines
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
+
+
+def test_workers_that_never_listen_are_never_ready(app, tmp_path):
+    """No timer declares a fleet ready: 1.5 s after its workers are online
+    (past the second after which it used to be), no ready file."""
+    ready_file = tmp_path / "ready"
+    a = app("fleet_ready.py", "silent", env={"READY_FILE": str(ready_file)})
+    a.wait_for("set up")
+    a.wait_for("set up")
+    assert not ready_file.exists()
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)

@@ -184,6 +184,49 @@ def test_sd_notify_ready_reloading_stopping_watchdog(app, tmp_path, abstract):
     a.finish(code=0)
 
 
+def answers(port):
+    """Whether a request made now is answered (200)."""
+    try:
+        return get(port)[0] == 200
+    except OSError:                               # refused: nothing listens yet
+        return False
+
+
+@pytest.mark.parametrize("spec,env", [("slow_import:app", {}),
+                                      ("webapp:app", {"WEBAPP_SLOW_STARTUP": "3"})],
+                         ids=["slow-import", "slow-lifespan"])
+def test_ready_only_once_every_worker_answers(app, tmp_path, spec, env):
+    """An application that takes 3 s to import, or 3 s in its lifespan
+    startup: READY=1 and the ready file come only once requests are answered
+    (not a second after the workers are online). Watched from here: each
+    time either is seen, a request made right after it is answered."""
+    n = Notifications(tmp_path)
+    ready_file = tmp_path / "ready"
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind",
+           f"127.0.0.1:{port}", "--ready-file", str(ready_file), spec]
+    a = app("slow", cmd=cmd, cwd=WEBAPPS, merge_stderr=True,
+            env={"NOTIFY_SOCKET": n.address, **env})
+    deadline = time.monotonic() + 30
+    notified, seen_file = None, False
+    n.sock.settimeout(0.05)                       # the pace of the watch
+    while notified is None or not seen_file:
+        assert time.monotonic() < deadline, (notified, seen_file, a.lines)
+        try:
+            lines = n.sock.recv(4096).decode().split("\n")
+        except TimeoutError:
+            lines = []
+        if "READY=1" in lines:
+            notified = lines
+        seen_file = seen_file or ready_file.exists()
+        if notified is not None or seen_file:
+            assert answers(port), f"ready (file: {seen_file}, READY=1: {notified}) " \
+                                  "before a request is answered"
+    assert "STATUS=2 workers, 2 listening, 0 restarts" in notified, notified
+    until(a, "ready: 2 workers, 2 listening")
+    stop(a)
+
+
 def test_an_unreachable_notify_socket_is_one_warning(app, tmp_path):
     port = free_port()
     cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "1", "--bind",

@@ -196,7 +196,7 @@ class _Fleet:
         self.restarts = 0
         self.ready_file: str | None = None
         self.drain_delay = 0.0
-        self.timers: list[_core.Handle] = []      # one-shot: readiness's, the drain delay's
+        self.timers: list[_core.Handle] = []      # one-shot: the drain delay's
         self.watchdog_timer: _core.Handle | None = None
         # An operator's figures (status, metrics).
         self.since = time.time()
@@ -292,7 +292,7 @@ class _Fleet:
             _primary.disconnect(timeout=self.graceful_timeout)
 
     def cancel_timers(self) -> None:
-        """Respawns, readiness, the drain delay, the heartbeat and the
+        """Respawns, the drain delay, the heartbeat and the
         watchdog: none of them may keep the loop turning once the fleet ends."""
         for timer in (*self.pending, *self.timers, self.heartbeat, self.watchdog_timer):
             if timer is not None:
@@ -332,22 +332,17 @@ class _Fleet:
         self.proven = True
         self.check_ready()
 
-    def on_online(self, w: Worker) -> None:
-        """A fleet whose workers never listen is ready once they are all
-        online and a second has passed without a 'listening'."""
-        if not self.proven and self.count("online", "listening") >= self.size:
-            self.timers.append(_runtime.call_later(1.0, self.check_ready, True))
-
     def count(self, *states: str) -> int:
         return sum(1 for w in self.workers()
                    if w.state in states and not w.exited_after_disconnect)
 
-    def check_ready(self, without_listening: bool = False) -> None:
+    def check_ready(self) -> None:
+        """Ready once every worker serves: it has listened (a web worker,
+        after its lifespan startup). Never on a timer: a worker that takes
+        long to import or start would be counted before it serves."""
         if self.ready or self.stopping:
             return
-        if self.count("listening") >= self.size or (
-                without_listening and not self.proven
-                and self.count("online", "listening") >= self.size):
+        if self.count("listening") >= self.size:
             self.ready = True
             if self.ready_file is not None:
                 _write_file(self.ready_file, f"{os.getpid()}\n")
@@ -448,7 +443,6 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
     emitter.on("listening", fleet.on_listening)
-    emitter.on("online", fleet.on_online)
     _active = fleet
     _shared.hold(True)
     try:
@@ -468,7 +462,6 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)
-        emitter.off("online", fleet.on_online)
         fleet.unready()
         _remove(pid_file)
         _notify.stop()
