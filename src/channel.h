@@ -28,6 +28,7 @@ enum cx_frame_type {
     CX_FRAME_NEWCONN_ACK,          /* W->P: not taken, fd returned: re-routed */
     CX_FRAME_BOOT_FAILURE,         /* W->P: I cannot start, and why (UTF-8) */
     CX_FRAME_STATS,                /* P->W: your figures? W->P: them */
+    CX_FRAME_READY,                /* W->P: I serve (without listening) */
     CX_FRAME_TYPE_END
 };
 

@@ -295,7 +295,18 @@ def test_a_fleet_is_ready_once_every_worker_listens_however_long_it_takes(app, t
     a.finish(code=0)
 
 
-def test_workers_that_never_listen_are_never_ready(app, tmp_path):
+def test_workers_that_never_listen_are_ready_once_each_says_so(app, tmp_path):
+    """cluster.worker.ready(): the file appears once both workers have said
+    it (each prints 'said ready' before it does), not before."""
+    ready_file = tmp_path / "ready"
+    a = app("fleet_ready.py", "signal", env={"READY_FILE": str(ready_file)})
+    until_ready(a, ready_file)
+    assert sum(line.startswith("said ready") for line in lines_now(a)) == 2, a.lines
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
+
+
+def test_workers_that_neither_listen_nor_say_so_are_never_ready(app, tmp_path):
     """No timer declares a fleet ready: 1.5 s after its workers are online
     (past the second after which it used to be), no ready file."""
     ready_file = tmp_path / "ready"

@@ -332,17 +332,29 @@ class _Fleet:
         self.proven = True
         self.check_ready()
 
+    def on_said_ready(self, w: Worker) -> None:
+        """cluster.worker.ready(): a worker that serves without listening."""
+        _worker.said_ready(w)
+        self.proven = True
+        self.check_ready()
+
+    def serving(self) -> int:
+        """Workers that serve: they have listened, or said ready()."""
+        return sum(1 for w in self.workers() if not w.exited_after_disconnect and (
+            w.state == "listening" or (w.state == "online" and w._said_ready)))
+
     def count(self, *states: str) -> int:
         return sum(1 for w in self.workers()
                    if w.state in states and not w.exited_after_disconnect)
 
     def check_ready(self) -> None:
         """Ready once every worker serves: it has listened (a web worker,
-        after its lifespan startup). Never on a timer: a worker that takes
-        long to import or start would be counted before it serves."""
+        after its lifespan startup), or said so with cluster.worker.ready().
+        Never on a timer: a worker that takes long to import or start would
+        be counted before it serves."""
         if self.ready or self.stopping:
             return
-        if self.count("listening") >= self.size:
+        if self.serving() >= self.size:
             self.ready = True
             if self.ready_file is not None:
                 _write_file(self.ready_file, f"{os.getpid()}\n")
@@ -439,6 +451,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
                 signal.SIGTTOU: lambda *_: fleet.shrink()}
     previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
+    _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
+        fleet.on_said_ready)
     emitter = _runtime.emitter
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
@@ -466,6 +480,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         _remove(pid_file)
         _notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
+        _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
+            _worker.said_ready)
         for sig, fn in previous.items():
             signal.signal(sig, fn)
     if fleet.error is not None:

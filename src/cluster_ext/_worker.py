@@ -147,6 +147,7 @@ class Worker(EventEmitter):
         self._exit_watch: Any = None     # the engine's watch on the process
         self._fork_emitted = not primary_side
         self.boot_failure: str | None = None   # primary: why it could not start
+        self._said_ready = False         # ready() was called: it serves without listening
 
     def __repr__(self) -> str:
         return f"<Worker id={self.id} pid={self.process.pid} state={self.state}>"
@@ -377,6 +378,18 @@ class Worker(EventEmitter):
         else:
             _runtime.call_later(0, self.emit, "error", err)
 
+    def ready(self) -> None:
+        """In a worker that serves without listening through the primary (a
+        queue consumer, a scheduler): tells the primary that it serves, which
+        counts for the fleet's readiness as a 'listening' would. Once; again
+        is harmless. A worker that listens need not call it."""
+        if self._primary_side:
+            raise RuntimeError("ready() is a worker's: call cluster.worker.ready() in the "
+                               "worker that serves")
+        if not self._said_ready:
+            self._said_ready = True
+            self._send_frame(_core.FRAME_READY)
+
     def disconnect(self, *, timeout: float | None = None) -> Worker:
         """Graceful shutdown: in a worker, close every server, wait for their
         connections, then close the channel. In the primary, ask the worker to;
@@ -507,6 +520,11 @@ def _exited_after_disconnect(w: Worker) -> None:
     w.exited_after_disconnect = True
 
 
+def said_ready(w: Worker) -> None:
+    """The worker called ready(): it serves without listening."""
+    w._said_ready = True
+
+
 BOOT_FAILURE_EXIT = 3        # gunicorn's status for a worker that failed to boot
 
 
@@ -546,6 +564,7 @@ primary_frame_handlers.update({
     _core.FRAME_ONLINE: control_handler(Worker._on_online),
     _core.FRAME_EXITED_AFTER_DISCONNECT: control_handler(_exited_after_disconnect),
     _core.FRAME_BOOT_FAILURE: _on_boot_failure,
+    _core.FRAME_READY: control_handler(said_ready),
 })
 worker_frame_handlers.update({
     _core.FRAME_DISCONNECT: control_handler(Worker.disconnect),

@@ -2,6 +2,8 @@
 writes READY_FILE once the fleet is ready.
 
   listen   each worker sets up for 1.5 s (its loop turning), then listens on PORT
+  signal   the workers never listen: each says 'said ready ID' and calls
+           cluster.worker.ready() after 1.5 s of setup
   silent   the workers never listen and never say they serve: 'set up ID'
            after 1.5 s, then they idle
 """
@@ -30,6 +32,9 @@ else:
         if MODE == "listen":
             net.create_server(lambda s: s.end(f"{me.id}\n")).listen(
                 int(os.environ["PORT"]), "127.0.0.1")
+        elif MODE == "signal":
+            say("said ready", me.id)
+            me.ready()
         else:
             say("set up", me.id)
 
