@@ -445,6 +445,18 @@ def test_an_app_that_cannot_be_served_exits_2_before_any_fork(app, spec, expecte
     assert not any("forked" in line for line in lines), lines
 
 
+def test_an_app_that_cannot_be_loaded_in_a_worker_exits_2_with_its_reason_once(app):
+    """The primary imported it, the workers cannot: the first worker's
+    reason (here its traceback: the application's code failed) ends the run
+    as a bad spec does, once, before anything serves."""
+    a, _ = cli(app, "worker_broken:app")
+    lines = a.finish(code=2)
+    text = "\n".join(lines)
+    assert sum("cannot serve worker_broken:app: " in line for line in lines) == 1, text
+    assert text.count("RuntimeError: no database from the workers") == 1, text
+    assert not any("listening on" in line for line in lines), lines
+
+
 def test_a_port_in_use_is_named_and_stops_the_fleet(app):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

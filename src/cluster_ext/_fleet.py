@@ -33,11 +33,13 @@ class CrashLoopError(RuntimeError):
 class BootError(RuntimeError):
     """A worker could not start (its application does not import, its port is
     taken, its startup failed) before any worker of that code had served: the
-    fleet stops at once rather than retry code that cannot run."""
+    fleet stops at once rather than retry code that cannot run. load_error:
+    the application itself could not be loaded (no such module or attribute,
+    its import raised, not an application)."""
 
-    def __init__(self, worker_id: int, reason: str) -> None:
+    def __init__(self, worker_id: int, reason: str, load_error: bool = False) -> None:
         super().__init__(f"worker {worker_id} failed to boot: {reason.rstrip()}")
-        self.worker_id, self.reason = worker_id, reason
+        self.worker_id, self.reason, self.load_error = worker_id, reason, load_error
 
 
 def _write_file(path: str, text: str) -> None:
@@ -230,7 +232,8 @@ class _Fleet:
         self.pongs.pop(w.id, None)
         restarts = self.restarts_of.pop(w.id, 0)
         if w.boot_failure is not None and not self.proven and not self.stopping:
-            self.error = BootError(w.id, w.boot_failure)   # the code has never served
+            # the code has never served
+            self.error = BootError(w.id, w.boot_failure, w.boot_failure_load)
             self.stop(now=True)
             return
         if self.stopping or not self.respawn:

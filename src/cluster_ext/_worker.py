@@ -147,6 +147,7 @@ class Worker(EventEmitter):
         self._exit_watch: Any = None     # the engine's watch on the process
         self._fork_emitted = not primary_side
         self.boot_failure: str | None = None   # primary: why it could not start
+        self.boot_failure_load = False   # primary: ... its application could not be loaded
         self._said_ready = False         # ready() was called: it serves without listening
 
     def __repr__(self) -> str:
@@ -526,20 +527,25 @@ def said_ready(w: Worker) -> None:
 
 
 BOOT_FAILURE_EXIT = 3        # gunicorn's status for a worker that failed to boot
+BOOT_FAILURE_LOAD = 1        # BOOT_FAILURE's flag: the application could not be loaded
 
 
 def _on_boot_failure(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     close_fds(fds)
     w.boot_failure = payload.decode("utf-8", "replace")
+    w.boot_failure_load = bool(flags & BOOT_FAILURE_LOAD)
 
 
-def fail_boot(reason: str) -> None:
+def fail_boot(reason: str, *, load: bool = False) -> None:
     """In a worker that cannot start (its application does not import, its
     port is taken, its lifespan startup failed): tell the primary why, which
-    decides what to print and whether to try again, and exit 3 at once."""
+    decides what to print and whether to try again, and exit 3 at once.
+    load: the application itself could not be loaded (its spec names
+    nothing to serve), which the primary reports as a bad spec."""
     w = _runtime.worker
     if w is not None:
-        w._send_frame(_core.FRAME_BOOT_FAILURE, reason.encode("utf-8", "replace")[:60000])
+        w._send_frame(_core.FRAME_BOOT_FAILURE, reason.encode("utf-8", "replace")[:60000],
+                      flags=BOOT_FAILURE_LOAD if load else 0)
         if not _core.running():
             _core.turn(0)             # let a queued frame out before the exit
     else:

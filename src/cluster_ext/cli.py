@@ -405,6 +405,10 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         log.error("stopped: %s", exc)
         return 1
     except cluster.BootError as exc:
+        if exc.load_error and args.command == "run" and _is_web_app(args.app):
+            # a worker found the spec wrong: as the primary reports it
+            log.error("cannot serve %s: %s", args.app, exc.reason.rstrip())
+            return 2
         log.error("stopped: %s", exc)
         return 3
     finally:

@@ -168,8 +168,13 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
                      server_options=server_options)
         return
     prepare_primary(app, addresses, factory=factory, interface=interface)
-    _fleet.supervise(workers, graceful_timeout=graceful_timeout,
-                     heartbeat_timeout=heartbeat_timeout)
+    try:
+        _fleet.supervise(workers, graceful_timeout=graceful_timeout,
+                         heartbeat_timeout=heartbeat_timeout)
+    except _fleet.BootError as exc:
+        if exc.load_error:               # a bad spec, found by the first worker
+            raise AppLoadError(exc.reason) from None
+        raise
 
 
 def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str) -> None:
@@ -235,7 +240,9 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
             app = load_app(app, factory=factory)
         config = _config(app, interface, threads, access_log, server_options)
         config.load()
-    except (AppLoadError, ValueError, ImportError) as exc:
+    except AppLoadError as exc:                   # the spec names nothing to serve
+        _worker.fail_boot(str(exc), load=True)
+    except (ValueError, ImportError) as exc:
         _worker.fail_boot(str(exc))
     except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(_traceback(exc))
