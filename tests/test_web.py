@@ -430,26 +430,53 @@ def test_a_stop_during_the_lifespan_startup_ends_cleanly(app):
 
 # ---- bad input -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec,expected", [
-    ("broken:app", "No module named 'a_module_that_does_not_exist'"),
-    ("nowhere:app", "no module named 'nowhere'"),
-    ("webapp:missing", "has no attribute 'missing'"),
-    ("webapp:not_an_app", "is not an application"),
+@pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])
+@pytest.mark.parametrize("spec,expected,where", [
+    ("broken:app", "No module named 'a_module_that_does_not_exist'", "worker"),
+    ("nowhere:app", "no module named 'nowhere'", "primary"),
+    ("webapp:missing", "has no attribute 'missing'", "worker"),
+    ("webapp:not_an_app", "is not an application", "worker"),
+    ("webapp.nowhere:app", "no module named 'webapp.nowhere'", "worker"),
+    ("webapp:", "an application is named as 'module:attribute'", "primary"),
 ])
-def test_an_app_that_cannot_be_served_exits_2_before_any_fork(app, spec, expected):
-    a, _ = cli(app, spec)
+def test_an_app_that_cannot_be_served_exits_2_before_anything_serves(app, spec, expected,
+                                                                     where, preload):
+    """Said once, in one line (with the traceback only of the application's
+    own code failing), exit 2, and nothing serves. Without --preload the
+    primary finds only the spec's form and its top-level module: what needs
+    the import is found by the first worker, which ends the run the same way."""
+    a, _ = cli(app, spec, *(["--preload"] if preload else []))
     lines = a.finish(code=2)
     text = "\n".join(lines)
-    assert expected in text, text
-    assert text.count(expected) == 1
-    assert not any("forked" in line for line in lines), lines
+    assert text.count(expected) == 1, text
+    assert sum(f"cannot serve {spec}: " in line for line in lines) == 1, text
+    assert not any("listening on" in line for line in lines), lines
+    assert any("forked" in line for line in lines) == (where == "worker" and not preload), lines
+    if spec != "broken:app":                  # a mistake in the spec, not code that failed
+        assert "Traceback" not in text, text
 
 
-def test_an_app_that_cannot_be_loaded_in_a_worker_exits_2_with_its_reason_once(app):
-    """The primary imported it, the workers cannot: the first worker's
-    reason (here its traceback: the application's code failed) ends the run
-    as a bad spec does, once, before anything serves."""
-    a, _ = cli(app, "worker_broken:app")
+@pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])
+def test_the_primary_imports_the_application_only_with_preload(app, tmp_path, preload):
+    """Each import of marker_app records its pid: the workers' always, the
+    primary's only under --preload."""
+    marker = tmp_path / "imported"
+    a, port = cli(app, "marker_app:app", *(["--preload"] if preload else []),
+                  env={"MARKER_FILE": str(marker)})
+    serving(a)
+    assert get(port)[0] == 200
+    stop(a)
+    pids = [int(pid) for pid in marker.read_text().split()]
+    assert (a.pid in pids) == preload, (a.pid, pids)
+    assert len([pid for pid in pids if pid != a.pid]) == 2, pids
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])
+def test_an_app_that_cannot_be_loaded_in_a_worker_exits_2_with_its_reason_once(app, preload):
+    """The workers cannot import it (with --preload, the primary could): the
+    first worker's reason (here its traceback: the application's code
+    failed) ends the run as a bad spec does, once, before anything serves."""
+    a, _ = cli(app, "worker_broken:app", *(["--preload"] if preload else []))
     lines = a.finish(code=2)
     text = "\n".join(lines)
     assert sum("cannot serve worker_broken:app: " in line for line in lines) == 1, text

@@ -88,6 +88,9 @@ def _web_parser() -> argparse.ArgumentParser:
                      default="auto", help="the application's interface (default: detected)")
     web.add_argument("--factory", action="store_true",
                      help="APP names a function that returns the application")
+    web.add_argument("--preload", action="store_true",
+                     help="import the application in the primary too, before any worker "
+                          "starts (by default only the workers import it)")
     web.add_argument("--access-log", action="store_true",
                      help="one line per request on stdout")
     web.add_argument("--threads", type=int, default=1, metavar="N",
@@ -305,11 +308,13 @@ def _run_web(args: argparse.Namespace) -> None:
 
 
 def _check_web(args: argparse.Namespace) -> str | None:
-    """In the primary, before any fork: what stops APP from being served."""
+    """In the primary, before any fork: what stops APP from being served and
+    can be told without the application's code (all of it with --preload)."""
     from . import web
     try:
         web.prepare_primary(args.app, [web.parse_bind(bind) for bind in args.bind or []],
-                            factory=args.factory, interface=args.interface)
+                            factory=args.factory, interface=args.interface,
+                            preload=args.preload)
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
     return None

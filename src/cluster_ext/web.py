@@ -49,24 +49,56 @@ class AppLoadError(Exception):
 
 # ---- the application ----------------------------------------------------------------
 
+def _split_spec(spec: str) -> tuple[str, str]:
+    """"module.path:attribute" -> (module, attribute), each made of dotted
+    names, or the AppLoadError that says how a spec is written."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not all(module_name.split(".")) or not all(attr.split(".")):
+        raise AppLoadError(f"{spec!r}: an application is named as 'module:attribute', "
+                           "for example 'myproject.asgi:application'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # as gunicorn and uvicorn do
+    return module_name, attr
+
+
+def _no_module(spec: str, name: str) -> AppLoadError:
+    return AppLoadError(f"{spec!r}: no module named {name!r} "
+                        f"(looked in {os.getcwd()} and sys.path)")
+
+
+def check_spec(spec: str) -> None:
+    """What the primary can tell of a spec without running any of the
+    application's code: its form, and that its top-level module is there.
+    importlib.util.find_spec() of a top-level name asks the finders of
+    sys.meta_path and imports nothing; of a dotted name it would import the
+    parent packages, whose __init__ is the application's code, and a parent
+    may extend its own __path__, so nothing below the top level can be
+    judged without the import. That, the attribute and its interface are
+    left to the workers, which report what is wrong as the same
+    AppLoadError (BootError.load_error)."""
+    module_name, _ = _split_spec(spec)
+    top = module_name.partition(".")[0]
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):   # a finder's own error, or a module without __spec__
+        return                          # the workers' import tells
+    if found is None:
+        raise _no_module(spec, top)
+
+
 def load_app(spec: str, *, factory: bool = False) -> Any:
     """The object that "module.path:attribute" names (attribute may be dotted),
     imported as gunicorn and uvicorn do, with the current directory on
     sys.path; with factory, the result of calling it."""
-    module_name, colon, attr = spec.partition(":")
-    if not colon or not module_name or not attr:
-        raise AppLoadError(f"{spec!r}: an application is named as 'module:attribute', "
-                           "for example 'myproject.asgi:application'")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    module_name, attr = _split_spec(spec)
     try:
         module = importlib.import_module(module_name)
     except BaseException as exc:  # SystemExit too: an app that exits on import
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing is not None and module_name.startswith(missing) and \
                 module_name[len(missing):][:1] in ("", "."):   # the spec's own module
-            raise AppLoadError(f"{spec!r}: no module named {missing!r} "
-                               f"(looked in {os.getcwd()} and sys.path)") from None
+            raise _no_module(spec, missing) from None
         raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
                            f"{_traceback(exc)}") from None
     app: Any = module
@@ -153,12 +185,15 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
           interface: str = "auto", graceful_timeout: float = 30.0,
           binds: list[str] | None = None, factory: bool = False, threads: int = 1,
           access_log: bool = False, heartbeat_timeout: float | None = None,
-          **server_options: Any) -> None:
+          preload: bool = False, **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
-    forms) until disconnect(). server_options go to uvicorn.Config
-    (timeout_keep_alive, limit_concurrency, root_path, proxy_headers, ...)."""
+    forms) until disconnect(). A spec is imported by the workers only,
+    unless preload (then by the primary too, before any fork). A spec that
+    cannot be served raises AppLoadError, from the primary or from the first
+    worker. server_options go to uvicorn.Config (timeout_keep_alive,
+    limit_concurrency, root_path, proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
     addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
@@ -167,7 +202,7 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
                      factory=factory, threads=threads, access_log=access_log,
                      server_options=server_options)
         return
-    prepare_primary(app, addresses, factory=factory, interface=interface)
+    prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
     try:
         _fleet.supervise(workers, graceful_timeout=graceful_timeout,
                          heartbeat_timeout=heartbeat_timeout)
@@ -177,15 +212,21 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
         raise
 
 
-def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str) -> None:
-    """In the primary, before any fork, so that what cannot be served fails
-    once, here: the extra is there, every fd:// bind is adopted, and a spec
-    names an application. The module is imported to check it; its factory is
+def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str,
+                    preload: bool = False) -> None:
+    """In the primary, before any fork, so that what can be found wrong here
+    fails once, here: the extra is there, every fd:// bind is adopted, and a
+    spec is well formed and its top-level module exists (check_spec(): none
+    of the application's code runs). With preload, the module is imported
+    to check the spec whole, as gunicorn's --preload does; its factory is
     never called (building the application is the workers' job). Raises
     ImportError, ValueError or AppLoadError, with a message to show as is."""
     adopt_fds(addresses)
     check_extra()
     if isinstance(app, str):
+        if not preload:
+            check_spec(app)
+            return
         app = load_app(app)
     if interface == "auto" and not factory:
         detect_interface(app)
