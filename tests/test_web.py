@@ -454,6 +454,9 @@ def test_an_app_that_cannot_be_served_exits_2_before_anything_serves(app, spec, 
     assert any("forked" in line for line in lines) == (where == "worker" and not preload), lines
     if spec != "broken:app":                  # a mistake in the spec, not code that failed
         assert "Traceback" not in text, text
+    else:                                     # from the application's first frame
+        first = lines[lines.index("Traceback (most recent call last):") + 1]
+        assert first.strip().startswith('File "') and "broken.py" in first, text
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])

@@ -100,7 +100,7 @@ def load_app(spec: str, *, factory: bool = False) -> Any:
                 module_name[len(missing):][:1] in ("", "."):   # the spec's own module
             raise _no_module(spec, missing) from None
         raise AppLoadError(f"{spec!r}: importing {module_name!r} failed:\n"
-                           f"{_traceback(exc)}") from None
+                           f"{_traceback(exc, application=True)}") from None
     app: Any = module
     for part in attr.split("."):
         try:
@@ -121,9 +121,22 @@ def load_app(spec: str, *, factory: bool = False) -> Any:
     return app
 
 
-def _traceback(exc: BaseException) -> str:
+def _traceback(exc: BaseException, *, application: bool = False) -> str:
+    """exc and its traceback; with application, an import's, from the
+    application's first frame: load_app()'s and importlib's own are not the
+    user's to read (with none of the application's, as for a SyntaxError
+    raised by the compiler, the exception alone, which says where it is)."""
     import traceback
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    tb = exc.__traceback__
+    while application and tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not (name == __file__ or name.startswith("<frozen importlib")
+                or os.path.basename(os.path.dirname(name)) == "importlib"):
+            break
+        tb = tb.tb_next
+    if tb is None:
+        return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
 def detect_interface(app: Any) -> str:
