@@ -562,6 +562,7 @@ cx_loop_init(cx_loop *loop)
     cx_list_init(&loop->handles);
     cx_list_init(&loop->children_sig);
     cx_list_init(&loop->flushers);
+    cx_list_init(&loop->after_note);
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
     loop->chan_policy.spin_ns = spin_ns;
@@ -782,14 +783,34 @@ cx_loop_defer(cx_loop *loop, cx_flusher *f)
     }
 }
 
-void
-cx_loop_flush(cx_loop *loop)
+static void
+run_list(cx_list *list)
 {
-    while (!cx_list_empty(&loop->flushers)) {
-        cx_flusher *f = cx_container_of(loop->flushers.next, cx_flusher, node);
+    while (!cx_list_empty(list)) {
+        cx_flusher *f = cx_container_of(list->next, cx_flusher, node);
         cx_list_remove(&f->node);
         f->flush(f);
     }
+}
+
+void
+cx_loop_flush(cx_loop *loop)
+{
+    run_list(&loop->flushers);
+}
+
+void
+cx_loop_after_note(cx_loop *loop, cx_flusher *f)
+{
+    if (!cx_flusher_queued(f)) {
+        cx_list_push(&loop->after_note, &f->node);
+    }
+}
+
+void
+cx_loop_run_after_note(cx_loop *loop)
+{
+    run_list(&loop->after_note);
 }
 
 static void

@@ -75,8 +75,9 @@ typedef struct cx_child {
     cx_list sig_node;          /* in the fallback's list */
 } cx_child;
 
-/* Something with output to push once the current drain has ended. Its node
-   points to itself while it is not queued. */
+/* Something with output to push once the current drain has ended (or, on
+   the after-note list, work due once the note being delivered is done). Its
+   node points to itself while it is not queued. */
 typedef struct cx_flusher {
     cx_list node;
     void (*flush)(struct cx_flusher *f);
@@ -101,6 +102,7 @@ struct cx_loop {
     size_t heap_len, heap_cap;
     uint64_t timer_seq, armed_for;
     cx_list handles, children_sig, flushers;
+    cx_list after_note;                /* cx_flushers: see cx_loop_after_note() */
     int nref;
     /* The channels' policy, applied by the reactor on their behalf: it spans
        every channel (and stream) of a turn, so it lives here and not in
@@ -137,6 +139,12 @@ int cx_loop_alive(const cx_loop *loop);
 void cx_loop_flush(cx_loop *loop);
 /* Queues f for the next cx_loop_flush(), once. */
 void cx_loop_defer(cx_loop *loop, cx_flusher *f);
+/* Queues f, once, to run when the callbacks of the note being delivered
+   have returned, before the next note: the glue calls
+   cx_loop_run_after_note() before it takes each note. A new connection's
+   first read waits there for its 'connection'. */
+void cx_loop_after_note(cx_loop *loop, cx_flusher *f);
+void cx_loop_run_after_note(cx_loop *loop);
 int cx_loop_wakeup(cx_loop *loop);     /* async-signal- and thread-safe */
 /* A pipe whose write end Python's signal module writes to when a signal
    arrives (signal.set_wakeup_fd), so that a signal that lands just before

@@ -28,10 +28,19 @@ drain_notes(void)
     cx_note *note;
 
     cxpy.loop.chan_policy.deferring = 1;
-    while (!cxpy.stop && (note = cx_note_pop(&cxpy.loop)) != NULL) {
-        cx_handle *h = note->h;
-        CxObject *obj = h->data;
+    for (;;) {
+        cx_handle *h;
+        CxObject *obj;
         int r = 0;
+
+        /* What the last note's callbacks left for after them: the first
+           read of each connection they took, its 'connection' done. */
+        cx_loop_run_after_note(&cxpy.loop);
+        if (cxpy.stop || (note = cx_note_pop(&cxpy.loop)) == NULL) {
+            break;
+        }
+        h = note->h;
+        obj = h->data;
 
         if (note->kind == CX_NOTE_WAKE) {
             h->pending--;

@@ -13,6 +13,7 @@ typedef struct cx_stream {
     cx_handle h;
     cx_io io;
     cx_flusher flusher;
+    cx_flusher first_read;     /* a server's connection: after its 'connection' */
     int fd;                    /* owned */
     int is_socket;
     int paused, read_eof, ending, write_shut;
@@ -26,7 +27,9 @@ typedef struct cx_stream {
 void cx_stream_init(cx_loop *loop, cx_stream *s);
 /* Takes ownership of fd, even on failure. is_socket: 1, 0, or -1 to ask
    the kernel (an accepted connection is known to be one: no fstat). With 1
-   it reads at once what is there (notes, delivered after the caller's turn). */
+   (a server's new connection) it reads what is there as soon as the note
+   being delivered is done, i.e. once 'connection' has run, as in Node: what
+   that wrote leaves though the peer's FIN came first. */
 int cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket);
 /* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
 int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);

@@ -407,6 +407,81 @@ def test_socket_destroy_gives_close(socket_app, mode, events):
     assert report["closed"] is True
 
 
+# ---- a client whose FIN comes first ---------------------------------------------------------
+
+def half_closed(address):
+    """A client that ends its side at once (as `nc -N` with nothing to send)."""
+    sock = connect(address)
+    sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+@pytest.mark.parametrize("start, policy", [
+    ("exec", "rr"), ("exec", "none"),        # exec'd workers
+    ("target", "rr"), ("target", "none"),    # fork(target=) workers
+    ("aio", "rr"), ("aio", "none"),          # aio.create_server(): asyncio's transports
+    ("plain", None),                         # a server in a plain process
+])
+def test_a_reply_written_in_connection_leaves_though_the_client_ended_first(
+        app, start, policy):
+    """Node emits 'connection' before it reads from the socket, so what the
+    listener writes (here sock.end(b'1')) leaves even when the client's FIN
+    is already queued; the socket then sees the peer's 'end' and, with
+    allowHalfOpen false, closes once its reply is written."""
+    n = 1 if start == "plain" else 2
+    env = {"CLUSTER_EXT_TEMPLATE": "0"}
+    if policy is not None:
+        env["CLUSTER_EXT_SCHED_POLICY"] = policy
+    a = app("net_first_reply.py", start, str(n), "reply", stdin=subprocess.PIPE, env=env)
+    info = payload_of(a.wait_for("LISTENING"), "LISTENING")
+    assert info["policy"] == policy
+    addr = ("127.0.0.1", info["port"])
+    replies = []
+    for _ in range(50):                              # one after the other
+        with half_closed(addr) as client:
+            replies.append(read_to_eof(client))
+    for _ in range(5):                               # 10 at a time
+        clients = [half_closed(addr) for _ in range(10)]
+        for client in clients:
+            with client:
+                replies.append(read_to_eof(client))
+    assert replies == [b"1"] * 100, Counter(replies)
+    stop(a)
+    lines = a.finish()
+    served = tagged(lines, "SERVED")
+    assert len(served) == n, lines
+    total = {key: sum(s[key] for s in served) for key in ("connections", "ends", "closes")}
+    assert total == {"connections": 100, "ends": 100, "closes": 100}, served
+    if start != "plain":
+        assert sorted(e["code"] for e in tagged(lines, "EXIT")) == [0] * n
+        assert lines[-1] == "DONE {}"
+
+
+@pytest.mark.parametrize("start, policy", [
+    ("exec", "rr"), ("exec", "none"), ("target", "rr"), ("plain", None)])
+def test_a_socket_paused_in_connection_has_read_nothing(app, start, policy):
+    """Nothing is read before 'connection': a socket paused there emits no
+    'data' (the client's line waits in the kernel), and all of it comes once
+    resumed."""
+    n = 1 if start == "plain" else 2
+    env = {"CLUSTER_EXT_TEMPLATE": "0"}
+    if policy is not None:
+        env["CLUSTER_EXT_SCHED_POLICY"] = policy
+    a = app("net_first_reply.py", start, str(n), "pause", stdin=subprocess.PIPE, env=env)
+    addr = ("127.0.0.1", payload_of(a.wait_for("LISTENING"), "LISTENING")["port"])
+    for i in range(20):
+        with connect(addr) as client:
+            client.sendall(b"line %d\n" % i)
+            assert read_to_eof(client) == b"got line %d\n" % i
+    stop(a)
+    lines = a.finish()
+    served = tagged(lines, "SERVED")
+    assert len(served) == n, lines
+    total = {key: sum(s[key] for s in served)
+             for key in ("connections", "early", "ends", "closes")}
+    assert total == {"connections": 20, "early": 0, "ends": 20, "closes": 20}, served
+
+
 # ---- a client that resets ------------------------------------------------------------------
 
 def reset(sock):
