@@ -21,7 +21,21 @@ stream_deliver(CxObject *obj, cx_note *note)
 {
     CxStream *self = (CxStream *)obj;
     PyObject *args[2];
+    int r;
 
+    if (note->kind == CX_NOTE_END) {
+        /* 'end' first, then this side's end: what its listeners write
+           leaves, as in Node. Also when they raised, or the callbacks are
+           gone: the stream must not stay half open. */
+        r = 0;
+        if (self->on_event != NULL) {
+            args[0] = PyLong_FromLong(note->kind);
+            args[1] = PyLong_FromLong(note->a);
+            r = cxpy_call_steal(self->on_event, args, 2);
+        }
+        cx_stream_end_after_peer(&self->s);
+        return r;
+    }
     if (self->on_data == NULL) {
         return 0;
     }
@@ -37,7 +51,6 @@ stream_deliver(CxObject *obj, cx_note *note)
            the pair rather than the cycle collector (a collection every few
            hundred connections). */
         PyObject *on_event = self->on_event;
-        int r;
         self->on_event = NULL;
         Py_CLEAR(self->on_data);
         r = cxpy_call_steal(on_event, args, 2);

@@ -94,9 +94,11 @@ stream_read(cx_stream *s)
             return;
         }
         if (n == 0) {
+            /* This side ends too (Node's allowHalfOpen: false), but not
+               here: once the END note has been delivered, so that what
+               'end' writes leaves first (cx_stream_end_after_peer()). */
             s->read_eof = 1;
             cx_note_post(&s->h, CX_NOTE_END, 0);
-            cx_stream_end(s);   /* Node's allowHalfOpen: false */
             return;
         }
         note = cx_note_new(&s->h, CX_NOTE_DATA, (size_t)n);
@@ -231,6 +233,27 @@ cx_stream_end(cx_stream *s)
         s->write_shut = 1;      /* a pipe: nothing to shut down */
     }
     stream_kick(s);
+}
+
+void
+cx_stream_end_after_peer(cx_stream *s)
+{
+    if (s->fd < 0) {
+        return;                 /* destroyed in 'end' (or since) */
+    }
+    if (!s->ending) {
+        s->ending = 1;
+        if (!s->is_socket) {
+            s->write_shut = 1;
+        }
+    }
+    /* Nothing can be queued after this: waiting for the end of the drain
+       would batch no more bytes, and would post the CLOSE note after it,
+       which costs the loop a wakeup and a turn to deliver. */
+    if (!(s->io.events & EPOLLOUT)) {
+        stream_flush(s);
+    }
+    stream_settle(s);
 }
 
 int

@@ -34,6 +34,11 @@ int cx_stream_open(cx_stream *s, int fd, size_t hwm, int is_socket);
 /* Returns 1 under the high-water mark, 0 over it, -errno (EPIPE: ended). */
 int cx_stream_write(cx_stream *s, const void *data, size_t len, int notify);
 void cx_stream_end(cx_stream *s);
+/* For the glue, once it has delivered a stream's END note (run 'end'):
+   the stream ends its side too (Node's allowHalfOpen: false), after what
+   was queued, what 'end' wrote included, and writes that out now. Node's
+   socket, likewise, ends itself on the tick after 'end'. */
+void cx_stream_end_after_peer(cx_stream *s);
 void cx_stream_destroy(cx_stream *s, int err);
 int cx_stream_pause(cx_stream *s, int paused);
 void cx_stream_set_no_delay(cx_stream *s, int on);

@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -416,6 +417,49 @@ def half_closed(address):
     return sock
 
 
+def first_reply_app(app, start, policy, mode):
+    """net_first_reply.py listening: (the app, its address, its servers)."""
+    n = 1 if start == "plain" else 2
+    env = {"CLUSTER_EXT_TEMPLATE": "0"}
+    if policy is not None:
+        env["CLUSTER_EXT_SCHED_POLICY"] = policy
+    a = app("net_first_reply.py", start, str(n), mode, stdin=subprocess.PIPE, env=env)
+    info = payload_of(a.wait_for("LISTENING"), "LISTENING")
+    assert info["policy"] == policy
+    return a, ("127.0.0.1", info["port"]), n
+
+
+def half_closed_replies(address, latencies=None):
+    """What 100 half-closing clients read to EOF: 50 one after the other,
+    then 50 ten at a time. latencies, if given, gets the sequential ones'
+    seconds from connect to EOF."""
+    replies = []
+    for _ in range(50):                              # one after the other
+        began = time.monotonic()
+        with half_closed(address) as client:
+            replies.append(read_to_eof(client))
+        if latencies is not None:
+            latencies.append(time.monotonic() - began)
+    for _ in range(5):                               # 10 at a time
+        clients = [half_closed(address) for _ in range(10)]
+        for client in clients:
+            with client:
+                replies.append(read_to_eof(client))
+    return replies
+
+
+def served_totals(a, start, n, keys):
+    """Stops the app; the sum of its servers' SERVED counts for keys."""
+    stop(a)
+    lines = a.finish()
+    served = tagged(lines, "SERVED")
+    assert len(served) == n, lines
+    if start != "plain":
+        assert sorted(e["code"] for e in tagged(lines, "EXIT")) == [0] * n
+        assert lines[-1] == "DONE {}"
+    return {key: sum(s[key] for s in served) for key in keys}
+
+
 @pytest.mark.parametrize("start, policy", [
     ("exec", "rr"), ("exec", "none"),        # exec'd workers
     ("target", "rr"), ("target", "none"),    # fork(target=) workers
@@ -428,33 +472,58 @@ def test_a_reply_written_in_connection_leaves_though_the_client_ended_first(
     listener writes (here sock.end(b'1')) leaves even when the client's FIN
     is already queued; the socket then sees the peer's 'end' and, with
     allowHalfOpen false, closes once its reply is written."""
-    n = 1 if start == "plain" else 2
-    env = {"CLUSTER_EXT_TEMPLATE": "0"}
-    if policy is not None:
-        env["CLUSTER_EXT_SCHED_POLICY"] = policy
-    a = app("net_first_reply.py", start, str(n), "reply", stdin=subprocess.PIPE, env=env)
-    info = payload_of(a.wait_for("LISTENING"), "LISTENING")
-    assert info["policy"] == policy
-    addr = ("127.0.0.1", info["port"])
-    replies = []
-    for _ in range(50):                              # one after the other
-        with half_closed(addr) as client:
-            replies.append(read_to_eof(client))
-    for _ in range(5):                               # 10 at a time
-        clients = [half_closed(addr) for _ in range(10)]
-        for client in clients:
-            with client:
-                replies.append(read_to_eof(client))
+    a, addr, n = first_reply_app(app, start, policy, "reply")
+    replies = half_closed_replies(addr)
     assert replies == [b"1"] * 100, Counter(replies)
-    stop(a)
-    lines = a.finish()
-    served = tagged(lines, "SERVED")
-    assert len(served) == n, lines
-    total = {key: sum(s[key] for s in served) for key in ("connections", "ends", "closes")}
-    assert total == {"connections": 100, "ends": 100, "closes": 100}, served
-    if start != "plain":
-        assert sorted(e["code"] for e in tagged(lines, "EXIT")) == [0] * n
-        assert lines[-1] == "DONE {}"
+    total = served_totals(a, start, n, ("connections", "ends", "closes"))
+    assert total == {"connections": 100, "ends": 100, "closes": 100}
+
+
+END_STARTS = [
+    ("exec", "rr"), ("exec", "none"),        # exec'd workers
+    ("target", "rr"), ("target", "none"),    # fork(target=) workers
+    ("plain", None),                         # a server in a plain process
+]
+
+
+@pytest.mark.parametrize("start, policy", END_STARTS)
+def test_a_reply_written_in_end_leaves(app, start, policy):
+    """Node's socket (allowHalfOpen false) ends itself on the tick after
+    'end', so an 'end' listener may still answer: sock.on('end', lambda:
+    sock.end(b'bye')) sends b'bye' to a client that half-closed first."""
+    a, addr, n = first_reply_app(app, start, policy, "end")
+    replies = half_closed_replies(addr)
+    assert replies == [b"bye"] * 100, Counter(replies)
+    total = served_totals(a, start, n, ("connections", "ends", "closes"))
+    assert total == {"connections": 100, "ends": 100, "closes": 100}
+
+
+@pytest.mark.parametrize("start, policy", [("exec", "rr"), ("target", "none"),
+                                           ("plain", None)])
+def test_writes_in_end_leave_before_the_sockets_own_end(app, start, policy):
+    """An 'end' listener that only write()s (256 KiB, more than one write
+    takes): the socket's own end comes after the last byte, never in place
+    of it."""
+    a, addr, n = first_reply_app(app, start, policy, "endwrite")
+    big = bytes(range(256)) * 1024
+    replies = half_closed_replies(addr)
+    assert all(reply == big for reply in replies), Counter(map(len, replies))
+    total = served_totals(a, start, n, ("connections", "ends", "closes"))
+    assert total == {"connections": 100, "ends": 100, "closes": 100}
+
+
+@pytest.mark.parametrize("start, policy", END_STARTS)
+def test_a_socket_without_an_end_listener_still_ends_at_once(app, start, policy):
+    """No 'end' listener, nothing written: the socket ends itself right
+    after the peer's end, and the client reads EOF without doing anything
+    more."""
+    a, addr, n = first_reply_app(app, start, policy, "silent")
+    latencies = []
+    replies = half_closed_replies(addr, latencies)
+    assert replies == [b""] * 100, Counter(replies)
+    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+    total = served_totals(a, start, n, ("connections", "ends", "closes"))
+    assert total == {"connections": 100, "ends": 0, "closes": 100}
 
 
 @pytest.mark.parametrize("start, policy", [

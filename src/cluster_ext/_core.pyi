@@ -31,7 +31,8 @@ class Channel:
 
 @final
 class Stream:
-    """A non-blocking byte stream (socket or pipe); owns fd from construction."""
+    """A non-blocking byte stream (socket or pipe); owns fd from construction.
+    At the peer's end it ends itself, once on_event(EVENT_END, 0) has returned."""
     def __new__(cls, fd: int, on_data: Callable[[bytes], Any],
                 on_event: Callable[[int, int], Any], hwm: int, is_socket: int = ...,
                 /) -> Stream: ...

@@ -55,7 +55,8 @@ def create_server(on_connection: Callable[[Socket], Any] | None = None) -> Serve
 
 class Socket(EventEmitter):
     """One connection (or a pipe). Events: 'data'(bytes), 'end', 'drain',
-    'close'(had_error), 'error'(exc). When the peer ends, this side ends too."""
+    'close'(had_error), 'error'(exc). When the peer ends, this side ends too,
+    once the 'end' listeners have run: what they write leaves first."""
 
     def __init__(self, fd: int, server: Server | None = None) -> None:
         EventEmitter.__init__(self)

@@ -5,6 +5,14 @@ FIN came first (clients such as `nc -N` half-close before they read). The
 'connection' listener only calls sock.end(b'1'); the test's clients connect,
 shutdown(SHUT_WR) at once and read to EOF.
 
+MODE 'end': a reply written in 'end' leaves, as in Node, where a socket
+(allowHalfOpen false) ends itself on the tick after 'end': the 'end'
+listener calls sock.end(b'bye'). MODE 'endwrite': the 'end' listener only
+write()s BIG, in two parts; the socket's own end must come after every byte
+of it. MODE 'silent': the socket has no 'end' listener and writes nothing;
+it must still end at once (the client sees EOF). The clients connect,
+shutdown(SHUT_WR) at once and read to EOF, as in 'reply'.
+
 MODE 'pause': a socket paused in 'connection' emits no 'data': the listener
 pauses, waits until the client's line is in the kernel, resumes, and
 answers the line (from 'data') with b'got ' + line. The clients send a
@@ -18,9 +26,9 @@ server listens in this process). With N workers, the primary prints
 LISTENING {port, policy} once every one listens, and disconnects them once
 the test closes stdin. Each server prints SERVED {connections, ends, closes}
 as it stops: the connections it took, the peer's ends it saw ('end';
-eof_received), the clean closes ('close'(False); connection_lost(None)),
-and with MODE 'pause' 'early': the sockets that emitted 'data' while
-paused."""
+eof_received; no listener with MODE 'silent'), the clean closes
+('close'(False); connection_lost(None)), and with MODE 'pause' 'early':
+the sockets that emitted 'data' while paused."""
 import select
 import sys
 
@@ -30,6 +38,7 @@ import cluster_ext as cluster
 from cluster_ext import net
 
 START, N, MODE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+BIG = bytes(range(256)) * 1024          # MODE 'endwrite': more than one write() takes
 counts = {"connections": 0, "ends": 0, "closes": 0}
 if MODE == "pause":
     counts["early"] = 0
@@ -42,12 +51,20 @@ def count(key):
 def serve(announce=None):
     def connection(sock):
         count("connections")
-        sock.on("end", lambda: count("ends"))
+        if MODE != "silent":
+            sock.on("end", lambda: count("ends"))
         sock.on("close", lambda had_error: had_error or count("closes"))
         if MODE == "pause":
             paused(sock)
-        else:
+        elif MODE == "reply":
             sock.end(b"1")
+        elif MODE == "end":
+            sock.on("end", lambda: sock.end(b"bye"))
+        elif MODE == "endwrite":
+            @sock.on("end")
+            def reply():
+                sock.write(BIG[:1000])
+                sock.write(BIG[1000:])
 
     def paused(sock):
         buf = bytearray()
