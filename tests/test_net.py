@@ -420,7 +420,7 @@ def half_closed(address):
 def first_reply_app(app, start, policy, mode):
     """net_first_reply.py listening: (the app, its address, its servers)."""
     n = 1 if start == "plain" else 2
-    env = {"CLUSTER_EXT_TEMPLATE": "0"}
+    env = {}
     if policy is not None:
         env["CLUSTER_EXT_SCHED_POLICY"] = policy
     a = app("net_first_reply.py", start, str(n), mode, stdin=subprocess.PIPE, env=env)
@@ -533,7 +533,7 @@ def test_a_socket_paused_in_connection_has_read_nothing(app, start, policy):
     'data' (the client's line waits in the kernel), and all of it comes once
     resumed."""
     n = 1 if start == "plain" else 2
-    env = {"CLUSTER_EXT_TEMPLATE": "0"}
+    env = {}
     if policy is not None:
         env["CLUSTER_EXT_SCHED_POLICY"] = policy
     a = app("net_first_reply.py", start, str(n), "pause", stdin=subprocess.PIPE, env=env)

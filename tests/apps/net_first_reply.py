@@ -19,7 +19,7 @@ answers the line (from 'data') with b'got ' + line. The clients send a
 line, do not end, and read to EOF.
 
 argv: START, N, MODE. START is 'exec' (cluster.fork(); the test sets the
-policy and CLUSTER_EXT_TEMPLATE), 'target' (cluster.fork(target=serve)),
+policy), 'target' (cluster.fork(target=serve)),
 'aio' (exec'd workers serving with aio.create_server(), MODE 'reply' only:
 connection_made writes b'1' and write_eof()s) or 'plain' (no cluster: the
 server listens in this process). With N workers, the primary prints
