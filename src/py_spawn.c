@@ -8,7 +8,9 @@
 #include "spawn.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 /* A NULL-terminated char ** over an iterable of str, bytes or path-like
    items (fs encoding), whose strings *keep owns. The caller's sequence is
@@ -252,6 +254,65 @@ py_instances(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* The items of a list whose end the program could observe: objects whose
+   type has a finalizer (tp_finalize: __del__, files, generators; tp_del),
+   and weak references (of reftype: _weakref.ref) with a callback. An
+   exec'd worker that finds none but its stdio at its exit has nothing left
+   for the interpreter's teardown to run. */
+static PyObject *
+py_finalizable(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *found, *objects;
+    PyTypeObject *reftype;
+
+    CX_UNUSED(mod);
+    if (cxpy_check_nargs("finalizable", nargs, 2, 2) < 0) {
+        return NULL;
+    }
+    objects = args[0];
+    reftype = (PyTypeObject *)args[1];
+    if (!PyList_Check(objects) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "finalizable(list, weakref type)");
+        return NULL;
+    }
+    found = PyList_New(0);
+    for (Py_ssize_t i = 0; found != NULL && i < PyList_GET_SIZE(objects); i++) {
+        PyObject *item = PyList_GET_ITEM(objects, i), *callback = NULL;
+        PyTypeObject *tp = Py_TYPE(item);
+        int wanted = PyType_GetSlot(tp, Py_tp_finalize) != NULL ||
+                     PyType_GetSlot(tp, Py_tp_del) != NULL;
+
+        if (!wanted && PyObject_TypeCheck(item, reftype)) {
+            callback = PyObject_GetAttrString(item, "__callback__");
+            if (callback == NULL) {
+                Py_CLEAR(found);
+                break;
+            }
+            wanted = callback != Py_None;
+            Py_DECREF(callback);
+        }
+        if (wanted && PyList_Append(found, item) < 0) {
+            Py_CLEAR(found);
+        }
+    }
+    return found;
+}
+
+/* The end of a process whose exit has nothing left to run: C's stdio
+   buffers (an extension's printf) are flushed, as exit() would. */
+static PyObject *
+py_exit_now(PyObject *mod, PyObject *arg)
+{
+    int status = cxpy_as_int(arg);
+
+    CX_UNUSED(mod);
+    if (status == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    fflush(NULL);
+    _exit(status);
+}
+
 static PyMethodDef spawn_functions[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
      "spawn(path, argv, envp, cwd, chan_fd, stdio, groups, gid, uid) -> pid"},
@@ -261,6 +322,11 @@ static PyMethodDef spawn_functions[] = {
     {"set_ids", (PyCFunction)(void (*)(void))py_set_ids, METH_FASTCALL,
      "set_ids(groups, gid, uid) -> None: cx_set_ids() (groups None: kept; "
      "-1: kept)."},
+    {"finalizable", (PyCFunction)(void (*)(void))py_finalizable, METH_FASTCALL,
+     "finalizable(list, reftype) -> list: the objects whose end could be "
+     "observed."},
+    {"exit_now", py_exit_now, METH_O,
+     "exit_now(status): flushes C's stdio and ends the process (_exit)."},
     {"instances", (PyCFunction)(void (*)(void))py_instances, METH_FASTCALL,
      "instances(list, type) -> list: the items that are instances of type."},
     {NULL, NULL, 0, NULL},

@@ -104,17 +104,65 @@ def test_a_target_worker_is_the_same_process_as_an_execd_one(tmp_path):
     assert target["process"] == execd["process"]
 
 
+def unbuffered_off():
+    """The environment as a user has it: PYTHONUNBUFFERED (set on this
+    machine) would flush what the exit must flush."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def artifacts(folder):
+    """Every file the ends left, with what it holds (a gzip file: whether
+    it is whole)."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".gz":
+            import gzip
+            try:
+                found[path.name] = len(gzip.decompress(path.read_bytes()))
+            except (EOFError, OSError) as exc:
+                found[path.name] = repr(exc)
+        elif ".tmp." in path.name:
+            found[path.name.split(".tmp.")[0] + ".tmp"] = "left behind"
+        else:
+            found[path.name] = path.read_text()
+    return found
+
+
 def test_a_disconnected_worker_unwinds_and_ends_as_python_ends_its_script(tmp_path):
-    done = subprocess.run([sys.executable, str(APPS / "exit_faithful.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=30)
+    script = str(APPS / "exit_faithful.py")
+    workers, alone = tmp_path / "workers", tmp_path / "alone"
+    workers.mkdir()
+    alone.mkdir()
+    done = subprocess.run([sys.executable, script, str(workers)], capture_output=True,
+                          text=True, timeout=30, env=unbuffered_off())
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {
-        "return": [0, None], "exit7": [7, None], "raise": [1, None]}
-    for end in ("return", "exit7", "raise"):
-        assert (tmp_path / f"{end}.with").read_text() == "after run", end
-        assert (tmp_path / f"{end}.finally").exists() and (tmp_path / f"{end}.atexit").exists()
-    # the file only a collection would free is flushed, as Python's teardown flushes it
-    assert (tmp_path / "return.cycle").read_text() == "unclosed " * 1000
+    codes = json.loads(done.stdout.splitlines()[-1])
+    outputs = {}
+    for end, (code, sig) in codes.items():
+        by_itself = subprocess.run([sys.executable, script, str(alone)], capture_output=True,
+                                   text=True, timeout=30,
+                                   env={**unbuffered_off(), "PROBE_ALONE": "1",
+                                        "PROBE_END": end})
+        assert [by_itself.returncode, None] == [code, sig], (end, by_itself.stderr)
+        outputs[end] = by_itself.stdout
+    assert codes == {"return": [0, None], "exit7": [7, None], "raise": [1, None],
+                     "closed": [0, None], "frozen": [0, None], "clean": [0, None]}
+    # every file, finalizer and flush as the script alone leaves them: the
+    # worker that leaves finalizers behind exits through the teardown
+    left, expected = artifacts(workers), artifacts(alone)
+    # the one that leaves only output skips the teardown (nothing for it to
+    # run: the audit hook is its only witness) and loses none of it
+    assert expected.pop("clean.teardown") == ""
+    assert left == expected
+    assert left["return.with"] == "after run" and left["return.gz"] == 7000
+    assert "return.tmp" not in left and left["return.cycle"] == "unclosed " * 1000
+    assert all(f"{end}.{what}" in left for end in codes if end not in ("clean", "frozen")
+               for what in ("finally", "atexit", "generator", "del")), left
+    lines = done.stdout.splitlines()
+    assert lines.count("printf from C") == 5                 # C's stdio, flushed at every end
+    assert all("printf from C" in out for end, out in outputs.items() if end != "clean")
+    assert "clean end" in lines and "clean printf from C" in lines
+    assert outputs["clean"].splitlines() == ["clean end", "clean printf from C"]
     assert done.stderr.splitlines()[-1] == "LookupError: after run", done.stderr
 
 

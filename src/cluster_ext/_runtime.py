@@ -65,41 +65,78 @@ def stop() -> None:
 
 def exit_faster() -> None:
     """In an exec'd worker, from its boot: lets the worker end without the
-    interpreter's teardown of every module once everything the application
-    can see of its exit is done (the handler below). Only when no atexit
-    handler is registered yet: ours then runs after every other one."""
+    interpreter's teardown when that teardown has nothing left to run that
+    the program could see (_end_if_nothing_left). Only when no atexit
+    handler is registered yet, so that ours runs after every other one, and
+    when this is the import of the script (the outermost frame is its
+    module's or runpy's), whose frame tells at the exit how it ended."""
     import atexit
     threading = sys.modules.get("threading")
-    if atexit._ncallbacks() == 0 and (
-            threading is None or threading.current_thread() is threading.main_thread()):
-        frame = sys._getframe()
-        while frame.f_back is not None:
-            frame = frame.f_back
-        atexit.register(_end_after_return, frame)
-
-
-def _end_after_return(main_frame: FrameType) -> None:
-    """The worker's last atexit handler. When the script returned (rather
-    than raised: its exit status is then the interpreter's to make, and
-    made with the teardown), what is left of the exit is the teardown of
-    every module and the flush of the files it frees; the files are flushed
-    here and the rest is skipped: most of a worker's exit time."""
-    import opcode
-    returns = [opcode.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST")
-               if name in opcode.opmap]
-    code = main_frame.f_code.co_code
-    if not 0 <= main_frame.f_lasti < len(code) or code[main_frame.f_lasti] not in returns \
-            or sys.flags.inspect or os.environ.get("PYTHONINSPECT"):
+    if atexit._ncallbacks() or (threading is not None and
+                                threading.current_thread() is not threading.main_thread()):
         return
-    _flush_files()
-    status = 0
+    frame = sys._getframe()
+    while frame.f_back is not None:
+        frame = frame.f_back
+    main = sys.modules.get("__main__")
+    if frame.f_globals is getattr(main, "__dict__", None) or (
+            frame.f_code.co_name == "_run_module_as_main"
+            and frame.f_globals.get("__name__") == "runpy"):
+        atexit.register(_end_if_nothing_left, frame)
+
+
+# Weak reference callbacks that only tidy the containers they belong to.
+TIDYING_CALLBACKS = frozenset({
+    "ReferenceType._destroy",                         # abc's caches (_abc)
+    "WeakSet.__init__.<locals>._remove", "WeakValueDictionary.__init__.<locals>.remove",
+    "WeakKeyDictionary.__init__.<locals>.remove", "_localdummy_destroyed",
+    "_removeHandlerRef"})
+
+
+def _end_if_nothing_left(main_frame: FrameType) -> None:
+    """The worker's last atexit handler. The interpreter's exit from here
+    is a teardown of every module: it runs finalizers (__del__, a file's
+    close, a generator's finally, a weak reference's callback) and frees
+    memory. When the script returned (its status is 0), the interpreter
+    prints nothing more, and no object left, garbage included, has a
+    finalizer but the standard streams, that teardown would only free
+    memory: stdio is flushed here and the process ends, without the
+    teardown that was most of a worker's exit. Otherwise the interpreter
+    exits as it always does."""
+    import gc
+    if sys.flags.inspect or sys.flags.verbose or os.environ.get("PYTHONINSPECT") \
+            or os.environ.get("PYTHONMALLOCSTATS") or gc.get_freeze_count() \
+            or getattr(sys, "last_value", None) is not None \
+            or getattr(sys, "last_exc", None) is not None:
+        return
+    code = main_frame.f_code.co_code
+    # the opcodes that end a module's code and an expression's (RETURN_CONST
+    # and RETURN_VALUE on 3.12; opcode's import would cost more than this)
+    returns = {compile("", "", "exec").co_code[-2], compile("x", "", "eval").co_code[-2]}
+    if not 0 <= main_frame.f_lasti < len(code) or code[main_frame.f_lasti] not in returns:
+        return
+    stdio = [s for s in (sys.__stdin__, sys.__stdout__, sys.__stderr__) if s is not None]
+    inert = {id(s) for s in stdio} | {id(getattr(s, "buffer", None)) for s in stdio} | \
+        {id(getattr(getattr(s, "buffer", None), "raw", None)) for s in stdio}
+    import _weakref
+    for obj in _core.finalizable(gc.get_objects(), _weakref.ref):
+        if id(obj) in inert or getattr(obj, "closed", False) is True:
+            continue
+        if any(getattr(obj, frame, 0) is None for frame in ("gi_frame", "cr_frame", "ag_frame")):
+            continue                    # a generator or coroutine that has finished
+        callback = getattr(obj, "__callback__", None)
+        if callback is not None and (obj() is None or getattr(
+                callback, "__qualname__", None) in TIDYING_CALLBACKS):
+            continue
+        return
     for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
         try:
-            if stream is not None:
-                stream.flush()
+            stream.flush()
         except Exception:
-            status = 120        # as the interpreter's exit when stdio cannot be flushed
-    os._exit(status)
+            return                      # the interpreter says so, and exits 120
+    _core.exit_now(0)
 
 
 def exit_process(code: int) -> None:
