@@ -65,50 +65,11 @@ fail:
     _exit(127);
 }
 
-static int
-has_gid(const gid_t *set, int n, gid_t gid)
-{
-    for (int i = 0; i < n; i++) {
-        if (set[i] == gid) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Whether this process's supplementary groups are groups already (the
-   primary group gid may be listed on either side or not). */
-static int
-groups_are(const gid_t *groups, int n, gid_t gid)
-{
-    gid_t now[256];
-    int k = getgroups(256, now);
-
-    if (k < 0) {
-        return 0;
-    }
-    for (int i = 0; i < k; i++) {
-        if (now[i] != gid && !has_gid(groups, n, now[i])) {
-            return 0;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        if (groups[i] != gid && !has_gid(now, k, groups[i])) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 int
 cx_set_ids(const gid_t *groups, int ngroups, int gid, int uid)
 {
     if (ngroups >= 0 && setgroups((size_t)ngroups, groups) < 0) {
-        int err = errno;
-        if (err != EPERM ||
-            !groups_are(groups, ngroups, gid >= 0 ? (gid_t)gid : getgid())) {
-            return -err;
-        }
+        return -errno;
     }
     if (gid >= 0 && setgid((gid_t)gid) < 0) {
         return -errno;

@@ -28,8 +28,10 @@ typedef struct cx_spawn_plan {
 pid_t cx_spawn(cx_spawn_plan *plan);
 /* Takes on an identity, in the only order that drops it whole: the
    supplementary groups (when ngroups >= 0), then gid, then uid (-1: leave
-   it). A process that may not call setgroups() passes only when its groups
-   already are those. Async-signal-safe. Returns 0, or -errno. */
+   it). Any failure is the caller's to report: nothing is half taken
+   silently. Async-signal-safe in a fork()ed child (not under vfork or
+   CLONE_VM: setgroups() and setuid() reach every thread through glibc's
+   setxid signal). Returns 0, or -errno. */
 int cx_set_ids(const gid_t *groups, int ngroups, int gid, int uid);
 /* For a child made by fork() without exec: die with the parent, like an
    exec'ed worker. Returns 0, or -errno. */

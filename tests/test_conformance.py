@@ -191,3 +191,38 @@ def test_a_worker_drops_every_privilege_it_is_asked_to(how):
     assert ids(uid=65534) == [65534, nobody.pw_gid, users_groups]
     # a gid alone clears the supplementary groups (id -G lists the gid itself)
     assert ids(gid=65534) == [0, 65534, [] if how == "target" else [65534]]
+
+
+def test_a_target_worker_starts_as_the_execd_one_fails_or_starts(tmp_path):
+    path = tmp_path / "held"
+    done = subprocess.run([sys.executable, str(APPS / "target_setup.py"), str(path)],
+                          capture_output=True, text=True, timeout=30, env=unbuffered_off())
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    out = json.loads(lines[-2])
+    assert out == {"raised": ["FileNotFoundError", 2],
+                   "after_failure": {"workers": 0, "children": []},
+                   "cwd": "/", "exit": [0, None]}, out
+    # the primary's unflushed line, file and atexit handler: once each
+    assert lines.count("primary line") == 1 and lines[-1] == "primary atexit", lines
+    assert path.read_text() == "once"
+
+
+def test_combined_interpreter_options_name_the_same_module(tmp_path):
+    """python -Bm mod: the worker runs mod too (-B's m takes the next argument)."""
+    argv, cwd = specs(tmp_path)["module"]
+    execd = run(["-B", *argv], cwd, base_env("exec"))["worker"]
+    combined = run(["-Bm", argv[1]], cwd, base_env("exec"))["worker"]
+    assert combined["main"] == execd["main"] and combined["argv"] == execd["argv"]
+    assert combined["orig_argv"][1:3] == ["-Bm", "conform_probe"]
+
+
+def test_a_primary_that_may_not_set_groups_keeps_its_own(monkeypatch):
+    """Not root: naming its own uid and gid changes nothing (its groups are
+    its user's); root: the user's groups."""
+    from cluster_ext import _primary
+    uid, gid = os.getuid(), os.getgid()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert _primary.worker_identity(uid, gid) == (None, gid, uid)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert _primary.worker_identity(None, gid) == ([], gid, -1)

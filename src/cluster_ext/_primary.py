@@ -71,6 +71,8 @@ def check_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("uid", "gid"):
         if out.get(key) is not None and (not isinstance(out[key], int) or out[key] < 0):
             raise TypeError(f"setting {key!r} must be a non-negative int or None")
+        if out.get(key) is not None and out[key] > 0x7FFFFFFF:
+            raise ValueError(f"setting {key!r} must be at most 2**31 - 1, not {out[key]}")
     if "serialization" in out and out["serialization"] not in ("json", "pickle"):
         raise ValueError(f"setting 'serialization' must be 'json' or 'pickle', "
                          f"not {out['serialization']!r}")
@@ -94,13 +96,27 @@ def _default_command() -> tuple[list[str], list[str]]:
     spec: a path, '-m module' or '-c code')."""
     orig = list(sys.orig_argv)
     head = orig[:len(orig) - (len(sys.argv) - 1)]
-    if len(head) >= 3 and head[-2] in ("-m", "-c"):
+    if len(head) >= 3 and _takes_spec(head[-2]):
         interp, spec = head[:-2], head[-2:]
     else:
         interp, spec = head[:-1], head[-1:]
         if spec and not spec[0].startswith("-"):
             spec = [os.path.abspath(spec[0])]       # cwd may change in the worker
     return [sys.executable, *interp[1:]], spec
+
+
+def _takes_spec(option: str) -> bool:
+    """Whether an interpreter option ends in -m or -c whose argument is the
+    next one: "-m", and clusters such as "-Bm" or "-Ic" (not "-Wm", whose
+    m is -W's argument, nor "-mjson", whose module is in it)."""
+    if not option.startswith("-") or option.startswith("--"):
+        return False
+    for i, letter in enumerate(option[1:], 1):
+        if letter in "mc":
+            return i == len(option) - 1
+        if letter in "WX":
+            return False
+    return False
 
 
 def worker_argv(settings: Mapping[str, Any]) -> list[str]:
@@ -211,6 +227,16 @@ def worker_ids(uid: int | None, gid: int | None) -> tuple[list[int], int, int] |
     return os.getgrouplist(user.pw_name, gid), gid, uid
 
 
+def worker_identity(uid: int | None, gid: int | None) -> tuple[list[int] | None, int, int] | None:
+    """worker_ids(), with the groups left as they are (None) in a process
+    that may not set them: its groups are its user's own, and a uid or gid
+    it may not take fails at setuid() or setgid()."""
+    ids = worker_ids(uid, gid)
+    if ids is None or os.geteuid() == 0:
+        return ids
+    return None, ids[1], ids[2]
+
+
 def fork_refused(exc: OSError) -> OSError:
     """fork() failed: say which limit was hit, not only 'Resource temporarily
     unavailable'."""
@@ -236,15 +262,15 @@ class Plan:
 
     def __init__(self, worker_id: int, settings: Mapping[str, Any],
                  env: Mapping[str, str] | None) -> None:
-        self.ids = worker_ids(settings["uid"], settings["gid"])
+        self.ids = worker_identity(settings["uid"], settings["gid"])
         self.cwd: str | None = settings["cwd"]
         self.ours, self.theirs = _core.socketpair()
         try:
             self.stdio = Stdio(settings)
+            self.env = worker_env(worker_id, self.theirs, settings, env)
         except BaseException:
             self.close()
             raise
-        self.env = worker_env(worker_id, self.theirs, settings, env)
 
     def close_child(self) -> None:
         """The child's descriptors, once it has them (or will never)."""
@@ -281,16 +307,31 @@ def start_exec(plan: Plan, settings: Mapping[str, Any]) -> int:
 
 def start_target(plan: Plan, target: Callable[[], Any]) -> int:
     """os.fork() without exec: the child becomes the worker of plan and runs
-    target(); it never returns from here."""
+    target(); it never returns from here. As the exec'd child does, it
+    starts with every signal blocked (no handler of the primary's runs in
+    it), and a cwd or identity it cannot take fails this call (OSError,
+    the child reaped) rather than the worker."""
+    signal = _fast.signal
+    for stream in (sys.stdout, sys.stderr):     # what the primary wrote, written once
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
     parent = os.getpid()
+    report = os.pipe2(os.O_CLOEXEC) if plan.cwd is not None or plan.ids is not None else None
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
     try:
         pid = os.fork()
     except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for fd in report or ():
+            os.close(fd)
         raise fork_refused(exc) from None
     if pid == 0:
         code = 1
         try:
-            code = _become_target_worker(plan, parent, target)
+            code = _become_target_worker(plan, parent, target, report)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -298,26 +339,60 @@ def start_target(plan: Plan, target: Callable[[], Any]) -> int:
             traceback.print_exc()
         finally:
             _exit_target_worker(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if report is not None:
+        os.close(report[1])
+        try:
+            err = os.read(report[0], 4)
+        finally:
+            os.close(report[0])
+        if err:
+            _reap(pid)
+            errno = int.from_bytes(err, sys.byteorder)
+            raise OSError(errno, f"{os.strerror(errno)}: the worker cannot take its cwd "
+                                 "or identity")
     return pid
 
 
-def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any]) -> int:
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+
+
+def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
+                          report: tuple[int, int] | None) -> int:
     """In the child of fork(target=...): take on plan as the exec'd child
     would (spawn.c's spawn_child), drop the primary's state, boot as a
     worker, run target() and the loop. Returns the exit code."""
-    _core.die_with_parent(parent)
-    os.close(plan.ours)
-    plan.stdio.close_parent()
-    for i, fd in enumerate(plan.stdio.child):
-        if fd >= 0:
-            os.dup2(fd, i)
-    plan.stdio.close_child()
-    if plan.cwd is not None:
-        os.chdir(plan.cwd)
-    if plan.ids is not None:
-        _core.set_ids(*plan.ids)
-    _reset_signal_handlers()
-    _fast.signal.pthread_sigmask(_fast.signal.SIG_SETMASK, ())
+    atexit._clear()                     # the primary's handlers are not the worker's
+    gc.freeze()                         # what the worker creates from here is its own
+    _reset_signal_handlers()            # before the mask opens: none of the primary's runs
+    try:
+        _core.die_with_parent(parent)
+        os.close(plan.ours)
+        plan.stdio.close_parent()
+        for i, fd in enumerate(plan.stdio.child):
+            if fd >= 0:
+                os.dup2(fd, i)
+        plan.stdio.close_child()
+        if plan.cwd is not None:
+            os.chdir(plan.cwd)
+        if plan.ids is not None:
+            _core.set_ids(*plan.ids)
+    except OSError as exc:
+        if report is None:
+            raise
+        os.write(report[1], (exc.errno or 5).to_bytes(4, sys.byteorder))
+        os._exit(127)
+    if report is not None:
+        os.close(report[0])
+        os.close(report[1])             # the primary's fork() returns now
+    signal = _fast.signal
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     environ = os.environ
     for name in [name for name in environ if name not in plan.env]:
         del environ[name]
@@ -325,8 +400,6 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any]) ->
         if environ.get(name) != value:
             environ[name] = value
     _core.after_fork()                  # reads the engine's settings from env
-    atexit._clear()                     # the primary's handlers are not the worker's
-    gc.freeze()                         # what the worker creates from here is its own
     _runtime.wake_on_signals()          # the engine was rebuilt: a new pipe
     _runtime.emitter.remove_all_listeners()
     _shared.forget()
