@@ -16,7 +16,9 @@ def test_a_worker_that_disconnects_loses_nothing_it_wrote(tmp_path, mode):
     handlers and its non-daemon thread run to their end, the primary's
     handlers do not run again; an exec'ed worker's run() returns and its
     script goes on to its sys.exit(7)."""
-    lines = run_app("target_flush.py", str(tmp_path / "out"), mode)
+    # stdout buffered, as a user has it (this machine sets PYTHONUNBUFFERED)
+    lines = run_app("target_flush.py", str(tmp_path / "out"), mode,
+                    env={"PYTHONUNBUFFERED": ""})
     code = 0 if mode == "target" else 7
     assert only_json(lines) == {"exit": [[code, None]], "bytes": 51200, "intact": True,
                                 "worker_atexit": True, "thread_joined": True}
