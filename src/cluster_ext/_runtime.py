@@ -82,7 +82,8 @@ def exit_faster() -> None:
     if frame.f_globals is getattr(main, "__dict__", None) or (
             frame.f_code.co_name == "_run_module_as_main"
             and frame.f_globals.get("__name__") == "runpy"):
-        atexit.register(_end_if_nothing_left, frame)
+        import gc               # 3.12 starts with objects of its own frozen
+        atexit.register(_end_if_nothing_left, frame, gc.get_freeze_count())
 
 
 # Weak reference callbacks that only tidy the containers they belong to.
@@ -93,7 +94,7 @@ TIDYING_CALLBACKS = frozenset({
     "_removeHandlerRef"})
 
 
-def _end_if_nothing_left(main_frame: FrameType) -> None:
+def _end_if_nothing_left(main_frame: FrameType, frozen_at_boot: int) -> None:
     """The worker's last atexit handler. The interpreter's exit from here
     is a teardown of every module: it runs finalizers (__del__, a file's
     close, a generator's finally, a weak reference's callback) and frees
@@ -105,7 +106,7 @@ def _end_if_nothing_left(main_frame: FrameType) -> None:
     exits as it always does."""
     import gc
     if sys.flags.inspect or sys.flags.verbose or os.environ.get("PYTHONINSPECT") \
-            or os.environ.get("PYTHONMALLOCSTATS") or gc.get_freeze_count() \
+            or os.environ.get("PYTHONMALLOCSTATS") or gc.get_freeze_count() != frozen_at_boot \
             or getattr(sys, "last_value", None) is not None \
             or getattr(sys, "last_exc", None) is not None:
         return
