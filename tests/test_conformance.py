@@ -62,22 +62,27 @@ def run(argv, cwd, env, preexec=None):
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def worker_facts(argv, cwd, how):
-    out = run(argv, cwd, base_env(how))
+def worker_facts(argv, cwd, how, **settings):
+    out = run(argv, cwd, base_env(how, PROBE_SETTINGS=json.dumps(settings)))
     assert out["exit"] == [0, None], out
     return out["worker"]
 
 
-def alone_facts(argv, cwd):
+def alone_facts(argv, cwd, **settings):
     # the worker's environment: the primary's, what it set, then fork(env)
-    env = base_env("exec", PROBE_PRIMARY="1", PROBE_EXTRA="yes", CLUSTER_EXT_SPIN_US="7")
+    env = base_env("exec", PROBE_SETTINGS=json.dumps(settings), PROBE_PRIMARY="1",
+                   PROBE_EXTRA="yes", CLUSTER_EXT_SPIN_US="7")
     return run(argv, cwd, env, as_the_primary_leaves_it)
 
 
 @pytest.mark.timeout(90)
 def test_an_execd_worker_sees_what_the_program_run_alone_sees(tmp_path):
-    for name, (argv, cwd) in specs(tmp_path).items():
-        worker, alone = worker_facts(argv, cwd, "exec"), alone_facts(argv, cwd)
+    ways = {name: (argv, cwd, {}) for name, (argv, cwd) in specs(tmp_path).items()}
+    # the exec setting: a primary run as -c code names the script its workers run
+    ways["exec setting"] = (["-c", PROBE.read_text()], tmp_path, {"exec": str(PROBE)})
+    for name, (argv, cwd, settings) in ways.items():
+        worker = worker_facts(argv, cwd, "exec", **settings)
+        alone = alone_facts([str(PROBE)] if settings else argv, cwd, **settings)
         assert worker.pop("sigint") == "SIG_IGN", name    # the primary's to act on
         assert alone.pop("sigint") == "default_int_handler", name
         assert worker == alone, name
