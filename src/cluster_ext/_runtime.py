@@ -82,7 +82,7 @@ def exit_faster() -> None:
     if frame.f_globals is getattr(main, "__dict__", None) or (
             frame.f_code.co_name == "_run_module_as_main"
             and frame.f_globals.get("__name__") == "runpy"):
-        import gc               # 3.12 starts with objects of its own frozen
+        import gc  # 3.12 starts with objects of its own frozen
         atexit.register(_end_if_nothing_left, frame, gc.get_freeze_count())
 
 
