@@ -42,22 +42,6 @@ class BootError(RuntimeError):
         self.worker_id, self.reason, self.load_error = worker_id, reason, load_error
 
 
-def _write_file(path: str, text: str) -> None:
-    """Whole or not at all: written beside, then renamed over."""
-    partial = f"{path}.{os.getpid()}.tmp"
-    with open(partial, "w") as f:
-        f.write(text)
-    os.replace(partial, path)
-
-
-def _remove(path: str | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 def reload(callback: Callable[[], Any] | None = None, *,
            timeout: float | None = None) -> None:
     """Rolling restart, one worker at a time: fork a replacement, wait for its
@@ -305,7 +289,9 @@ class _Fleet:
         self.heartbeat = self.watchdog_timer = None
 
     def unready(self) -> None:
-        _remove(self.ready_file)
+        if self.ready_file is not None:
+            from . import _files
+            _files.remove(self.ready_file, "ready file")
 
     def workers(self) -> list[Worker]:
         assert _runtime.workers is not None
@@ -360,13 +346,22 @@ class _Fleet:
         if self.serving() >= self.size:
             self.ready = True
             if self.ready_file is not None:
-                _write_file(self.ready_file, f"{os.getpid()}\n")
+                self.write_ready_file(self.ready_file)
                 if self.stopping:            # a stop signal's handler ran meanwhile
                     self.unready()
                     return
             status = self.status()
             _notify.notify("READY=1", f"STATUS={status}")
             _runtime.log("info", f"ready: {status}")
+
+    def write_ready_file(self, path: str) -> None:
+        """The workers serve whatever becomes of the file: an error (a full
+        disk, a directory removed since the start) is logged."""
+        from . import _files
+        try:
+            _files.create(path, f"{os.getpid()}\n")
+        except OSError as exc:
+            _runtime.log("error", f"ready file not written: {path}: {exc.strerror}")
 
     def status(self) -> str:
         return (f"{self.count('listening', 'online')} workers, "
@@ -423,10 +418,13 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     BootError when a worker cannot start before any worker has listened.
     Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
     WATCHDOG); pid_file holds the primary's pid while it runs, ready_file
-    exists exactly while every worker serves. drain_delay: seconds a graceful
-    stop keeps serving (not ready, STOPPING=1) before it disconnects."""
+    exists exactly while every worker serves; either raises OSError before
+    any fork when it cannot be written. drain_delay: seconds a graceful stop
+    keeps serving (not ready, STOPPING=1) before it disconnects."""
     global _active
     import signal
+
+    from . import _files
     if not _runtime.is_primary:
         raise RuntimeError("supervise() is the primary's")
     if _active is not None:
@@ -445,9 +443,19 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
     fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
-    fleet.ready_file = ready_file and os.path.abspath(ready_file)
+    fleet.ready_file = os.path.abspath(ready_file) if ready_file else None
     fleet.drain_delay = drain_delay
-    pid_file = pid_file and os.path.abspath(pid_file)
+    pid_file = os.path.abspath(pid_file) if pid_file else None
+    if pid_file is not None:
+        _files.create(pid_file, f"{os.getpid()}\n")
+    if fleet.ready_file is not None:
+        fleet.unready()                  # a file left by a primary that died
+        try:
+            _files.probe(fleet.ready_file)
+        except BaseException:
+            if pid_file is not None:
+                _files.remove(pid_file, "pid file")
+            raise
     _notify.start()
     handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),
                 signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
@@ -463,9 +471,6 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     _active = fleet
     _shared.hold(True)
     try:
-        if pid_file is not None:
-            _write_file(pid_file, f"{os.getpid()}\n")
-        fleet.unready()                  # a file left by a primary that died
         if _notify.watchdog_interval is not None:
             fleet.watchdog()
         for _ in range(size):
@@ -480,7 +485,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)
         fleet.unready()
-        _remove(pid_file)
+        if pid_file is not None:
+            _files.remove(pid_file, "pid file")
         _notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(

@@ -390,6 +390,42 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     elif args.command == "run" and not os.path.exists(args.app):
         log.error("no such file: %s (an application is named as module:attribute)", args.app)
         return 2
+    pid_file, problem = _claim_files(args)
+    if problem is not None:
+        print(f"{prog} {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return _supervise(args)
+    finally:
+        if pid_file is not None:
+            from . import _files
+            _files.remove(pid_file, "pid file")
+
+
+def _claim_files(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--pid-file written and --ready-file's directory tried (as
+    supervise() does), before anything is logged or forked, so that a path
+    that cannot be written is one line and exit 2, as a bad argument is.
+    Returns (the pid file's path, None) or (None, what is wrong)."""
+    from . import _files
+    pid_file = None
+    flag = "--pid-file"
+    try:
+        if args.pid_file:
+            _files.create(os.path.abspath(args.pid_file), f"{os.getpid()}\n")
+            pid_file = os.path.abspath(args.pid_file)
+        flag = "--ready-file"
+        if args.ready_file:
+            _files.probe(os.path.abspath(args.ready_file))
+    except OSError as exc:
+        if pid_file is not None:
+            _files.remove(pid_file, "pid file")
+        return None, f"{flag} {exc.filename}: {exc.strerror or exc}"
+    return pid_file, None
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """The primary of `run` and `demo`, its files claimed."""
     if args.sched is not None:
         cluster.scheduling_policy = cluster.SCHED_NONE if args.sched == "none" \
             else cluster.SCHED_RR
@@ -404,7 +440,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return 2
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
-                          heartbeat_timeout=args.heartbeat_timeout, pid_file=args.pid_file,
+                          heartbeat_timeout=args.heartbeat_timeout,
                           ready_file=args.ready_file, drain_delay=args.drain_delay)
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
