@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from test_web import get, stop, until
+from test_web import WEBAPPS, get, stop, until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_EXT = str(Path(sys.executable).parent / "cluster-ext")
@@ -45,6 +45,12 @@ def refused(app, *options):
     return lines[0]
 
 
+def dead_pid():
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 @pytest.fixture
 def precious(tmp_path):
     """A root-owned file that another user would like overwritten."""
@@ -61,6 +67,11 @@ def shared(tmp_path):
     path.mkdir()
     path.chmod(0o1777)                            # as /tmp
     return path
+
+
+def plant_symlink(path, target):
+    path.symlink_to(target)
+    os.lchown(path, NOBODY, NOBODY)
 
 
 @pytest.fixture
@@ -105,6 +116,104 @@ def test_a_symlink_at_the_old_temporary_name_is_not_followed(app, shared, precio
     assert precious.read_text() == "precious\n"
     assert set(shared.iterdir()) == planted
     assert all(p.is_symlink() and p.lstat().st_uid == NOBODY for p in planted)
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+@pytest.mark.parametrize("kind", ["symlink", "text", "directory"])
+def test_what_is_not_ours_at_the_path_is_refused_and_left_alone(app, shared, precious,
+                                                                flag, kind):
+    """A symlink another user planted at the path, a file that holds no pid
+    or a directory: exit 2 with one line, nothing followed, written,
+    replaced or removed."""
+    path = shared / "app.file"
+    if kind == "symlink":
+        plant_symlink(path, precious)
+        why = "exists and is a symbolic link"
+    elif kind == "text":
+        path.write_text("precious\n")
+        why = "exists and holds no pid"
+    else:
+        path.mkdir()
+        why = "exists and is a directory"
+    line = refused(app, flag, str(path))
+    assert line == (f"cluster-ext run: error: {flag} {path}: {why} (only a file that "
+                    "holds a dead primary's pid is replaced)")
+    assert precious.read_text() == "precious\n"
+    assert list(shared.iterdir()) == [path]
+    if kind == "symlink":
+        assert path.is_symlink() and path.lstat().st_uid == NOBODY
+    elif kind == "text":
+        assert path.read_text() == "precious\n"
+    else:
+        assert path.is_dir()
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_a_file_in_use_by_a_live_primary_is_refused(app, tmp_path, flag):
+    """A second primary with the first one's file: gunicorn's words, exit 2;
+    the first one's file stays until the first one stops."""
+    path = tmp_path / "app.file"
+    first, _ = serve(app, flag, str(path))
+    line = refused(app, flag, str(path))
+    assert line == f"cluster-ext run: error: {flag} {path}: Already running on PID {first.pid}"
+    assert path.read_text() == f"{first.pid}\n"
+    stop(first)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+@pytest.mark.parametrize("left", ["dead", "not-a-primary", "empty"])
+def test_a_stale_file_is_replaced(app, tmp_path, flag, left):
+    """Left by a primary that died: its pid is no process, or has been taken
+    by a process that is not a primary (here cat), or the file is empty."""
+    path = tmp_path / "app.file"
+    other = None
+    if left == "dead":
+        path.write_text(f"{dead_pid()}\n")
+    elif left == "not-a-primary":
+        other = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+        path.write_text(f"{other.pid}\n")
+    else:
+        path.write_text("")
+    try:
+        a, _ = serve(app, flag, str(path))
+        assert path.read_text() == f"{a.pid}\n"
+        stop(a)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if other is not None:
+            other.stdin.close()
+            other.wait()
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_a_file_that_is_no_longer_ours_is_left_at_stop(app, tmp_path, flag):
+    """Replaced while the primary runs (another primary's now): its stop
+    removes only its own."""
+    path, other = tmp_path / "app.file", tmp_path / "other"
+    a, _ = serve(app, flag, str(path))
+    other.write_text("4242\n")
+    os.replace(other, path)
+    stop(a)
+    assert path.read_text() == "4242\n"
+
+
+def test_a_symlink_planted_at_the_ready_file_before_readiness_is_left_alone(
+        app, shared, precious):
+    """Planted after the start and before the fleet is ready: not followed,
+    not replaced, not removed; the fleet serves and says so."""
+    path = shared / "ready"
+    a, port = start(app, "--ready-file", str(path), spec="webapp:app", cwd=WEBAPPS,
+                    env={"WEBAPP_SLOW_STARTUP": "2"})
+    until(a, "starting slowly")                    # the lifespan startup waits 2 s
+    plant_symlink(path, precious)
+    line = until(a, "ready file not written")
+    assert line.endswith(f"ready file not written: {path}: File exists")
+    until(a, "ready: 1 workers, 1 listening")
+    assert get(port)[0] == 200
+    stop(a)
+    assert precious.read_text() == "precious\n"
+    assert list(shared.iterdir()) == [path] and path.is_symlink()
 
 
 def test_a_pid_file_on_a_full_disk_is_exit_2_and_leaves_nothing(app, full):

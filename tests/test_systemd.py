@@ -242,7 +242,9 @@ def test_an_unreachable_notify_socket_is_one_warning(app, tmp_path):
 
 def test_pid_and_ready_files(app, tmp_path):
     pid_file, ready_file = tmp_path / "cluster.pid", tmp_path / "ready"
-    ready_file.write_text("left by a primary that died\n")
+    died = subprocess.Popen(["true"])
+    died.wait()
+    ready_file.write_text(f"{died.pid}\n")       # left by a primary that died
     port = free_port()
     cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", "2", "--bind",
            f"127.0.0.1:{port}", "--pid-file", str(pid_file), "--ready-file",

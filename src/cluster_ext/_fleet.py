@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from ._files import RunFile
     from ._worker import Worker
 
 CRASH_WINDOW = 1.0               # a worker dead this soon after its start crashed
@@ -181,6 +182,7 @@ class _Fleet:
         self.ready = False               # every worker serves (READY=1, the ready file)
         self.restarts = 0
         self.ready_file: str | None = None
+        self.ready_written: RunFile | None = None   # the ready file, while it is ours
         self.drain_delay = 0.0
         self.timers: list[_core.Handle] = []      # one-shot: the drain delay's
         self.watchdog_timer: _core.Handle | None = None
@@ -289,9 +291,9 @@ class _Fleet:
         self.heartbeat = self.watchdog_timer = None
 
     def unready(self) -> None:
-        if self.ready_file is not None:
-            from . import _files
-            _files.remove(self.ready_file, "ready file")
+        if self.ready_written is not None:
+            self.ready_written.remove("ready file")
+            self.ready_written = None
 
     def workers(self) -> list[Worker]:
         assert _runtime.workers is not None
@@ -356,10 +358,10 @@ class _Fleet:
 
     def write_ready_file(self, path: str) -> None:
         """The workers serve whatever becomes of the file: an error (a full
-        disk, a directory removed since the start) is logged."""
+        disk, something put at the path since the start) is logged."""
         from . import _files
         try:
-            _files.create(path, f"{os.getpid()}\n")
+            self.ready_written = _files.create(path, f"{os.getpid()}\n")
         except OSError as exc:
             _runtime.log("error", f"ready file not written: {path}: {exc.strerror}")
 
@@ -418,8 +420,10 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     BootError when a worker cannot start before any worker has listened.
     Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
     WATCHDOG); pid_file holds the primary's pid while it runs, ready_file
-    exists exactly while every worker serves; either raises OSError before
-    any fork when it cannot be written. drain_delay: seconds a graceful stop
+    exists exactly while every worker serves; before any fork, either
+    raises FileExistsError when its path holds anything but a dead
+    primary's pid ('Already running on PID N' for a live one's), and
+    OSError when it cannot be written. drain_delay: seconds a graceful stop
     keeps serving (not ready, STOPPING=1) before it disconnects."""
     global _active
     import signal
@@ -445,16 +449,14 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
     fleet.ready_file = os.path.abspath(ready_file) if ready_file else None
     fleet.drain_delay = drain_delay
-    pid_file = os.path.abspath(pid_file) if pid_file else None
-    if pid_file is not None:
-        _files.create(pid_file, f"{os.getpid()}\n")
+    written = _files.claim(os.path.abspath(pid_file), f"{os.getpid()}\n") if pid_file else None
     if fleet.ready_file is not None:
-        fleet.unready()                  # a file left by a primary that died
         try:
+            _files.make_way(fleet.ready_file)   # a file left by a primary that died
             _files.probe(fleet.ready_file)
         except BaseException:
-            if pid_file is not None:
-                _files.remove(pid_file, "pid file")
+            if written is not None:
+                written.remove("pid file")
             raise
     _notify.start()
     handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),
@@ -485,8 +487,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)
         fleet.unready()
-        if pid_file is not None:
-            _files.remove(pid_file, "pid file")
+        if written is not None:
+            written.remove("pid file")
         _notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(

@@ -18,6 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._files import RunFile
     from ._protocol import Address
 
 log = logging.getLogger("cluster_ext")
@@ -398,28 +399,27 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return _supervise(args)
     finally:
         if pid_file is not None:
-            from . import _files
-            _files.remove(pid_file, "pid file")
+            pid_file.remove("pid file")
 
 
-def _claim_files(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """--pid-file written and --ready-file's directory tried (as
+def _claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
+    """--pid-file written and --ready-file's path made way for (as
     supervise() does), before anything is logged or forked, so that a path
-    that cannot be written is one line and exit 2, as a bad argument is.
-    Returns (the pid file's path, None) or (None, what is wrong)."""
+    in use or that cannot be written is one line and exit 2, as a bad
+    argument is. Returns (the pid file, None) or (None, what is wrong)."""
     from . import _files
     pid_file = None
     flag = "--pid-file"
     try:
         if args.pid_file:
-            _files.create(os.path.abspath(args.pid_file), f"{os.getpid()}\n")
-            pid_file = os.path.abspath(args.pid_file)
+            pid_file = _files.claim(os.path.abspath(args.pid_file), f"{os.getpid()}\n")
         flag = "--ready-file"
         if args.ready_file:
+            _files.make_way(os.path.abspath(args.ready_file))
             _files.probe(os.path.abspath(args.ready_file))
     except OSError as exc:
         if pid_file is not None:
-            _files.remove(pid_file, "pid file")
+            pid_file.remove("pid file")
         return None, f"{flag} {exc.filename}: {exc.strerror or exc}"
     return pid_file, None
 
