@@ -80,6 +80,7 @@ handle_cancel(CxHandle *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef handle_methods[] = {
     {"cancel", (PyCFunction)handle_cancel, METH_NOARGS,
      "Stops the timer; harmless when it is done."},
+    {"ref", cxpy_ref, METH_O, "ref(False): run() may return while it is pending."},
     {NULL, NULL, 0, NULL},
 };
 

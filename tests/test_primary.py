@@ -138,6 +138,12 @@ def test_call_later_and_cancel():
     assert out["elapsed"] < 5.0
 
 
+def test_an_unrefd_timer_fires_but_never_keeps_the_loop_alive():
+    out = only_json(run_app("prim_loop.py", "unref"))
+    assert out["log"] == ["unref'd", "ref'd again", "ref'd"]
+    assert out["elapsed"] < 5.0           # not the 60 s timer
+
+
 def test_call_soon_threadsafe_runs_on_the_loop_thread():
     out = only_json(run_app("prim_loop.py", "threadsafe"))
     assert out["log"] == [["from thread", True]]

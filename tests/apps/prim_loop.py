@@ -24,6 +24,19 @@ if MODE == "timers":
     cluster.run()                                    # returns: no timer left
     out["elapsed"] = time.monotonic() - t0
 
+elif MODE == "unref":
+    # ref(False): run() may return while it is pending (Node's unref());
+    # it still fires while something else keeps the loop turning.
+    cluster.call_later(60, log, "never").ref(False)
+    cluster.call_later(0.01, log, "unref'd").ref(False)
+    again = cluster.call_later(0.02, log, "ref'd again")
+    again.ref(False)
+    again.ref(True)
+    cluster.call_later(0.03, log, "ref'd")
+    t0 = time.monotonic()
+    cluster.run()
+    out["elapsed"] = time.monotonic() - t0
+
 elif MODE == "threadsafe":
     main = threading.get_ident()
 
