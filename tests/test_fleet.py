@@ -249,6 +249,50 @@ def test_a_worker_that_disconnects_but_never_exits_is_killed_at_the_timeout(app)
     assert exits == ["exit 1 None SIGKILL True", "exit 2 None SIGKILL True"], lines
 
 
+def tell(a, command):
+    a.proc.stdin.write(command.encode() + b"\n")
+    a.proc.stdin.flush()
+
+
+def test_a_primary_out_of_descriptors_keeps_its_fleet_and_forks_once_it_can(app):
+    """Issue 24, item 2: the respawn's socketpair() fails with EMFILE. The
+    primary logs it and tries again with its back-off; more refusals than a
+    crash loop takes (10) are not one; a reload stops and the old workers
+    serve on; SIGTTIN's worker waits with the respawn; once descriptors are
+    free, both are forked."""
+    port = free_port()
+    a = app("fault_fleet_emfile.py", env={"PORT": str(port)}, stdin=subprocess.PIPE)
+    seen = []
+    pids = dict(map(int, lines_until(a, "pid ", seen).split()[1:]) for _ in range(2))
+    assert sorted(pids) == [1, 2], seen
+    tell(a, "fill")
+    lines_until(a, "FULL", seen)
+    os.kill(pids[1], signal.SIGKILL)
+    first = lines_until(a, "log cannot fork worker 3: ", seen)
+    assert first.endswith(": Too many open files: the primary's descriptors are used up "
+                          "(RLIMIT_NOFILE); trying again in 0.05 s"), first
+    os.kill(a.pid, signal.SIGHUP)
+    lines_until(a, "log reload stopped, the workers keep their code: cannot fork a "
+                   "replacement: Too many open files", seen)
+    os.kill(a.pid, signal.SIGTTIN)
+    while sum(line.startswith("log cannot fork worker 3: ") for line in seen) < 12:
+        lines_until(a, "log cannot fork worker 3: ", seen)
+    delays = [float(line.rsplit(" ", 2)[1]) for line in seen
+              if line.startswith("log cannot fork worker 3: ")]
+    assert delays[:5] == [0.05, 0.1, 0.2, 0.4, 0.4], delays    # one line a try
+    assert set(delays[4:]) == {0.4}, delays
+    assert not any(line.startswith(("crashloop", "stopped")) for line in seen), seen
+    tell(a, "free")
+    lines_until(a, "FREED", seen)
+    new = dict(map(int, lines_until(a, "pid ", seen).split()[1:]) for _ in range(2))
+    assert sorted(new) == [3, 4], seen
+    served = {int(ask(port).split()[1]) for _ in range(3)}
+    assert served == {pids[2], new[3], new[4]}, (served, pids, new)
+    os.kill(a.pid, signal.SIGTERM)
+    lines = a.finish(code=0)
+    assert lines[-1] == "stopped", lines
+    assert not any(line.startswith(("crashloop", "Traceback")) for line in lines), lines
+
 
 # ---- readiness ---------------------------------------------------------------------------
 

@@ -43,6 +43,19 @@ class BootError(RuntimeError):
         self.worker_id, self.reason, self.load_error = worker_id, reason, load_error
 
 
+def refused(exc: BaseException) -> str | None:
+    """Why the kernel refused a worker, when what it lacked frees up again:
+    descriptors, memory or processes (a socketpair, a pipe or the fork
+    itself). None for any other failure, which is not the load's doing."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError):
+        why = _primary.shortage(exc.errno)
+        if why is not None:
+            return f"{os.strerror(exc.errno or 0)}: {why}"
+    return None
+
+
 def reload(callback: Callable[[], Any] | None = None, *,
            timeout: float | None = None) -> None:
     """Rolling restart, one worker at a time: fork a replacement, wait for its
@@ -132,7 +145,18 @@ class _Reload:
         assert workers is not None
         serves = any(x.state == "listening" for x in workers.values())
         ready = "listening" if serves else "online"
-        new = _primary.fork()
+        try:
+            new = _primary.fork()
+        except (OSError, MemoryError) as exc:
+            why = refused(exc)
+            if why is None:
+                raise
+            # Out of descriptors, memory or processes: the old workers serve
+            # on rather than wait in a reload nobody can see the end of.
+            _runtime.log("error", "reload stopped, the workers keep their code: "
+                         f"cannot fork a replacement: {why}")
+            self.ended(False)
+            return
         if _active is not None:           # the new one takes the old one's place
             _active.restarts_of[new.id] = _active.restarts_of.get(w.id, 0) + 1
 
@@ -177,6 +201,12 @@ class _Fleet:
         self.pongs: dict[int, float] = {}
         self.error: BaseException | None = None
         self.pending: list[_core.Handle] = []    # respawn timers waiting out their back-off
+        # Forks the kernel refused (descriptors, memory, processes), each
+        # True for a respawn, tried again by one timer with a back-off of
+        # its own: a refusal is the primary's load, not a worker's crash.
+        self.owed: list[bool] = []
+        self.retry: _core.Handle | None = None
+        self.retry_delay = 0.0
         self.heartbeat: _core.Handle | None = None
         self.proven = False              # a worker of this fleet has listened
         self.ready = False               # every worker serves (READY=1, the ready file)
@@ -197,10 +227,43 @@ class _Fleet:
         self.restarts_of: dict[int, int] = {}  # worker id -> workers before it in its place
         self.places: _fast.deque[int] = _fast.deque()  # restarts_of for respawns to come
 
-    def spawn(self) -> None:
+    def spawn(self, respawn: bool = False) -> None:
         if self.stopping or self.error is not None:
             return
-        _primary.fork()
+        if self.retry is not None:       # a refused fork waits: this one waits with it
+            self.owed.append(respawn)
+            return
+        self.fork(respawn)
+
+    def fork(self, respawn: bool) -> bool:
+        """One worker; False when the kernel refused it for want of
+        descriptors, memory or processes: it is owed, and tried again once
+        the back-off has passed (logged once a try)."""
+        try:
+            _primary.fork()
+        except (OSError, MemoryError) as exc:
+            why = refused(exc)
+            if why is None:
+                raise
+            self.owed.insert(0, respawn)
+            self.retry_delay = min(self.backoff_max,
+                                   max(self.backoff_min, self.retry_delay * 2))
+            _runtime.log("warning", f"cannot fork worker {_runtime.next_id}: {why}; "
+                         f"trying again in {self.retry_delay:g} s")
+            self.retry = _runtime.call_later(self.retry_delay, self.fork_owed)
+            return False
+        self.retry_delay = 0.0
+        if respawn:
+            self.restarts += 1
+            _notify.notify(f"STATUS={self.status()}")
+        return True
+
+    def fork_owed(self) -> None:
+        self.retry = None
+        while self.owed:
+            respawn = self.owed.pop(0)
+            if self.live() < self.size and not self.fork(respawn):
+                return                   # refused again: the next try is set
 
     def on_fork(self, w: Worker) -> None:
         """Every worker is timed from its fork, reload()'s replacements too."""
@@ -211,7 +274,7 @@ class _Fleet:
     def live(self) -> int:
         assert _runtime.workers is not None
         return sum(1 for w in _runtime.workers.values()
-                   if not w.exited_after_disconnect) + len(self.pending)
+                   if not w.exited_after_disconnect) + len(self.pending) + len(self.owed)
 
     def on_exit(self, w: Worker, code: int | None, sig: Any) -> None:
         started = self.started.pop(w.id, time.monotonic())
@@ -256,9 +319,7 @@ class _Fleet:
     def respawn_one(self, timer: _core.Handle) -> None:
         self.pending.remove(timer)
         if self.live() < self.size:
-            self.restarts += 1
-            self.spawn()
-            _notify.notify(f"STATUS={self.status()}")
+            self.spawn(respawn=True)
 
     def stop(self, now: bool = False) -> None:
         self.stopping += 1
@@ -281,14 +342,16 @@ class _Fleet:
             _primary.disconnect(timeout=self.graceful_timeout)
 
     def cancel_timers(self) -> None:
-        """Respawns, the drain delay, the heartbeat and the
+        """Respawns, refused forks, the drain delay, the heartbeat and the
         watchdog: none of them may keep the loop turning once the fleet ends."""
-        for timer in (*self.pending, *self.timers, self.heartbeat, self.watchdog_timer):
+        for timer in (*self.pending, *self.timers, self.heartbeat, self.watchdog_timer,
+                      self.retry):
             if timer is not None:
                 timer.cancel()
         self.pending.clear()
         self.timers.clear()
-        self.heartbeat = self.watchdog_timer = None
+        self.owed.clear()
+        self.heartbeat = self.watchdog_timer = self.retry = None
 
     def unready(self) -> None:
         if self.ready_written is not None:
@@ -314,6 +377,9 @@ class _Fleet:
         if self.size <= 1:
             return
         self.size -= 1
+        if self.owed:                    # one the kernel refused goes first
+            self.owed.pop()
+            return
         oldest = min((w for w in self.workers() if not w.exited_after_disconnect),
                      key=lambda w: w.id, default=None)
         if oldest is not None:

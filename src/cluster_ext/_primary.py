@@ -237,15 +237,23 @@ def worker_identity(uid: int | None, gid: int | None) -> tuple[list[int] | None,
     return None, ids[1], ids[2]
 
 
+def shortage(err: int | None) -> str | None:
+    """Which limit an errno says was hit, when it is one that frees up again
+    (processes, descriptors, memory); None for any other error."""
+    import errno
+    return {
+        errno.EAGAIN: "the process limit is reached (RLIMIT_NPROC, or the system's "
+                      "pid_max/threads-max)",
+        errno.ENOMEM: "no memory for a new process",
+        errno.EMFILE: "the primary's descriptors are used up (RLIMIT_NOFILE)",
+        errno.ENFILE: "the system's descriptors are used up (fs.file-max)",
+        errno.ENOBUFS: "no buffer space"}.get(err) if err is not None else None
+
+
 def fork_refused(exc: OSError) -> OSError:
     """fork() failed: say which limit was hit, not only 'Resource temporarily
     unavailable'."""
-    import errno
-    reasons: dict[int | None, str] = {
-        errno.EAGAIN: "the process limit is reached (RLIMIT_NPROC, or the system's "
-                      "pid_max/threads-max)",
-        errno.ENOMEM: "no memory for a new process"}
-    why = reasons.get(exc.errno)
+    why = shortage(exc.errno)
     text = f"fork() failed: {exc.strerror}" + (f": {why}" if why else "")
     return OSError(exc.errno, text)
 
