@@ -6,10 +6,13 @@ import http.client
 import json
 import os
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -494,3 +497,129 @@ def test_a_metrics_port_in_use_stops_before_any_fork(app, sockdir):
     b, _ = cli(app, "webapp:app", "--metrics", "nowhere")
     text = "\n".join(b.finish(code=2))
     assert "--metrics takes [HOST:]PORT" in text and "forked" not in text, text
+
+
+# ---- bounds: nobody holds the primary through its services (issue 24, item 2) ----------
+
+def closed_by_the_primary(socks, count, timeout=20.0):
+    """Waits until count of socks are readable (an answer, an end); returns
+    (those, the others). Not select(): the test holds more than 1024 fds."""
+    readable = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        while len(readable) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{len(readable)} of {len(socks)} closed, not {count}"
+            for key, _ in sel.select(left):
+                sel.unregister(key.fileobj)
+                readable.append(key.fileobj)
+    return readable, [s for s in socks if s not in readable]
+
+
+def reply_of(sock):
+    sock.settimeout(10)
+    with sock.makefile("rb") as f:
+        return f.read()
+
+
+REFUSED_REQUEST = (b'{"ok":false,"error":"refused: too many connections, or the primary\'s '
+                   b'descriptors run short; try again later"}\n')
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_to_metrics_and_control_change_nothing_for_the_fleet(app, sockdir):
+    """300 idle connections to /metrics and 300 to the control socket: past
+    64 each, or past what leaves the fleet its reserve of descriptors, they
+    are refused at once (a 503, an error line); the rest are closed after the
+    idle timeout (10 s), a slowloris among them; meanwhile the web port
+    serves, a killed worker is respawned and a fresh client is answered."""
+    pytest.importorskip("prometheus_client")
+    path, metrics_port = sockdir / "ctl.sock", free_port()
+    a, port = cli(app, "webapp:app", "--control", str(path),
+                  "--metrics", f"127.0.0.1:{metrics_port}")
+    serving(a)
+    pids = {w["id"]: w["pid"] for w in status(path)["workers"]}
+    # A slowloris first: it trickles a request in, and is closed all the same.
+    slow = socket.create_connection(("127.0.0.1", metrics_port), timeout=10)
+    slow_since = time.monotonic()
+    tcp, unix = [slow], []
+    try:
+        tcp += [socket.create_connection(("127.0.0.1", metrics_port), timeout=10)
+                for _ in range(300)]
+        refused, held = closed_by_the_primary(tcp[1:], 300 - 63)
+        assert all(reply_of(s).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+                   for s in refused)
+        assert len(held) == 63                   # 64 with the slowloris
+        assert get(port)[0] == 200
+
+        # Few descriptors left: the control socket stops short of the reserve.
+        before = open_fds(a.pid)
+        limit = before + 60
+        reserve = min(128, limit // 4)
+        resource.prlimit(a.pid, resource.RLIMIT_NOFILE,
+                         (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX)
+            unix.append(s)
+            # Blocking, to wait while the backlog is full (a timeout would
+            # make it EAGAIN at once), for 10 s at most.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 10, 0))
+            s.connect(str(path))
+        # Accepted descriptors that Python has not seen yet count too: a few
+        # more may be refused than the reserve alone would.
+        closed_by_the_primary(unix, 300 - (limit - reserve - before))
+
+        # The fleet has its descriptors: the port serves, a worker respawns.
+        assert get(port)[0] == 200
+        os.kill(pids[1], signal.SIGKILL)
+        until(a, "worker 3 listening on")
+        assert {get(port)[2].split()[1] for _ in range(4)} == {"2", "3"}
+        assert open_fds(a.pid) <= limit - reserve
+
+        # Past the idle timeout every connection held is closed, the
+        # slowloris too, though a byte of its request came every 0.25 s.
+        trickle = b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 100
+        slow_closed = None
+        with selectors.DefaultSelector() as sel:
+            for s in [slow, *held, *unix]:
+                sel.register(s, selectors.EVENT_READ)
+            waiting = {slow, *held, *unix}
+            deadline = time.monotonic() + 25
+            while waiting:
+                assert time.monotonic() < deadline, f"{len(waiting)} still open"
+                if slow in waiting:
+                    try:
+                        slow.send(trickle[:1])
+                        trickle = trickle[1:]
+                    except OSError:
+                        pass                     # closed: the select says so
+                for key, _ in sel.select(0.25):
+                    sel.unregister(key.fileobj)
+                    waiting.discard(key.fileobj)
+                    if key.fileobj is slow:
+                        slow_closed = time.monotonic() - slow_since
+        assert 9 <= slow_closed <= 15, slow_closed
+        assert reply_of(slow) == b""
+        assert all(reply_of(s) == b"" for s in held)
+        answers = Counter(reply_of(s) for s in unix)
+        assert 0 < answers.pop(b"") < 64, answers     # held, closed once idle
+        assert list(answers) == [REFUSED_REQUEST], answers
+    finally:
+        for s in [*tcp, *unix]:
+            s.close()
+    samples = scrape(metrics_port)                # a fresh client is answered
+    assert one(samples, "cluster_ext_workers") == 2
+    assert [w["id"] for w in status(path)["workers"]] == [2, 3]
+    lines = stop(a)
+    text = "\n".join(lines)
+    assert "metrics: connection refused: 64 connections are open, the most it serves at " \
+           "once" in text, text
+    assert re.search(r"control socket: connection refused: the primary's descriptors run "
+                     rf"short \(\d+ of RLIMIT_NOFILE {limit} open; the last {reserve} are "
+                     r"kept for the workers\)", text), text
+    assert "Traceback" not in text, text

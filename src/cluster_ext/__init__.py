@@ -63,18 +63,24 @@ if TYPE_CHECKING:
 
 
 # Operating a cluster: imported on use, not at every worker's start.
-def control(path: str | _os.PathLike[str]) -> Control:
+def control(path: str | _os.PathLike[str], *, max_connections: int = 64,
+            idle_timeout: float = 10.0) -> Control:
     """The primary answers `cluster-ext status PATH`, reload, scale N and stop
-    on a Unix socket at path (mode 0600); returns it, to close()."""
+    on a Unix socket at path (mode 0600); returns it, to close(). More than
+    max_connections at once are refused, and a connection is closed once it
+    has sent no whole request for idle_timeout seconds."""
     from . import _ops
-    return _ops.control(path)
+    return _ops.control(path, max_connections=max_connections, idle_timeout=idle_timeout)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> Metrics:
+def serve_metrics(port: int, host: str = "127.0.0.1", *, max_connections: int = 64,
+                  idle_timeout: float = 10.0) -> Metrics:
     """/metrics in the Prometheus text format on host:port, from the primary
-    (needs pip install 'cluster_ext[metrics]'); returns it, to close()."""
+    (needs pip install 'cluster_ext[metrics]'); returns it, to close(). Bounded
+    as control() is."""
     from . import _ops
-    return _ops.serve_metrics(port, host)
+    return _ops.serve_metrics(port, host, max_connections=max_connections,
+                              idle_timeout=idle_timeout)
 
 
 setup_master = setup_primary

@@ -8,12 +8,16 @@ counts the connections its servers took and holds, and answers a STATS frame
 with them; /proc gives memory, CPU time and age. No file is shared, so no
 multiprocess directory is needed. Both services run on the primary's loop
 (no thread: a thread in the primary would make every fork(target=) unsafe)
-and are unref'd: they never hold a stop.
+and are unref'd: they never hold a stop. Any local user may connect to
+/metrics, so both are bounded: a connection cap, a deadline for each request
+and descriptors they may not take, all of it so that they can never starve
+the fleet (issue 24).
 """
 from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 import time
 
@@ -31,12 +35,18 @@ if TYPE_CHECKING:
 GATHER_TIMEOUT = 1.0           # a worker that has not answered by then shows its last figures
 MAX_REQUEST = 64 * 1024        # a control request is one line, well under this
 MAX_WORKERS = 1024             # what `scale` accepts
+MAX_CONNECTIONS = 64           # open at once, for each service; more are refused
+IDLE_TIMEOUT = 10.0            # seconds a connection has for each whole request
+RESERVE_FDS = 128              # descriptors the services leave to the fleet (or a quarter)
+REFUSALS_LOGGED_EVERY = 60.0   # seconds: one line for a flood, not one a connection
+RECOUNT_EVERY = 0.1            # seconds between two counts of the primary's descriptors
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _answers: dict[int, tuple[int, int]] = {}      # worker id -> (served, open): the last reply
 _gatherings: list[_Gathering] = []
 _cpu_samples: dict[int, tuple[float, float, float]] = {}   # pid -> (when, cpu s, cpu %)
+_fd_count = [-RECOUNT_EVERY, 0]   # when the primary's descriptors were counted; the count
 
 
 # ---- the figures -----------------------------------------------------------------
@@ -176,21 +186,94 @@ _runtime.emitter.on("exit", _forget)
 # ---- the services: a listener on the primary's loop and its connections -----------
 
 class _Service:
-    """A listening socket served on the primary's loop, never holding it up."""
+    """A listening socket served on the primary's loop, never holding it up
+    and never its undoing: at most max_connections at once, none that would
+    take a descriptor the fleet needs (_descriptors_short), each closed once
+    idle_timeout passes without a whole request from it (bytes trickled in
+    do not put that off: a slowloris is closed too), and no exception out of
+    the loop. A refused client gets `refusal`, then the close."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    name = "a service"                   # as the log names it
+    refusal = b""
+
+    def __init__(self, sock: socket.socket, max_connections: int,
+                 idle_timeout: float) -> None:
         sock.setblocking(False)
-        self.connections: set[net.Socket] = set()
+        self.max_connections, self.idle_timeout = max_connections, idle_timeout
+        # each connection, and its idle timer (None while it is being answered)
+        self.connections: dict[net.Socket, _core.Handle | None] = {}
+        self.refused = 0                 # since the last line that said so
+        self.logged_at: float | None = None
         self.listener: Any = _core.Listener(sock.detach(), self._accepted, False, 16)
         self.listener.ref(False)
 
     def _accepted(self, fd: int) -> None:
-        conn = net.Socket(fd)
+        why = self._refusal(fd)
+        if why is not None:
+            try:
+                os.write(fd, self.refusal)   # a fresh socket's buffer takes it
+                os.read(fd, 65536)           # its request, or TCP resets the answer
+            except OSError:
+                pass
+            os.close(fd)
+            self._refused(why)
+            return
+        try:
+            conn = net.Socket(fd)        # owns fd, even when it fails
+        except (OSError, MemoryError) as exc:
+            self._refused(f"cannot serve it: {exc}")
+            return
         conn.unref()
-        self.connections.add(conn)
-        conn.on("close", lambda *_: self.connections.discard(conn))
+        self.connections[conn] = None
+        conn.on("close", lambda *_: self._forget(conn))
         conn.on("error", lambda exc: None)       # a client that went away
-        self.serve(conn)
+        self.deadline(conn)
+        self.guarded(conn, self.serve, conn)
+
+    def _refusal(self, fd: int) -> str | None:
+        if len(self.connections) >= self.max_connections:
+            return f"{len(self.connections)} connections are open, the most it serves at once"
+        return _descriptors_short(fd)
+
+    def _refused(self, why: str) -> None:
+        """Logged at most once a minute, with the count since the last line."""
+        self.refused += 1
+        now = time.monotonic()
+        if self.logged_at is not None and now - self.logged_at < REFUSALS_LOGGED_EVERY:
+            return
+        more = self.refused - 1
+        _runtime.log("warning", f"{self.name}: connection refused: {why}" +
+                     (f" ({more} more refused since the last such line)" if more else ""))
+        self.logged_at, self.refused = now, 0
+
+    def deadline(self, conn: net.Socket) -> None:
+        """From now on, the client has idle_timeout seconds to send a whole
+        request, however it trickles it in."""
+        self.answering(conn)
+        if not conn.closed and conn in self.connections:
+            timer = _runtime.call_later(self.idle_timeout, conn.destroy)
+            timer.ref(False)             # a stop does not wait for it
+            self.connections[conn] = timer
+
+    def answering(self, conn: net.Socket) -> None:
+        """Its request is being answered: no deadline until the answer."""
+        timer = self.connections.get(conn)
+        if timer is not None:
+            timer.cancel()
+            self.connections[conn] = None
+
+    def _forget(self, conn: net.Socket) -> None:
+        self.answering(conn)
+        self.connections.pop(conn, None)
+
+    def guarded(self, conn: net.Socket, fn: Callable[..., Any], *args: Any) -> None:
+        """fn(*args) for one connection: a defect there ends the connection,
+        never the primary (an exception would stop its loop)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            _runtime.log("error", f"{self.name}: a request failed: {exc!r}")
+            conn.destroy()
 
     def serve(self, conn: net.Socket) -> None:
         raise NotImplementedError
@@ -201,7 +284,50 @@ class _Service:
             self.listener.close()
             self.listener = None
         for conn in list(self.connections):
+            self._forget(conn)
             conn.destroy()
+
+
+def _descriptors_short(fd: int) -> str | None:
+    """Why one more connection would take a descriptor the fleet may need
+    (a respawn takes a few at once, the balancer one a connection until the
+    worker has it), or None. fd is the one just accepted: the lowest number
+    that was free, so fd + 1 are open at least. /proc/self/fd counts them,
+    at most every RECOUNT_EVERY seconds (a count of 150 takes 0.1 ms, and a
+    client that connects again and again must not make the primary spend
+    it each time); in between, each connection let in counts one more."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    reserve = min(RESERVE_FDS, limit // 4)
+    in_use = fd + 1
+    now = time.monotonic()
+    counted = False
+    if in_use <= limit - reserve and now - _fd_count[0] >= RECOUNT_EVERY:
+        try:
+            _fd_count[:] = now, len(os.listdir("/proc/self/fd")) - 1   # less listdir's own
+            counted = True
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                in_use = limit
+            # else no /proc: the number is all there is
+    in_use = max(in_use, int(_fd_count[1]))
+    if in_use <= limit - reserve:
+        if not counted:
+            _fd_count[1] += 1            # this one, until the next count
+        return None
+    return (f"the primary's descriptors run short ({in_use} of RLIMIT_NOFILE {limit} open; "
+            f"the last {reserve} are kept for the workers)")
+
+
+def _limits(max_connections: int, idle_timeout: float) -> tuple[int, float]:
+    if not isinstance(max_connections, int) or isinstance(max_connections, bool) \
+            or max_connections < 1:
+        raise ValueError(f"max_connections must be an int of 1 or more, not {max_connections!r}")
+    idle_timeout = _runtime.check_seconds("idle_timeout", idle_timeout)
+    if idle_timeout <= 0:
+        raise ValueError("idle_timeout must be positive")
+    return max_connections, idle_timeout
 
 
 # ---- the control socket ------------------------------------------------------------
@@ -215,9 +341,14 @@ class Control(_Service):
     is one line (JSON, {"command": "status"}, or words: `scale 4`) and each
     reply one line of JSON ({"ok": true, ...} or {"ok": false, "error": ...})."""
 
-    def __init__(self, path: str) -> None:
+    name = "control socket"
+    refusal = b'{"ok":false,"error":"refused: too many connections, or the primary\'s ' \
+              b'descriptors run short; try again later"}\n'
+
+    def __init__(self, path: str, max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.path = os.path.abspath(path)
-        super().__init__(_bind_control(self.path))
+        super().__init__(_bind_control(self.path), max_connections, idle_timeout)
         self._ino = os.stat(self.path).st_ino
 
     def close(self) -> None:
@@ -232,29 +363,40 @@ class Control(_Service):
         buffer = bytearray()
         busy = [False]                   # a request is being answered: later ones wait
         pumping = [False]                # next_request() is on the stack
+        stalled = [False]                # its answers wait to be read: so does the rest
 
         def next_request() -> None:
             # A loop, not recursion: answers that come at once (errors,
             # scale, stop) must not nest one call per pipelined request.
             pumping[0] = True
             try:
-                while not busy[0] and b"\n" in buffer and not conn.closed:
+                while not busy[0] and not stalled[0] and b"\n" in buffer \
+                        and not conn.closed:
                     line, _, rest = bytes(buffer).partition(b"\n")
                     buffer[:] = rest
                     busy[0] = True
                     conn.pause()
-                    self.request(line, answer)
+                    self.answering(conn)
+                    self.request(line, lambda reply: self.guarded(conn, answer, reply))
             finally:
                 pumping[0] = False
-            if len(buffer) > MAX_REQUEST:
+            # Whole lines wait while it is paused (busy, stalled): only a
+            # line that does not end is too long.
+            if len(buffer) > MAX_REQUEST and b"\n" not in buffer:
                 conn.end(_encode({"ok": False, "error": "request too long"}))
                 buffer.clear()
 
         def answer(reply: dict[str, Any]) -> None:
             if conn.closed:
                 return
-            conn.write(_encode(reply))
+            stalled[0] = not conn.write(_encode(reply))
             busy[0] = False
+            self.deadline(conn)
+            if not stalled[0]:
+                go_on()
+
+        def go_on() -> None:
+            stalled[0] = False
             conn.resume()
             if not pumping[0]:           # a later answer (status): go on from here
                 next_request()
@@ -263,7 +405,12 @@ class Control(_Service):
             buffer.extend(data)
             next_request()
 
-        conn.on("data", on_data)
+        def on_drain() -> None:
+            if stalled[0]:
+                go_on()
+
+        conn.on("data", lambda data: self.guarded(conn, on_data, data))
+        conn.on("drain", lambda: self.guarded(conn, on_drain))
 
     def request(self, line: bytes, answer: Callable[[dict[str, Any]], Any]) -> None:
         try:
@@ -378,11 +525,12 @@ def _bind_control(path: str) -> socket.socket:
     return sock
 
 
-def control(path: str | os.PathLike[str]) -> Control:
+def control(path: str | os.PathLike[str], *, max_connections: int = MAX_CONNECTIONS,
+            idle_timeout: float = IDLE_TIMEOUT) -> Control:
     """Serves the control socket at path (see Control); returns it, to close()."""
     if not _runtime.is_primary:
         raise RuntimeError("control() is the primary's")
-    return Control(os.fspath(path))
+    return Control(os.fspath(path), *_limits(max_connections, idle_timeout))
 
 
 def request(path: str | os.PathLike[str], line: str, timeout: float | None = None) -> Any:
@@ -470,11 +618,23 @@ def _metric_families(figures: Snapshot) -> list[Any]:
     return families
 
 
+def _http_refusal(body: bytes) -> bytes:
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\nretry-after: 10\r\n\r\n%s"
+            % (len(body), body))
+
+
 class Metrics(_Service):
     """serve_metrics(): GET /metrics in the Prometheus text format, over
-    HTTP/1.1 parsed by h11, the exposition written by prometheus_client."""
+    HTTP/1.1 parsed by h11 (a request head still unfinished past 16 KiB is
+    its 431), the exposition written by prometheus_client."""
 
-    def __init__(self, host: str, port: int) -> None:
+    name = "metrics"
+    refusal = _http_refusal(b"refused: too many connections, or the primary's descriptors "
+                            b"run short\n")
+
+    def __init__(self, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         try:
             import h11
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -492,7 +652,12 @@ class Metrics(_Service):
             raise OSError(exc.errno, f"metrics: cannot listen on {host}:{port}: "
                           f"{exc.strerror or exc}") from None
         self.address = sock.getsockname()[:2]
-        super().__init__(sock)
+        self.stalled: set[net.Socket] = set()    # answers wait to be read: so does the rest
+        super().__init__(sock, max_connections, idle_timeout)
+
+    def _forget(self, conn: net.Socket) -> None:
+        super()._forget(conn)
+        self.stalled.discard(conn)
 
     def collect(self) -> list[Any]:
         return _metric_families(self.figures)
@@ -502,7 +667,9 @@ class Metrics(_Service):
         http = h11.Connection(h11.SERVER)
 
         def pump() -> None:
-            while not conn.closed:
+            # A client that does not read its answers gets no more of them
+            # (on 'drain' it does): they would pile up in the primary.
+            while not conn.closed and conn not in self.stalled:
                 try:
                     event = http.next_event()
                 except h11.RemoteProtocolError as exc:
@@ -521,6 +688,7 @@ class Metrics(_Service):
                     conn.end()
                     return
                 if isinstance(event, h11.Request):
+                    self.answering(conn)
                     self.route(conn, http, event, pump)
                     return
 
@@ -528,8 +696,14 @@ class Metrics(_Service):
             http.receive_data(data)
             pump()
 
-        conn.on("data", on_data)
-        conn.on("end", lambda: on_data(b""))
+        def on_drain() -> None:
+            self.stalled.discard(conn)
+            conn.resume()
+            pump()
+
+        conn.on("data", lambda data: self.guarded(conn, on_data, data))
+        conn.on("end", lambda: self.guarded(conn, on_data, b""))
+        conn.on("drain", lambda: self.guarded(conn, on_drain))
 
     def route(self, conn: net.Socket, http: Any, request: Any,
               pump: Callable[[], None]) -> None:
@@ -547,11 +721,11 @@ class Metrics(_Service):
                 self.figures = figures
                 self.respond(conn, http, 200, generate_latest(self.registry), head=head,
                              content_type=CONTENT_TYPE_LATEST.encode())
-                if not conn.closed:
+                if not conn.closed and conn not in self.stalled:
                     conn.resume()
                     pump()
 
-            gather(gathered)
+            gather(lambda figures: self.guarded(conn, gathered, figures))
             return
         pump()
 
@@ -576,13 +750,18 @@ class Metrics(_Service):
         except h11.LocalProtocolError:
             conn.destroy()
             return
-        conn.write(data)
+        if not conn.write(data):
+            self.stalled.add(conn)
+            conn.pause()
+        self.deadline(conn)
         if close or http.our_state is h11.MUST_CLOSE:
             conn.end()
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> Metrics:
+def serve_metrics(port: int, host: str = "127.0.0.1", *,
+                  max_connections: int = MAX_CONNECTIONS,
+                  idle_timeout: float = IDLE_TIMEOUT) -> Metrics:
     """Serves /metrics on host:port from this primary; returns it, to close()."""
     if not _runtime.is_primary:
         raise RuntimeError("serve_metrics() is the primary's")
-    return Metrics(host, port)
+    return Metrics(host, port, *_limits(max_connections, idle_timeout))
