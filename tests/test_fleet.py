@@ -294,6 +294,30 @@ def test_a_primary_out_of_descriptors_keeps_its_fleet_and_forks_once_it_can(app)
     assert not any(line.startswith(("crashloop", "Traceback")) for line in lines), lines
 
 
+def test_a_listening_socket_the_primary_cannot_copy_fails_only_that_listen(app):
+    """SCHED_NONE hands each worker a copy of the listening socket. With the
+    primary's descriptors used up between a respawn and its listen, that
+    copy fails (EMFILE): the worker's listen fails, the primary carries on,
+    and once descriptors are free a new worker serves."""
+    port = free_port()
+    a = app("fault_fleet_emfile.py", env={"PORT": str(port), "CLUSTER_EXT_SCHED_POLICY": "none"},
+            stdin=subprocess.PIPE)
+    seen = []
+    pids = dict(map(int, lines_until(a, "pid ", seen).split()[1:]) for _ in range(2))
+    tell(a, "fill-at-fork")
+    lines_until(a, "FULL", seen)
+    os.kill(pids[1], signal.SIGKILL)
+    lines_until(a, f"log worker 3 cannot listen on 127.0.0.1:{port}: Too many open files", seen)
+    tell(a, "free")
+    lines_until(a, "FREED", seen)
+    wid, pid = map(int, lines_until(a, "pid ", seen).split()[1:])
+    assert wid > 3, seen
+    assert {int(ask(port).split()[1]) for _ in range(8)} <= {pids[2], pid}
+    os.kill(a.pid, signal.SIGTERM)
+    lines = a.finish(code=0)
+    assert lines[-1] == "stopped", lines
+
+
 # ---- readiness ---------------------------------------------------------------------------
 
 def pace(a, seconds=0.05):

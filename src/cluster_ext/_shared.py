@@ -270,7 +270,22 @@ def _on_query(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
                                     handle.policy if handle else 0,
                                     handle.address if handle else None)
         send_fds = (handle.sock.fileno(),) if handle and handle.sock is not None else ()
-        w._send_frame(_core.FRAME_SERVER_REPLY, body, send_fds)
+        try:
+            w._send_frame(_core.FRAME_SERVER_REPLY, body, send_fds)
+        except OSError as exc:
+            # The listening socket leaves as a copy (SCHED_NONE), and with the
+            # primary's descriptors used up there is none to make: that
+            # worker's listen fails with the errno, and the primary's loop,
+            # which an exception here would stop, goes on with the others.
+            if handle is None or not send_fds:
+                raise
+            handle.remove(w)
+            _drop_if_unused(handle)
+            where = handle.address if isinstance(handle.address, str) else \
+                f"{handle.address[0]}:{handle.address[1]}"
+            _runtime.log("warning", f"worker {w.id} cannot listen on {where}: "
+                         f"{exc.strerror or exc}")
+            reply(exc.errno or errno.EMFILE)
 
     if w._disconnecting or not w.is_connected():
         reply(errno.ESHUTDOWN)          # a disconnecting worker gets no new server
