@@ -114,15 +114,20 @@ def test_listen_fds_that_are_not_ours_to_adopt_are_a_warning(app, case):
     r, w = os.pipe()
     port = free_port()
     pid = "os.getpid()" if case == "not_a_socket" else "1"
-    activate = (f"import os, sys; os.dup2({r}, 3); os.environ.update(LISTEN_PID=str({pid}), "
-                "LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, '-m', "
-                f"'cluster_ext', 'run', '-w', '2', '--bind', '127.0.0.1:{port}', 'webapp:app'])")
+    activate = (f"import os, sys; os.dup2({r}, 3); os.close({r}); os.environ.update("
+                f"LISTEN_PID=str({pid}), LISTEN_FDS='1'); os.execv(sys.executable, "
+                "[sys.executable, '-m', 'cluster_ext', 'run', '-w', '2', '--bind', "
+                f"'127.0.0.1:{port}', 'webapp:app'])")
     try:
         a = app("bad-fds", cmd=[sys.executable, "-c", activate], cwd=WEBAPPS,
                 merge_stderr=True, pass_fds=(r,))
         serving(a)
         assert get(port)[0] == 200
         assert get(port, "/env?LISTEN_FDS")[2].strip() == "-"
+        pipe = os.readlink(f"/proc/self/fd/{r}")
+        held = [fd for fd in os.listdir(f"/proc/{a.pid}/fd")
+                if _readlink(f"/proc/{a.pid}/fd/{fd}") == pipe]
+        assert held == ["3"], held                # no duplicate left by the look at it
         lines = stop(a)
     finally:
         os.close(r)
@@ -130,6 +135,13 @@ def test_listen_fds_that_are_not_ours_to_adopt_are_a_warning(app, case):
     expected = ("LISTEN_FDS: fd 3 is not an open socket" if case == "not_a_socket"
                 else "LISTEN_FDS ignored: LISTEN_PID='1'")
     assert sum(expected in line for line in lines) == 1, lines
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:                               # closed since the listing
+        return None
 
 
 class Notifications:

@@ -28,9 +28,13 @@ def adopt(fd: int) -> _protocol.Address:
     instead of binding anew, and fd itself stays open in this process, so
     the socket outlives this primary and refuses nothing between two."""
     import socket
+    dup = -1
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
+        sock = socket.socket(fileno=dup)
     except OSError as exc:
+        if dup >= 0:            # socket() leaves it open when it refuses it
+            os.close(dup)
         raise ValueError(f"fd {fd} is not an open socket: {exc.strerror}") from None
     if sock.type != socket.SOCK_STREAM or \
             not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
