@@ -137,11 +137,74 @@ def test_listen_fds_that_are_not_ours_to_adopt_are_a_warning(app, case):
     assert sum(expected in line for line in lines) == 1, lines
 
 
+@pytest.mark.parametrize("count", ["3", "40"])
+def test_a_listen_fds_count_beyond_the_passed_descriptors_is_one_warning(app, count):
+    """LISTEN_FDS counts more descriptors than were passed (one socket, at
+    3): one warning that names the missing ones, none for the descriptors
+    the package opens itself at those numbers, and the passed socket serves."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port, fd = listener.getsockname()[1], listener.fileno()
+    activate = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); os.environ.update("
+                f"LISTEN_PID=str(os.getpid()), LISTEN_FDS='{count}'); os.execv(sys.executable, "
+                "[sys.executable, '-m', 'cluster_ext', 'run', '-w', '2', 'webapp:app'])")
+    a = app("too-many", cmd=[sys.executable, "-c", activate], cwd=WEBAPPS, merge_stderr=True,
+            pass_fds=(fd,))
+    serving(a)
+    listener.close()                              # the primary's copy serves
+    assert len({get(port)[2].split()[1] for _ in range(6)}) == 2
+    lines = stop(a)
+    last = int(count) + 2
+    warnings = [line for line in lines if "LISTEN_FDS" in line]
+    assert warnings == [f"LISTEN_FDS={count}, but {int(count) - 1} of them (fds 4-{last}) "
+                        "are not open: only fd 3 adopted"], lines
+    assert "Traceback" not in "\n".join(lines), lines
+
+
+def _fds_of(pid, inode):
+    """The descriptors of process pid that are the socket of that inode."""
+    return [int(fd) for fd in os.listdir(f"/proc/{pid}/fd")
+            if _readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]"]
+
+
 def _readlink(path):
     try:
         return os.readlink(path)
     except OSError:                               # closed since the listing
         return None
+
+
+def test_the_sockets_of_an_ignored_listen_fds_reach_no_worker(app):
+    """LISTEN_PID another process's: its socket is not adopted, and it is not
+    inherited by the workers either (close-on-exec in the primary, which
+    keeps it open: it is not its own to close)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    fd, inode = listener.fileno(), os.fstat(listener.fileno()).st_ino
+    port = free_port()
+    activate = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); os.environ.update("
+                "LISTEN_PID='1', LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, "
+                f"'-m', 'cluster_ext', 'run', '-w', '2', '--bind', '127.0.0.1:{port}', "
+                "'webapp:app'])")
+    a = app("ignored", cmd=[sys.executable, "-c", activate], cwd=WEBAPPS, merge_stderr=True,
+            pass_fds=(fd,))
+    serving(a)
+    workers = {int(get(port)[2].split()[2]) for _ in range(6)}
+    assert len(workers) == 2, workers
+    for pid in workers:
+        assert _fds_of(pid, inode) == [], f"worker {pid} holds the ignored socket"
+    assert get(port, "/env?LISTEN_FDS")[2].strip() == "-"
+    assert _fds_of(a.pid, inode) == [3]           # the primary keeps it: not its own to close
+    with open(f"/proc/{a.pid}/fdinfo/3") as info:
+        flags = int(next(line for line in info if line.startswith("flags:")).split()[1], 8)
+    assert flags & os.O_CLOEXEC, oct(flags)
+    lines = stop(a)
+    listener.close()
+    warnings = [line for line in lines if "LISTEN_FDS" in line]
+    assert warnings == [f"LISTEN_FDS ignored: LISTEN_PID='1' is not this process ({a.pid}); "
+                        "its sockets (fd 3) are kept from the workers"], lines
 
 
 class Notifications:

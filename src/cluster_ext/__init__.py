@@ -35,6 +35,11 @@ def _unbuilt_source_tree() -> None:
 
 __version__ = "0.1.0"        # the one source: pyproject.toml reads it from here
 
+# Before _core opens its descriptors, which would take the numbers that a
+# LISTEN_FDS larger than what was passed names (see _listen_fds).
+from . import _listen_fds
+
+_listen = ([], []) if "CLUSTER_EXT_WORKER_ID" in os.environ else _listen_fds.take()
 try:
     from . import _core  # noqa: F401 (fails here, where the unbuilt tree is explained)
 except ImportError:
@@ -148,4 +153,4 @@ if _runtime.is_worker:           # an exec'd worker: it ends as its script does
     _worker.boot_from_env()
     _runtime.exit_faster()
 else:
-    _shared.adopt_listen_fds()      # systemd's socket activation, if it is ours
+    _shared.adopt_listen_fds(_listen)   # systemd's socket activation, if it is ours

@@ -70,26 +70,15 @@ def adopt_bind(fd: int) -> None:
     os.environ[FD_BINDS] = ";".join(f"{n}={where}" for n, where in mapping.items())
 
 
-def adopt_listen_fds() -> None:
-    """systemd's socket activation (sd_listen_fds(3)): when LISTEN_PID is this
-    process, the LISTEN_FDS descriptors from 3 on are adopted. The variables
-    are removed either way, so that workers and the application's children
-    never take them for theirs; what cannot be adopted is a warning."""
-    env = os.environ
-    if "LISTEN_FDS" not in env:
-        return
-    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
-    env.pop("LISTEN_FDNAMES", None)
-    if pid != str(os.getpid()):
-        _runtime.log("warning", f"LISTEN_FDS ignored: LISTEN_PID={pid!r} is not this "
-                                f"process ({os.getpid()})")
-        return
-    try:
-        n = int(count)
-    except ValueError:
-        _runtime.log("warning", f"LISTEN_FDS ignored: {count!r} is not a number")
-        return
-    for fd in range(3, 3 + n):
+def adopt_listen_fds(taken: tuple[list[int], list[str]]) -> None:
+    """systemd's socket activation: the descriptors _listen_fds.take() found
+    passed to this process are adopted, and what is wrong with them is a
+    warning (one line per problem, and per descriptor that is not a
+    listening stream socket)."""
+    fds, warnings = taken
+    for warning in warnings:
+        _runtime.log("warning", warning)
+    for fd in fds:
         try:
             adopt_bind(fd)
         except ValueError as exc:
