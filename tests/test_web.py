@@ -549,6 +549,122 @@ def test_malformed_requests_and_resets_never_kill_a_worker(app):
     stop(a)
 
 
+# ---- bounded requests ------------------------------------------------------------------
+
+def request_of(size, path="/"):
+    """A GET whose head, from its request line to the blank line, is size
+    bytes; it asks for the connection's close, so that the answer ends it."""
+    start = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ".encode()
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+def _send(sock, *parts):
+    try:
+        for i, part in enumerate(parts):
+            if i:                                 # the server reads the first part alone
+                time.sleep(0.05)
+            sock.sendall(part)
+    except OSError:                               # the answer came first, and the close
+        pass
+
+
+def exchange(port, *parts, sock=None, timeout=10):
+    """Sends parts (from a thread: the answer may come before the last byte)
+    and reads until the server closes; returns what came and the seconds it
+    took."""
+    s = sock or socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    t0 = time.monotonic()
+    sender = threading.Thread(target=_send, args=(s, *parts))
+    sender.start()
+    reply = b""
+    try:
+        while chunk := s.recv(65536):
+            reply += chunk
+    finally:
+        sender.join(timeout)
+        s.close()
+    return reply, time.monotonic() - t0
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_a_head_over_the_limit_is_answered_431_and_closed(app, impl):
+    """64 KiB by default: a head of 1 MB gets 431 and a close at once, one
+    of 64 MB too, without growing the worker; one of exactly 64 KiB is
+    served, one byte more is not."""
+    a, port = cli(app, "webapp:app", "--http", impl, workers=1)
+    serving(a, 1)
+    pid = int(get(port)[2].split()[2])
+    reply, seconds = exchange(port, request_of(1 << 20))
+    assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), reply[:200]
+    assert b"\r\nconnection: close\r\n" in reply and seconds < 5, (reply, seconds)
+    before = rss(pid)
+    reply, _ = exchange(port, request_of(64 << 20))
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    assert rss(pid) - before < 8 << 20, (before, rss(pid))
+    reply, _ = exchange(port, request_of(65536))
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    reply, _ = exchange(port, request_of(65537))
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    assert int(get(port)[2].split()[2]) == pid    # the same worker serves on
+    stop(a)
+
+
+def test_the_head_limit_is_an_option_exact_however_the_head_arrives(app):
+    """--limit-request-head 4096: a head of 4096 bytes is served, 4097 are
+    not, whether the head comes in one piece, or the limit falls in the
+    second piece before or after the end of the head."""
+    a, port = cli(app, "webapp:app", "--limit-request-head", "4096", workers=1)
+    serving(a, 1)
+    for size, status in ((4096, b"200"), (4097, b"431"), (65536, b"431")):
+        request = request_of(size)
+        for parts in ((request,), (request[:4000], request[4000:]), (request[:-2], request[-2:])):
+            reply, _ = exchange(port, *parts)
+            assert reply.startswith(b"HTTP/1.1 " + status + b" "), (size, len(parts), reply[:200])
+    stop(a)
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_a_kept_alive_request_over_the_limit_is_431_after_the_ones_before_it(app, impl):
+    """The limit holds for every request of a connection: a second request
+    over it is answered 431; pipelined behind a request still being
+    answered, it is answered 431 after that request's answer."""
+    a, port = cli(app, "webapp:app", "--http", impl, workers=1)
+    serving(a, 1)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\n"), first
+    reply, _ = exchange(port, request_of(100_000), sock=s)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    slow = b"GET /slow?s=0.5 HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply, _ = exchange(port, slow + request_of(1 << 20))
+    answers = reply.split(b"HTTP/1.1 ")
+    assert len(answers) == 3 and answers[1].startswith(b"200 ") and b"slow 1 " in answers[1] \
+        and answers[2].startswith(b"431 "), reply[:400]
+    stop(a)
+
+
+def test_gunicorn_answers_an_oversized_head_as_we_do(app):
+    """The same 1 MB head to gunicorn (its limits: 4094 bytes of request line,
+    8190 of a header): 431, and a close."""
+    pytest.importorskip("gunicorn")
+    port = free_port()
+    g = app("gunicorn", cmd=[sys.executable, "-m", "gunicorn", "-w", "1", "-b",
+                             f"127.0.0.1:{port}", "webapp:wsgi_app"],
+            cwd=WEBAPPS, merge_stderr=True)
+    until(g, "Booting worker")
+    reply, seconds = exchange(port, request_of(1 << 20))
+    assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), reply[:200]
+    assert seconds < 5
+    stop(g)
+
+
 def test_detect_interface():
     from cluster_ext import web
     sys.path.insert(0, str(WEBAPPS))
@@ -582,6 +698,21 @@ def test_parse_bind():
     for bad in ("host:port", "unix:", "1.2.3.4:70000", "fd://x"):
         with pytest.raises(ValueError):
             web.parse_bind(bad)
+
+
+def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
+    from cluster_ext import cli, web
+    parser = cli._parser("cluster-ext")
+    args = parser.parse_args(["run", "m:app"])
+    assert args.limit_request_head == web.LIMIT_REQUEST_HEAD == 65536
+    args = parser.parse_args(["run", "--limit-request-head", "0", "m:app"])
+    assert args.limit_request_head == 0
+    for option in ("--limit-request-head",):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", option, "-1", "m:app"])
+        assert "is negative (0 turns it off)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="limit_request_head must be >= 0"):
+        web.check_limits(-1)
 
 
 def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch):

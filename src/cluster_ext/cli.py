@@ -106,6 +106,10 @@ def _web_parser() -> argparse.ArgumentParser:
                      help="close a keep-alive connection idle for S seconds (default 5)")
     web.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
                      help="answer 503 beyond N connections or tasks per worker")
+    web.add_argument("--limit-request-head", type=_at_least_0(int), default=65536,
+                     metavar="BYTES",
+                     help="answer 431 and close when a request's line and headers pass "
+                          "BYTES (default 65536; 0: no limit)")
     web.add_argument("--backlog", type=int, default=2048, metavar="N",
                      help="the listening sockets' backlog (default 2048)")
     web.add_argument("--root-path", default="", metavar="PATH",
@@ -117,6 +121,19 @@ def _web_parser() -> argparse.ArgumentParser:
                      help="comma-separated addresses trusted for proxy headers "
                           "(default 127.0.0.1)")
     return parser
+
+
+def _at_least_0(kind: type[float]) -> Any:
+    """An argparse type: a number of that kind, 0 or more (0 turns it off)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative (0 turns it off)")
+        return value
+    return parse
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -305,7 +322,8 @@ def _run_web(args: argparse.Namespace) -> None:
     web.serve_worker(args.app, [web.parse_bind(b) for b in args.bind or web.default_binds()],
                      interface=args.interface, graceful_timeout=args.graceful_timeout,
                      factory=args.factory, threads=args.threads, access_log=args.access_log,
-                     server_options=_web_options(args))
+                     server_options=_web_options(args),
+                     limit_request_head=args.limit_request_head)
 
 
 def _check_web(args: argparse.Namespace) -> str | None:

@@ -40,6 +40,8 @@ DEFAULT_BIND = "127.0.0.1:8000"
 INTERFACES = ("auto", "asgi", "asgi3", "asgi2", "wsgi")
 FIRST_REQUEST_GRACE = 1.0     # a connection accepted before the drain: its request's time to come
 KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently may be sending again
+LIMIT_REQUEST_HEAD = 65536    # bytes of a request line and headers (0: no limit): 431 beyond
+REFUSAL_LINGER = 2.0          # after a 431, the client's bytes are read and dropped so long
 EXTRA_HINT = "pip install 'cluster_ext[web]'"
 
 
@@ -198,22 +200,26 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
           interface: str = "auto", graceful_timeout: float = 30.0,
           binds: list[str] | None = None, factory: bool = False, threads: int = 1,
           access_log: bool = False, heartbeat_timeout: float | None = None,
-          preload: bool = False, **server_options: Any) -> None:
+          preload: bool = False, limit_request_head: int = LIMIT_REQUEST_HEAD,
+          **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
     forms) until disconnect(). A spec is imported by the workers only,
     unless preload (then by the primary too, before any fork). A spec that
     cannot be served raises AppLoadError, from the primary or from the first
-    worker. server_options go to uvicorn.Config (timeout_keep_alive,
+    worker. A request's head (its request line and headers) over
+    limit_request_head bytes is answered 431 (0: no limit). server_options
+    go to uvicorn.Config (timeout_keep_alive,
     limit_concurrency, root_path, proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
+    check_limits(limit_request_head)
     addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
     if _runtime.is_worker:
         serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
                      factory=factory, threads=threads, access_log=access_log,
-                     server_options=server_options)
+                     limit_request_head=limit_request_head, server_options=server_options)
         return
     prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
     try:
@@ -271,6 +277,13 @@ def _resolve_fds(addresses: list[Bind]) -> list[Bind]:
     return resolved
 
 
+def check_limits(limit_request_head: int) -> None:
+    """ValueError for a negative limit (0 turns it off)."""
+    if limit_request_head < 0:
+        raise ValueError(f"limit_request_head must be >= 0 (0: no limit), "
+                         f"not {limit_request_head}")
+
+
 def check_extra() -> None:
     """The web extra is there, or an ImportError that says how to get it."""
     import importlib.util
@@ -283,7 +296,8 @@ def check_extra() -> None:
 
 def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_timeout: float,
                  factory: bool, threads: int, access_log: bool,
-                 server_options: dict[str, Any]) -> None:
+                 server_options: dict[str, Any],
+                 limit_request_head: int = LIMIT_REQUEST_HEAD) -> None:
     """In a worker: load app and serve it until the worker disconnects. A
     failure before it listens (import, lifespan startup, port) is a boot
     failure, told to the primary: the process exits 3."""
@@ -292,7 +306,10 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         addresses = _resolve_fds(addresses)
         if isinstance(app, str):
             app = load_app(app, factory=factory)
-        config = _config(app, interface, threads, access_log, server_options)
+        options = dict(server_options)
+        # h11 bounds a head itself (16 KiB by default): at the same limit
+        options.setdefault("h11_max_incomplete_event_size", limit_request_head or sys.maxsize)
+        config = _config(app, interface, threads, access_log, options)
         config.load()
     except AppLoadError as exc:                   # the spec names nothing to serve
         _worker.fail_boot(str(exc), load=True)
@@ -300,7 +317,7 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         _worker.fail_boot(str(exc))
     except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(_traceback(exc))
-    server = _WorkerServer(config, addresses, graceful_timeout)
+    server = _WorkerServer(config, addresses, graceful_timeout, limit_request_head)
     _run(server.serve(), config.get_loop_factory())
 
 
@@ -370,10 +387,12 @@ class _WorkerServer:
     listen, serve, drain on 'disconnecting', lifespan shutdown after
     'disconnect'."""
 
-    def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float) -> None:
+    def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float,
+                 limit_request_head: int = LIMIT_REQUEST_HEAD) -> None:
         self.config = config
         self.addresses = addresses
         self.graceful_timeout = graceful_timeout
+        self.limit_request_head = limit_request_head
         self.state: Any = None
         self.protocol_class: type = _Draining
         self.ticker: asyncio.TimerHandle | None = None
@@ -394,6 +413,7 @@ class _WorkerServer:
         self.state = ServerState()
         self.tick()
         protocol_class = _draining(config.http_protocol_class)
+        protocol_class.cx_head_limit = self.limit_request_head or sys.maxsize  # type: ignore[attr-defined]
 
         def protocol() -> asyncio.Protocol:
             return protocol_class(config=config, server_state=self.state,  # type: ignore[no-any-return]
@@ -578,6 +598,7 @@ class _Draining:
     cx_draining = False
     cx_upgraded = False       # handed to the WebSocket protocol
     cx_idle = False           # everything received so far has been answered
+    cx_refusal = 0            # see _HeadBounds: answered here, after the responses before it
     cx_answered_at = 0.0      # loop time of the last response
 
     if TYPE_CHECKING:
@@ -601,8 +622,11 @@ class _Draining:
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
-        self.cx_idle = not getattr(self, "pipeline", None)
+        idle = self.cx_idle = not getattr(self, "pipeline", None)
         self.cx_answered_at = self.loop.time()
+        if self.cx_refusal and idle:         # a head refused (_HeadBounds) once this was out
+            self.cx_answer_refusal()  # type: ignore[attr-defined]
+            return
         super().on_response_complete()  # type: ignore[misc]
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
@@ -649,10 +673,176 @@ _draining_classes: dict[type, type] = {}
 
 
 def _draining(base: type) -> type:
+    """base (uvicorn's HTTP protocol class) with the drain and the bounds on
+    a request's head (for the two protocol classes uvicorn has)."""
     cls = _draining_classes.get(base)
     if cls is None:
-        cls = _draining_classes[base] = type("Draining" + base.__name__, (_Draining, base), {})
+        heads: tuple[type, ...] = ()
+        if hasattr(base, "on_headers_complete"):          # httptools: parser callbacks
+            heads = (_HttptoolsHeads,)
+        elif hasattr(base, "handle_events"):              # h11
+            import h11
+            _H11Heads.cx_h11_idle = h11.IDLE
+            heads = (_H11Heads,)
+        cls = _draining_classes[base] = type("Draining" + base.__name__,
+                                             (_Draining, *heads, base), {})
     return cls
+
+
+_REASONS = {431: b"Request Header Fields Too Large"}
+
+
+class _HeadBounds:
+    """What bounds a request's head (its request line and headers) in both of
+    uvicorn's protocols: the refusal, 431 with Connection: close. The size is
+    counted by the mixin of each protocol class. A refused connection reads and
+    drops what the client still sends for REFUSAL_LINGER: closing with
+    unread bytes would reset the connection, and the reset can destroy the
+    answer in the client's socket before it reads it."""
+
+    cx_head_limit = LIMIT_REQUEST_HEAD   # set on the class by _WorkerServer.serve()
+    cx_head = 0               # bytes of the head received so far; -1 in a message, -2 refused
+    cx_refusal = 0            # 431, answered when the responses before it are out
+
+    if TYPE_CHECKING:
+        cycle: Any
+        pipeline: Any
+        server_state: Any
+        transport: Any
+        loop: asyncio.AbstractEventLoop
+
+    def cx_refuse(self, status: int) -> None:
+        """status, with Connection: close, for the head being received: at
+        once, or after the response in progress and those pipelined before
+        it (on_response_complete). From now on, what comes is dropped."""
+        self.cx_head, self.cx_refusal = -2, status
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.cx_answer_refusal()
+        else:                                # _Draining.on_response_complete answers
+            self.transport.pause_reading()
+
+    def cx_answer_refusal(self) -> None:
+        status = self.cx_refusal
+        self.cx_refusal = 0
+        transport = self.transport
+        if transport.is_closing():
+            return
+        body = _REASONS[status] + b"\n"
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
+        head += [name + b": " + value + b"\r\n" for name, value in
+                 self.server_state.default_headers]
+        head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n" % len(body))
+        transport.write(b"".join(head) + body)
+        if not transport.can_write_eof():    # TLS: no half close
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        # Either the client closes (eof_received closes this side) or this does.
+        self.loop.call_later(REFUSAL_LINGER, transport.abort)
+
+
+class _HttptoolsHeads(_HeadBounds):
+    """The size of a head under uvicorn's httptools protocol, which has no
+    limit of its own (httptools keeps a header whole until its end: 256 MB
+    of one header took 224 MB in a worker). Counted from data_received, a
+    chunk at a time, while a head is due: from the end of a message (or the
+    accept) to the end of the next head (httptools' on_headers_complete).
+    Only a chunk that takes the count over the limit is looked into: the
+    parser is fed what the limit leaves room for, and says whether the head
+    ended in it. Exact for every head but one pipelined behind another
+    request in the same read: the bytes of it fed along with the end of
+    that request go uncounted, so it may take up to twice the limit."""
+
+    def data_received(self, data: bytes) -> None:
+        head = self.cx_head
+        if head >= 0:
+            head += len(data)
+            if head > self.cx_head_limit:
+                self.cx_head_over(data)
+                return
+            self.cx_head = head
+        elif head < -1:                      # refused: dropped
+            return
+        super().data_received(data)  # type: ignore[misc]
+
+    def cx_head_over(self, data: bytes) -> None:
+        limit = self.cx_head_limit
+        room = limit - self.cx_head
+        self.cx_head = limit
+        if room:
+            super().data_received(data[:room])  # type: ignore[misc]
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return                           # a 400, or a WebSocket now (uvicorn drops the rest)
+        if self.cx_head == limit:            # the head did not end within the limit
+            self.cx_refuse(431)
+        else:
+            _HttptoolsHeads.data_received(self, data[room:])
+
+    def on_headers_complete(self) -> None:
+        self.cx_head = -1
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        self.cx_head = 0
+        super().on_message_complete()  # type: ignore[misc]
+
+
+class _H11Heads(_HeadBounds):
+    """The size of a head under uvicorn's h11 protocol, counted as under
+    httptools while h11 waits for a head (their_state IDLE): h11's own bound
+    (h11_max_incomplete_event_size, set to the same limit) counts only what
+    it buffers of a head that has not ended, so a head that comes whole in
+    one read passes it, and uvicorn answers its error with a 400. It stays
+    for the heads this does not count: those pipelined behind a request,
+    which h11 holds until that request is answered; its 400 becomes a 431."""
+
+    cx_h11_idle: Any = None   # h11.IDLE, set by _draining(): h11 is imported only for h11
+
+    if TYPE_CHECKING:
+        conn: Any
+        config: Any
+
+    def data_received(self, data: bytes) -> None:
+        head = self.cx_head
+        if head < -1:                        # refused: dropped
+            return
+        conn, idle = self.conn, self.cx_h11_idle
+        if conn.their_state is not idle:     # in a request: its body, or pipelined heads
+            super().data_received(data)  # type: ignore[misc]
+            return
+        head += len(data)
+        if head > self.cx_head_limit:
+            self.cx_head_over(data)
+            return
+        self.cx_head = head
+        super().data_received(data)  # type: ignore[misc]
+        if conn.their_state is not idle and self.cx_head >= 0:   # the head came whole
+            self.cx_head = 0
+
+    def cx_head_over(self, data: bytes) -> None:
+        limit = self.cx_head_limit
+        room = limit - self.cx_head
+        self.cx_head = limit
+        if room:                             # h11 takes b"" for the end of the stream
+            super().data_received(data[:room])  # type: ignore[misc]
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return
+        if self.conn.their_state is self.cx_h11_idle:    # the head did not end within it
+            self.cx_refuse(431)
+        else:
+            self.cx_head = 0
+            _H11Heads.data_received(self, data[room:])
+
+    def send_400_response(self, msg: str) -> None:
+        if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
+            self.cx_refuse(431)              # h11's "Receive buffer too long"
+            return
+        super().send_400_response(msg)  # type: ignore[misc]
 
 
 class _Coalescing:
@@ -698,6 +888,10 @@ class _Coalescing:
     def close(self) -> None:
         self.flush()
         self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
 
     def abort(self) -> None:
         self.held = None
