@@ -3,6 +3,7 @@ real processes, real sockets and real HTTP and WebSocket clients."""
 import http.client
 import os
 import re
+import select
 import signal
 import socket
 import sys
@@ -650,6 +651,45 @@ def test_a_kept_alive_request_over_the_limit_is_431_after_the_ones_before_it(app
     stop(a)
 
 
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_a_head_that_does_not_come_whole_in_time_is_closed(app, impl):
+    """--timeout-request-head 1: a slowloris, a byte every 0.2 s of a head
+    it never ends, gets 408 and a close after a second (or two: the
+    connections are looked at once a second); a connection that sent
+    nothing is closed without a word; a kept-alive connection idle for
+    longer than that (less than --timeout-keep-alive) is not the head
+    timeout's, and its next request is served."""
+    a, port = cli(app, "webapp:app", "--http", impl, "--timeout-request-head", "1",
+                  workers=1)
+    serving(a, 1)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert get(port, conn=kept)[0] == 200
+    t0 = time.monotonic()
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    slow.settimeout(0.2)
+    reply = b""
+    for _ in range(50):                           # 10 s at most
+        try:
+            chunk = slow.recv(4096)
+        except TimeoutError:
+            slow.sendall(b"X")
+            continue
+        if not chunk:
+            break
+        reply += chunk
+    seconds = time.monotonic() - t0
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+    assert 1 <= seconds < 4, seconds
+    assert silent.recv(100) == b""                # closed by now, with no answer
+    assert not select.select([kept.sock], [], [], 0.5)[0]   # kept-alive 1.5 s and more
+    assert get(port, conn=kept)[0] == 200
+    for s in (slow, silent, kept):
+        s.close()
+    stop(a)
+
+
 def test_gunicorn_answers_an_oversized_head_as_we_do(app):
     """The same 1 MB head to gunicorn (its limits: 4094 bytes of request line,
     8190 of a header): 431, and a close."""
@@ -704,15 +744,17 @@ def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
     from cluster_ext import cli, web
     parser = cli._parser("cluster-ext")
     args = parser.parse_args(["run", "m:app"])
-    assert args.limit_request_head == web.LIMIT_REQUEST_HEAD == 65536
-    args = parser.parse_args(["run", "--limit-request-head", "0", "m:app"])
-    assert args.limit_request_head == 0
-    for option in ("--limit-request-head",):
+    assert (args.limit_request_head, args.timeout_request_head) == \
+        (web.LIMIT_REQUEST_HEAD, web.TIMEOUT_REQUEST_HEAD) == (65536, 20.0)
+    args = parser.parse_args(["run", "--limit-request-head", "0", "--timeout-request-head", "0.5",
+                              "m:app"])
+    assert (args.limit_request_head, args.timeout_request_head) == (0, 0.5)
+    for option in ("--limit-request-head", "--timeout-request-head"):
         with pytest.raises(SystemExit):
             parser.parse_args(["run", option, "-1", "m:app"])
         assert "is negative (0 turns it off)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="limit_request_head must be >= 0"):
-        web.check_limits(-1)
+        web.check_limits(-1, 20.0)
 
 
 def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch):

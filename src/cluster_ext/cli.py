@@ -110,6 +110,12 @@ def _web_parser() -> argparse.ArgumentParser:
                      metavar="BYTES",
                      help="answer 431 and close when a request's line and headers pass "
                           "BYTES (default 65536; 0: no limit)")
+    web.add_argument("--timeout-request-head", type=_at_least_0(float), default=20.0,
+                     metavar="S",
+                     help="close a connection whose request line and headers have not come "
+                          "whole S seconds after the accept, or after their first byte on a "
+                          "kept-alive connection; 408 if part of them came (default 20; "
+                          "0: none)")
     web.add_argument("--backlog", type=int, default=2048, metavar="N",
                      help="the listening sockets' backlog (default 2048)")
     web.add_argument("--root-path", default="", metavar="PATH",
@@ -323,7 +329,8 @@ def _run_web(args: argparse.Namespace) -> None:
                      interface=args.interface, graceful_timeout=args.graceful_timeout,
                      factory=args.factory, threads=args.threads, access_log=args.access_log,
                      server_options=_web_options(args),
-                     limit_request_head=args.limit_request_head)
+                     limit_request_head=args.limit_request_head,
+                     timeout_request_head=args.timeout_request_head)
 
 
 def _check_web(args: argparse.Namespace) -> str | None:

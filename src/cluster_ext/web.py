@@ -41,7 +41,8 @@ INTERFACES = ("auto", "asgi", "asgi3", "asgi2", "wsgi")
 FIRST_REQUEST_GRACE = 1.0     # a connection accepted before the drain: its request's time to come
 KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently may be sending again
 LIMIT_REQUEST_HEAD = 65536    # bytes of a request line and headers (0: no limit): 431 beyond
-REFUSAL_LINGER = 2.0          # after a 431, the client's bytes are read and dropped so long
+TIMEOUT_REQUEST_HEAD = 20.0   # seconds for a head to come whole (0: none): 408, or a silent close
+REFUSAL_LINGER = 2.0          # after a 431 or 408, the client's bytes are read and dropped so long
 EXTRA_HINT = "pip install 'cluster_ext[web]'"
 
 
@@ -201,7 +202,7 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
           binds: list[str] | None = None, factory: bool = False, threads: int = 1,
           access_log: bool = False, heartbeat_timeout: float | None = None,
           preload: bool = False, limit_request_head: int = LIMIT_REQUEST_HEAD,
-          **server_options: Any) -> None:
+          timeout_request_head: float = TIMEOUT_REQUEST_HEAD, **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
@@ -209,17 +210,20 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     unless preload (then by the primary too, before any fork). A spec that
     cannot be served raises AppLoadError, from the primary or from the first
     worker. A request's head (its request line and headers) over
-    limit_request_head bytes is answered 431 (0: no limit). server_options
-    go to uvicorn.Config (timeout_keep_alive,
+    limit_request_head bytes is answered 431, and one that has not come
+    whole timeout_request_head seconds after the connection was accepted (or
+    after its first byte, on a kept-alive connection) 408; 0 turns either
+    off. server_options go to uvicorn.Config (timeout_keep_alive,
     limit_concurrency, root_path, proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
-    check_limits(limit_request_head)
+    check_limits(limit_request_head, timeout_request_head)
     addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
     if _runtime.is_worker:
         serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
                      factory=factory, threads=threads, access_log=access_log,
-                     limit_request_head=limit_request_head, server_options=server_options)
+                     limit_request_head=limit_request_head,
+                     timeout_request_head=timeout_request_head, server_options=server_options)
         return
     prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
     try:
@@ -277,11 +281,14 @@ def _resolve_fds(addresses: list[Bind]) -> list[Bind]:
     return resolved
 
 
-def check_limits(limit_request_head: int) -> None:
-    """ValueError for a negative limit (0 turns it off)."""
+def check_limits(limit_request_head: int, timeout_request_head: float) -> None:
+    """ValueError for a negative limit or timeout (0 turns one off)."""
     if limit_request_head < 0:
         raise ValueError(f"limit_request_head must be >= 0 (0: no limit), "
                          f"not {limit_request_head}")
+    if timeout_request_head < 0:
+        raise ValueError(f"timeout_request_head must be >= 0 (0: none), "
+                         f"not {timeout_request_head}")
 
 
 def check_extra() -> None:
@@ -296,8 +303,8 @@ def check_extra() -> None:
 
 def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_timeout: float,
                  factory: bool, threads: int, access_log: bool,
-                 server_options: dict[str, Any],
-                 limit_request_head: int = LIMIT_REQUEST_HEAD) -> None:
+                 server_options: dict[str, Any], limit_request_head: int = LIMIT_REQUEST_HEAD,
+                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD) -> None:
     """In a worker: load app and serve it until the worker disconnects. A
     failure before it listens (import, lifespan startup, port) is a boot
     failure, told to the primary: the process exits 3."""
@@ -317,7 +324,8 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         _worker.fail_boot(str(exc))
     except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(_traceback(exc))
-    server = _WorkerServer(config, addresses, graceful_timeout, limit_request_head)
+    server = _WorkerServer(config, addresses, graceful_timeout,
+                           limit_request_head, timeout_request_head)
     _run(server.serve(), config.get_loop_factory())
 
 
@@ -388,11 +396,13 @@ class _WorkerServer:
     'disconnect'."""
 
     def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float,
-                 limit_request_head: int = LIMIT_REQUEST_HEAD) -> None:
+                 limit_request_head: int = LIMIT_REQUEST_HEAD,
+                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD) -> None:
         self.config = config
         self.addresses = addresses
         self.graceful_timeout = graceful_timeout
         self.limit_request_head = limit_request_head
+        self.timeout_request_head = timeout_request_head
         self.state: Any = None
         self.protocol_class: type = _Draining
         self.ticker: asyncio.TimerHandle | None = None
@@ -449,12 +459,24 @@ class _WorkerServer:
         await _bounded(lifespan.shutdown(), self.graceful_timeout)
 
     def tick(self) -> None:
-        """uvicorn's Date header (and the server's default headers), once a second."""
+        """uvicorn's Date header (and the server's default headers), once a
+        second; and the connections whose head is late, closed."""
         from email.utils import formatdate
         config = self.config
         date = [(b"date", formatdate(usegmt=True).encode())] if config.date_header else []
         self.state.default_headers = date + config.encoded_headers
-        self.ticker = asyncio.get_running_loop().call_later(1.0, self.tick)
+        loop = asyncio.get_running_loop()
+        self.ticker = loop.call_later(1.0, self.tick)
+        timeout = self.timeout_request_head
+        if timeout:
+            # One pass a second over the connections, rather than a timer per
+            # request: a head is late by up to a second more, and the hot
+            # path pays nothing but the time its head began.
+            now = loop.time()
+            for connection in tuple(self.state.connections):
+                began = getattr(connection, "cx_head_began", None)
+                if began is not None and now - began > timeout:
+                    connection.cx_head_late()
 
     def drain(self) -> None:
         """'disconnecting': the servers stop accepting (disconnect() closes
@@ -689,20 +711,24 @@ def _draining(base: type) -> type:
     return cls
 
 
-_REASONS = {431: b"Request Header Fields Too Large"}
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 class _HeadBounds:
     """What bounds a request's head (its request line and headers) in both of
-    uvicorn's protocols: the refusal, 431 with Connection: close. The size is
-    counted by the mixin of each protocol class. A refused connection reads and
+    uvicorn's protocols: the time it may take, counted from the accept for a
+    connection's first request, and from the head's first byte on a
+    kept-alive connection (its idle time is uvicorn's timeout_keep_alive);
+    and the refusal, 431 or 408 with Connection: close. The size is counted
+    by the mixin of each protocol class. A refused connection reads and
     drops what the client still sends for REFUSAL_LINGER: closing with
     unread bytes would reset the connection, and the reset can destroy the
     answer in the client's socket before it reads it."""
 
     cx_head_limit = LIMIT_REQUEST_HEAD   # set on the class by _WorkerServer.serve()
     cx_head = 0               # bytes of the head received so far; -1 in a message, -2 refused
-    cx_refusal = 0            # 431, answered when the responses before it are out
+    cx_head_began: float | None = None   # loop time the head's wait began; None: no head due
+    cx_refusal = 0            # 431 or 408, answered when the responses before it are out
 
     if TYPE_CHECKING:
         cycle: Any
@@ -711,11 +737,26 @@ class _HeadBounds:
         transport: Any
         loop: asyncio.AbstractEventLoop
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.cx_head_began = self.loop.time()
+
+    def cx_head_late(self) -> None:
+        """The head has not come whole within timeout_request_head: 408, or
+        a silent close when not a byte of it came (a connection opened ahead
+        of its use, as browsers do: an answer on it could be read as the
+        answer to the request it will carry)."""
+        if self.cx_head > 0:
+            self.cx_refuse(408)
+        else:
+            self.cx_head_began = None
+            self.transport.close()
+
     def cx_refuse(self, status: int) -> None:
         """status, with Connection: close, for the head being received: at
         once, or after the response in progress and those pipelined before
         it (on_response_complete). From now on, what comes is dropped."""
-        self.cx_head, self.cx_refusal = -2, status
+        self.cx_head, self.cx_head_began, self.cx_refusal = -2, None, status
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             self.cx_answer_refusal()
@@ -759,6 +800,8 @@ class _HttptoolsHeads(_HeadBounds):
     def data_received(self, data: bytes) -> None:
         head = self.cx_head
         if head >= 0:
+            if not head and self.cx_head_began is None:
+                self.cx_head_began = self.loop.time()     # a kept-alive request's first byte
             head += len(data)
             if head > self.cx_head_limit:
                 self.cx_head_over(data)
@@ -783,7 +826,7 @@ class _HttptoolsHeads(_HeadBounds):
             _HttptoolsHeads.data_received(self, data[room:])
 
     def on_headers_complete(self) -> None:
-        self.cx_head = -1
+        self.cx_head, self.cx_head_began = -1, None
         super().on_headers_complete()  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
@@ -814,6 +857,8 @@ class _H11Heads(_HeadBounds):
         if conn.their_state is not idle:     # in a request: its body, or pipelined heads
             super().data_received(data)  # type: ignore[misc]
             return
+        if self.cx_head_began is None:
+            self.cx_head_began = self.loop.time()         # a kept-alive request's first byte
         head += len(data)
         if head > self.cx_head_limit:
             self.cx_head_over(data)
@@ -821,7 +866,7 @@ class _H11Heads(_HeadBounds):
         self.cx_head = head
         super().data_received(data)  # type: ignore[misc]
         if conn.their_state is not idle and self.cx_head >= 0:   # the head came whole
-            self.cx_head = 0
+            self.cx_head, self.cx_head_began = 0, None
 
     def cx_head_over(self, data: bytes) -> None:
         limit = self.cx_head_limit
@@ -835,7 +880,7 @@ class _H11Heads(_HeadBounds):
         if self.conn.their_state is self.cx_h11_idle:    # the head did not end within it
             self.cx_refuse(431)
         else:
-            self.cx_head = 0
+            self.cx_head, self.cx_head_began = 0, None
             _H11Heads.data_received(self, data[room:])
 
     def send_400_response(self, msg: str) -> None:
