@@ -22,6 +22,7 @@ primary, and the primary exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -199,15 +200,18 @@ class Chaos:
         weights = [3, 3, 2, 1 if size < 4 else 0, 1 if size > 1 else 0]
         action = self.rng.choices(choices, weights)[0]
         self.actions[action] = self.actions.get(action, 0) + 1
+        # a worker listed by status may have ended since (a reload retired it)
         if action == "kill" and workers:
             pid = self.rng.choice(workers)["pid"]
             self.kills.append((time.monotonic(), pid))
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         elif action == "stop" and workers:
             pid = self.rng.choice(workers)["pid"]
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(self.rng.uniform(0.1, STOP_AT_MOST))
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(self.rng.uniform(0.1, STOP_AT_MOST))
+                os.kill(pid, signal.SIGCONT)
         elif action == "reload":
             os.kill(self.primary.pid, signal.SIGHUP)
         elif action == "grow":
