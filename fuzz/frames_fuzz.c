@@ -3,7 +3,10 @@
    every stream ends in frames, a protocol error or EOF, never in a crash or
    a leak (run under ASan+UBSan by scripts/fuzz.sh). Inputs derive from a
    seed and from the corpus files named on the command line; no libFuzzer
-   is needed, so it runs wherever gcc does.
+   is needed, so it runs wherever gcc does. One input in eight is instead
+   sent by a real channel, frames with descriptors in batches, to a reader
+   out of descriptors (RLIMIT_NOFILE): every frame must come, in order,
+   whole or lost (CX_FRAME_LOST), and the channel must stay open.
      frames_fuzz ITERATIONS SEED [corpus files...]                         */
 #include "channel.h"
 
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -127,6 +131,149 @@ feed(int fd, const unsigned char *buf, size_t len, int nfds)
     return 0;
 }
 
+static long lost_frames;
+
+/* Sends up to 64 frames, some with descriptors, from one channel to
+   another, in batches of up to 64 fds, while the reader can open only a
+   random number of descriptors more; then checks each frame that came. */
+static int
+starved_reader(cx_loop *loop, int devnull)
+{
+    enum { MAX_SENT = 64 };
+    struct {
+        int type, flags, nfds;
+        uint32_t body;
+    } sent[MAX_SENT];
+    unsigned char payload[64];
+    int sv[2], fds[CX_MAX_FDS], nsent = 1 + (int)(rnd() % MAX_SENT);
+    int got = 0, room, total = 0;
+    struct rlimit saved, low;
+    cx_chan tx, rx;
+    cx_note *note;
+
+    for (int i = 0; i < CX_MAX_FDS; i++) {
+        fds[i] = devnull;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        return 2;
+    }
+    cx_chan_init(loop, &tx);
+    cx_chan_init(loop, &rx);
+    if (cx_chan_open(&tx, sv[0], 64 * 1024, 1 << 20) < 0 ||
+        cx_chan_open(&rx, sv[1], 64 * 1024, 1 << 20) < 0) {
+        return 2;
+    }
+    /* Queued as one drain queues them; each flush is a few sendmsg calls,
+       up to 64 fds each, every batch led by a marked frame. */
+    loop->chan_policy.deferring = 1;
+    for (int i = 0; i < nsent; i++) {
+        sent[i].type = 1 + (int)(rnd() % (CX_FRAME_TYPE_END - 1));
+        sent[i].flags = (int)(rnd() & 0xffff);
+        sent[i].nfds = rnd() % 2 ? (int)(rnd() % (CX_MAX_FDS + 1)) : 0;
+        if (total + sent[i].nfds > 256) {     /* in flight: under the limit */
+            sent[i].nfds = 0;
+        }
+        sent[i].body = rnd() % sizeof(payload);
+        total += sent[i].nfds;
+        for (uint32_t k = 0; k < sent[i].body; k++) {
+            payload[k] = (unsigned char)(i + (int)k);
+        }
+        if (cx_chan_send(&tx, sent[i].type, sent[i].flags, payload,
+                         sent[i].body, fds, sent[i].nfds, 0) < 0) {
+            return 2;
+        }
+        if (rnd() % 8 == 0) {
+            cx_loop_flush(loop);        /* a batch ends here */
+        }
+    }
+    loop->chan_policy.deferring = 0;
+    cx_loop_flush(loop);
+    /* The reader's table is full but for room descriptors: the limit is a
+       bound on their numbers, so it goes just past the room lowest free
+       ones. */
+    room = (int)(rnd() % (uint32_t)(total + 2));
+    if (getrlimit(RLIMIT_NOFILE, &saved) < 0) {
+        return 2;
+    }
+    low = saved;
+    {
+        int probe[300], nprobe = 0;
+        for (; nprobe <= room; nprobe++) {
+            probe[nprobe] = fcntl(devnull, F_DUPFD_CLOEXEC, 3);
+            if (probe[nprobe] < 0) {
+                return 2;
+            }
+        }
+        low.rlim_cur = (rlim_t)probe[room];
+        for (int i = 0; i < nprobe; i++) {
+            cx_close(&probe[i]);
+        }
+    }
+    if (setrlimit(RLIMIT_NOFILE, &low) < 0) {
+        return 2;
+    }
+    for (int turn = 0; turn < 64 && cx_chan_queued(&tx) > 0; turn++) {
+        (void)cx_loop_turn(loop, 0);
+    }
+    for (int turn = 0; turn < 8; turn++) {
+        (void)cx_loop_turn(loop, 0);
+    }
+    if (setrlimit(RLIMIT_NOFILE, &saved) < 0) {
+        return 2;
+    }
+    if (rx.fd < 0 || tx.fd < 0) {
+        fprintf(stderr, "starved reader: a channel closed\n");
+        return 1;
+    }
+    while ((note = cx_note_pop(loop)) != NULL) {
+        int lost = (note->a & CX_FRAME_LOST) != 0;
+        if (note->h == &loop->wake) {   /* a note made outside a turn */
+            note->h->pending--;
+            cx_note_free(note);
+            continue;
+        }
+        if (note->h != &rx.h || note->kind != CX_NOTE_FRAME || got >= nsent ||
+            (note->a & ~CX_FRAME_LOST) != sent[got].type ||
+            note->b != sent[got].flags || note->len != sent[got].body ||
+            note->nfds != (lost ? 0 : sent[got].nfds) ||
+            (lost && sent[got].nfds == 0)) {
+            fprintf(stderr, "starved reader: frame %d of %d differs (note %d "
+                    "of %s: a %#x b %d len %zu nfds %d; sent type %d flags %d "
+                    "body %u nfds %d)\n", got, nsent, note->kind,
+                    note->h == &rx.h ? "rx" : "another", note->a, note->b,
+                    note->len, note->nfds, sent[got].type, sent[got].flags,
+                    sent[got].body, sent[got].nfds);
+            return 1;
+        }
+        for (uint32_t k = 0; k < note->len; k++) {
+            if ((unsigned char)note->data[k] !=
+                (unsigned char)(got + (int)k)) {
+                fprintf(stderr, "starved reader: frame %d's payload\n", got);
+                return 1;
+            }
+        }
+        lost_frames += lost;
+        if (lost && room > total) {
+            fprintf(stderr, "starved reader: frame %d lost, with room\n", got);
+            return 1;
+        }
+        got++;
+        note->h->pending--;
+        cx_note_free(note);
+    }
+    if (got != nsent) {
+        fprintf(stderr, "starved reader: %d of %d frames came\n", got, nsent);
+        return 1;
+    }
+    cx_chan_close(&tx);
+    cx_chan_drain_close(&rx);
+    while ((note = cx_note_pop(loop)) != NULL) {
+        note->h->pending--;
+        cx_note_free(note);
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -134,7 +281,8 @@ main(int argc, char **argv)
     unsigned char *buf = malloc(MAX_INPUT), *seeds[64];
     size_t seed_len[64];
     int nseeds = 0;
-    long frames = 0, errors = 0, eofs = 0;
+    long frames = 0, errors = 0, eofs = 0, starved = 0;
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     cx_loop loop;
 
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) | 1 : 88172645463325252ull;
@@ -149,7 +297,7 @@ main(int argc, char **argv)
         nseeds++;
     }
     memset(&loop, 0, sizeof(loop));
-    if (buf == NULL || cx_loop_init(&loop) < 0) {
+    if (buf == NULL || devnull < 0 || cx_loop_init(&loop) < 0) {
         return 2;
     }
     for (long it = 0; it < iterations; it++) {
@@ -158,6 +306,15 @@ main(int argc, char **argv)
         cx_chan ch;
         cx_note *note;
 
+        if (rnd() % 8 == 0) {
+            int r = starved_reader(&loop, devnull);
+            if (r != 0) {
+                fprintf(stderr, "iteration %ld: starved reader failed\n", it);
+                return r;
+            }
+            starved++;
+            continue;
+        }
         if (mode == 0) {        /* noise */
             len = rnd() % 512;
             for (size_t k = 0; k < len; k++) {
@@ -204,11 +361,14 @@ main(int argc, char **argv)
         }
     }
     cx_loop_close(&loop);
+    cx_close(&devnull);
     for (int i = 0; i < nseeds; i++) {
         free(seeds[i]);
     }
     free(buf);
     printf("{\"inputs\": %ld, \"frames\": %ld, \"protocol_errors\": %ld, "
-           "\"clean_eofs\": %ld, \"crashes\": 0}\n", iterations, frames, errors, eofs);
+           "\"clean_eofs\": %ld, \"starved_readers\": %ld, "
+           "\"lost_frames\": %ld, \"crashes\": 0}\n", iterations, frames,
+           errors, eofs, starved, lost_frames);
     return 0;
 }

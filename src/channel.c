@@ -20,20 +20,117 @@ static void chan_flush(cx_chan *ch);
 
 /* ---- reading ------------------------------------------------------------- */
 
+/* Files the descriptors of one recvmsg as a batch: n fds (0 when the
+   kernel dropped them all), cut when it dropped some. Takes the fds, even
+   on failure. */
 static int
-fifo_push(cx_chan *ch, const int *fds, int n)
+batch_push(cx_chan *ch, int *fds, int n, int cut)
 {
     size_t cap = (size_t)ch->fifo_cap;
     int r = cx_grow((void **)&ch->fifo, &cap, (size_t)(ch->fifo_len + n),
-                 sizeof(int));
+                    sizeof(int));
 
+    if (r == 0) {
+        ch->fifo_cap = (int)cap;
+        r = cx_grow((void **)&ch->batches, &ch->batches_cap,
+                    ch->nbatches + 1, sizeof(cx_fd_batch));
+    }
     if (r < 0) {
+        for (int k = 0; k < n; k++) {
+            cx_close(&fds[k]);
+        }
         return r;
     }
-    ch->fifo_cap = (int)cap;
-    memcpy(ch->fifo + ch->fifo_len, fds, (size_t)n * sizeof(int));
-    ch->fifo_len += n;
+    if (n > 0) {
+        memcpy(ch->fifo + ch->fifo_len, fds, (size_t)n * sizeof(int));
+        ch->fifo_len += n;
+    }
+    ch->batches[ch->nbatches].n = n;
+    ch->batches[ch->nbatches].cut = cut;
+    ch->nbatches++;
     return 0;
+}
+
+/* Where parse_frames() has taken fds and batches from, until it compacts. */
+typedef struct {
+    int fd;                     /* fifo[0, fd) are claimed or closed */
+    size_t batch;               /* batches[0, batch) are done */
+} fifo_cursor;
+
+/* Closes the fds left in the open batch, which no frame declared (a peer
+   of ours sends none), and moves to the next batch. */
+static void
+batch_drop(cx_chan *ch, fifo_cursor *at)
+{
+    cx_fd_batch *b = &ch->batches[at->batch];
+
+    if (b->n > 0) {
+        cx_debug("channel %d: %d undeclared fds closed", ch->fd, b->n);
+    }
+    for (; b->n > 0; b->n--) {
+        cx_close(&ch->fifo[at->fd++]);
+        ch->fds_dropped++;
+    }
+    at->batch++;
+    ch->batch_open = 0;
+}
+
+/* Moves a frame's n (> 0) descriptors from the fifo to fds. The fds of a
+   batch's frames follow each other; a lead frame (CX_NFDS_LEAD) starts a
+   new batch. Returns n; 0 when the kernel dropped some of them (the frame
+   is lost: the ones that came are closed); -EPROTO when the peer declared
+   descriptors it did not send, or lost ones in a batch it did not mark
+   (a peer that marks none cannot say which frames the loss hit). */
+static int
+claim_fds(cx_chan *ch, fifo_cursor *at, int n, int lead, int *fds)
+{
+    int got = 0;
+
+    if (lead) {
+        ch->leads_seen = 1;
+        if (ch->batch_open) {
+            batch_drop(ch, at);
+        }
+    }
+    while (got < n) {
+        cx_fd_batch *b;
+        if (at->batch == ch->nbatches) {
+            break;              /* declared, never sent */
+        }
+        b = &ch->batches[at->batch];
+        ch->batch_open = 1;
+        if (b->n > 0) {
+            int take = b->n < n - got ? b->n : n - got;
+            memcpy(fds + got, ch->fifo + at->fd, (size_t)take * sizeof(int));
+            at->fd += take;
+            b->n -= take;
+            got += take;
+        }
+        else if (b->cut) {
+            if (!ch->leads_seen) {
+                break;
+            }
+            for (int k = 0; k < got; k++) {
+                cx_close(&fds[k]);
+            }
+            ch->frames_lost++;
+            ch->fds_dropped += (uint64_t)got;
+            return 0;
+        }
+        else {
+            /* A batch that is used up hands on to the next, as one FIFO:
+               what a peer that marks no batches relies on. */
+            at->batch++;
+            ch->batch_open = 0;
+        }
+    }
+    if (got < n) {
+        for (int k = 0; k < got; k++) {
+            cx_close(&fds[k]);
+        }
+        return -EPROTO;
+    }
+    return n;
 }
 
 /* Cuts every complete frame out of rbuf into notes. Returns 0 or -errno for
@@ -42,15 +139,18 @@ static int
 parse_frames(cx_chan *ch)
 {
     size_t off = 0;
-    int used = 0;               /* fds claimed from the front of the fifo */
+    fifo_cursor at = {0, 0};
     int r = 0;
 
     while (ch->rlen - off >= sizeof(cx_frame_header)) {
         cx_frame_header hdr;
         cx_note *note;
+        int nfds, lead;
         memcpy(&hdr, ch->rbuf + off, sizeof(hdr));
+        nfds = hdr.nfds & ~CX_NFDS_LEAD;
+        lead = (hdr.nfds & CX_NFDS_LEAD) != 0;
         if (hdr.type == 0 || hdr.type >= CX_FRAME_TYPE_END ||
-            hdr.nfds > CX_MAX_FDS) {
+            nfds > CX_MAX_FDS || (lead && nfds == 0)) {
             r = -EPROTO;
             break;
         }
@@ -65,11 +165,6 @@ parse_frames(cx_chan *ch)
             }
             break;
         }
-        /* The fds came with the frame's first byte, so they are here. */
-        if (hdr.nfds > ch->fifo_len - used) {
-            r = -EPROTO;
-            break;
-        }
         note = cx_note_new(&ch->h, CX_NOTE_FRAME, hdr.len);
         if (note == NULL) {
             r = -ENOMEM;
@@ -77,23 +172,39 @@ parse_frames(cx_chan *ch)
         }
         note->a = hdr.type;
         note->b = hdr.flags;
+        if (nfds > 0) {
+            /* The fds came with the first byte of the frame, or of the
+               frame that leads its batch: they are here. */
+            r = claim_fds(ch, &at, nfds, lead, note->fds);
+            if (r < 0) {
+                cx_note_free(note);
+                break;
+            }
+            note->nfds = r;
+            if (r == 0) {
+                note->a |= CX_FRAME_LOST;
+                cx_debug("channel %d: a frame of type %d lost its %d fds",
+                         ch->fd, hdr.type, nfds);
+            }
+            r = 0;
+        }
         if (hdr.type == CX_FRAME_USER) {
             ch->messages_in++;
             /* a conversation: the answer may be near */
             ch->h.loop->chan_policy.busy = 1;
         }
-        note->nfds = hdr.nfds;
-        if (hdr.nfds > 0) {
-            memcpy(note->fds, ch->fifo + used, hdr.nfds * sizeof(int));
-            used += hdr.nfds;
-        }
         memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
         cx_note_push(ch->h.loop, note);
         off += sizeof(hdr) + hdr.len;
     }
-    if (used > 0) {
-        ch->fifo_len -= used;
-        memmove(ch->fifo, ch->fifo + used, (size_t)ch->fifo_len * sizeof(int));
+    if (at.fd > 0) {
+        ch->fifo_len -= at.fd;
+        memmove(ch->fifo, ch->fifo + at.fd, (size_t)ch->fifo_len * sizeof(int));
+    }
+    if (at.batch > 0) {
+        ch->nbatches -= at.batch;
+        memmove(ch->batches, ch->batches + at.batch,
+                ch->nbatches * sizeof(cx_fd_batch));
     }
     if (off > 0) {
         memmove(ch->rbuf, ch->rbuf + off, ch->rlen - off);
@@ -117,7 +228,8 @@ read_some(cx_chan *ch, int max_reads)
         struct msghdr msg;
         struct cmsghdr *cm;
         ssize_t n;
-        int fds_came;
+        int fds[CX_BATCH_FDS];
+        int nfds, cut, fds_came;
         int r = cx_grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
         if (r < 0) {
             return r;
@@ -138,26 +250,32 @@ read_some(cx_chan *ch, int max_reads)
             }
             return errno == ECONNRESET ? 1 : -errno;
         }
-        r = 0;
-        fds_came = 0;
+        /* MSG_CTRUNC: the kernel installed the batch's first descriptors
+           and dropped the rest (RLIMIT_NOFILE, or more than fit), perhaps
+           all of them. The bytes are whole: only the frames that declared
+           the dropped ones are lost (claim_fds). */
+        cut = (msg.msg_flags & MSG_CTRUNC) != 0;
+        nfds = 0;
         for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-                int nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-                int fds[CX_BATCH_FDS];
-                fds_came = 1;
-                memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
-                if (r == 0) {
-                    r = fifo_push(ch, fds, nfds);
-                }
-                if (r < 0) {
-                    for (int k = 0; k < nfds; k++) {
-                        cx_close(&fds[k]);
+                size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t j = 0; j < k; j++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(fd));
+                    if (nfds < CX_BATCH_FDS) {
+                        fds[nfds++] = fd;
+                    }
+                    else {          /* past the buffer: cannot happen */
+                        cx_close(&fd);
+                        cut = 1;
                     }
                 }
             }
         }
-        if (r == 0 && (msg.msg_flags & MSG_CTRUNC)) {
-            r = -EPROTO;        /* the kernel dropped descriptors */
+        fds_came = nfds > 0 || cut;
+        r = 0;
+        if (fds_came) {
+            r = batch_push(ch, fds, nfds, cut);
         }
         if (r < 0) {
             return r;
@@ -351,10 +469,14 @@ chan_forget(cx_handle *h)
     }
     free(ch->rbuf);
     free(ch->fifo);
+    free(ch->batches);
     ch->rbuf = NULL;
     ch->fifo = NULL;
+    ch->batches = NULL;
     ch->rlen = ch->rcap = 0;
     ch->fifo_len = ch->fifo_cap = 0;
+    ch->nbatches = ch->batches_cap = 0;
+    ch->batch_open = 0;
     cx_outq_free(&ch->out);
     cx_handle_unlink(h);
 }
@@ -380,6 +502,8 @@ cx_chan_init(cx_loop *loop, cx_chan *ch)
     ch->flusher.flush = flusher_cb;
     ch->fd = ch->io.fd = -1;
     ch->io.cb = chan_ready;
+    ch->out.lead_off = offsetof(cx_frame_header, nfds);
+    ch->out.lead_bit = CX_NFDS_LEAD;
 }
 
 int

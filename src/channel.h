@@ -1,6 +1,7 @@
 /* channel.h: IPC frames over one end of an AF_UNIX stream socketpair.
    A frame is an 8-byte header {u32 len, u8 type, u8 nfds, u16 flags} and len
-   bytes of payload; its descriptors travel by SCM_RIGHTS with its first byte.
+   bytes of payload; its descriptors travel by SCM_RIGHTS with its first byte,
+   or with the first byte of the frame that leads their batch (CX_NFDS_LEAD).
    The channel owns its fd, the fds received but not yet claimed by a frame,
    and the duplicates of the fds queued for sending. */
 #ifndef CX_CHANNEL_H
@@ -32,6 +33,23 @@ enum cx_frame_type {
     CX_FRAME_TYPE_END
 };
 
+/* The nfds byte's high bit, set by the sender's queue (outq.h, lead_bit) on
+   the frame whose first byte carried a sendmsg's SCM_RIGHTS: the
+   descriptors of the frames up to the next such frame came in one batch.
+   The kernel installs a batch's descriptors in order and stops at the
+   first it cannot (RLIMIT_NOFILE: MSG_CTRUNC), so a cut batch lost its
+   tail, and this bit says which frames that tail belonged to. */
+#define CX_NFDS_LEAD 0x80
+/* Added to a FRAME note's type (note->a): the kernel dropped the frame's
+   descriptors. The note has the frame's flags and payload and no fds. */
+#define CX_FRAME_LOST 0x100
+
+/* The descriptors of one recvmsg: a batch, or the head of one. */
+typedef struct cx_fd_batch {
+    int n;                         /* its fds still in the fifo */
+    int cut;                       /* MSG_CTRUNC: the rest were dropped */
+} cx_fd_batch;
+
 typedef struct cx_frame_header {
     uint32_t len;
     uint8_t type;
@@ -54,6 +72,14 @@ typedef struct cx_chan {
     size_t rlen, rcap;
     int *fifo;                     /* received fds, owned until claimed */
     int fifo_len, fifo_cap;
+    cx_fd_batch *batches;          /* fifo's fds by recvmsg, oldest first */
+    size_t nbatches, batches_cap;
+    int batch_open;                /* a frame took from batches[0] */
+    int leads_seen;                /* the peer marks its batches */
+    /* For the fuzzers' checks: frames that lost their descriptors, and the
+       descriptors received that no frame got (undeclared, or the part of a
+       lost frame's that came). */
+    uint64_t frames_lost, fds_dropped;
     cx_outq out;
     /* user messages, for an operator's figures (status, metrics) */
     uint64_t messages_in, messages_out;

@@ -25,6 +25,7 @@ add_constants(PyObject *mod)
         {"FRAME_BOOT_FAILURE", CX_FRAME_BOOT_FAILURE},
         {"FRAME_STATS", CX_FRAME_STATS},
         {"FRAME_READY", CX_FRAME_READY},
+        {"FRAME_LOST", CX_FRAME_LOST},
         {"EVENT_WRITTEN", CX_NOTE_WRITTEN},
         {"EVENT_DRAIN", CX_NOTE_DRAIN},
         {"EVENT_ERROR", CX_NOTE_ERROR},

@@ -138,6 +138,11 @@ cx_outq_write(cx_outq *q, int fd, int is_socket, int send_flags, int *reached)
             int nfds = 0;
             msg.msg_control = control.buf;
             msg.msg_controllen = sizeof(control.buf);
+            /* Marked before every try: a batch that waits (EAGAIN) leads
+               with the same attachment when it leaves. */
+            if (q->lead_bit != 0 && q->lead_off < q->len - q->off) {
+                ((unsigned char *)q->buf)[q->off + q->lead_off] |= q->lead_bit;
+            }
             cm = CMSG_FIRSTHDR(&msg);
             /* The fds of every attachment in the batch travel with its first
                byte; the receiver keeps them in order until their frames

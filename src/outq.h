@@ -26,6 +26,11 @@ typedef struct cx_outq {
     size_t atts_head, atts_len, atts_cap;
     uint64_t *marks;               /* FIFO of notify positions */
     size_t marks_head, marks_len, marks_cap;
+    /* A channel's: the byte lead_off past the attachment that leads a
+       sendmsg's fds gets lead_bit, so that the receiver knows where each
+       batch of descriptors begins (channel.h, CX_NFDS_LEAD). 0: none. */
+    size_t lead_off;
+    uint8_t lead_bit;
 } cx_outq;
 
 /* Appends head (hlen bytes) then body; fds go with the first byte. With

@@ -45,6 +45,63 @@ def test_the_primary_out_of_descriptors_serves_every_connection_later(app):
     assert "LOW" in lines and "HIGH" in lines
 
 
+def _ask(sock):
+    """'pong <pid>' for a line on sock: the pid, or None if the connection
+    was lost."""
+    try:
+        sock.sendall(b"ping\n")
+        reply = sock.recv(64)
+    except OSError:
+        return None
+    return int(reply.split()[1]) if reply.startswith(b"pong ") else None
+
+
+def _ask_new(port):
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return _ask(sock)
+
+
+def test_a_worker_out_of_descriptors_loses_only_what_it_cannot_take(app):
+    import socket
+    import subprocess
+    import time
+    a = app("fault_worker_emfile.py", stdin=subprocess.PIPE)
+    port = int(a.wait_for("LISTENING").split()[1])
+    held = {}                                    # a connection to each worker
+    while len(held) < 2:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        pid = _ask(sock)
+        if pid in held:
+            sock.close()
+        else:
+            held[pid] = sock
+    a.proc.stdin.write(b"low\n")
+    a.proc.stdin.flush()
+    low = int(a.wait_for("LOW").split()[1])
+    other, = set(held) - {low}
+    answers = [_ask_new(port) for _ in range(20)]
+    # Worker 1 cannot take a connection: the ones handed to it are lost
+    # alone, the rest are served by the other worker.
+    assert set(answers) <= {other, None}, answers
+    assert answers.count(None) >= 1, answers
+    # Neither its channel nor the connections it held went with them.
+    assert _ask(held[low]) == low and _ask(held[other]) == other
+    a.proc.stdin.write(b"high\n")
+    a.proc.stdin.flush()
+    a.wait_for("HIGH")
+    seen, deadline = [], time.monotonic() + 10
+    while low not in seen and time.monotonic() < deadline:
+        seen.append(_ask_new(port))
+    assert low in seen and None not in seen, seen
+    for sock in held.values():
+        sock.close()
+    lines = a.finish(code=0)                     # stdin closes: disconnect, exit 0
+    # No 'error' on either worker's channel, and no exit before the end.
+    assert sorted(line for line in lines if line.startswith(("error", "exit"))) == [
+        "exit 1 0", "exit 2 0"], lines
+
+
 def test_a_client_that_never_reads_stalls_nobody(app):
     import socket
     import subprocess

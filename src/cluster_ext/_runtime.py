@@ -230,8 +230,14 @@ def wake_on_signals() -> None:
 def log(level: str, message: str) -> None:
     """The package's own lines ('info', 'warning', 'error') on the
     "cluster_ext" logger. logging is imported here, on these rare paths,
-    not at the top: every worker imports this module at its start."""
-    import logging
+    not at the top: every worker imports this module at its start. One of
+    them is a process out of descriptors, which cannot open logging's
+    source: that line goes to stderr as it is."""
+    try:
+        import logging
+    except OSError:
+        sys.stderr.write(f"cluster_ext {level}: {message.rstrip()}\n")
+        return
     getattr(logging.getLogger("cluster_ext"), level)("%s", message.rstrip())
 
 

@@ -57,6 +57,10 @@ def _socket_codec() -> None:
                                     from_fd)
 
 _FRAME_USER = _core.FRAME_USER
+# Added to a frame's type when the kernel dropped its descriptors (the
+# receiver was out of them): the frame comes with no fds, and a handler
+# registered for type | FRAME_LOST hears of it; else it is a warning.
+FRAME_LOST = _core.FRAME_LOST
 
 
 def parse_signal(sig: Any) -> _signal.Signals:
@@ -196,8 +200,18 @@ class Worker(EventEmitter):
         handler = self._frame_handlers.get(frame_type)
         if handler is not None:
             handler(self, flags, payload, fds)
+        elif frame_type & FRAME_LOST:
+            self._on_lost(frame_type & ~FRAME_LOST)
         elif fds:
             close_fds(fds)
+
+    def _on_lost(self, frame_type: int) -> None:
+        """A frame whose descriptors the kernel dropped, that no handler
+        takes: it alone is lost, the channel goes on."""
+        what = "a message" if frame_type == _FRAME_USER else f"a frame of type {frame_type}"
+        peer = f"worker {self.id}" if self._primary_side else "the primary"
+        _runtime.log("warning", f"{what} from {peer} lost: its descriptors could not be "
+                                "received (out of descriptors?)")
 
     def _on_user_frame(self, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
         handle = None

@@ -442,6 +442,25 @@ def _on_reply(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     on_reply(err, key, address, fds[0] if fds else None)
 
 
+def _on_reply_lost(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
+    """A SCHED_NONE reply whose listening socket this worker could not
+    receive (out of descriptors): that listen fails with EMFILE, and the
+    primary is told the server is gone."""
+    try:
+        seq = _protocol.reply_seq(payload)
+    except ValueError:
+        return
+    on_reply, unix = _pending.pop(seq, (None, False))
+    try:
+        key = _protocol.unpack_reply(payload, unix)[2]
+    except ValueError:
+        key = 0
+    if key:
+        w._send_frame(_core.FRAME_SERVER_CLOSE, flags=key)
+    if on_reply is not None:
+        on_reply(errno.EMFILE, 0, None, None)
+
+
 def _ask_for(server: Server, port: int, host: str | None, backlog: int,
              path: str | None) -> None:
     def on_reply(err: int, key: int, address: Any, fd: int | None) -> None:
@@ -488,6 +507,7 @@ def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> N
 
 _worker.worker_frame_handlers.update({
     _core.FRAME_SERVER_REPLY: _on_reply,
+    _core.FRAME_SERVER_REPLY | _worker.FRAME_LOST: _on_reply_lost,
     _core.FRAME_NEWCONN: _on_newconn,
     _core.FRAME_SERVER_CLOSE: _on_close_ack,
 })
