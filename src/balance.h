@@ -3,8 +3,10 @@
    registered on its key (a NEWCONN frame carrying the fd): this path never
    enters Python. A listener whose accepts go to the channels instead of to
    notes; it borrows the channels (the glue keeps them alive while they are
-   registered). SCHED_NONE needs no engine code: the listening fd itself
-   travels to each worker. */
+   registered). When every worker is out of descriptors it holds what it
+   accepted and stops accepting, so that connections wait in the backlog.
+   SCHED_NONE needs no engine code: the listening fd itself travels to each
+   worker. */
 #ifndef CX_BALANCE_H
 #define CX_BALANCE_H
 
@@ -16,6 +18,9 @@ typedef struct cx_balancer {
     int key;                   /* carried in the NEWCONN frame's flags */
     cx_chan **targets;
     size_t ntargets, cap, next;
+    int *held;                 /* owned: accepted, waiting for a worker */
+    size_t nheld, held_cap;    /* with room; the listener is paused */
+    cx_timer retry;            /* while holding: try them again */
 } cx_balancer;
 
 /* A balancer without a descriptor (fd -1), as cx_listener_init(). */
@@ -25,7 +30,8 @@ int cx_balancer_open(cx_balancer *b, int fd, int key);
 int cx_balancer_add(cx_balancer *b, cx_chan *ch);
 /* Returns 1 if ch was registered. */
 int cx_balancer_remove(cx_balancer *b, cx_chan *ch);
-/* Hands fd (owned from here) to the next worker; closes it if none is left. */
+/* Hands fd (owned from here) to the next worker with room; holds it while
+   none has room; closes it if no worker is left. */
 void cx_balancer_route(cx_balancer *b, int fd);
 void cx_balancer_close(cx_balancer *b);
 

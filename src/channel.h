@@ -30,6 +30,8 @@ enum cx_frame_type {
     CX_FRAME_BOOT_FAILURE,         /* W->P: I cannot start, and why (UTF-8) */
     CX_FRAME_STATS,                /* P->W: your figures? W->P: them */
     CX_FRAME_READY,                /* W->P: I serve (without listening) */
+    CX_FRAME_FULL,                 /* W->P: a NEWCONN lost: no descriptor */
+    CX_FRAME_ROOM,                 /* W->P: descriptors free again */
     CX_FRAME_TYPE_END
 };
 
@@ -83,6 +85,9 @@ typedef struct cx_chan {
     cx_outq out;
     /* user messages, for an operator's figures (status, metrics) */
     uint64_t messages_in, messages_out;
+    /* SCHED_RR (balance.c): the peer said it has no descriptor for a
+       connection (FRAME_FULL), until it says it has (FRAME_ROOM). */
+    int peer_full;
 } cx_chan;
 
 /* A channel without a descriptor (fd -1): forgetting it is harmless, so an

@@ -25,6 +25,8 @@ add_constants(PyObject *mod)
         {"FRAME_BOOT_FAILURE", CX_FRAME_BOOT_FAILURE},
         {"FRAME_STATS", CX_FRAME_STATS},
         {"FRAME_READY", CX_FRAME_READY},
+        {"FRAME_FULL", CX_FRAME_FULL},
+        {"FRAME_ROOM", CX_FRAME_ROOM},
         {"FRAME_LOST", CX_FRAME_LOST},
         {"EVENT_WRITTEN", CX_NOTE_WRITTEN},
         {"EVENT_DRAIN", CX_NOTE_DRAIN},

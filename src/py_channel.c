@@ -178,6 +178,28 @@ channel_get_messages(CxChannel *self, void *Py_UNUSED(closure))
                          (unsigned long long)self->ch.messages_out);
 }
 
+static PyObject *
+channel_get_full(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->ch.peer_full);
+}
+
+static int
+channel_set_full(CxChannel *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    int full;
+
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete full");
+        return -1;
+    }
+    if ((full = PyObject_IsTrue(value)) < 0 || cxpy_check_owner() < 0) {
+        return -1;
+    }
+    self->ch.peer_full = full;
+    return 0;
+}
+
 static PyMethodDef channel_methods[] = {
     {"send", (PyCFunction)(void (*)(void))channel_send, METH_FASTCALL,
      "send(type, flags, payload, fds=(), notify=False) -> bool: False once "
@@ -195,6 +217,9 @@ static PyGetSetDef channel_getset[] = {
     {"fd", (getter)channel_get_fd, NULL, NULL, NULL},
     {"messages", (getter)channel_get_messages, NULL,
      "(received, sent): the user messages this channel carried.", NULL},
+    {"full", (getter)channel_get_full, (setter)channel_set_full,
+     "SCHED_RR: the peer has no descriptor for a connection; balancers "
+     "route around it.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -376,7 +376,9 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
 
     CX_UNUSED(events);
     loop->chan_policy.deferring = 1;
-    for (int i = 0; i < l->max_accepts && l->fd >= 0; i++) {
+    /* on_accept may pause the listener (a balancer with no room): the
+       rest wait in the backlog. */
+    for (int i = 0; i < l->max_accepts && l->fd >= 0 && !l->paused; i++) {
         int c = accept_one(l->fd);
         if (c == -EAGAIN) {
             break;

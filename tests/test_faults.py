@@ -81,15 +81,18 @@ def test_a_worker_out_of_descriptors_loses_only_what_it_cannot_take(app):
     low = int(a.wait_for("LOW").split()[1])
     other, = set(held) - {low}
     answers = [_ask_new(port) for _ in range(20)]
-    # Worker 1 cannot take a connection: the ones handed to it are lost
-    # alone, the rest are served by the other worker.
+    # Worker 1 cannot take a connection: the first handed to it is lost
+    # alone, it tells the primary (FRAME_FULL), and the rest go to the
+    # other worker.
     assert set(answers) <= {other, None}, answers
-    assert answers.count(None) >= 1, answers
+    assert 1 <= answers.count(None) <= 2, answers
     # Neither its channel nor the connections it held went with them.
     assert _ask(held[low]) == low and _ask(held[other]) == other
     a.proc.stdin.write(b"high\n")
     a.proc.stdin.flush()
     a.wait_for("HIGH")
+    # It finds room within 100 ms (FRAME_ROOM), and is handed connections
+    # again.
     seen, deadline = [], time.monotonic() + 10
     while low not in seen and time.monotonic() < deadline:
         seen.append(_ask_new(port))

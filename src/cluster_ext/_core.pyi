@@ -29,6 +29,7 @@ class Channel:
     def fd(self) -> int: ...
     @property
     def messages(self) -> tuple[int, int]: ...
+    full: bool
 
 @final
 class Stream:
@@ -107,6 +108,8 @@ FRAME_NEWCONN_ACK: int
 FRAME_BOOT_FAILURE: int
 FRAME_STATS: int
 FRAME_READY: int
+FRAME_FULL: int
+FRAME_ROOM: int
 FRAME_LOST: int
 EVENT_WRITTEN: int
 EVENT_DRAIN: int

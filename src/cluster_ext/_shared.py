@@ -341,6 +341,30 @@ def _on_newconn_ack(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) ->
             os.close(fd)
 
 
+def _on_full(w: Any) -> None:
+    """A worker had no descriptor for a connection handed to it (the kernel
+    dropped it): the balancers route around it until it says FRAME_ROOM,
+    and, while no worker has room, stop accepting (connections wait in the
+    backlog)."""
+    chan = w._chan
+    if chan is None or chan.full:
+        return
+    chan.full = True
+    rest = [x for x in _runtime.workers.values()
+            if x is not w and x._chan is not None and not x._chan.full] \
+        if _runtime.workers is not None else []
+    _runtime.log("warning", f"worker {w.id} is out of descriptors: new connections go to "
+                 + ("the others" if rest else "none (no worker has room: they wait in the "
+                    "backlog)"))
+
+
+def _on_room(w: Any) -> None:
+    chan = w._chan
+    if chan is not None and chan.full:
+        chan.full = False
+        _runtime.log("info", f"worker {w.id} has descriptors again: it takes connections")
+
+
 def worker_gone(w: Any) -> None:
     """Routing to w stops at once (disconnect, kill or exit)."""
     for handle in list(_handles.values()):
@@ -362,4 +386,6 @@ _worker.primary_frame_handlers.update({
     _core.FRAME_LISTENING: _on_listening,
     _core.FRAME_SERVER_CLOSE: _on_server_close,
     _core.FRAME_NEWCONN_ACK: _on_newconn_ack,
+    _core.FRAME_FULL: _worker.control_handler(_on_full),
+    _core.FRAME_ROOM: _worker.control_handler(_on_room),
 })

@@ -498,6 +498,44 @@ def _on_newconn(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> Non
             os.close(fd)
 
 
+ROOM_CHECK = 0.1        # seconds between a full worker's looks at its descriptors
+ROOM_SPARE = 8          # free descriptors that make room again
+_full: list[Any] = [None]   # the timer of those looks, while out of descriptors
+
+
+def _on_newconn_lost(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
+    """A connection handed over that this worker had no descriptor for: the
+    kernel dropped it (its client sees a reset). The primary hears it once
+    (FRAME_FULL) and routes to the others until this worker has ROOM_SPARE
+    descriptors free again (FRAME_ROOM). Nothing here may open a file: not
+    even an import."""
+    if _full[0] is None:
+        _runtime.log("warning", f"worker {w.id} is out of descriptors: a connection handed "
+                                "to it is lost; the primary routes around it")
+        w._send_frame(_core.FRAME_FULL)
+        _full[0] = _runtime.call_later(ROOM_CHECK, _check_room)
+
+
+def _check_room() -> None:
+    w = _runtime.worker
+    assert w is not None and w._chan is not None     # a worker's, with a channel
+    _full[0] = None
+    if not w.is_connected():
+        return
+    spare: list[int] = []
+    try:
+        while len(spare) < ROOM_SPARE:
+            spare.append(os.dup(w._chan.fd))
+    except OSError:
+        _full[0] = _runtime.call_later(ROOM_CHECK, _check_room)
+        return
+    finally:
+        for fd in spare:
+            os.close(fd)
+    _runtime.log("info", f"worker {w.id} has descriptors again")
+    w._send_frame(_core.FRAME_ROOM)
+
+
 def _on_close_ack(w: Any, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
     server = _shared_servers.get(flags)
@@ -509,6 +547,7 @@ _worker.worker_frame_handlers.update({
     _core.FRAME_SERVER_REPLY: _on_reply,
     _core.FRAME_SERVER_REPLY | _worker.FRAME_LOST: _on_reply_lost,
     _core.FRAME_NEWCONN: _on_newconn,
+    _core.FRAME_NEWCONN | _worker.FRAME_LOST: _on_newconn_lost,
     _core.FRAME_SERVER_CLOSE: _on_close_ack,
 })
 
