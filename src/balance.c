@@ -12,30 +12,104 @@
    worker checks its own every 100 ms (net.py), so this only bounds how
    late its FRAME_ROOM is acted on. */
 #define HOLD_RETRY_NS (10u * 1000u * 1000u)
+/* A worker with hand-offs unread that has not been seen reading its
+   channel for this long is behind: it gets no connection while another
+   is not. A healthy worker reads its channel at every loop turn, so this
+   is a turn far longer than a burst's (64 requests of a slow ASGI app, a
+   CPU shared with the load generator) and short beside a client's
+   patience: what a stopped worker is handed meanwhile is lost to it. */
+#define BEHIND_NS (100u * 1000u * 1000u)
+/* One look at a channel's unread bytes (a syscall) serves the hand-offs of
+   the next 50 us: an accept burst makes few. */
+#define LOOK_NS (50u * 1000u)
 
 enum { SENT, NO_ROOM, NOBODY };
+enum { SKIP, BEHIND, READING, IDLE };
 
-/* Hands *fdp to the next open channel that has room, in turn. Returns
-   SENT (the queue has the fd, or the fd is gone with a failed queue),
-   NO_ROOM (every open channel is full: *fdp is still the caller's) or
-   NOBODY (no open channel at all: likewise). */
+/* Whether ch reads what it is handed: IDLE (nothing unread), READING
+   (seen reading within BEHIND_NS), BEHIND, or SKIP (closed, or out of
+   descriptors). The peer has read since we last looked when its socket's
+   unread bytes fell below the mark we took then or after our last write
+   (channel.c); nothing else tells, as the peer acknowledges nothing. */
+static int
+reads(cx_chan *ch, uint64_t now)
+{
+    if (!cx_chan_writable(ch) || ch->peer_full) {
+        return SKIP;
+    }
+    if (now - ch->rr_checked_ns >= LOOK_NS) {
+        long unread = cx_chan_unread(ch);
+        ch->rr_checked_ns = now;
+        if (unread >= 0 && (unread == 0 || unread < ch->rr_unread)) {
+            ch->rr_read_ns = now;
+            ch->rr_unread = unread;
+        }
+    }
+    if (ch->rr_unread == 0 && cx_outq_size(&ch->out) == 0) {
+        return IDLE;
+    }
+    return now - ch->rr_read_ns <= BEHIND_NS ? READING : BEHIND;
+}
+
+/* The next open channel with room, in turn: the first idle one, else the
+   first reading one, else (all behind) the one seen reading last; NULL
+   if none has room. *full: some open channel is out of descriptors. */
+static cx_chan *
+pick(cx_balancer *b, int *full)
+{
+    uint64_t now = cx_now_ns();
+    size_t reading = SIZE_MAX, behind = SIZE_MAX, at = SIZE_MAX;
+
+    *full = 0;
+    for (size_t tried = 0; tried < b->ntargets && at == SIZE_MAX; tried++) {
+        size_t i = (b->next + tried) % b->ntargets;
+        cx_chan *ch = b->targets[i];
+        switch (reads(ch, now)) {
+        case IDLE:
+            at = i;
+            break;
+        case READING:
+            reading = reading == SIZE_MAX ? i : reading;
+            break;
+        case BEHIND:
+            if (behind == SIZE_MAX ||
+                ch->rr_read_ns > b->targets[behind]->rr_read_ns) {
+                behind = i;
+            }
+            break;
+        default:
+            *full |= cx_chan_writable(ch) && ch->peer_full;
+            break;
+        }
+    }
+    if (at == SIZE_MAX) {
+        at = reading != SIZE_MAX ? reading : behind;
+    }
+    if (at == SIZE_MAX) {
+        return NULL;
+    }
+    b->next = at + 1;
+    return b->targets[at];
+}
+
+/* Hands *fdp to a channel (pick()). Returns SENT (the queue has the fd,
+   or the fd is gone with a failed queue), NO_ROOM (every open channel is
+   full: *fdp is still the caller's) or NOBODY (no open channel at all:
+   likewise). */
 static int
 hand_off(cx_balancer *b, int *fdp)
 {
+    cx_chan *ch;
     int full = 0;
 
-    for (size_t tried = 0; tried < b->ntargets; tried++) {
-        cx_chan *ch = b->targets[b->next++ % b->ntargets];
-        int r;
-        if (!cx_chan_writable(ch)) {
-            continue;
+    /* pick() offers writable channels only, whose queue takes the fd: one
+       round is the rule, and the bound only a guard. */
+    for (size_t tries = 0; tries <= b->ntargets; tries++) {
+        if ((ch = pick(b, &full)) == NULL) {
+            break;
         }
-        if (ch->peer_full) {
-            full = 1;
-            continue;
-        }
-        r = cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, fdp);
-        if (r >= 0 || *fdp < 0) {
+        if (cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, fdp) >= 0 ||
+            *fdp < 0) {
             return SENT;        /* a queue that took the fd and failed: gone */
         }
     }
@@ -171,9 +245,15 @@ cx_balancer_add(cx_balancer *b, cx_chan *ch)
         return r;
     }
     b->targets[b->ntargets++] = ch;
+    if (ch->rr_watch++ == 0) {  /* what it has not read yet is not late */
+        long unread = cx_chan_unread(ch);
+        ch->rr_unread = unread > 0 ? unread : 0;
+        ch->rr_read_ns = ch->rr_checked_ns = cx_now_ns();
+    }
     if (b->ntargets == 1 && b->nheld == 0 &&
         (r = cx_listener_pause(&b->l, 0)) < 0) {
         b->ntargets--;          /* not registered: the caller keeps no ref */
+        ch->rr_watch--;
         return r;
     }
     if (b->nheld > 0) {         /* a new worker has room */
@@ -188,6 +268,7 @@ cx_balancer_remove(cx_balancer *b, cx_chan *ch)
 {
     for (size_t i = 0; i < b->ntargets; i++) {
         if (b->targets[i] == ch) {
+            ch->rr_watch--;
             memmove(b->targets + i, b->targets + i + 1,
                     (b->ntargets - i - 1) * sizeof(*b->targets));
             /* With nobody to take them, connections wait in the backlog
@@ -204,5 +285,10 @@ cx_balancer_remove(cx_balancer *b, cx_chan *ch)
 void
 cx_balancer_close(cx_balancer *b)
 {
+    /* The glue still holds the channels here (not so in a forget after
+       fork, where it is moot). */
+    for (size_t i = 0; i < b->ntargets; i++) {
+        b->targets[i]->rr_watch--;
+    }
     balancer_forget(&b->l.h);
 }

@@ -4,8 +4,10 @@
 #include "channel.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -356,8 +358,16 @@ chan_flush(cx_chan *ch)
 
     cx_list_remove(&ch->flusher.node);  /* flushed early: off the deferred list */
     if (!ch->write_err) {
+        size_t before = cx_outq_size(&ch->out);
         r = cx_outq_write(&ch->out, ch->fd, 1, 0, &reached);
         cx_note_post_n(&ch->h, CX_NOTE_WRITTEN, 0, reached);
+        if (ch->rr_watch > 0 && cx_outq_size(&ch->out) < before) {
+            /* The mark below which the peer has read since (balance.c). */
+            long unread = cx_chan_unread(ch);
+            if (unread >= 0) {
+                ch->rr_unread = unread;
+            }
+        }
     }
     if (r < 0) {
         /* The peer is gone: fail what is queued; the read side will see
@@ -388,6 +398,20 @@ size_t
 cx_chan_queued(const cx_chan *ch)
 {
     return cx_outq_size(&ch->out);
+}
+
+long
+cx_chan_unread(const cx_chan *ch)
+{
+    int n;
+
+    if (ch->fd < 0) {
+        return -EBADF;
+    }
+    if (ioctl(ch->fd, SIOCOUTQ, &n) < 0) {
+        return -errno;
+    }
+    return n;
 }
 
 static int

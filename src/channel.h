@@ -88,6 +88,13 @@ typedef struct cx_chan {
     /* SCHED_RR (balance.c): the peer said it has no descriptor for a
        connection (FRAME_FULL), until it says it has (FRAME_ROOM). */
     int peer_full;
+    /* SCHED_RR: whether the peer reads what it is handed. rr_unread is
+       the socket's unread bytes (cx_chan_unread) after our last write or
+       at the last sign of reading; below it, the peer has read since. */
+    int rr_watch;                  /* balancers that route to this channel */
+    long rr_unread;
+    uint64_t rr_read_ns;           /* when it was last seen reading, or idle */
+    uint64_t rr_checked_ns;        /* when rr_unread was last read */
 } cx_chan;
 
 /* A channel without a descriptor (fd -1): forgetting it is harmless, so an
@@ -109,6 +116,10 @@ void cx_chan_close(cx_chan *ch);
 /* The peer is gone: read what it left, then close. */
 void cx_chan_drain_close(cx_chan *ch);
 size_t cx_chan_queued(const cx_chan *ch);
+/* What the peer has not read yet of what was written to the socket
+   (SIOCOUTQ: the kernel's true sizes of the buffers, not bytes; 0 when it
+   has read everything), or -errno. */
+long cx_chan_unread(const cx_chan *ch);
 
 /* Open, not closing, not failed: a frame sent now can be written. */
 static inline int

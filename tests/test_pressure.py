@@ -121,3 +121,35 @@ def test_a_fleet_out_of_descriptors_sheds_load_and_recovers(app, limit, idle, sc
              and "as asked" not in line]
     assert exits == [], text[-3000:]
     assert "corrupt frame" not in text and "CrashLoop" not in text, text[-3000:]
+
+
+# ---- a worker that stops taking its connections ---------------------------------------
+
+def test_a_stopped_worker_is_routed_around_with_the_cli_defaults(app):
+    from test_web import cli
+    a, port = cli(app, "webapp:app")             # SCHED_RR, the CLI's defaults
+    serving(a)
+    load = Load(port, clients=4, timeout=3.0)
+    time.sleep(2)
+    # Both healthy: the load is spread (RR, with the idle preferred).
+    answered = [o for _, o in load.outcomes if isinstance(o, int)]
+    counts = sorted(answered.count(pid) for pid in set(answered))
+    assert len(counts) == 2 and counts[0] >= 0.6 * counts[1], counts
+    victim, other = sorted(set(answered))
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        time.sleep(8)
+        outcomes = load.stop()
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    # What it held when it stopped (a request in progress, hand-offs not yet
+    # read) cannot be taken back; every request made from then on is served
+    # by the other worker, and none times out.
+    after = [o for t, o in outcomes if t > stopped + 0.5]
+    assert len(after) > 100 and set(after) == {other}, (
+        len(after), {o: after.count(o) for o in set(after)})
+    around = [o for t, o in outcomes if stopped - 3.5 < t <= stopped + 0.5]
+    assert around.count("timeout") <= 4, around
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0, timeout=30)
