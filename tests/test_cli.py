@@ -152,6 +152,38 @@ def test_an_echo_connection_of_the_example_survives_a_reload(cli):
     assert sum("exited (code 0, as asked)" in line for line in c.log) == 4, c.log
 
 
+def test_run_has_a_heartbeat_by_default_and_0_turns_it_off(cli):
+    echo = str(ROOT / "examples" / "asyncio_echo.py")
+    c = cli("run", "-w", "1", echo, "--port", str(free_port()))
+    c.wait_log("supervising")
+    assert "(heartbeat 30 s)" in c.log[-1], c.log       # gunicorn's --timeout
+    c.wait_log("listening on")
+    assert c.stop(signal.SIGTERM) == 0
+    # 0 is off (it was a ValueError traceback, exit 1)
+    port = free_port()
+    c = cli("run", "-w", "1", "--heartbeat-timeout", "0", echo, "--port", str(port))
+    c.wait_log("supervising")
+    assert "(heartbeat off)" in c.log[-1], c.log
+    c.wait_log("listening on")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"ping\n")
+        assert s.recv(100).endswith(b"] ping\n")
+    assert c.stop(signal.SIGTERM) == 0
+    # a stopped worker is killed and replaced
+    c = cli("run", "-w", "1", "--heartbeat-timeout", "1", echo, "--port", str(free_port()))
+    c.wait_log("listening on")
+    with open(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children") as f:
+        worker, = map(int, f.read().split())
+    os.kill(worker, signal.SIGSTOP)
+    c.wait_log("worker 1 exited (signal SIGKILL)", timeout=10)
+    c.wait_log("listening on", count=2)
+    assert c.stop(signal.SIGTERM) == 0
+    for bad in ("-1", "nan", "soon"):
+        c = cli("run", "--heartbeat-timeout", bad, echo)
+        assert c.proc.wait(timeout=20) == 2
+        assert b"--heartbeat-timeout" in c.proc.stderr.read()
+
+
 def test_run_reports_a_missing_app(cli):
     c = cli("run", "nothing_here.py")
     assert c.proc.wait(timeout=20) == 2

@@ -12,7 +12,7 @@ import sys
 
 import cluster_ext as cluster
 
-from . import _runtime, _worker
+from . import _core, _runtime, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +49,24 @@ examples:
   cluster-ext run -w 4 server.py --port 8000"""
 
 
+# gunicorn's --timeout: a worker whose loop has not answered a ping for this
+# long is killed and replaced. Long enough for a WSGI request that runs on
+# the loop (--threads 1) to take its time; 0 turns it off.
+DEFAULT_HEARTBEAT = 30.0
+
+
+def _seconds(text: str) -> float:
+    """An option's seconds: finite, 0 or more, and within what a timer takes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= _core.MAX_SECONDS:          # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be 0 or more and at most {_core.MAX_SECONDS:g} seconds, not {text}")
+    return value
+
+
 def _common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-w", "--workers", type=int, default=None, metavar="N",
@@ -59,9 +77,11 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
                         help="seconds a worker may take to finish its connections when "
                              "stopping or reloading before it is killed (default 30)")
-    common.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
+    common.add_argument("--heartbeat-timeout", type=_seconds, default=DEFAULT_HEARTBEAT,
+                        metavar="S",
                         help="kill and replace a worker whose event loop has not answered "
-                             "for S seconds (default: off)")
+                             f"for S seconds (default {DEFAULT_HEARTBEAT:g}, as gunicorn's "
+                             "--timeout; 0: off)")
     common.add_argument("--drain-delay", type=float, default=0.0, metavar="S",
                         help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
                              "before the graceful stop, while a load balancer lets go")
@@ -456,8 +476,10 @@ def _supervise(args: argparse.Namespace) -> int:
             else cluster.SCHED_RR
     _log_lifecycle()
     what = args.app if args.command == "run" else f"the demo on {args.host}:{args.port}"
-    log.info("primary %d: supervising %s workers running %s", os.getpid(),
-             args.workers or os.cpu_count(), what)
+    heartbeat = args.heartbeat_timeout or None          # 0: off
+    log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
+             args.workers or os.cpu_count(), what,
+             f"{heartbeat:g} s" if heartbeat else "off")
     try:
         services = _open_services(args)
     except (OSError, ValueError, ImportError) as exc:
@@ -465,7 +487,7 @@ def _supervise(args: argparse.Namespace) -> int:
         return 2
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
-                          heartbeat_timeout=args.heartbeat_timeout,
+                          heartbeat_timeout=heartbeat,
                           ready_file=args.ready_file, drain_delay=args.drain_delay)
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
