@@ -163,6 +163,7 @@ starved_reader(cx_loop *loop, int devnull)
         cx_chan_open(&rx, sv[1], 64 * 1024, 1 << 20) < 0) {
         return 2;
     }
+    cx_chan_mark_batches(&tx);          /* as the primary's channels do */
     /* Queued as one drain queues them; each flush is a few sendmsg calls,
        up to 64 fds each, every batch led by a marked frame. */
     loop->chan_policy.deferring = 1;
@@ -263,6 +264,12 @@ starved_reader(cx_loop *loop, int devnull)
     }
     if (got != nsent) {
         fprintf(stderr, "starved reader: %d of %d frames came\n", got, nsent);
+        return 1;
+    }
+    /* A reader marks its own batches once its peer has marked one. */
+    if (rx.leads_seen != (total > 0) || (rx.out.lead_bit != 0) != (total > 0)) {
+        fprintf(stderr, "starved reader: leads seen %d, marking %d, %d fds\n",
+                rx.leads_seen, rx.out.lead_bit, total);
         return 1;
     }
     cx_chan_close(&tx);

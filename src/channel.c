@@ -89,7 +89,10 @@ claim_fds(cx_chan *ch, fifo_cursor *at, int n, int lead, int *fds)
     int got = 0;
 
     if (lead) {
-        ch->leads_seen = 1;
+        if (!ch->leads_seen) {
+            ch->leads_seen = 1;
+            cx_chan_mark_batches(ch);   /* the peer reads marks: ours too */
+        }
         if (ch->batch_open) {
             batch_drop(ch, at);
         }
@@ -526,6 +529,11 @@ cx_chan_init(cx_loop *loop, cx_chan *ch)
     ch->flusher.flush = flusher_cb;
     ch->fd = ch->io.fd = -1;
     ch->io.cb = chan_ready;
+}
+
+void
+cx_chan_mark_batches(cx_chan *ch)
+{
     ch->out.lead_off = offsetof(cx_frame_header, nfds);
     ch->out.lead_bit = CX_NFDS_LEAD;
 }

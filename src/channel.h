@@ -40,7 +40,11 @@ enum cx_frame_type {
    descriptors of the frames up to the next such frame came in one batch.
    The kernel installs a batch's descriptors in order and stops at the
    first it cannot (RLIMIT_NOFILE: MSG_CTRUNC), so a cut batch lost its
-   tail, and this bit says which frames that tail belonged to. */
+   tail, and this bit says which frames that tail belonged to. A channel
+   marks its batches once its owner asks (cx_chan_mark_batches: the
+   primary) or once its peer has marked one: a receiver that predates the
+   bit (an older primary whose workers run a newer install after a
+   reload) would take it for a bad nfds. */
 #define CX_NFDS_LEAD 0x80
 /* Added to a FRAME note's type (note->a): the kernel dropped the frame's
    descriptors. The note has the frame's flags and payload and no fds. */
@@ -111,6 +115,8 @@ int cx_chan_send(cx_chan *ch, int type, int flags, const void *payload,
    did, even if it then fails); no payload, no notify. For the hot path of
    SCHED_RR, where a dup per connection is a waste. */
 int cx_chan_send_owned(cx_chan *ch, int type, int flags, int *fdp);
+/* From now on, mark each batch of descriptors sent (CX_NFDS_LEAD). */
+void cx_chan_mark_batches(cx_chan *ch);
 /* Orderly close: once the queue has drained. */
 void cx_chan_close(cx_chan *ch);
 /* The peer is gone: read what it left, then close. */

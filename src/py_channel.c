@@ -154,6 +154,16 @@ channel_drain_close(CxChannel *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+channel_mark_batches(CxChannel *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    cx_chan_mark_batches(&self->ch);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 channel_get_closed(CxChannel *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->ch.fd < 0 || self->ch.closing);
@@ -208,6 +218,10 @@ static PyMethodDef channel_methods[] = {
      "Closes once the write queue has drained."},
     {"drain_close", (PyCFunction)channel_drain_close, METH_NOARGS,
      "The peer is gone: reads what it left, then closes."},
+    {"mark_batches", (PyCFunction)channel_mark_batches, METH_NOARGS,
+     "Marks each batch of descriptors sent from now on, so that a peer out "
+     "of descriptors loses only the frames whose descriptors were dropped "
+     "(without, a peer marks once this end has)."},
     {NULL, NULL, 0, NULL},
 };
 

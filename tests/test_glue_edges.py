@@ -279,3 +279,52 @@ def test_the_watchdog_beats_at_an_interval_the_loop_can_wait(monkeypatch, usec, 
         assert _notify.watchdog_interval == interval
     finally:
         _notify.stop()
+
+
+# ---- batches of descriptors: marked only for a peer that reads the marks ----------------
+
+def _sent_nfds(raw):
+    """The nfds byte of the next frame on raw, whose descriptors are closed."""
+    import socket
+    import struct
+    data, fds, _, _ = socket.recv_fds(raw, 4096, 16)
+    for fd in fds:
+        os.close(fd)
+    return struct.unpack("=IBBH", data[:8])[2]
+
+
+def test_a_channel_marks_its_batches_once_asked_or_once_its_peer_does():
+    import socket
+    import struct
+    got = []
+    r, w = os.pipe()
+    try:
+        raw, end = socket.socketpair()
+        chan = _core.Channel(end.detach(), lambda *frame: got.append(frame), ignore,
+                             1 << 20, 1 << 16)
+        # A worker's end: unmarked (CX_NFDS_LEAD), as an older primary reads them
+        chan.send(_core.FRAME_USER, 0, b"{}", (r,))
+        assert _sent_nfds(raw) == 1
+        # until its peer marks a batch of its own
+        socket.send_fds(raw, [struct.pack("=IBBH", 0, _core.FRAME_NEWCONN, 0x81, 7)], [w])
+        while not got:
+            _core.turn(1)
+        (ftype, flags, payload, fds), = got
+        assert (ftype, flags, payload, len(fds)) == (_core.FRAME_NEWCONN, 7, b"", 1)
+        os.close(fds[0])
+        chan.send(_core.FRAME_USER, 0, b"{}", (r,))
+        assert _sent_nfds(raw) == 0x81
+        chan.close()
+        raw.close()
+        # The primary's end marks from the start.
+        raw, end = socket.socketpair()
+        chan = _core.Channel(end.detach(), ignore, ignore, 1 << 20, 1 << 16)
+        chan.mark_batches()
+        chan.send(_core.FRAME_USER, 0, b"{}", (r, w))
+        assert _sent_nfds(raw) == 0x82
+        chan.close()
+        raw.close()
+        _core.turn(0)
+    finally:
+        os.close(r)
+        os.close(w)

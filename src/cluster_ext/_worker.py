@@ -166,6 +166,10 @@ class Worker(EventEmitter):
     def _open_channel(self, fd: int) -> None:
         self._chan = _core.Channel(fd, self._on_frame, self._on_event,
                                    self._max_message_size + 4096, HWM)
+        if self._primary_side:
+            # Its workers are its own, and read the marks; a worker marks its
+            # own batches once the primary has (an older one would not read them).
+            self._chan.mark_batches()
         self._connected = True
 
     def _send_frame(self, frame_type: int, payload: bytes = b"", fds: tuple[int, ...] = (),
