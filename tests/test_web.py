@@ -607,7 +607,8 @@ def test_a_head_over_the_limit_is_answered_431_and_closed(app, impl):
     before = rss(pid)
     reply, _ = exchange(port, request_of(64 << 20))
     assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
-    assert rss(pid) - before < 8 << 20, (before, rss(pid))
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):   # ASan keeps what is freed
+        assert rss(pid) - before < 8 << 20, (before, rss(pid))
     reply, _ = exchange(port, request_of(65536))
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
     reply, _ = exchange(port, request_of(65537))

@@ -122,7 +122,10 @@ class Rounds:
             victim = self.rng.choice(sorted(pick, key=lambda w: w.id))
             r["killed"] = [when, "old" if victim.id in old_ids else "new", victim.state]
             victim.once("exit", lambda *_: step_done("kill"))
-            os.kill(victim.process.pid, signal.SIGKILL)
+            try:
+                os.kill(victim.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass        # reaped already (a retiring worker): its 'exit' is on its way
 
         def fleet_whole():
             alive = live_workers()
