@@ -55,6 +55,7 @@ class Load:
         self.port, self.timeout = port, timeout
         self.outcomes = []                       # (time started, outcome)
         self.stopping = threading.Event()
+        self.recorded = threading.Condition()
         self.threads = [threading.Thread(target=self.run, daemon=True)
                         for _ in range(clients)]
         for t in self.threads:
@@ -63,7 +64,19 @@ class Load:
     def run(self):
         while not self.stopping.is_set():
             started = time.monotonic()
-            self.outcomes.append((started, hello(self.port, self.timeout)))
+            outcome = hello(self.port, self.timeout)
+            with self.recorded:
+                self.outcomes.append((started, outcome))
+                self.recorded.notify_all()
+
+    def wait(self, count, since=0.0, served=False, timeout=30.0):
+        """Until count requests started after since have ended (served ones
+        only, with served); fails the test at the deadline."""
+        def enough():
+            return sum(1 for t, o in self.outcomes if t > since
+                       and (not served or isinstance(o, int))) >= count
+        with self.recorded:
+            assert self.recorded.wait_for(enough, timeout), self.outcomes[-20:]
 
     def stop(self):
         self.stopping.set()
@@ -95,13 +108,12 @@ def test_a_fleet_out_of_descriptors_sheds_load_and_recovers(app, limit, idle, sc
     held = idle_connections(port, idle)
     if sched == "rr":
         until(a, "out of descriptors")           # a worker reached its limit
-    time.sleep(1)
     # The workers kept their channels and the connections they held.
     assert all(isinstance(hello(port, conn=c), int) for c in kept)
     for sock in held:
         sock.close()
     closed = time.monotonic()
-    time.sleep(3)
+    load.wait(20, since=closed + 2, served=True)
     outcomes = load.stop()
     # Served again within seconds of the idle connections closing, and from
     # then on every request is.
@@ -130,7 +142,7 @@ def test_a_stopped_worker_is_routed_around_with_the_cli_defaults(app):
     a, port = cli(app, "webapp:app")             # SCHED_RR, the CLI's defaults
     serving(a)
     load = Load(port, clients=4, timeout=3.0)
-    time.sleep(2)
+    load.wait(500, served=True)
     # Both healthy: the load is spread (RR, with the idle preferred).
     answered = [o for _, o in load.outcomes if isinstance(o, int)]
     counts = sorted(answered.count(pid) for pid in set(answered))
@@ -139,7 +151,8 @@ def test_a_stopped_worker_is_routed_around_with_the_cli_defaults(app):
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        time.sleep(8)
+        # past the client timeout, so that what the stopped worker held has ended
+        load.wait(200, since=stopped + load.timeout + 0.5, served=True)
         outcomes = load.stop()
     finally:
         os.kill(victim, signal.SIGCONT)
