@@ -737,9 +737,24 @@ class _HeadBounds:
         transport: Any
         loop: asyncio.AbstractEventLoop
 
+        def cx_head_over(self, data: bytes) -> None: ...   # each protocol's mixin
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self.cx_head_began = self.loop.time()
+
+    def cx_count_head(self, data: bytes) -> bool:
+        """Counts data into the head being received (its clock starts at a
+        kept-alive request's first byte); False when it went over the limit,
+        which cx_head_over() has then answered."""
+        if self.cx_head_began is None:
+            self.cx_head_began = self.loop.time()
+        head = self.cx_head + len(data)
+        if head > self.cx_head_limit:
+            self.cx_head_over(data)
+            return False
+        self.cx_head = head
+        return True
 
     def cx_head_late(self) -> None:
         """The head has not come whole within timeout_request_head: 408, or
@@ -799,15 +814,7 @@ class _HttptoolsHeads(_HeadBounds):
 
     def data_received(self, data: bytes) -> None:
         head = self.cx_head
-        if head >= 0:
-            if not head and self.cx_head_began is None:
-                self.cx_head_began = self.loop.time()     # a kept-alive request's first byte
-            head += len(data)
-            if head > self.cx_head_limit:
-                self.cx_head_over(data)
-                return
-            self.cx_head = head
-        elif head < -1:                      # refused: dropped
+        if head < -1 or (head >= 0 and not self.cx_count_head(data)):   # refused: dropped
             return
         super().data_received(data)  # type: ignore[misc]
 
@@ -850,20 +857,14 @@ class _H11Heads(_HeadBounds):
         config: Any
 
     def data_received(self, data: bytes) -> None:
-        head = self.cx_head
-        if head < -1:                        # refused: dropped
+        if self.cx_head < -1:                # refused: dropped
             return
         conn, idle = self.conn, self.cx_h11_idle
         if conn.their_state is not idle:     # in a request: its body, or pipelined heads
             super().data_received(data)  # type: ignore[misc]
             return
-        if self.cx_head_began is None:
-            self.cx_head_began = self.loop.time()         # a kept-alive request's first byte
-        head += len(data)
-        if head > self.cx_head_limit:
-            self.cx_head_over(data)
+        if not self.cx_count_head(data):
             return
-        self.cx_head = head
         super().data_received(data)  # type: ignore[misc]
         if conn.their_state is not idle and self.cx_head >= 0:   # the head came whole
             self.cx_head, self.cx_head_began = 0, None
