@@ -122,7 +122,9 @@ def test_a_fleet_out_of_descriptors_sheds_load_and_recovers(app, limit, idle, sc
     first = min(t for t, o in outcomes if t > closed and isinstance(o, int))
     assert first - closed < 2, first - closed
     pids = {hello(port) for _ in range(20)}
-    assert len(pids) == 2 and all(isinstance(p, int) for p in pids), pids
+    assert all(isinstance(p, int) for p in pids), pids
+    if sched == "rr":       # under NONE the kernel may hand all 20 to one worker
+        assert len(pids) == 2, pids
     for c in kept:
         c.close()
     os.kill(a.pid, signal.SIGTERM)
