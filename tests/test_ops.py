@@ -256,6 +256,25 @@ def test_scale_grows_and_shrinks_the_fleet(app, sockdir):
     assert any("scale to 3 workers asked on the control socket" in line for line in lines)
 
 
+@pytest.mark.timeout(90)
+def test_a_shrink_during_a_reload_ends_at_the_size_asked(app, sockdir):
+    """scale 2 while a reload of 4 replaces its first worker: the shrink
+    retires that worker, and its replacement takes another's place; the
+    fleet ends with 2 workers, all of the new code, not 3."""
+    path = sockdir / "ctl.sock"
+    a, port = cli(app, "webapp:app", "--control", str(path), workers=4)
+    serving(a, 4)
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "worker 5 forked")                   # replacing worker 1
+    assert ask(path, b"scale 2\n")[0]["ok"] is True
+    figures = status_until(path, lambda f: f["primary"]["reloads"] == 1, timeout=60)
+    assert [w["state"] for w in figures["workers"]] == ["listening"] * 2, figures
+    assert all(w["id"] > 4 for w in figures["workers"]), figures
+    assert figures["primary"]["workers_wanted"] == 2
+    assert len({get(port)[2].split()[1] for _ in range(4)}) == 2
+    stop(a)
+
+
 def test_stop_ends_the_cluster_and_removes_the_socket(app, sockdir):
     path = sockdir / "ctl.sock"
     a, _ = cli(app, "webapp:app", "--control", str(path))

@@ -135,6 +135,11 @@ class _Reload:
         w = self.next_old()
         if w is None:
             self.ended(True)
+        elif _active is not None and _active.live() > _active.size:
+            # A shrink came during the reload and retired an old worker that
+            # was being replaced: the replacement takes this one's place.
+            w.once("exit", lambda *_: self.step())
+            w.disconnect(timeout=self.timeout)
         else:
             self.replace(w, RELOAD_TRIES)
 
