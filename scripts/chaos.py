@@ -98,7 +98,10 @@ class Clients:
         self.port, self.deadline = port, deadline
         self.lock = threading.Lock()
         self.served = 0
-        self.failures: list[tuple[float, float, int | None, str]] = []  # start, end, pid, why
+        # start, end, pid of the connection's last answer, why; and for the
+        # report: the wall-clock start and whether the client keeps alive
+        self.failures: list[tuple[float, float, int | None, str]] = []
+        self.details: list[tuple[float, bool]] = []
         self.pids: set[int] = set()
         self.done = threading.Event()
         self.threads = [threading.Thread(target=self.client, args=(i % 2 == 0,), daemon=True)
@@ -110,7 +113,7 @@ class Clients:
         conn: http.client.HTTPConnection | None = None
         last_pid: int | None = None
         while not self.done.is_set() and time.monotonic() < self.deadline:
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port,
@@ -131,6 +134,7 @@ class Clients:
             except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
                 with self.lock:
                     self.failures.append((started, time.monotonic(), last_pid, repr(exc)))
+                    self.details.append((wall, keep_alive))
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -161,6 +165,7 @@ class Chaos:
         self.kills: list[tuple[float, int]] = []       # (when, pid) SIGKILLed
         self.actions: dict[str, int] = {}
         self.all_pids: set[int] = set()
+        self.timeline: list[tuple[float, str]] = []    # (wall clock, what was done)
 
     def status(self) -> dict:
         return control(self.control, "status")
@@ -200,18 +205,22 @@ class Chaos:
         weights = [3, 3, 2, 1 if size < 4 else 0, 1 if size > 1 else 0]
         action = self.rng.choices(choices, weights)[0]
         self.actions[action] = self.actions.get(action, 0) + 1
+        self.timeline.append((time.time(), action))
         # a worker listed by status may have ended since (a reload retired it)
         if action == "kill" and workers:
             pid = self.rng.choice(workers)["pid"]
             self.kills.append((time.monotonic(), pid))
+            self.timeline[-1] = (time.time(), f"kill {pid}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         elif action == "stop" and workers:
             pid = self.rng.choice(workers)["pid"]
+            self.timeline[-1] = (time.time(), f"stop {pid}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
                 time.sleep(self.rng.uniform(0.1, STOP_AT_MOST))
                 os.kill(pid, signal.SIGCONT)
+                self.timeline.append((time.time(), f"cont {pid}"))
         elif action == "reload":
             os.kill(self.primary.pid, signal.SIGHUP)
         elif action == "grow":
@@ -223,6 +232,25 @@ class Chaos:
         """Whether a failure belongs to a connection of a killed worker."""
         started, ended, pid, _ = failure
         return any(p == pid or started - 0.1 <= when <= ended + 0.1 for when, p in self.kills)
+
+
+def stamp(wall: float) -> str:
+    """wall as the log's asctime stamps it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall)) + f",{int(wall % 1 * 1000):03d}"
+
+
+def described(failure: tuple[float, float, int | None, str], detail: tuple[float, bool]) -> str:
+    started, ended, pid, why = failure
+    wall, keep_alive = detail
+    kind = "keep-alive" if keep_alive else "connection per request"
+    return (f"{why} at {stamp(wall)} after {ended - started:.3f} s, {kind}, "
+            f"last answered by {pid}")
+
+
+def around(log: str, start: float, end: float) -> str:
+    """The log's stamped lines from start to end (wall-clock seconds)."""
+    low, high = stamp(start), stamp(end)
+    return "\n".join(line for line in log.splitlines() if low <= line[:23] <= high)
 
 
 def main() -> int:
@@ -249,8 +277,12 @@ def main() -> int:
         # quiet: the fleet goes back to its first size and settles, every
         # worker serving again (the same number of workers: the same fds)
         control(chaos.control, f"scale {args.workers}")
+        settled = time.monotonic() + args.graceful_timeout + 30
         figures = chaos.wait_ready(timeout=args.graceful_timeout + 30)
         while len(figures["workers"]) != args.workers:
+            if time.monotonic() > settled:
+                raise SystemExit(f"the fleet did not go back to {args.workers} workers: "
+                                 f"{figures['workers']}\n{chaos.read_log()[-2000:]}")
             time.sleep(0.05)
             figures = chaos.wait_ready(timeout=args.graceful_timeout + 30)
         served_before = clients.served
@@ -270,13 +302,14 @@ def main() -> int:
             chaos.primary.wait()
     survivors = sorted(pid for pid in chaos.all_pids if os.path.exists(f"/proc/{pid}"))
     on_kills = [f for f in clients.failures if chaos.killed(f)]
-    graceful = [f for f in clients.failures if not chaos.killed(f)]
+    graceful = [(f, d) for f, d in zip(clients.failures, clients.details, strict=True)
+                if not chaos.killed(f)]
     report = {
         "seconds": args.seconds, "seed": args.seed, "sched": args.sched,
         "actions": chaos.actions, "requests_served": clients.served,
         "requests_failed": len(clients.failures), "failed_on_killed_workers": len(on_kills),
         "failed_on_graceful_paths": len(graceful),
-        "graceful_failures": [why for _, _, _, why in graceful[:10]],
+        "graceful_failures": [described(f, d) for f, d in graceful[:10]],
         "restarts": figures["primary"]["restarts"], "reloads": figures["primary"]["reloads"],
         "workers_seen": len(chaos.all_pids | clients.pids),
         "primary_fds": [fds_start, fds_end], "primary_rss_kib": [rss_start, rss_end],
@@ -299,7 +332,15 @@ def main() -> int:
         for key, value in report.items():
             print(f"{key:28} {value}")
     if report["failed_checks"]:
-        print(chaos.read_log()[-3000:], file=sys.stderr)
+        log = chaos.read_log()
+        if graceful:        # the primary's log around each: what the fleet was doing
+            for (started, ended, _, _), (wall, _) in graceful[:3]:
+                print(around(log, wall - 2, wall + ended - started + 1), file=sys.stderr)
+                print("chaos:", [(stamp(t), what) for t, what in chaos.timeline
+                                 if wall - 3 <= t <= wall + ended - started + 1],
+                      file=sys.stderr)
+        else:
+            print(log[-3000:], file=sys.stderr)
     return 1 if report["failed_checks"] else 0
 
 
