@@ -401,6 +401,68 @@ def test_a_fresh_connection_gets_its_first_request_answered_during_the_drain(app
     stop(a)
 
 
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+@pytest.mark.parametrize("closer", ["drain", "keep-alive timeout"])
+def test_a_timer_never_closes_a_connection_with_a_request_unread_in_it(impl, closer):
+    """A keep-alive connection's closing timer (the drain's moment for a
+    next request, uvicorn's keep-alive timeout) can run after the next
+    request has reached the socket and before the loop reads it. Closing
+    then resets the connection under its client; the request must be
+    answered instead. The window is a loop turn wide, too narrow to hit from
+    another process, so the protocol runs here, on a loop in a thread, and
+    the test puts the request in the socket right before the timer's call."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from cluster_ext import web
+
+    async def hello(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    config = uvicorn.Config(hello, http=impl, lifespan="off", log_level="warning")
+    config.load()
+    protocol_class = web._draining(config.http_protocol_class)
+    protocol_class.cx_head_limit = web.LIMIT_REQUEST_HEAD
+    state = ServerState()
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(
+        lambda: protocol_class(config=config, server_state=state, app_state={}, _loop=loop),
+        "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def the_timer_comes_after_the_request():
+        (connection,) = state.connections
+        if closer == "drain":
+            connection.cx_drain(0.3)              # answered just now: a moment for the next
+        client.sendall(request)                   # in the socket, not read: no turn between
+        if closer == "drain":
+            connection.cx_close_if_idle()
+        else:
+            connection.timeout_keep_alive_handler()
+
+    try:
+        with socket.create_connection(server.sockets[0].getsockname(), timeout=10) as client:
+            client.sendall(request)
+            with client.makefile("rb") as replies:
+                assert replies.readline().startswith(b"HTTP/1.1 200 ")
+                while replies.readline() != b"\r\n":
+                    pass
+                assert replies.read(2) == b"hi"
+                loop.call_soon_threadsafe(the_timer_comes_after_the_request)
+                assert replies.readline().startswith(b"HTTP/1.1 200 ")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        server.close()
+        loop.close()
+
+
 @pytest.mark.parametrize("spec", ["examples.asgi_app:app", "examples.wsgi_app:app"])
 def test_the_examples_finish_a_request_across_a_reload(app, spec):
     """The README's commands, typed in the repository's root."""

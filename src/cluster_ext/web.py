@@ -686,8 +686,17 @@ class _Draining:
         if self.cx_upgraded:                 # a WebSocket now: closed at the timeout
             return
         cycle = self.cycle
-        if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+        if (cycle is None or cycle.response_complete) and not self.transport.is_closing() \
+                and not _bytes_waiting(self.transport):
             self.transport.close()
+
+    def timeout_keep_alive_handler(self) -> None:
+        # A timer may run between a request's arrival and its read (in the
+        # same loop turn, or a busy one): closing then, with the request
+        # unread in the socket, resets the connection under its client. The
+        # read that follows answers it (Connection: close once draining).
+        if not _bytes_waiting(self.transport):
+            super().timeout_keep_alive_handler()  # type: ignore[misc]
 
 
 _CLOSE = (b"connection", b"close")
