@@ -552,20 +552,27 @@ def _on_boot_failure(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]
     close_fds(fds)
     w.boot_failure = payload.decode("utf-8", "replace")
     w.boot_failure_load = bool(flags & BOOT_FAILURE_LOAD)
+    from . import _fleet
+    if _fleet._active is None:           # supervise() reports it; a plain fork() would not
+        _runtime.log("error", f"worker {w.id} failed to boot: {w.boot_failure.rstrip()}")
 
 
 def fail_boot(reason: str, *, load: bool = False) -> None:
     """In a worker that cannot start (its application does not import, its
     port is taken, its lifespan startup failed): tell the primary why, which
-    decides what to print and whether to try again, and exit 3 at once.
-    load: the application itself could not be loaded (its spec names
-    nothing to serve), which the primary reports as a bad spec."""
+    decides what to print and whether to try again, and exit 3 at once
+    (from inside the loop, by SystemExit(3) out of run()). load: the
+    application itself could not be loaded (its spec names nothing to
+    serve), which the primary reports as a bad spec."""
     w = _runtime.worker
     if w is not None:
         w._send_frame(_core.FRAME_BOOT_FAILURE, reason.encode("utf-8", "replace")[:60000],
                       flags=BOOT_FAILURE_LOAD if load else 0)
-        if not _core.running():
-            _core.turn(0)             # let a queued frame out before the exit
+        if _core.running():
+            # A callback's frames are written when the callbacks of the turn
+            # end, which an exception does at once: then run() raises it.
+            raise SystemExit(BOOT_FAILURE_EXIT)
+        _core.turn(0)                 # let a queued frame out before the exit
     else:
         sys.stderr.write(reason if reason.endswith("\n") else reason + "\n")
     for stream in (sys.stdout, sys.stderr):

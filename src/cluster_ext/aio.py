@@ -188,7 +188,7 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
     err, key, address, fd = await answer
     if err:
         net.release_index(spec)
-        raise net.listen_error(err, path if path is not None else f"{host or '*'}:{port}")
+        raise net.listen_error(err, host, port, path)
     shared = _Shared(key, spec, protocol_factory)
     if isinstance(address, str):
         shared.family = socket.AF_UNIX

@@ -401,11 +401,28 @@ def release_index(spec: ListenSpec | None) -> None:
             del _indexes[spec]
 
 
-def listen_error(err: int, address: Any) -> OSError:
+def listen_error(err: int, host: str | None, port: int, path: str | None) -> OSError:
+    """The error of a listen the primary refused, naming the address asked
+    for (host:port, or the path): the primary's reply carries none."""
     if err == errno.EPIPE:
         return _worker.ChannelClosedError(errno.EPIPE, "the IPC channel to the primary is closed")
-    where = f" {address}" if address else ""
-    return OSError(err, f"listen {errno.errorcode.get(err, err)}: {os.strerror(err)}{where}")
+    where = path if path is not None else f"{host or '*'}:{port}"
+    return OSError(err, f"listen {errno.errorcode.get(err, err)}: {os.strerror(err)} {where}")
+
+
+def fail_boot_unless_heard(exc: OSError, heard: bool) -> None:
+    """A listen that failed in a worker that has not listened yet, with no
+    'error' listener to hear it: the worker cannot start. It tells the
+    primary why, in one line, and exits 3 (_worker.fail_boot()), so that
+    supervise() stops the fleet at once (BootError) instead of respawning a
+    worker that raises the same error forever. Returns otherwise: heard, a
+    worker that serves already, or one that is going (the primary refused
+    it a server, or its channel is closed)."""
+    w = _runtime.worker
+    if heard or w is None or w.state == "listening" or \
+            exc.errno in (errno.ESHUTDOWN, errno.EPIPE):
+        return
+    _worker.fail_boot(exc.strerror or str(exc))
 
 
 def announce_listening(address: Any) -> None:
@@ -468,7 +485,9 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
             server._state = "closed"
             release_index(server._spec)
             server._spec = None
-            server.emit("error", listen_error(err, address))
+            exc = listen_error(err, host, port, path)
+            fail_boot_unless_heard(exc, server.listener_count("error") > 0)
+            server.emit("error", exc)
             return
         if server._state != "asking":    # closed while the primary was asked
             if fd is not None:
@@ -599,7 +618,7 @@ def listen_socket(port: int = 0, host: str | None = None, *, backlog: int = 511,
     err, key, address, fd = answer[0]
     if err:
         release_index(spec)
-        raise listen_error(err, address)
+        raise listen_error(err, host, port, path)
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     _runtime.servers.add(_SharedSocket(sock, key, spec))

@@ -17,14 +17,13 @@ decides alone when it stops, and here the primary decides.
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import importlib
 import inspect
 import os
 import sys
 
-from . import _fleet, _runtime, _shared, _worker, aio
+from . import _fleet, _runtime, _shared, _worker, aio, net
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -442,9 +441,8 @@ class _WorkerServer:
                 else:
                     server = await aio.create_server(protocol, where, port, **options)
             except OSError as exc:
-                if exc.errno in (errno.ESHUTDOWN, errno.EPIPE):
-                    break                    # the primary refused: this worker is going
-                _worker.fail_boot(exc.strerror or str(exc))
+                net.fail_boot_unless_heard(exc, heard=False)
+                break                        # the primary refused: this worker is going
             first = first or server
         else:
             if first is not None:            # 'listening' once every bind listens
