@@ -134,7 +134,18 @@ balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *
+balancer_accept_queued(CxBalancer *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(cx_listener_accept_queued(&self->b.l));
+}
+
 static PyMethodDef balancer_methods[] = {
+    {"accept_queued", (PyCFunction)balancer_accept_queued, METH_NOARGS,
+     "Accepts what the queue holds now and routes it; returns how many."},
     {"add", (PyCFunction)balancer_add, METH_O, "Routes to this Channel too."},
     {"remove", (PyCFunction)balancer_remove, METH_O,
      "Stops routing to this Channel; True if it was registered."},

@@ -332,9 +332,20 @@ listener_get_pending(CxListener *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->l.h.pending);
 }
 
+static PyObject *
+listener_accept_queued(CxListener *self, PyObject *Py_UNUSED(ignored))
+{
+    if (cxpy_check_owner() < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(cx_listener_accept_queued(&self->l));
+}
+
 static PyMethodDef listener_methods[] = {
     {"close", (PyCFunction)listener_close, METH_NOARGS,
      "Stops accepting and closes the listening fd."},
+    {"accept_queued", (PyCFunction)listener_accept_queued, METH_NOARGS,
+     "Accepts what the queue holds now (before a close); returns how many."},
     {"pause", (PyCFunction)listener_pause, METH_O, "pause(True|False)"},
     {"ref", cxpy_ref, METH_O, "ref(False): run() may return while it listens."},
     {NULL, NULL, 0, NULL},

@@ -453,6 +453,36 @@ cx_listener_close(cx_listener *l)
     listener_forget(&l->h);
 }
 
+/* Closing a listening socket resets every connection in its accept queue:
+   clients whose handshake is done see their request fail. A graceful stop
+   takes them first. The bound is for a queue refilled faster than it is
+   taken: the backlog's default ceiling (somaxconn, 4096) several times. */
+#define ACCEPT_QUEUED_MAX 16384
+
+int
+cx_listener_accept_queued(cx_listener *l)
+{
+    cx_loop *loop = l->h.loop;
+    int deferring = loop->chan_policy.deferring, taken = 0;
+
+    loop->chan_policy.deferring = 1;    /* one write per channel, as a wakeup */
+    while (l->fd >= 0 && taken < ACCEPT_QUEUED_MAX) {
+        int c = accept_one(l->fd);
+        if (c == -EAGAIN || accept_exhausted(-c)) {
+            break;
+        }
+        if (c >= 0) {           /* else ECONNABORTED and the like: gone */
+            l->on_accept(l, c);
+            taken++;
+        }
+    }
+    loop->chan_policy.deferring = deferring;
+    if (!deferring) {
+        cx_loop_flush(loop);
+    }
+    return taken;
+}
+
 int
 cx_listener_pause(cx_listener *l, int paused)
 {

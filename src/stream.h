@@ -63,6 +63,9 @@ void cx_listener_init(cx_loop *loop, cx_listener *l);
 /* Takes ownership of a listening fd, even on failure. */
 int cx_listener_open(cx_listener *l, int fd, int raced, int max_accepts);
 void cx_listener_close(cx_listener *l);
+/* Accepts what the queue holds now, each through on_accept, before a
+   close (which would reset them). Returns how many it took. */
+int cx_listener_accept_queued(cx_listener *l);
 /* Stops watching and closes the fd, without unlinking the handle. */
 void cx_listener_release(cx_listener *l);
 int cx_listener_pause(cx_listener *l, int paused);

@@ -531,6 +531,7 @@ def disconnect(callback: Callable[[], Any] | None = None, *,
                 callback()
 
         _runtime.emitter.on("disconnect", one_done)
+    _shared.stop_accepting()
     for w in list(workers.values()):
         if w.id in pending:
             w.disconnect(timeout=timeout)

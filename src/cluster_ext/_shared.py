@@ -244,6 +244,24 @@ def _drop_if_unused(handle: SharedHandle) -> None:
         handle.close()
 
 
+def stop_accepting() -> None:
+    """At cluster.disconnect() (a graceful stop): every address refuses new
+    connections, and none already queued is reset. Under SCHED_RR the
+    primary accepts what the queue holds and hands it out before the
+    workers are told to disconnect: frames keep their order, so each worker
+    takes its share while it still listens. Then the socket closes, at once
+    rather than when the last worker has gone, by which time a queue that
+    kept filling during the drain would be reset. Under SCHED_NONE the
+    primary's copy goes; each worker takes what is queued as it closes its
+    own (net.Server.close(), aio's), the last one last."""
+    for handle in list(_handles.values()):
+        del _handles[handle.spec]
+        del _by_key[handle.key]
+        if handle.balancer is not None:
+            handle.balancer.accept_queued()
+        handle.close()
+
+
 def _malformed(w: Any, what: str, exc: ValueError) -> None:
     """A server frame that no worker of ours would write: dropped, since an
     exception here would stop the primary's loop, and with it every worker."""

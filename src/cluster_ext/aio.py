@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["attach", "create_server", "protocol_replaced", "start_server"]
 
 _attached: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+ACCEPT_QUEUED_MAX = 16384   # as the engine's bound on a close's accepts (stream.c)
 
 
 def attach(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -58,6 +59,7 @@ class _Shared(net._SharedServer):
         self.protocol_factory = protocol_factory
         self.family = socket.AF_INET         # of the connections the primary hands over
         self.accept_kw: dict[str, Any] = {}
+        self.listening: socket.socket | None = None   # SCHED_NONE: the shared socket
 
     @property
     def _state(self) -> str:
@@ -112,9 +114,24 @@ class _Shared(net._SharedServer):
         if self.closing:
             return
         self.closing = True
+        if self.listening is not None:
+            self.take_queued(self.listening)
         if self.server is not None:
             self.server.close()
         self._stop_sharing()
+
+    def take_queued(self, listening: socket.socket) -> None:
+        """SCHED_NONE: what the shared socket's accept queue holds is served
+        here, as a connection handed over is; the last holder's close would
+        reset it (at a stop, the primary has closed its copy first)."""
+        for _ in range(ACCEPT_QUEUED_MAX):
+            try:
+                connection, _ = listening.accept()
+            except ConnectionAbortedError:
+                continue
+            except OSError:                  # BlockingIOError: the queue is empty
+                return
+            self._accepted(connection.detach())
 
     def _maybe_closed(self) -> None:
         if self.closing and self._key is None and self.connections == 0:
@@ -197,7 +214,7 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
     # a handed-over connection is served as one accepted here would be (TLS)
     shared.accept_kw = {k: kw[k] for k in ("ssl", "ssl_handshake_timeout") if k in kw}
     if fd is not None:                    # SCHED_NONE: accept on the shared socket
-        sock = socket.socket(fileno=fd)
+        sock = shared.listening = socket.socket(fileno=fd)
     else:
         # SCHED_RR: connections come from the primary; the server object
         # listens on a private abstract Unix name that nobody connects to.

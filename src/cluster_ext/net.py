@@ -284,6 +284,9 @@ class Server(EventEmitter, _SharedServer):
             return self
         self._state = "closing"
         if self._listener is not None:
+            # Served, not reset: what the accept queue holds (a shared
+            # SCHED_NONE socket's last holder closes it at a stop).
+            self._listener.accept_queued()
             self._listener.close()
             self._closed_listener, self._listener = self._listener, None
         # A shared server tells the primary, which closes the port with its
