@@ -280,6 +280,15 @@ def test_closed_server_refuses_new_connections(app, policy):
     a.finish()
 
 
+def test_close_outside_a_drain_leaves_the_accept_queue_unserved(app):
+    """Node's server.close(): no 'connection' for what was queued; only a
+    worker's drain takes the queue (test_web's stops under load)."""
+    a = app("net_close_queued.py")
+    assert payload_of(a.wait_for("CLIENTS"), "CLIENTS") == \
+        {"outcomes": ["reset"] * 3, "connections": 0}
+    a.finish()
+
+
 def test_connections_does_not_count_a_socket_in_its_close_event(app):
     a = app("net_close.py")
     port = payload_of(a.wait_for("LISTENING"), "LISTENING")["port"]

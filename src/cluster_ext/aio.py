@@ -114,7 +114,7 @@ class _Shared(net._SharedServer):
         if self.closing:
             return
         self.closing = True
-        if self.listening is not None:
+        if self.listening is not None and net.in_drain():
             self.take_queued(self.listening)
         if self.server is not None:
             self.server.close()

@@ -284,9 +284,10 @@ class Server(EventEmitter, _SharedServer):
             return self
         self._state = "closing"
         if self._listener is not None:
-            # Served, not reset: what the accept queue holds (a shared
-            # SCHED_NONE socket's last holder closes it at a stop).
-            self._listener.accept_queued()
+            if in_drain():
+                # Served, not reset: what the accept queue holds (a shared
+                # SCHED_NONE socket's last holder closes it at a stop).
+                self._listener.accept_queued()
             self._listener.close()
             self._closed_listener, self._listener = self._listener, None
         # A shared server tells the primary, which closes the port with its
@@ -392,6 +393,15 @@ def ask_primary(port: int, host: str | None, backlog: int, path: str | None,
         _runtime.call_later(0, on_reply, errno.EPIPE, 0, None, None)
         return None
     return spec
+
+
+def in_drain() -> bool:
+    """Whether this process is a worker whose disconnect is closing its
+    servers: only then does a close take what the accept queue holds.
+    Elsewhere close() is Node's: it stops accepting, and what was queued
+    is not the server's."""
+    w = _runtime.worker
+    return w is not None and w._disconnecting
 
 
 def release_index(spec: ListenSpec | None) -> None:
