@@ -23,7 +23,6 @@
    the next 50 us: an accept burst makes few. */
 #define LOOK_NS (50u * 1000u)
 
-enum { SENT, NO_ROOM, NOBODY };
 enum { SKIP, BEHIND, READING, IDLE };
 
 /* Whether ch reads what it is handed: IDLE (nothing unread), READING
@@ -53,14 +52,13 @@ reads(cx_chan *ch, uint64_t now)
 
 /* The next open channel with room, in turn: the first idle one, else the
    first reading one, else (all behind) the one seen reading last; NULL
-   if none has room. *full: some open channel is out of descriptors. */
+   if none has room. */
 static cx_chan *
-pick(cx_balancer *b, int *full)
+pick(cx_balancer *b)
 {
     uint64_t now = cx_now_ns();
     size_t reading = SIZE_MAX, behind = SIZE_MAX, at = SIZE_MAX;
 
-    *full = 0;
     for (size_t tried = 0; tried < b->ntargets && at == SIZE_MAX; tried++) {
         size_t i = (b->next + tried) % b->ntargets;
         cx_chan *ch = b->targets[i];
@@ -78,7 +76,6 @@ pick(cx_balancer *b, int *full)
             }
             break;
         default:
-            *full |= cx_chan_writable(ch) && ch->peer_full;
             break;
         }
     }
@@ -92,33 +89,32 @@ pick(cx_balancer *b, int *full)
     return b->targets[at];
 }
 
-/* Hands *fdp to a channel (pick()). Returns SENT (the queue has the fd,
-   or the fd is gone with a failed queue), NO_ROOM (every open channel is
-   full: *fdp is still the caller's) or NOBODY (no open channel at all:
-   likewise). */
+/* Hands *fdp to a channel (pick()). Returns 1 when it is sent (the queue
+   has the fd, or the fd is gone with a failed queue), 0 when no open
+   channel has room (*fdp is still the caller's). */
 static int
 hand_off(cx_balancer *b, int *fdp)
 {
     cx_chan *ch;
-    int full = 0;
 
     /* pick() offers writable channels only, whose queue takes the fd: one
        round is the rule, and the bound only a guard. */
     for (size_t tries = 0; tries <= b->ntargets; tries++) {
-        if ((ch = pick(b, &full)) == NULL) {
+        if ((ch = pick(b)) == NULL) {
             break;
         }
         if (cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, fdp) >= 0 ||
             *fdp < 0) {
-            return SENT;        /* a queue that took the fd and failed: gone */
+            return 1;           /* a queue that took the fd and failed: gone */
         }
     }
-    return full ? NO_ROOM : NOBODY;
+    return 0;
 }
 
 /* The listener accepts while nothing is held and a worker is registered;
    otherwise connections wait in the backlog, and the retry timer runs
-   while something is held. */
+   while something is held for workers that are full (a new worker
+   flushes what waits for one: cx_balancer_add()). */
 static void
 balancer_settle(cx_balancer *b)
 {
@@ -131,7 +127,7 @@ balancer_settle(cx_balancer *b)
         cx_timer_start(&b->retry, HOLD_RETRY_NS);   /* epoll_ctl: later */
         return;
     }
-    if (b->nheld > 0) {
+    if (b->nheld > 0 && b->ntargets > 0) {
         cx_timer_start(&b->retry, HOLD_RETRY_NS);
     }
     else {
@@ -145,14 +141,7 @@ balancer_flush_held(cx_balancer *b)
 {
     size_t done = 0;
 
-    while (done < b->nheld) {
-        int r = hand_off(b, &b->held[done]);
-        if (r == NO_ROOM) {
-            break;
-        }
-        if (r == NOBODY) {
-            cx_close(&b->held[done]);   /* nobody listens any more */
-        }
+    while (done < b->nheld && hand_off(b, &b->held[done])) {
         done++;
     }
     if (done > 0) {
@@ -173,21 +162,19 @@ balancer_retry(cx_timer *t)
 void
 cx_balancer_route(cx_balancer *b, int fd)
 {
-    int r = b->nheld > 0 ? NO_ROOM : hand_off(b, &fd);    /* in order */
-
-    if (r == SENT) {
+    if (b->nheld == 0 && hand_off(b, &fd)) {      /* in order */
         return;
     }
-    if (r == NO_ROOM && cx_grow((void **)&b->held, &b->held_cap,
-                                b->nheld + 1, sizeof(int)) == 0) {
-        /* Every worker is out of descriptors: this one waits here, and
-           the next ones in the backlog, until one has room. */
+    if (cx_grow((void **)&b->held, &b->held_cap, b->nheld + 1, sizeof(int)) == 0) {
+        /* Every worker is out of descriptors, or none is registered (a
+           worker gave this one back as it retired, and the next is still
+           starting): it waits here, and the next ones in the backlog,
+           until one can take it. The balancer's close ends the wait. */
         b->held[b->nheld++] = fd;
         balancer_settle(b);
         return;
     }
-    /* Nobody listens any more: the client sees the connection close. */
-    cx_close(&fd);
+    cx_close(&fd);              /* no memory to hold it: its client sees a close */
 }
 
 static void

@@ -140,6 +140,33 @@ def test_a_fleet_with_every_worker_killed_refuses_no_connection(app, policy):
     a.finish(code=0)
 
 
+def test_connections_the_last_worker_gives_back_wait_for_the_next(app):
+    """SCHED_RR: the only worker retires with connections handed to it and
+    not read; it gives them back. With no worker to take them, the primary
+    holds them for the next one, as the backlog holds the ones it has not
+    accepted, instead of closing them under their clients."""
+    port = free_port()
+    a = app("fleet.py", "giveback", env={"PORT": str(port), "HOLD": "2",
+                                         "CLUSTER_EXT_SCHED_POLICY": "rr"})
+    seen = []
+    lines_until(a, "listening 1", seen)
+    holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+    holder.sendall(b"hold\n")
+    first = int(lines_until(a, "holding", seen).split()[1])
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    for c in clients:
+        c.sendall(b"ping\n")
+    holder.close()                               # so that worker 1 may end its drain
+    replies = []
+    for c in clients:
+        with c:
+            replies.append(c.recv(64))
+    assert all(r.startswith(b"pong ") and int(r.split()[1]) != first for r in replies), replies
+    lines_until(a, "exit 1 0 None True", seen)
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
+
+
 def test_a_retired_worker_is_not_replaced(app):
     a = app("fleet.py", "retire")
     seen = []

@@ -12,6 +12,9 @@
              connects while none is alive
   deaf       workers serve a port from a blocking loop of their own and never
              read their channel (GRACE: the graceful timeout)
+  giveback   one worker serves a port; a line "hold" makes it say "holding",
+             keep its loop for HOLD seconds, then disconnect: what the primary
+             handed it meanwhile (SCHED_RR) it gives back unread
 """
 import os
 import sys
@@ -36,7 +39,7 @@ if cluster.is_primary:
         cluster.on("listening", lambda w, a: say("pid", w.process.pid))
     cluster.on("exit", lambda w, code, sig: say(
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
-    size = 1 if MODE == "heartbeat" else 2
+    size = 1 if MODE in ("heartbeat", "giveback") else 2
     try:
         backoff = {"crashloop": (0.01, 0.64), "killall": (0.5, 0.5)}.get(MODE, (0.01, 0.05))
         cluster.supervise(size, backoff=backoff,
@@ -55,13 +58,21 @@ else:
         cluster.call_later(60, lambda: None)     # outlives the disconnect
     if MODE == "heartbeat" and me.id == 1:
         cluster.call_later(0.05, lambda: exec("while True: pass"))
-    if MODE in ("reload", "drain", "killall"):
+    if MODE in ("reload", "drain", "killall", "giveback"):
         def answer(sock):
-            if MODE == "drain":          # answer each line, keep the connection
+            if MODE == "giveback":
+                sock.on("data", lambda d: hold() if d == b"hold\n"
+                        else sock.end(f"pong {os.getpid()}\n".encode()))
+            elif MODE == "drain":        # answer each line, keep the connection
                 sock.on("data", lambda d: sock.write(f"pong {os.getpid()}\n".encode()))
             else:
                 sock.on("data", lambda d: sock.end(f"pong {os.getpid()}\n".encode()))
         net.create_server(answer).listen(int(os.environ["PORT"]), "127.0.0.1")
+    def hold():
+        say("holding", os.getpid())
+        time.sleep(float(os.environ["HOLD"]))     # the loop reads nothing meanwhile
+        me.disconnect()
+
     if MODE == "deaf":
         import select
         sock = cluster.listen_socket(int(os.environ["PORT"]), "127.0.0.1")
