@@ -9,7 +9,9 @@ Every request is a GET of examples/asgi_app.py, which answers with the pid
 of the worker that served it. Half of the clients keep their connection
 alive, half open one per request. A failure is laid at a kill's door when
 the connection's last answer came from the worker that was killed, or a kill
-fell within the failed request's time; every other failure happened on a
+fell within the failed request's time, or the request was made between a
+kill and the death the primary saw (a SIGKILLed worker takes a moment to
+die, and is handed connections until then); every other failure happened on a
 graceful path (reload, resize, stop, a stopped and continued worker) and
 fails the run. The run also fails unless the primary's descriptors are the
 same at the end as at the start, its RSS has not grown by more than
@@ -228,10 +230,30 @@ class Chaos:
         elif action == "shrink":
             os.kill(self.primary.pid, signal.SIGTTOU)
 
-    def killed(self, failure: tuple[float, float, int | None, str]) -> bool:
-        """Whether a failure belongs to a connection of a killed worker."""
+    def deaths(self) -> dict[int, float]:
+        """When the primary saw each killed worker die (monotonic time, from
+        its log): a worker dies some time after its SIGKILL, up to a second
+        on a loaded machine, and is handed connections until then."""
+        offset = time.time() - time.monotonic()
+        pids: dict[str, int] = {}
+        seen: dict[int, float] = {}
+        for line in self.read_log().splitlines():
+            words = line.split()
+            if "forked (pid" in line:
+                pids[words[4]] = int(words[7].rstrip(")"))
+            elif "exited (signal SIGKILL" in line and words[4] in pids:
+                wall = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+                seen[pids[words[4]]] = wall + int(line[20:23]) / 1000 - offset
+        return seen
+
+    def killed(self, failure: tuple[float, float, int | None, str],
+               deaths: dict[int, float]) -> bool:
+        """Whether a failure belongs to a connection of a killed worker: the
+        worker last answered it, or the failure overlaps the time from the
+        kill to the death (0.1 s either side)."""
         started, ended, pid, _ = failure
-        return any(p == pid or started - 0.1 <= when <= ended + 0.1 for when, p in self.kills)
+        return any(p == pid or (started - 0.1 <= deaths.get(p, when) and when <= ended + 0.1)
+                   for when, p in self.kills)
 
 
 def stamp(wall: float) -> str:
@@ -301,9 +323,10 @@ def main() -> int:
             chaos.primary.kill()
             chaos.primary.wait()
     survivors = sorted(pid for pid in chaos.all_pids if os.path.exists(f"/proc/{pid}"))
-    on_kills = [f for f in clients.failures if chaos.killed(f)]
+    deaths = chaos.deaths()
+    on_kills = [f for f in clients.failures if chaos.killed(f, deaths)]
     graceful = [(f, d) for f, d in zip(clients.failures, clients.details, strict=True)
-                if not chaos.killed(f)]
+                if not chaos.killed(f, deaths)]
     report = {
         "seconds": args.seconds, "seed": args.seed, "sched": args.sched,
         "actions": chaos.actions, "requests_served": clients.served,
