@@ -44,6 +44,18 @@ def test_a_crashed_worker_is_respawned_and_sigterm_stops_gracefully(app):
     assert exits == ["exit 1 3 None False", "exit 2 0 None True", "exit 3 0 None True"]
 
 
+def test_a_supervised_workers_own_kill_ends_it_by_its_signal(app):
+    """A supervised worker drains on a SIGTERM from outside; its own kill()
+    is still the exit table's (None, SIGTERM), asked for."""
+    a = app("fleet.py", "selfkill")
+    seen = []
+    lines_until(a, "exit 1 ", seen)
+    lines_until(a, "online 3", seen)             # replaced: the fleet keeps its size
+    os.kill(a.pid, signal.SIGTERM)
+    a.finish(code=0)
+    assert "exit 1 None SIGTERM True" in seen, seen
+
+
 def test_a_crash_loop_stops_instead_of_spinning(app):
     a = app("fleet.py", "crashloop")
     lines = a.finish(code=0, timeout=30)

@@ -250,6 +250,7 @@ class Load:
         self.port, self.keep_alive = port, keep_alive
         self.ok, self.errors, self.pids = 0, [], set()
         self.done = threading.Event()
+        self.closing = threading.Event()      # set: no new connection, the rest finish
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
         for t in self.threads:
@@ -259,6 +260,8 @@ class Load:
         deadline = time.monotonic() + 40
         conn = None
         while not self.done.is_set() and time.monotonic() < deadline:
+            if conn is None and self.closing.is_set():
+                break
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -454,6 +457,79 @@ def test_a_websocket_is_closed_1012_before_the_graceful_timeout(app):
         assert closed.value.rcvd.code == 1012
     lines = a.finish(code=0)
     assert any("worker 1 exited (code 0, as asked)" in line for line in lines), "\n".join(lines)
+
+
+def answer_in_thread(port, path):
+    """Starts a GET in a thread; returns (thread, [its answer or exception])."""
+    result = []
+
+    def ask():
+        try:
+            result.append(get(port, path))
+        except (OSError, http.client.HTTPException) as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    return t, result
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize("sched", ["rr", "none"])
+def test_a_signal_to_the_whole_group_stops_as_one_to_the_primary(app, sig, sched):
+    """timeout, dumb-init, supervisord and systemd's KillMode=control-group
+    signal every process: each worker drains as if its primary had asked
+    (whichever hears it first), and the fleet stops as on a signal to the
+    primary alone: the slow request and every kept-alive client answered,
+    no worker respawned, exit 0."""
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "20", "--sched", sched)
+    serving(a)
+    # Kept-alive clients only: a connection opened as the listeners close
+    # may be reset in the accept queue, by any stop (issue 25's item 5).
+    load = Load(port, clients=4, keep_alive=True)
+    try:
+        load.wait_ok(50)
+        t, slow = answer_in_thread(port, "/slow?s=2")
+        until(a, "slow begins")
+        load.closing.set()             # each client ends at its Connection: close
+        os.killpg(a.pid, sig)
+        t.join(20)
+    finally:
+        load.stop()
+    lines = a.finish(code=0)
+    assert slow and not isinstance(slow[0], Exception), slow
+    status, headers, body = slow[0]
+    assert status == 200 and body.startswith("slow ") and headers.get("connection") == "close"
+    assert load.errors == []
+    assert sum("forked" in line for line in lines) == 2, lines      # no respawn
+    for wid in (1, 2):
+        assert any(f"worker {wid} exited (code 0, as asked)" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_to_one_worker_drains_it_and_the_fleet_replaces_it(app, sig):
+    """gunicorn's worker on its own SIGTERM: a graceful exit, and the
+    arbiter forks another; the other worker serves on meanwhile."""
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "20")
+    serving(a)
+    load = Load(port, clients=4, keep_alive=True)
+    try:
+        load.wait_ok(50)
+        t, slow = answer_in_thread(port, "/slow?s=2")
+        pid = int(until(a, "slow begins").split()[2])
+        os.kill(pid, sig)
+        t.join(20)
+        assert slow and not isinstance(slow[0], Exception), slow
+        status, headers, body = slow[0]
+        assert status == 200 and int(body.split()[2]) == pid, slow
+        assert headers.get("connection") == "close"
+        until(a, f"worker {body.split()[1]} exited (code 0, as asked)")
+        until(a, "worker 3 listening")
+        load.wait_ok(50)
+    finally:
+        load.stop()
+    assert load.errors == []
+    stop(a)
 
 
 def test_a_fresh_connection_gets_its_first_request_answered_during_the_drain(app):

@@ -542,6 +542,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("exit", fleet.on_exit)
     emitter.on("listening", fleet.on_listening)
     _active = fleet
+    _runtime.supervised_drain_delay = drain_delay    # the workers drain on their own signal
     _shared.hold(True)
     try:
         if _notify.watchdog_interval is not None:
@@ -553,6 +554,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         _runtime.run()
     finally:
         _active = None
+        _runtime.supervised_drain_delay = None
         _shared.hold(False)
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)

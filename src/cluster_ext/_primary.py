@@ -202,6 +202,8 @@ def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
     merged.update(CLUSTER_EXT_WORKER_ID=str(worker_id), CLUSTER_EXT_CHANNEL_FD=str(fd),
                   CLUSTER_EXT_SERIALIZATION=settings["serialization"],
                   CLUSTER_EXT_MAX_MESSAGE_SIZE=str(settings["max_message_size"]))
+    if _runtime.supervised_drain_delay is not None:
+        merged["CLUSTER_EXT_SUPERVISED"] = repr(_runtime.supervised_drain_delay)
     return merged
 
 

@@ -468,6 +468,9 @@ class Worker(EventEmitter):
         def suicide(_err: BaseException | None = None) -> None:
             if not fired:                # once: the written-callback may follow
                 fired.append(sig)
+                signal = _fast.signal
+                if signal.getsignal(sig) is _on_stop_signal:
+                    signal.signal(sig, signal.SIG_DFL)    # a kill, not a drain
                 os.kill(os.getpid(), sig)
 
         if self._send_frame(_core.FRAME_EXITED_AFTER_DISCONNECT, notify=True):
@@ -496,19 +499,60 @@ def close_servers(done: Callable[[], None]) -> None:
         server.close(closed)
 
 
-def boot(worker_id: int, fd: int, serialization: str, max_message_size: int) -> None:
-    """This process becomes worker worker_id, on channel fd, and says 'online'."""
+def boot(worker_id: int, fd: int, serialization: str, max_message_size: int,
+         drain_delay: float | None = None) -> None:
+    """This process becomes worker worker_id, on channel fd, and says 'online'.
+    drain_delay: it is supervised, and drains on its own SIGTERM or SIGINT
+    after that many seconds."""
     os.set_inheritable(fd, False)
     w = Worker(worker_id, os.getpid(), primary_side=False,
                serialization=SERIALIZATIONS[serialization], max_message_size=max_message_size)
     _runtime.become_worker(w)
-    # Ctrl-C reaches the whole process group: the primary decides how we stop.
     # Before 'online', so that nobody can see a worker that SIGINT still kills.
+    # Only where the application has not chosen a disposition of its own.
     signal = _fast.signal
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if drain_delay is not None:
+        _drain_on_stop_signals(w, drain_delay)
+    elif signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Ctrl-C reaches the whole process group: the primary decides how we stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     w._open_channel(fd)
     w._send_frame(_core.FRAME_ONLINE)
+
+
+def _drain_on_stop_signals(w: Worker, drain_delay: float) -> None:
+    """A supervised worker takes its own SIGTERM or SIGINT as the start of
+    the drain its primary is about to ask for: timeout, dumb-init,
+    supervisord and systemd's KillMode=control-group signal every process
+    of the group, and a worker killed at once would cut its requests short.
+    Alone (someone signalled this worker only), it drains and exits as
+    gunicorn's workers do, and the fleet replaces it."""
+    global _drain_delay
+    _drain_delay = drain_delay
+    signal = _fast.signal
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, _on_stop_signal)
+
+
+_drain_delay = 0.0               # a supervised worker's: the fleet's drain delay
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # On the loop, as the primary's disconnect would come: a handler may run
+    # anywhere, in the middle of the application's import.
+    _runtime.call_soon_threadsafe(_drain)
+
+
+def _drain() -> None:
+    """Waits the fleet's drain delay, as the primary does before it asks."""
+    w = _runtime.worker
+    assert w is not None             # installed at the worker's boot
+    if _drain_delay > 0:
+        _runtime.call_later(_drain_delay, w.disconnect)
+    else:
+        w.disconnect()
 
 
 def boot_from_env() -> None:
@@ -520,11 +564,13 @@ def boot_from_env() -> None:
         fd = int(env.pop("CLUSTER_EXT_CHANNEL_FD"))
         serialization = env.pop("CLUSTER_EXT_SERIALIZATION", "json")
         max_size = int(env.pop("CLUSTER_EXT_MAX_MESSAGE_SIZE", str(64 << 20)))
+        supervised = env.pop("CLUSTER_EXT_SUPERVISED", None)
+        drain_delay = float(supervised) if supervised is not None else None
         os.fstat(fd)
     except (KeyError, ValueError, OSError) as exc:
         raise RuntimeError("CLUSTER_EXT_WORKER_ID is set but this process has no valid "
                            f"cluster_ext channel: {exc}") from None
-    boot(worker_id, fd, serialization, max_size)
+    boot(worker_id, fd, serialization, max_size, drain_delay)
 
 
 def control_handler(fn: Callable[[Worker], Any]) -> Callable[..., None]:

@@ -10,6 +10,8 @@
   killall    as reload, with a respawn back-off of half a second, and each
              listening worker's pid: a test SIGKILLs every worker and
              connects while none is alive
+  selfkill   worker 1 calls cluster.worker.kill(): its SIGTERM kills it, even
+             where a supervised worker drains on its own SIGTERM
   deaf       workers serve a port from a blocking loop of their own and never
              read their channel (GRACE: the graceful timeout)
   giveback   one worker serves a port; a line "hold" makes it say "holding",
@@ -54,6 +56,8 @@ else:
         sys.exit(3)
     if MODE == "crashloop":
         sys.exit(1)
+    if MODE == "selfkill" and me.id == 1:
+        cluster.call_later(0, me.kill)
     if MODE == "linger":
         cluster.call_later(60, lambda: None)     # outlives the disconnect
     if MODE == "heartbeat" and me.id == 1:
