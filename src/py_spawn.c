@@ -2,7 +2,8 @@
    envp built here, before the fork, so that the child allocates nothing;
    socketpair() for a worker's channel; die_with_parent() and set_ids() for a
    child forked without exec, which takes on the same plan as an exec'd one;
-   instances() for a fork(target=) worker's exit. The caller owns every
+   instances() for a fork(target=) worker's exit; inherits_orphans() for the
+   primary's PID 1 duty. The caller owns every
    descriptor these return. Called by module.c through cxpy_spawn_init(). */
 #include "glue.h"
 #include "spawn.h"
@@ -208,6 +209,15 @@ py_die_with_parent(PyObject *mod, PyObject *arg)
 }
 
 static PyObject *
+py_inherits_orphans(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int r = cx_spawn_inherits_orphans();
+
+    CX_UNUSED(mod);
+    return r < 0 ? cxpy_raise_oserror(-r) : PyBool_FromLong(r);
+}
+
+static PyObject *
 py_set_ids(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     gid_t *groups = NULL;
@@ -319,6 +329,8 @@ static PyMethodDef spawn_functions[] = {
     {"socketpair", py_socketpair, METH_NOARGS,
      "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
     {"die_with_parent", py_die_with_parent, METH_O, NULL},
+    {"inherits_orphans", py_inherits_orphans, METH_NOARGS,
+     "inherits_orphans() -> bool: PID 1, or a child subreaper."},
     {"set_ids", (PyCFunction)(void (*)(void))py_set_ids, METH_FASTCALL,
      "set_ids(groups, gid, uid) -> None: cx_set_ids() (groups None: kept; "
      "-1: kept)."},

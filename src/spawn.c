@@ -92,6 +92,20 @@ cx_spawn_die_with_parent(pid_t parent)
     return 0;
 }
 
+int
+cx_spawn_inherits_orphans(void)
+{
+    int subreaper = 0;
+
+    if (getpid() == 1) {
+        return 1;
+    }
+    if (prctl(PR_GET_CHILD_SUBREAPER, &subreaper) < 0) {
+        return -errno;
+    }
+    return subreaper != 0;
+}
+
 pid_t
 cx_spawn(cx_spawn_plan *plan)
 {

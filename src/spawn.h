@@ -36,5 +36,8 @@ int cx_set_ids(const gid_t *groups, int ngroups, int gid, int uid);
 /* For a child made by fork() without exec: die with the parent, like an
    exec'ed worker. Returns 0, or -errno. */
 int cx_spawn_die_with_parent(pid_t parent);
+/* Whether orphans are reparented to this process: it is PID 1 of its pid
+   namespace, or a child subreaper. Returns 1 or 0, or -errno. */
+int cx_spawn_inherits_orphans(void);
 
 #endif

@@ -4,11 +4,14 @@ processes (apps in tests/apps/rob_*.py)."""
 import errno
 import json
 import os
+import shutil
 import signal
+import sys
+import time
 
 import pytest
 
-from conftest import only_json, pid_alive, run_app, wait_gone
+from conftest import APPS, only_json, pid_alive, run_app, wait_gone
 
 # ---- a worker stuck in `while True: pass` --------------------------------------
 
@@ -106,6 +109,73 @@ def test_no_zombie_and_own_subprocess_keeps_its_status():
     assert result["popen_code"] == 7
     assert result["workers_reaped"] == [True, True]
     assert result["leftover"] is None        # waitpid(-1) -> ChildProcessError
+
+
+def descendants(pid):
+    """{pid: state} of every process under pid, from /proc."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:              # gone meanwhile
+                continue
+            parent[int(name)] = (int(fields[1]), fields[0])
+    found, frontier = {}, [pid]
+    while frontier:
+        top = frontier.pop()
+        for child, (ppid, state) in parent.items():
+            if ppid == top and child not in found:
+                found[child] = state
+                frontier.append(child)
+    return found
+
+
+def lines_until_all(a, prefixes):
+    """Reads lines until one has begun with each prefix."""
+    left = set(prefixes)
+    while left:
+        line = a.read_line(20)
+        assert line is not None, f"ended before {left}: {a.lines}\n{a.stderr()}"
+        left = {p for p in left if not line.startswith(p)}
+
+
+@pytest.mark.parametrize("role", ["pid1", "subreaper"])
+def test_a_primary_that_inherits_orphans_reaps_them_and_no_other_status(app, role):
+    """Issue 25, item 2: as a container's PID 1 (here a pid namespace's) or a
+    child subreaper, the primary inherits every orphan of its workers'
+    subprocesses; gunicorn as PID 1 reaps them, and so must it, without
+    taking a worker's status or its own Popen's."""
+    if role == "pid1":
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("unshare --pid needs root and util-linux")
+        a = app("rob_pid1.py", cmd=["unshare", "--pid", "--fork", "--mount-proc",
+                                    sys.executable, str(APPS / "rob_pid1.py")])
+        assert a.wait_for("primary ") == "primary 1"
+        with open(f"/proc/{a.pid}/task/{a.pid}/children") as f:
+            primary = int(f.read().split()[0])      # unshare's one child
+    else:
+        a = app("rob_pid1.py", env={"SUBREAPER": "1"})
+        a.wait_for("primary ")
+        primary = a.pid
+    lines_until_all(a, ["orphaned 1", "orphaned 2", "popen "])
+    assert "popen 7" in a.lines, a.lines             # its own child kept its status
+    # Every orphan (sleep 0.1) has exited by now, or soon will: then nothing
+    # under the primary is a zombie, and only the workers are left. /proc is
+    # the only witness of a zombie, so it is read until then, with a deadline.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        under = descendants(primary)
+        if "Z" not in under.values() and len(under) == 2:
+            break
+        time.sleep(0.1)
+    assert "Z" not in under.values() and len(under) == 2, under
+    os.kill(primary, signal.SIGTERM)
+    lines = a.finish(code=0)
+    exits = sorted(line for line in lines if line.startswith("exit "))
+    assert exits == ["exit 1 0 None True", "exit 2 0 None True"], lines   # not stolen
+    assert lines[-1] == "stopped"
 
 
 # ---- descriptors -------------------------------------------------------------------------

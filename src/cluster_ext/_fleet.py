@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _core, _fast, _notify, _primary, _runtime, _shared, _worker
+from . import _core, _fast, _notify, _primary, _reap, _runtime, _shared, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -544,7 +544,11 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     _active = fleet
     _runtime.supervised_drain_delay = drain_delay    # the workers drain on their own signal
     _shared.hold(True)
+    # A container's PID 1, or a child subreaper: the workers' orphans are ours.
+    reaper = _reap.Reaper() if _core.inherits_orphans() else None
     try:
+        if reaper is not None:
+            reaper.start()
         if _notify.watchdog_interval is not None:
             fleet.watchdog()
         for _ in range(size):
@@ -553,6 +557,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
             fleet.heartbeat = _runtime.call_later(heartbeat_timeout / 3, fleet.beat)
         _runtime.run()
     finally:
+        if reaper is not None:
+            reaper.stop()
         _active = None
         _runtime.supervised_drain_delay = None
         _shared.hold(False)
