@@ -348,9 +348,12 @@ def test_the_example_units_pass_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 
 
-def test_a_drain_delay_serves_on_after_sigterm_then_stops(app, tmp_path):
+@pytest.mark.parametrize("to", ["primary", "group"])
+def test_a_drain_delay_serves_on_after_sigterm_then_stops(app, tmp_path, to):
     """SIGTERM with --drain-delay: not ready at once (file gone, STOPPING=1),
-    still serving through the delay, then the graceful stop."""
+    still serving through the delay, then the graceful stop. A SIGTERM to
+    the whole group (KillMode=control-group) too: the workers wait the
+    delay as well."""
     n = Notifications(tmp_path)
     ready_file = tmp_path / "ready"
     port = free_port()
@@ -360,7 +363,7 @@ def test_a_drain_delay_serves_on_after_sigterm_then_stops(app, tmp_path):
     a = app("drain", cmd=cmd, cwd=WEBAPPS, merge_stderr=True,
             env={"NOTIFY_SOCKET": n.address})
     n.until("READY=1")
-    os.kill(a.pid, signal.SIGTERM)
+    (os.kill if to == "primary" else os.killpg)(a.pid, signal.SIGTERM)
     n.until("STOPPING=1")
     until(a, "stopping in 1.5 s (drain delay)")
     assert not ready_file.exists()
