@@ -628,11 +628,17 @@ def test_the_examples_finish_a_request_across_a_reload(app, spec):
     stop(a)
 
 
-def test_a_stop_during_the_lifespan_startup_ends_cleanly(app):
-    """Told to go while it starts: it never listens, and exits 0."""
+@pytest.mark.parametrize("to", ["primary", "group"])
+def test_a_stop_during_the_lifespan_startup_ends_cleanly(app, to):
+    """Told to go while it starts: it never listens, and exits 0; so too
+    when the worker hears the signal itself."""
     a, _ = cli(app, "webapp:app", workers=1, env={"WEBAPP_SLOW_STARTUP": "1"})
     until(a, "starting slowly")
-    lines = stop(a)
+    if to == "group":
+        os.killpg(a.pid, signal.SIGTERM)
+        lines = a.finish(code=0)
+    else:
+        lines = stop(a)
     assert any("worker 1 exited (code 0, as asked)" in line for line in lines), lines
     assert not any("listening on" in line for line in lines), lines
     assert sum(line.startswith("shutdown ") for line in lines) == 1, lines
