@@ -30,7 +30,9 @@ gunicorn add: respawn, zero-downtime reload, hung-worker kills).
 
 Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one
 stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
-worker, SIGTTOU retires the oldest."""
+worker, SIGTTOU retires the oldest. SIGTERM or SIGINT to a worker (or to
+the whole process group) drains it: a group's signal stops as one to the
+primary does, and a worker signalled alone is replaced."""
 
 RUN_HELP = """\
 Runs APP as the workers of a supervised cluster.
