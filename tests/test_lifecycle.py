@@ -12,6 +12,8 @@ TABLE = {
     "worker_exit3": (False, 3, None),
     "worker_raise": (False, 1, None),
     "sigkill": (False, None, "SIGKILL"),
+    # a plain fork()'s worker keeps Python's SIGTERM: only supervise()'s drain on it
+    "sigterm": (False, None, "SIGTERM"),
 }
 
 

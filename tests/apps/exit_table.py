@@ -33,8 +33,8 @@ if cluster.is_primary:
             assert w.disconnect() is w
         elif MODE == "primary_kill":
             w.kill()
-        elif MODE == "sigkill":
-            os.kill(w.process.pid, signal.SIGKILL)
+        elif MODE in ("sigkill", "sigterm"):
+            os.kill(w.process.pid, signal.SIGKILL if MODE == "sigkill" else signal.SIGTERM)
         else:
             w.send(MODE)
 
