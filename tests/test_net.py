@@ -223,6 +223,19 @@ def test_listen_on_a_used_port_is_an_error_event_and_the_worker_lives(app, polic
     assert len(tagged(lines, "LISTENING")) == 1, lines
 
 
+def test_an_unheard_listen_error_in_a_plain_forks_worker_is_raised(app):
+    """Node throws an 'error' nobody listens to; only a supervised worker
+    turns it into a boot failure (exit 3: test_web's port in use)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        a = app("net_inuse.py", str(port), "unheard")
+        assert payload_of(a.wait_for("EXIT"), "EXIT") == {"code": 1, "signal": None}
+        a.finish()
+    assert "OSError" in a.stderr() and f"127.0.0.1:{port}" in a.stderr(), a.stderr()
+
+
 def test_listen_on_a_used_port_outside_a_cluster():
     holder, port = held_port()
     with holder:

@@ -536,7 +536,12 @@ def _drain_on_stop_signals(w: Worker, drain_delay: float) -> None:
             signal.signal(sig, _on_stop_signal)
 
 
-_drain_delay = 0.0               # a supervised worker's: the fleet's drain delay
+_drain_delay: float | None = None   # a supervised worker's: the fleet's drain delay
+
+
+def supervised() -> bool:
+    """Whether supervise() (or `cluster-ext run`) forked this worker."""
+    return _drain_delay is not None
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
@@ -549,7 +554,7 @@ def _drain() -> None:
     """Waits the fleet's drain delay, as the primary does before it asks."""
     w = _runtime.worker
     assert w is not None             # installed at the worker's boot
-    if _drain_delay > 0:
+    if _drain_delay:
         _runtime.call_later(_drain_delay, w.disconnect)
     else:
         w.disconnect()

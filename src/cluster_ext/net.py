@@ -424,15 +424,16 @@ def listen_error(err: int, host: str | None, port: int, path: str | None) -> OSE
 
 
 def fail_boot_unless_heard(exc: OSError, heard: bool) -> None:
-    """A listen that failed in a worker that has not listened yet, with no
-    'error' listener to hear it: the worker cannot start. It tells the
-    primary why, in one line, and exits 3 (_worker.fail_boot()), so that
-    supervise() stops the fleet at once (BootError) instead of respawning a
-    worker that raises the same error forever. Returns otherwise: heard, a
-    worker that serves already, or one that is going (the primary refused
-    it a server, or its channel is closed)."""
+    """A listen that failed in a supervised worker that has not listened
+    yet, with no 'error' listener to hear it: the worker cannot start. It
+    tells the primary why, in one line, and exits 3 (_worker.fail_boot()),
+    so that supervise() stops the fleet at once (BootError) instead of
+    respawning a worker that raises the same error forever. Returns
+    otherwise: heard, a plain fork()'s worker (Node's unheard 'error' is
+    raised), a worker that serves already, or one that is going (the
+    primary refused it a server, or its channel is closed)."""
     w = _runtime.worker
-    if heard or w is None or w.state == "listening" or \
+    if heard or w is None or not _worker.supervised() or w.state == "listening" or \
             exc.errno in (errno.ESHUTDOWN, errno.EPIPE):
         return
     _worker.fail_boot(exc.strerror or str(exc))

@@ -17,13 +17,14 @@ decides alone when it stops, and here the primary decides.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import importlib
 import inspect
 import os
 import sys
 
-from . import _fleet, _runtime, _shared, _worker, aio, net
+from . import _fleet, _runtime, _shared, _worker, aio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -441,8 +442,9 @@ class _WorkerServer:
                 else:
                     server = await aio.create_server(protocol, where, port, **options)
             except OSError as exc:
-                net.fail_boot_unless_heard(exc, heard=False)
-                break                        # the primary refused: this worker is going
+                if exc.errno in (errno.ESHUTDOWN, errno.EPIPE):
+                    break                    # the primary refused: this worker is going
+                _worker.fail_boot(exc.strerror or str(exc))
             first = first or server
         else:
             if first is not None:            # 'listening' once every bind listens

@@ -1,11 +1,14 @@
-"""listen() on a port the test already holds. argv: port, 'cluster' or 'plain'.
+"""listen() on a port the test already holds. argv: port, 'cluster', 'plain'
+or 'unheard'.
 
 cluster: the worker's server emits 'error'; the worker reports it to the
 primary (ERROR {...}) and lives on. Once the test has freed the port and
 closed stdin, the primary asks the worker to listen on it again (LISTENING
 {address, state}), which must now work; the worker serves one client and
 then disconnects by itself (EXIT {...}).
-plain: no cluster; the server's 'error' is printed, then run() returns."""
+plain: no cluster; the server's 'error' is printed, then run() returns.
+unheard: a plain fork()'s worker whose server has no 'error' listener: the
+error is raised, as Node's unheard 'error' is thrown (EXIT {...})."""
 import sys
 
 from net_util import line_server, on_stdin_eof, say
@@ -28,6 +31,14 @@ if MODE == "plain":
     server.listen(PORT, "127.0.0.1")
     cluster.run()
     say("DONE")
+elif MODE == "unheard":
+    if cluster.is_primary:
+        w = cluster.fork()
+        w.on("exit", lambda code, sig: say("EXIT", code=code, signal=sig and sig.name))
+        cluster.run()
+    else:
+        line_server().listen(PORT, "127.0.0.1")
+        cluster.run()
 elif cluster.is_primary:
     w = cluster.fork()
 
