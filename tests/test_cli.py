@@ -184,6 +184,67 @@ def test_run_has_a_heartbeat_by_default_and_0_turns_it_off(cli):
         assert b"--heartbeat-timeout" in c.proc.stderr.read()
 
 
+BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
+    (["run", "-w", "0"], "argument -w/--workers: must be at least 1, not 0"),
+    (["run", "-w", "-3"], "argument -w/--workers: must be at least 1, not -3"),
+    (["run", "--workers", "many"], "argument -w/--workers: not a whole number"),
+    (["run", "--threads", "0"], "argument --threads: must be at least 1, not 0"),
+    (["run", "--graceful-timeout", "-1"], "argument --graceful-timeout: must be more than 0"),
+    (["run", "--graceful-timeout", "0"], "argument --graceful-timeout: must be more than 0"),
+    (["run", "--graceful-timeout", "1e12"], "argument --graceful-timeout: must be more"),
+    (["run", "--drain-delay", "-1"], "argument --drain-delay: must be 0 or more"),
+    (["run", "--heartbeat-timeout", "-1"], "argument --heartbeat-timeout: must be 0 or more"),
+    (["run", "--timeout-keep-alive", "-1"], "argument --timeout-keep-alive: must be 0 or"),
+    (["run", "--limit-concurrency", "0"], "argument --limit-concurrency: must be at least 1"),
+    (["run", "--backlog", "0"], "argument --backlog: must be at least 1, not 0"),
+    (["run", "--metrics", "99999"], "argument --metrics: takes [HOST:]PORT"),
+    (["run", "--pid-file", "{tmp}/missing/app.pid"],
+     "argument --pid-file: {tmp}/missing/app.pid: its directory {tmp}/missing does not exist"),
+    (["run", "--ready-file", "{tmp}/missing/ready"],
+     "argument --ready-file: {tmp}/missing/ready: its directory {tmp}/missing does not"),
+    (["run", "--control", "{tmp}/missing/ctl.sock"],
+     "argument --control: {tmp}/missing/ctl.sock: its directory {tmp}/missing does not"),
+    (["run", "--pid-file", "{tmp}/file/app.pid"],
+     "argument --pid-file: {tmp}/file/app.pid: {tmp}/file is not a directory"),
+    (["demo", "--port", "70000"], "argument --port: must be a port from 0 to 65535"),
+    (["demo", "-w", "0"], "argument -w/--workers: must be at least 1, not 0"),
+]
+
+
+@pytest.mark.parametrize("argv,says,where", [
+    pytest.param(argv, says, where, id=f"{' '.join(argv)} {where}")
+    for argv, says in BAD_VALUES
+    for where in (["before APP", "after APP"] if argv[0] == "run" else ["demo"])])
+def test_a_bad_value_is_one_line_and_exit_2_before_anything_starts(tmp_path, argv, says,
+                                                                   where):
+    """Each value checked before anything is logged, forked or written:
+    argparse's one line, exit 2. They were tracebacks after 'supervising 2
+    workers' (-w 0), values taken (--threads 0, --graceful-timeout -1) or
+    a crash once the workers served (--ready-file in a missing directory).
+    A web APP takes its options after it too (uvicorn's order)."""
+    command, *options = [arg.format(tmp=tmp_path) for arg in argv]
+    (tmp_path / "file").write_text("")
+    if command == "demo":
+        full = [command, *options]
+    else:
+        bind = ["--bind", f"127.0.0.1:{free_port()}"]
+        full = ([command, *bind, *options, "examples.asgi_app:app"] if where == "before APP"
+                else [command, "examples.asgi_app:app", *bind, *options])
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "cluster-ext"), *full],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after 20 s: the value was taken\n{err}")
+    assert proc.returncode == 2, err
+    assert err.startswith(f"cluster-ext {command}: error: {says.format(tmp=tmp_path)}"), err
+    assert err.count("\n") == 1 and out == "", err          # nothing logged or forked
+    assert os.listdir(tmp_path) == ["file"]                  # nothing written
+
+
 def test_run_reports_a_missing_app(cli):
     c = cli("run", "nothing_here.py")
     assert c.proc.wait(timeout=20) == 2

@@ -136,8 +136,8 @@ def test_what_is_not_ours_at_the_path_is_refused_and_left_alone(app, shared, pre
         path.mkdir()
         why = "exists and is a directory"
     line = refused(app, flag, str(path))
-    assert line == (f"cluster-ext run: error: {flag} {path}: {why} (only a file that "
-                    "holds a dead primary's pid is replaced)")
+    assert line == (f"cluster-ext run: error: argument {flag}: {path}: {why} (only a file "
+                    "that holds a dead primary's pid is replaced)")
     assert precious.read_text() == "precious\n"
     assert list(shared.iterdir()) == [path]
     if kind == "symlink":
@@ -155,7 +155,8 @@ def test_a_file_in_use_by_a_live_primary_is_refused(app, tmp_path, flag):
     path = tmp_path / "app.file"
     first, _ = serve(app, flag, str(path))
     line = refused(app, flag, str(path))
-    assert line == f"cluster-ext run: error: {flag} {path}: Already running on PID {first.pid}"
+    assert line == (f"cluster-ext run: error: argument {flag}: {path}: "
+                    f"Already running on PID {first.pid}")
     assert path.read_text() == f"{first.pid}\n"
     stop(first)
     assert not path.exists()
@@ -219,7 +220,7 @@ def test_a_symlink_planted_at_the_ready_file_before_readiness_is_left_alone(
 def test_a_pid_file_on_a_full_disk_is_exit_2_and_leaves_nothing(app, full):
     path = full / "app.pid"
     line = refused(app, "--pid-file", str(path))
-    assert line == f"cluster-ext run: error: --pid-file {path}: No space left on device"
+    assert line == f"cluster-ext run: error: argument --pid-file: {path}: No space left on device"
     assert os.listdir(full) == ["filler"]
 
 
@@ -240,5 +241,6 @@ def test_a_ready_file_on_a_full_disk_is_logged_and_the_fleet_serves(app, full):
 def test_a_missing_directory_is_exit_2_with_one_line(app, tmp_path, flag):
     path = tmp_path / "missing" / "app.file"
     line = refused(app, flag, str(path))
-    assert line == f"cluster-ext run: error: {flag} {path}: No such file or directory"
+    assert line == (f"cluster-ext run: error: argument {flag}: {path}: its directory "
+                    f"{path.parent} does not exist")
     assert list(tmp_path.iterdir()) == []

@@ -247,10 +247,13 @@ def test_scale_grows_and_shrinks_the_fleet(app, sockdir):
     assert figures["primary"]["workers_wanted"] == 1
     assert get(port)[2].split()[1] == "3"
 
-    for bad in ("0", "-1", "5000"):
+    for bad in ("0", "-1"):                       # told before asking the primary
         code, out, err = command("scale", str(path), bad)
-        assert code == 1 and out == "", (bad, out, err)
-        assert err.startswith("cluster-ext scale: scale takes a number of workers"), err
+        assert (code, out, err) == (2, "", "cluster-ext scale: error: argument N: must be "
+                                    f"at least 1, not {bad}\n")
+    code, out, err = command("scale", str(path), "5000")
+    assert code == 1 and out == "", (out, err)
+    assert err.startswith("cluster-ext scale: scale takes a number of workers"), err
     assert [w["id"] for w in status(path)["workers"]] == [3]
     lines = stop(a)
     assert any("scale to 3 workers asked on the control socket" in line for line in lines)
@@ -515,7 +518,7 @@ def test_a_metrics_port_in_use_stops_before_any_fork(app, sockdir):
     assert not path.exists()                               # the control socket opened first
     b, _ = cli(app, "webapp:app", "--metrics", "nowhere")
     text = "\n".join(b.finish(code=2))
-    assert "--metrics takes [HOST:]PORT" in text and "forked" not in text, text
+    assert "argument --metrics: takes [HOST:]PORT" in text and "forked" not in text, text
 
 
 # ---- bounds: nobody holds the primary through its services (issue 24, item 2) ----------

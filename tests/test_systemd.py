@@ -386,5 +386,5 @@ def test_the_kubernetes_example_parses_and_its_stop_fits_the_grace_period():
     assert args.ready_file == "/tmp/ready" and args.pid_file == "/tmp/cluster.pid"
     port = next(p["containerPort"] for p in pod["containers"][0]["ports"]
                 if p["name"] == "metrics")
-    assert args.metrics == f"0.0.0.0:{port}" and args.control == "/tmp/control.sock"
+    assert args.metrics == ("0.0.0.0", port) and args.control == "/tmp/control.sock"
     assert args.drain_delay + args.graceful_timeout < pod["terminationGracePeriodSeconds"]

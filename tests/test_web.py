@@ -977,7 +977,7 @@ def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
     for option in ("--limit-request-head", "--timeout-request-head"):
         with pytest.raises(SystemExit):
             parser.parse_args(["run", option, "-1", "m:app"])
-        assert "is negative (0 turns it off)" in capsys.readouterr().err
+        assert f"argument {option}: must be " in capsys.readouterr().err
     with pytest.raises(ValueError, match="limit_request_head must be >= 0"):
         web.check_limits(-1, 20.0)
 

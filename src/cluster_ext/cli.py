@@ -16,7 +16,8 @@ from . import _core, _runtime, _worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
     from ._files import RunFile
     from ._protocol import Address
@@ -57,26 +58,73 @@ examples:
 DEFAULT_HEARTBEAT = 30.0
 
 
-def _seconds(text: str) -> float:
-    """An option's seconds: finite, 0 or more, and within what a timer takes."""
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (`cluster-ext run: error: argument
+    -w/--workers: must be at least 1, not 0`) and exit 2: `run`'s usage
+    takes a screen, and the line that says what is wrong would scroll
+    under it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str, *, positive: bool = False) -> float:
+    """An option's seconds: finite, 0 or more (more than 0 if positive), and
+    within what a timer takes."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= _core.MAX_SECONDS:          # NaN fails too
-        raise argparse.ArgumentTypeError(
-            f"must be 0 or more and at most {_core.MAX_SECONDS:g} seconds, not {text}")
+    if not (value > 0 if positive else value >= 0) or not value <= _core.MAX_SECONDS:
+        raise argparse.ArgumentTypeError(    # NaN fails too
+            f"must be {'more than 0' if positive else '0 or more'} and at most "
+            f"{_core.MAX_SECONDS} seconds, not {text}")
     return value
 
 
-def _common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-w", "--workers", type=int, default=None, metavar="N",
+def _positive_seconds(text: str) -> float:
+    """Seconds where 0 would mean nothing useful (a grace of none)."""
+    return _seconds(text, positive=True)
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, minimum or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, not {port}")
+    return port
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """[HOST:]PORT, HOST may be [IPv6]."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"takes [HOST:]PORT (a port from 0 to 65535), "
+                                         f"not {text!r}")
+    return host, int(port)
+
+
+def _common_parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("-w", "--workers", type=_at_least(1), default=None, metavar="N",
                         help="worker processes (default: one per core)")
     common.add_argument("--sched", choices=("rr", "none"), default=None,
                         help="rr: the primary accepts and hands connections out in turn "
                              "(default); none: workers accept on the shared socket")
-    common.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
+    common.add_argument("--graceful-timeout", type=_positive_seconds, default=30.0, metavar="S",
                         help="seconds a worker may take to finish its connections when "
                              "stopping or reloading before it is killed (default 30)")
     common.add_argument("--heartbeat-timeout", type=_seconds, default=DEFAULT_HEARTBEAT,
@@ -84,7 +132,7 @@ def _common_parser() -> argparse.ArgumentParser:
                         help="kill and replace a worker whose event loop has not answered "
                              f"for S seconds (default {DEFAULT_HEARTBEAT:g}, as gunicorn's "
                              "--timeout; 0: off)")
-    common.add_argument("--drain-delay", type=float, default=0.0, metavar="S",
+    common.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="S",
                         help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
                              "before the graceful stop, while a load balancer lets go")
     common.add_argument("--pid-file", default=None, metavar="PATH",
@@ -95,14 +143,14 @@ def _common_parser() -> argparse.ArgumentParser:
     common.add_argument("--control", default=None, metavar="PATH",
                         help="answer `cluster-ext status PATH`, reload, scale and stop on "
                              "a Unix socket at PATH (mode 0600)")
-    common.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+    common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
                         help="serve /metrics (Prometheus) from the primary on HOST:PORT "
                              "(HOST default 127.0.0.1); needs cluster_ext[metrics]")
     return common
 
 
-def _web_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+def _web_parser() -> _Parser:
+    parser = _Parser(add_help=False)
     web = parser.add_argument_group("web applications (APP is module:attribute)")
     web.add_argument("-b", "--bind", action="append", default=None, metavar="ADDR",
                      help="HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (an inherited "
@@ -116,7 +164,7 @@ def _web_parser() -> argparse.ArgumentParser:
                           "starts (by default only the workers import it)")
     web.add_argument("--access-log", action="store_true",
                      help="one line per request on stdout")
-    web.add_argument("--threads", type=int, default=1, metavar="N",
+    web.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                      help="threads per worker that run a WSGI application (default 1: "
                           "on the worker's loop, one request at a time, as gunicorn's "
                           "sync worker)")
@@ -124,21 +172,21 @@ def _web_parser() -> argparse.ArgumentParser:
                      help="uvicorn's HTTP implementation (default: httptools if installed)")
     web.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
                      help="the ASGI lifespan protocol, run once in every worker")
-    web.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="S",
+    web.add_argument("--timeout-keep-alive", type=_seconds, default=5.0, metavar="S",
                      help="close a keep-alive connection idle for S seconds (default 5)")
-    web.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
+    web.add_argument("--limit-concurrency", type=_at_least(1), default=None, metavar="N",
                      help="answer 503 beyond N connections or tasks per worker")
-    web.add_argument("--limit-request-head", type=_at_least_0(int), default=65536,
+    web.add_argument("--limit-request-head", type=_at_least(0), default=65536,
                      metavar="BYTES",
                      help="answer 431 and close when a request's line and headers pass "
                           "BYTES (default 65536; 0: no limit)")
-    web.add_argument("--timeout-request-head", type=_at_least_0(float), default=20.0,
+    web.add_argument("--timeout-request-head", type=_seconds, default=20.0,
                      metavar="S",
                      help="close a connection whose request line and headers have not come "
                           "whole S seconds after the accept, or after their first byte on a "
                           "kept-alive connection; 408 if part of them came (default 20; "
                           "0: none)")
-    web.add_argument("--backlog", type=int, default=2048, metavar="N",
+    web.add_argument("--backlog", type=_at_least(1), default=2048, metavar="N",
                      help="the listening sockets' backlog (default 2048)")
     web.add_argument("--root-path", default="", metavar="PATH",
                      help="the ASGI root_path, for an application mounted below /")
@@ -151,21 +199,8 @@ def _web_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _at_least_0(kind: type[float]) -> Any:
-    """An argparse type: a number of that kind, 0 or more (0 turns it off)."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text} is negative (0 turns it off)")
-        return value
-    return parse
-
-
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+    parser = _Parser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_parser()
@@ -183,7 +218,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="An echo service: connect with `nc 127.0.0.1 8000` and type; each "
                     "line comes back with the pid of the worker that served it. Try "
                     "`kill -HUP <primary pid>` to reload, Ctrl-C to stop.")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--host", default="127.0.0.1")
     status = commands.add_parser(
         "status", help="the workers of a running cluster, from its --control socket",
@@ -199,7 +234,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         command.add_argument("path", metavar="PATH", help="the control socket")
     scale = commands.add_parser("scale", help="a running cluster keeps N workers from now on")
     scale.add_argument("path", metavar="PATH", help="the control socket")
-    scale.add_argument("n", type=int, metavar="N", help="workers")
+    scale.add_argument("n", type=_at_least(1), metavar="N", help="workers")
     return parser
 
 
@@ -285,15 +320,6 @@ def _size(rss: int | None) -> str:
     return f"{size:.1f} {unit}"
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    """[HOST:]PORT, HOST may be [IPv6]."""
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--metrics takes [HOST:]PORT, not {text!r}")
-    return host, int(port)
-
-
 def _open_services(args: argparse.Namespace) -> list[Any]:
     """--control and --metrics, before any fork: a taken path or port is a
     clear error now, not a surprise later."""
@@ -302,7 +328,7 @@ def _open_services(args: argparse.Namespace) -> list[Any]:
         if args.control is not None:
             services.append(cluster.control(args.control))
         if args.metrics is not None:
-            host, port = _host_port(args.metrics)
+            host, port = args.metrics
             services.append(cluster.serve_metrics(port, host))
             log.info("metrics on http://%s:%d/metrics", host, services[-1].address[1])
     except BaseException:
@@ -418,7 +444,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return _control_client(args)
     if args.command == "run" and _is_web_app(args.app) and args.args:
         # uvicorn's order (APP, then options): what follows APP is ours
-        argparse.ArgumentParser(prog=f"{prog} run", parents=[_common_parser(), _web_parser()]
+        _Parser(prog=f"{prog} run", parents=[_common_parser(), _web_parser()]
                                 ).parse_args(args.args, namespace=args)
     if cluster.is_worker:
         if args.command == "run" and _is_web_app(args.app):
@@ -449,12 +475,34 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
             pid_file.remove("pid file")
 
 
+PATH_OPTIONS = (("--pid-file", "pid_file"), ("--ready-file", "ready_file"),
+                ("--control", "control"))
+
+
+def _unwritable_directory(path: str) -> str | None:
+    """Why no file can be made at path because of its directory, or None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        return f"{path}: its directory {directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{path}: {directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{path}: its directory {directory} is not writable"
+    return None
+
+
 def _claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
-    """--pid-file written and --ready-file's path made way for (as
-    supervise() does), before anything is logged or forked, so that a path
-    in use or that cannot be written is one line and exit 2, as a bad
-    argument is. Returns (the pid file, None) or (None, what is wrong)."""
+    """Every path option's directory checked, --pid-file written and
+    --ready-file's path made way for (as supervise() does), before anything
+    is logged or forked, so that a path in use or that cannot be written is
+    one line and exit 2, as a bad argument is. Returns (the pid file, None)
+    or (None, what is wrong)."""
     from . import _files
+    for flag, name in PATH_OPTIONS:
+        path = getattr(args, name)
+        why = _unwritable_directory(path) if path else None
+        if why is not None:
+            return None, f"argument {flag}: {why}"
     pid_file = None
     flag = "--pid-file"
     try:
@@ -467,7 +515,7 @@ def _claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
     except OSError as exc:
         if pid_file is not None:
             pid_file.remove("pid file")
-        return None, f"{flag} {exc.filename}: {exc.strerror or exc}"
+        return None, f"argument {flag}: {exc.filename}: {exc.strerror or exc}"
     return pid_file, None
 
 
@@ -476,17 +524,17 @@ def _supervise(args: argparse.Namespace) -> int:
     if args.sched is not None:
         cluster.scheduling_policy = cluster.SCHED_NONE if args.sched == "none" \
             else cluster.SCHED_RR
+    try:
+        services = _open_services(args)
+    except (OSError, ImportError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     _log_lifecycle()
     what = args.app if args.command == "run" else f"the demo on {args.host}:{args.port}"
     heartbeat = args.heartbeat_timeout or None          # 0: off
     log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
              args.workers or os.cpu_count(), what,
              f"{heartbeat:g} s" if heartbeat else "off")
-    try:
-        services = _open_services(args)
-    except (OSError, ValueError, ImportError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=heartbeat,
