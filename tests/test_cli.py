@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,12 +176,92 @@ def test_run_has_a_heartbeat_by_default_and_0_turns_it_off(cli):
         worker, = map(int, f.read().split())
     os.kill(worker, signal.SIGSTOP)
     c.wait_log("worker 1 exited (signal SIGKILL)", timeout=10)
+    # named as such before its exit (gunicorn's WORKER TIMEOUT), not only a SIGKILL
+    timed_out = [i for i, line in enumerate(c.log) if "worker 1 timed out after " in line]
+    assert timed_out and c.log[timed_out[0]].endswith(" s (no heartbeat): killing it"), c.log
+    assert timed_out[0] < next(i for i, line in enumerate(c.log) if "exited" in line), c.log
     c.wait_log("listening on", count=2)
     assert c.stop(signal.SIGTERM) == 0
     for bad in ("-1", "nan", "soon"):
         c = cli("run", "--heartbeat-timeout", bad, echo)
         assert c.proc.wait(timeout=20) == 2
         assert b"--heartbeat-timeout" in c.proc.stderr.read()
+
+
+def workers_of(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def after(log, first, then):
+    """The line with then comes after the line with first."""
+    return next(i for i, line in enumerate(log) if first in line) < \
+        next(i for i, line in enumerate(log) if then in line)
+
+
+def test_the_log_names_each_signal_and_what_it_starts(cli):
+    """An operator's signals, each logged as it arrives with what it
+    starts; a reload's end with its duration and what it replaced."""
+    c = cli("run", "-w", "2", str(ROOT / "examples" / "asyncio_echo.py"),
+            "--port", str(free_port()))
+    c.wait_log("listening on", count=2)
+    os.kill(c.proc.pid, signal.SIGHUP)
+    c.wait_log("SIGHUP received: reloading 2 workers")
+    c.wait_log("reload done in ")
+    assert c.log[-1].endswith(" s: 2 workers replaced"), c.log
+    assert after(c.log, "worker 2 exited (code 0, as asked)", "reload done in "), c.log
+    os.kill(c.proc.pid, signal.SIGTTIN)
+    c.wait_log("SIGTTIN received: scaling to 3 workers")
+    c.wait_log("listening on", count=5)
+    os.kill(c.proc.pid, signal.SIGTTOU)
+    c.wait_log("SIGTTOU received: scaling to 2 workers")
+    c.wait_log("exited (code 0, as asked)", count=3)
+    assert c.stop(signal.SIGTERM) == 0
+    assert "SIGTERM received: stopping gracefully (timeout 30 s)" in "\n".join(c.log), c.log
+
+
+@pytest.mark.parametrize("signals,says", [
+    ((signal.SIGINT,), "SIGINT received: stopping gracefully (timeout 30 s)"),
+    ((signal.SIGQUIT,), "SIGQUIT received: stopping at once (SIGKILL to 2 workers)"),
+    ((signal.SIGTERM, signal.SIGTERM), "SIGTERM received: stopping at once (SIGKILL to 2")])
+def test_a_stop_signal_is_logged_with_what_it_does(cli, signals, says):
+    """SIGQUIT stops at once, as gunicorn's and nginx's quick shutdown (it
+    was the default action: the primary dumped core and left its workers);
+    so does a second SIGTERM. Held by a stopped worker, the graceful stop
+    would take its whole timeout: at once, it does not."""
+    c = cli("run", "-w", "2", "--heartbeat-timeout", "0", str(ROOT / "examples" /
+                                                              "asyncio_echo.py"),
+            "--port", str(free_port()))
+    c.wait_log("listening on", count=2)
+    workers = workers_of(c.proc.pid)
+    for worker in workers:
+        os.kill(worker, signal.SIGSTOP)
+    for sig in signals[:-1]:
+        os.kill(c.proc.pid, sig)
+        c.wait_log(f"{sig.name} received: stopping gracefully")
+    if signals[-1] == signal.SIGINT:
+        for worker in workers:
+            os.kill(worker, signal.SIGCONT)
+    assert c.stop(signals[-1]) == 0
+    assert says in "\n".join(c.log), c.log
+    assert all(not pid_alive(worker) for worker in workers)
+
+
+def test_a_reload_that_kills_says_so_at_its_end(cli):
+    """A worker that does not finish within the graceful timeout is named
+    as it is killed, and the reload's end counts it."""
+    c = cli("run", "-w", "1", "--heartbeat-timeout", "0", "--graceful-timeout", "1",
+            str(ROOT / "examples" / "asyncio_echo.py"), "--port", str(free_port()))
+    c.wait_log("listening on")
+    worker, = workers_of(c.proc.pid)
+    os.kill(worker, signal.SIGSTOP)
+    os.kill(c.proc.pid, signal.SIGHUP)
+    c.wait_log("SIGHUP received: reloading 1 workers")
+    c.wait_log("reload done in ")
+    assert c.log[-1].endswith(": 1 workers replaced; 1 old workers ended by SIGKILL"), c.log
+    assert after(c.log, "worker 1 still running 1 s after its disconnect: killing it",
+                 "worker 1 exited (signal SIGKILL"), c.log
+    assert c.stop(signal.SIGTERM) == 0
 
 
 BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)

@@ -25,6 +25,9 @@ RELOAD_TRIES = 3                 # replacements for one worker before a reload g
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 _active: _Fleet | None = None    # the fleet supervise() is running, if any
+STOP_SIGNALS = (_fast.signal.SIGTERM, _fast.signal.SIGINT)
+FLEET_SIGNALS = (*STOP_SIGNALS, _fast.signal.SIGQUIT, _fast.signal.SIGHUP, _fast.signal.SIGTTIN,
+                 _fast.signal.SIGTTOU)
 
 
 class CrashLoopError(RuntimeError):
@@ -67,25 +70,32 @@ def reload(callback: Callable[[], Any] | None = None, *,
     there and the old workers go on serving (code that cannot start is not
     rolled out), without callback(). A fleet that begins to stop ends the
     reload: nothing more is forked."""
-    rolling_restart(timeout, lambda complete: callback() if complete and callback else None)
+    rolling_restart(timeout, lambda complete: callback() if complete and callback else None,
+                    cause="reload() called")
 
 
-def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any]) -> None:
+def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause: str) -> None:
     """reload(), which ends in on_end(complete): True once every old worker
-    is replaced, False when the replacements could not start."""
+    is replaced, False when the replacements could not start. Its start is
+    logged after cause (what asked for it), its end with its duration and
+    what failed."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
     if timeout is not None:              # its timers start later, in callbacks
         timeout = _runtime.check_seconds("timeout", timeout)
     if _Reload.running is not None:
         _Reload.running.join(on_end)
+        _runtime.log("info", f"{cause}: reloading {len(_Reload.running.old())} workers "
+                     "(joining the reload running)")
         return
     _notify.reloading()                 # nothing without a supervise() under systemd
     if _active is not None:
         _active.reload_began()
     if timeout is None:
         timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
-    _Reload(timeout, on_end).step()
+    reload = _Reload(timeout, on_end)
+    _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
+    reload.step()
 
 
 class _Reload:
@@ -101,6 +111,10 @@ class _Reload:
         self.timeout = timeout
         self.on_ends = [on_end]
         self.upto = _runtime.next_id - 1      # the newest worker id to replace
+        self.started = time.monotonic()
+        self.replaced = 0
+        self.died = 0                         # replacements dead before they served
+        self.killed: list[str] = []           # the signals that ended old workers
         _Reload.running = self
 
     def join(self, on_end: Callable[[bool], Any]) -> None:
@@ -111,6 +125,8 @@ class _Reload:
         """A fleet that begins to stop ends the reload: nothing more is forked."""
         if _active is not None and _active.stopping > 0:
             _Reload.running = None
+            _runtime.log("info", f"reload abandoned after {self.took()}: the fleet is "
+                         f"stopping ({self.replaced} workers replaced)")
             return True
         return False
 
@@ -118,16 +134,40 @@ class _Reload:
         _Reload.running = None
         if _active is not None:
             _active.reload_ended(complete)
+        failures = self.failures()
+        if complete:
+            _runtime.log("warning" if failures else "info", f"reload done in {self.took()}: "
+                         f"{self.replaced} workers replaced{failures}")
+        else:
+            _runtime.log("warning", f"reload stopped after {self.took()}: {self.replaced} of "
+                         f"{self.replaced + len(self.old())} workers replaced{failures}")
         for on_end in self.on_ends:
             on_end(complete)
 
-    def next_old(self) -> Worker | None:
+    def took(self) -> str:
+        return f"{time.monotonic() - self.started:.1f} s"
+
+    def failures(self) -> str:
+        """What went wrong on the way, for the end's line ('' for nothing)."""
+        seen = []
+        if self.died:
+            seen.append(f"{self.died} replacements died before they served")
+        if self.killed:
+            seen.append(f"{len(self.killed)} old workers ended by "
+                        f"{', '.join(sorted(set(self.killed)))}")
+        return "; " + ", ".join(seen) if seen else ""
+
+    def old(self) -> list[Worker]:
+        """The workers still to replace, oldest first."""
         workers = _runtime.workers
         assert workers is not None          # the primary's
-        return min((w for w in workers.values()
-                    if w.id <= self.upto and not w.is_dead() and w.is_connected()
-                    and not w._disconnecting),     # retiring already: ours, or a shrink
-                   key=lambda w: w.id, default=None)
+        return sorted((w for w in workers.values()
+                       if w.id <= self.upto and not w.is_dead() and w.is_connected()
+                       and not w._disconnecting),     # retiring already: ours, or a shrink
+                      key=lambda w: w.id)
+
+    def next_old(self) -> Worker | None:
+        return next(iter(self.old()), None)
 
     def step(self) -> None:
         if self.abandoned():
@@ -167,14 +207,23 @@ class _Reload:
 
         def replaced(*_: Any) -> None:
             new.off("exit", failed)
+            self.replaced += 1
             if w.is_dead():               # killed meanwhile: nothing to retire
                 self.step()
                 return
-            w.once("exit", lambda *_: self.step())
+            w.once("exit", retired)
             w.disconnect(timeout=self.timeout)
+
+        def retired(code: int | None, sig: Any) -> None:
+            if sig is not None:
+                self.killed.append(sig.name)
+            # Next turn: the exit's own listeners (its log line) come before
+            # the next fork or the reload's end.
+            _runtime.call_later(0, self.step)
 
         def failed(*_: Any) -> None:
             new.off(ready, replaced)
+            self.died += 1
             if self.abandoned():
                 return
             if new.boot_failure is not None:  # the new code cannot start: keep the old
@@ -326,14 +375,46 @@ class _Fleet:
         if self.live() < self.size:
             self.spawn(respawn=True)
 
-    def stop(self, now: bool = False) -> None:
+    def on_signal(self, signum: int, frame: Any = None) -> None:
+        """A signal to the primary: what it starts, logged first, as an
+        operator looks for it."""
+        # supervise() has imported it: a dict lookup
+        import signal
+
+        name = signal.Signals(signum).name
+        if signum in STOP_SIGNALS or signum == _fast.signal.SIGQUIT:
+            self.stop(now=signum == _fast.signal.SIGQUIT, cause=f"{name} received")
+        elif self.stopping:
+            _runtime.log("info", f"{name} received: ignored, the fleet is stopping")
+        elif signum == _fast.signal.SIGHUP:
+            rolling_restart(None, lambda complete: None, cause=f"{name} received")
+        elif signum == _fast.signal.SIGTTIN:
+            self.grow()
+            _runtime.log("info", f"{name} received: scaling to {self.size} workers")
+        elif self.size == 1:
+            _runtime.log("info", f"{name} received: ignored, 1 worker is the least")
+        else:
+            self.shrink()
+            _runtime.log("info", f"{name} received: scaling to {self.size} workers")
+
+    def stop(self, now: bool = False, cause: str | None = None) -> None:
+        """A graceful stop, or at once: now, or a second stop. cause: what
+        asked, for the log line."""
+        # Counted before the line is logged: a second signal's handler may
+        # run inside the logging call, and must see the first.
         self.stopping += 1
-        if self.stopping == 1:
+        first = self.stopping == 1
+        at_once = now or not first
+        if cause is not None:
+            _runtime.log("info", f"{cause}: " + (
+                f"stopping at once (SIGKILL to {len(self.workers())} workers)" if at_once
+                else f"stopping gracefully (timeout {self.graceful_timeout:g} s)"))
+        if first:
             _shared.hold(False)
             _notify.notify("STOPPING=1", "STATUS=stopping")
             self.unready()
         self.cancel_timers()
-        if now or self.stopping > 1:     # a second signal: at once
+        if at_once:
             for w in self.workers():
                 w.kill("SIGKILL")
         elif self.drain_delay > 0:
@@ -469,8 +550,11 @@ class _Fleet:
             if w.is_dead() or not w.is_connected():
                 continue
             # A worker forked before supervise() is timed from its first beat.
-            if now - self.pongs.setdefault(w.id, now) > timeout:
-                # its Python code is stuck: replace it
+            silent = now - self.pongs.setdefault(w.id, now)
+            if silent > timeout:
+                # its Python code is stuck: replace it (gunicorn's WORKER TIMEOUT)
+                _runtime.log("error", f"worker {w.id} timed out after {silent:.1f} s "
+                             "(no heartbeat): killing it")
                 os.kill(w.process.pid, _fast.signal.SIGKILL)
                 self.pongs[w.id] = now
             else:
@@ -485,8 +569,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
               pid_file: str | None = None, ready_file: str | None = None,
               drain_delay: float = 0.0) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
-    until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one
-    at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
+    until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one,
+    or SIGQUIT, at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
     oldest. Raises CrashLoopError instead of respawning forever, and
     BootError when a worker cannot start before any worker has listened.
     Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
@@ -497,6 +581,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     OSError when it cannot be written. drain_delay: seconds a graceful stop
     keeps serving (not ready, STOPPING=1) before it disconnects."""
     global _active
+    # The signal handlers log: logging is imported here, not by a handler
+    # that runs inside its first import (a module half made).
+    import logging  # noqa: F401
     import signal
 
     from . import _files
@@ -530,10 +617,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
                 written.remove("pid file")
             raise
     _notify.start()
-    handlers = {signal.SIGTERM: lambda *_: fleet.stop(), signal.SIGINT: lambda *_: fleet.stop(),
-                signal.SIGHUP: lambda *_: reload(), signal.SIGTTIN: lambda *_: fleet.grow(),
-                signal.SIGTTOU: lambda *_: fleet.shrink()}
-    previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
+    previous = {sig: signal.signal(sig, fleet.on_signal) for sig in FLEET_SIGNALS}
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
     _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
         fleet.on_said_ready)

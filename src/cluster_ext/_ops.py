@@ -429,7 +429,6 @@ class Control(_Service):
             gather(lambda figures: answer({"ok": True, **figures}))
         elif command == "reload":
             started = time.monotonic()
-            _runtime.log("info", "reload asked on the control socket")
 
             def ended(complete: bool) -> None:
                 took = round(time.monotonic() - started, 3)
@@ -437,7 +436,7 @@ class Control(_Service):
                        {"ok": False, "seconds": took, "error": "the reload stopped: the "
                         "new workers could not start, the old ones serve on"})
 
-            _fleet.rolling_restart(None, ended)
+            _fleet.rolling_restart(None, ended, cause="reload asked on the control socket")
         elif fleet is None:
             raise ControlError(f"{command!r} needs a supervised fleet (supervise(), "
                                "cluster-ext run)")
@@ -450,9 +449,8 @@ class Control(_Service):
             fleet.scale(argument)
             answer({"ok": True, "workers_wanted": fleet.size})
         else:                            # stop: answered before the stop begins
-            _runtime.log("info", "stop asked on the control socket")
             answer({"ok": True})
-            _runtime.call_later(0, fleet.stop)
+            _runtime.call_later(0, lambda: fleet.stop(cause="stop asked on the control socket"))
 
 
 COMMANDS = ("status", "reload", "scale", "stop")

@@ -434,18 +434,21 @@ class Worker(EventEmitter):
             return self
         self.exited_after_disconnect = True
         if timeout is not None:
-            self._timers.append(_runtime.call_later(timeout, self._disconnect_overdue))
+            self._timers.append(_runtime.call_later(
+                timeout, lambda: self._disconnect_overdue(timeout)))
         if not self._disconnecting:
             self._disconnecting = True
             self._send_frame(_core.FRAME_DISCONNECT)
             self._stop_routing()
         return self
 
-    def _disconnect_overdue(self) -> None:
+    def _disconnect_overdue(self, timeout: float) -> None:
         # Not only a worker that never said 'disconnect': one that did and
         # then never exits (a thread stuck at the interpreter's exit) holds a
         # reload or a stop just the same.
         if not self._dead:
+            _runtime.log("warning", f"worker {self.id} still running {timeout:g} s after "
+                         "its disconnect: killing it")
             self.kill("SIGKILL")
 
     def kill(self, signal: Any = "SIGTERM") -> None:

@@ -29,8 +29,8 @@ Run a Python server as a cluster: one primary that supervises N worker
 processes sharing the server's port (Node's cluster, with what PM2 and
 gunicorn add: respawn, zero-downtime reload, hung-worker kills).
 
-Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one
-stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
+Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one,
+or SIGQUIT, stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
 worker, SIGTTOU retires the oldest. SIGTERM or SIGINT to a worker (or to
 the whole process group) drains it: a group's signal stops as one to the
 primary does, and a worker signalled alone is replaced."""

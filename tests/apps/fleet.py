@@ -17,6 +17,8 @@
   giveback   one worker serves a port; a line "hold" makes it say "holding",
              keep its loop for HOLD seconds, then disconnect: what the primary
              handed it meanwhile (SCHED_RR) it gives back unread
+
+LOG=1: the primary's log lines too, as "log <message>".
 """
 import os
 import sys
@@ -33,6 +35,15 @@ def say(*parts):
 
 
 if cluster.is_primary:
+    if os.environ.get("LOG"):
+        import logging
+
+        class Say(logging.Handler):
+            def emit(self, record):
+                say("log", record.getMessage())
+
+        logging.getLogger("cluster_ext").addHandler(Say())
+        logging.getLogger("cluster_ext").setLevel(logging.INFO)
     cluster.on("fork", lambda w: say("fork", w.id, round(time.monotonic(), 4)))
     cluster.on("online", lambda w: say("online", w.id))
     cluster.on("listening", lambda w, a: say("listening", w.id, a[1]))
