@@ -1,5 +1,6 @@
 """The source keeps its promises: the stub matches the module, only the glue
-includes Python.h, and the C builds clean with -Wall -Wextra."""
+includes Python.h, the C builds clean with -Wall -Wextra, and the docs' links
+lead somewhere."""
 import ast
 import re
 import shutil
@@ -102,3 +103,34 @@ def test_the_stub_agrees_with_the_module():
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "cluster_ext._core"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _anchors(text):
+    """The #fragments a Markdown page has: GitHub's slugs of its headings
+    (a repeated one numbered -1, -2, ...) and its <a id=...>."""
+    found, seen = set(), {}
+    for heading in re.findall(r"^#+ (.*)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return found | set(re.findall(r'<a id="([^"]+)"', text))
+
+
+def test_the_docs_links_lead_somewhere():
+    """Every relative link of README.md, CONTRIBUTING.md and docs/*.md names
+    a file of the repository, and its #fragment a heading there (api.md's
+    contents linked a section that had gone)."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue                     # https:, mailto:
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif fragment and linked.suffix == ".md" and \
+                    fragment not in _anchors(linked.read_text()):
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken

@@ -989,5 +989,5 @@ def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    with pytest.raises(ImportError, match=r"pip install 'cluster_ext\[web\]'"):
+    with pytest.raises(ImportError, match=r"pip install '\.\[web\]' in cluster_ext's repository"):
         web.check_extra()

@@ -81,7 +81,7 @@ def control(path: str | _os.PathLike[str], *, max_connections: int = 64,
 def serve_metrics(port: int, host: str = "127.0.0.1", *, max_connections: int = 64,
                   idle_timeout: float = 10.0) -> Metrics:
     """/metrics in the Prometheus text format on host:port, from the primary
-    (needs pip install 'cluster_ext[metrics]'); returns it, to close(). Bounded
+    (needs the metrics extra, pip install '.[metrics]'); returns it, to close(). Bounded
     as control() is."""
     from . import _ops
     return _ops.serve_metrics(port, host, max_connections=max_connections,

@@ -638,7 +638,7 @@ class Metrics(_Service):
             from prometheus_client import CollectorRegistry, ProcessCollector
         except ImportError as exc:
             raise ImportError(f"metrics need prometheus_client and h11 ({exc}): "
-                              "pip install 'cluster_ext[metrics]'") from None
+                              "pip install '.[metrics]' in cluster_ext's repository root") from None
         self.h11 = h11
         self.figures: Snapshot = {"primary": {"supervised": False}, "workers": []}
         self.registry = CollectorRegistry(auto_describe=False)

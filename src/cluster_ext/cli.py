@@ -41,10 +41,11 @@ Runs APP as the workers of a supervised cluster.
 APP is either an ASGI or WSGI application, named as gunicorn and uvicorn name
 it (module:attribute, e.g. myproject.asgi:application), which every worker
 imports and serves over HTTP on each --bind address (uvicorn's protocols;
-needs pip install 'cluster_ext[web]'), or a Python script that serves with
-cluster_ext.net, cluster_ext.aio or cluster.listen_socket(): each worker runs
-it as __main__ with sys.argv = [APP, *ARGS], and runs the event loop itself if
-APP returns without calling cluster.run().
+needs the web extra: pip install '.[web]' in the repository's root), or a
+Python script that serves with cluster_ext.net, cluster_ext.aio or
+cluster.listen_socket(): each worker runs it as __main__ with sys.argv =
+[APP, *ARGS], and runs the event loop itself if APP returns without calling
+cluster.run().
 
 examples:
   cluster-ext run -w 4 --bind 0.0.0.0:8000 myproject.asgi:application
@@ -145,7 +146,7 @@ def _common_parser() -> _Parser:
                              "a Unix socket at PATH (mode 0600)")
     common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
                         help="serve /metrics (Prometheus) from the primary on HOST:PORT "
-                             "(HOST default 127.0.0.1); needs cluster_ext[metrics]")
+                             "(HOST default 127.0.0.1); needs the metrics extra")
     return common
 
 

@@ -43,7 +43,7 @@ KEEP_ALIVE_LINGER = 0.5       # a keep-alive connection answered this recently m
 LIMIT_REQUEST_HEAD = 65536    # bytes of a request line and headers (0: no limit): 431 beyond
 TIMEOUT_REQUEST_HEAD = 20.0   # seconds for a head to come whole (0: none): 408, or a silent close
 REFUSAL_LINGER = 2.0          # after a 431 or 408, the client's bytes are read and dropped so long
-EXTRA_HINT = "pip install 'cluster_ext[web]'"
+EXTRA_HINT = "pip install '.[web]' in cluster_ext's repository root"
 
 
 class AppLoadError(Exception):
