@@ -237,6 +237,32 @@ def test_a_ready_file_on_a_full_disk_is_logged_and_the_fleet_serves(app, full):
     assert os.listdir(full) == ["filler"]
 
 
+@pytest.fixture
+def readonly(tmp_path):
+    """A read-only tmpfs: root may write in any directory but on such a one."""
+    path = tmp_path / "readonly"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)])
+
+
+@pytest.mark.parametrize("flag", [*FLAGS, "--control"])
+def test_a_directory_that_cannot_be_written_is_exit_2_with_one_line(app, readonly, flag):
+    """Told before anything is logged or forked (--control was told after
+    the 'supervising' line), in argparse's words."""
+    path = readonly / "app.file"
+    line = refused(app, flag, str(path))
+    assert line == (f"cluster-ext run: error: argument {flag}: {path}: its directory "
+                    f"{readonly} is not writable")
+
+
 @pytest.mark.parametrize("flag", FLAGS)
 def test_a_missing_directory_is_exit_2_with_one_line(app, tmp_path, flag):
     path = tmp_path / "missing" / "app.file"
