@@ -284,6 +284,8 @@ BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
      "argument --ready-file: {tmp}/missing/ready: its directory {tmp}/missing does not"),
     (["run", "--control", "{tmp}/missing/ctl.sock"],
      "argument --control: {tmp}/missing/ctl.sock: its directory {tmp}/missing does not"),
+    (["run", "--bind", "unix:{tmp}/missing/app.sock"],
+     "argument -b/--bind: {tmp}/missing/app.sock: its directory {tmp}/missing does not"),
     (["run", "--pid-file", "{tmp}/file/app.pid"],
      "argument --pid-file: {tmp}/file/app.pid: {tmp}/file is not a directory"),
     (["demo", "--port", "70000"], "argument --port: must be a port from 0 to 65535"),

@@ -493,14 +493,16 @@ def _unwritable_directory(path: str) -> str | None:
 
 
 def _claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
-    """Every path option's directory checked, --pid-file written and
-    --ready-file's path made way for (as supervise() does), before anything
-    is logged or forked, so that a path in use or that cannot be written is
-    one line and exit 2, as a bad argument is. Returns (the pid file, None)
-    or (None, what is wrong)."""
+    """Every path option's directory checked (--bind unix:PATH's too),
+    --pid-file written and --ready-file's path made way for (as supervise()
+    does), before anything is logged or forked, so that a path in use or
+    that cannot be written is one line and exit 2, as a bad argument is.
+    Returns (the pid file, None) or (None, what is wrong)."""
     from . import _files
-    for flag, name in PATH_OPTIONS:
-        path = getattr(args, name)
+    paths = [(flag, getattr(args, name)) for flag, name in PATH_OPTIONS]
+    paths += [("-b/--bind", bind[len("unix:"):]) for bind in getattr(args, "bind", None) or ()
+              if bind.startswith("unix:")]
+    for flag, path in paths:
         why = _unwritable_directory(path) if path else None
         if why is not None:
             return None, f"argument {flag}: {why}"
