@@ -650,6 +650,10 @@ class _Draining:
             self.cx_answer_refusal()  # type: ignore[attr-defined]
             return
         super().on_response_complete()  # type: ignore[misc]
+        if self.cx_draining and not self.transport.is_closing():
+            # a response whose head left before the drain, so without
+            # Connection: close: its client may send again (cx_last_request)
+            self.cx_drain(self.cx_worker_drain or 0.0)
 
     def handle_websocket_upgrade(self, *args: Any) -> None:
         self.cx_upgraded = True
@@ -673,11 +677,16 @@ class _Draining:
 
     def cx_last_request(self) -> None:
         """The request received last closes the connection: the ones before
-        it (pipelined) are answered as they would have been."""
+        it (pipelined) are answered as they would have been. One whose head
+        has left, without Connection: close, is not the last: its client
+        takes the connection as kept alive and may have sent the next
+        request already (a2wsgi's pool completes a response after its body
+        is out), so closing after it would drop that one; the connection
+        drains again when it completes (on_response_complete)."""
         cycle = self.cycle
-        if cycle is not None:
+        if cycle is not None and not cycle.response_started:
             cycle.keep_alive = False
-            if not cycle.response_started and _CLOSE not in cycle.default_headers:
+            if _CLOSE not in cycle.default_headers:
                 # h11's cycle says Connection: close only when the request
                 # did; httptools' sees this one and writes no second
                 cycle.default_headers = [*cycle.default_headers, _CLOSE]

@@ -8,6 +8,8 @@ this folder as the working directory.
                echoes WebSocket text. Lifespan lines "startup <pid>" and
                "shutdown <pid>" go to stdout.
   wsgi_app     WSGI: "wsgi <pid>"
+  wsgi_iter    the same as an iterable that is not a list (a Flask or Django
+               response), so a server sends its body apart from its end
   Asgi2App     ASGI 2 (a class whose instances are awaitable)
   create_app   a factory of app
   not_an_app   an int
@@ -120,6 +122,10 @@ def wsgi_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]
+
+
+def wsgi_iter(environ, start_response):
+    return iter(wsgi_app(environ, start_response))
 
 
 class Asgi2App:
