@@ -403,7 +403,8 @@ def test_wsgi_reloads_and_a_stop_under_load_fail_no_request(app, threads, sched,
     as Flask's and Django's responses are): a kept-alive client that has the
     body whole sends its next request at once, which a drain that closed
     after that response dropped. Three reloads under kept-alive and
-    connection-per-request clients, then a stop under the kept-alive ones."""
+    connection-per-request clients, then a stop under the kept-alive ones;
+    and no request's task cancelled at the worker's end."""
     a, port = cli(app, "webapp:wsgi_iter", "--threads", threads, "--sched", sched, workers=1)
     serving(a, 1)
     loads = [Load(port, clients=4, keep_alive=True), Load(port, clients=2)]
@@ -421,11 +422,12 @@ def test_wsgi_reloads_and_a_stop_under_load_fail_no_request(app, threads, sched,
         loads[1].stop()
         os.kill(a.pid, signal.SIGTERM)
         loads[0].done.set()                       # the requests in flight end; no new ones
-        a.finish(code=0)
+        lines = a.finish(code=0)
     finally:
         for load in loads:
             load.stop()
     assert [load.errors for load in loads] == [[], []]
+    assert not [line for line in lines if "ERROR" in line], "\n".join(lines)
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])

@@ -456,6 +456,13 @@ class _WorkerServer:
         await gone
         if self.ticker is not None:
             self.ticker.cancel()
+        if self.state.tasks and _pooled(config.app):
+            # Every connection has closed, but a request's task may still
+            # wait for its pool thread, which returns after the response is
+            # out. Nothing cancels a thread, and the exit waits for the pool's
+            # threads anyway: the loop's end would only cancel the task, and
+            # uvicorn log that as the application's error.
+            await asyncio.wait(tuple(self.state.tasks), timeout=self.graceful_timeout)
         await _bounded(lifespan.shutdown(), self.graceful_timeout)
 
     def tick(self) -> None:
@@ -513,6 +520,12 @@ class _WorkerServer:
 def _log_error(what: str) -> None:
     import logging
     logging.getLogger("uvicorn.error").exception("%s", what)
+
+
+def _pooled(app: Any) -> bool:
+    """Whether app is a WSGI application in a2wsgi's thread pool (--threads N)."""
+    from a2wsgi import WSGIMiddleware
+    return isinstance(app, WSGIMiddleware)
 
 
 async def _bounded(awaitable: Any, timeout: float) -> None:
