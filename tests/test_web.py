@@ -1,5 +1,6 @@
 """cluster_ext.web: ASGI and WSGI applications under `cluster-ext run`, through
 real processes, real sockets and real HTTP and WebSocket clients."""
+import contextlib
 import http.client
 import os
 import re
@@ -476,6 +477,15 @@ def test_an_idle_keep_alive_client_holds_neither_a_reload_nor_a_stop(app):
         conn.close()
 
 
+def closed_with(ws):
+    """The close code the server sent, once ws ends (None: no close frame)."""
+    with pytest.raises(Exception) as closed:
+        while True:
+            ws.recv(timeout=20)
+    rcvd = getattr(closed.value, "rcvd", None)
+    return rcvd.code if rcvd is not None else None
+
+
 def test_a_websocket_is_closed_1012_before_the_graceful_timeout(app):
     websockets = pytest.importorskip("websockets.sync.client")
     a, port = cli(app, "webapp:app", "--graceful-timeout", "3", workers=1)
@@ -485,13 +495,9 @@ def test_a_websocket_is_closed_1012_before_the_graceful_timeout(app):
         assert ws.recv(timeout=10) == "1 hi"
         t0 = time.monotonic()
         os.kill(a.pid, signal.SIGTERM)
-        with pytest.raises(Exception) as closed:
-            while True:
-                ws.recv(timeout=10)
-        assert time.monotonic() - t0 < 10
         # a close frame: the worker closed it, before the primary's SIGKILL at 3 s
-        assert getattr(closed.value, "rcvd", None) is not None, closed.value
-        assert closed.value.rcvd.code == 1012
+        assert closed_with(ws) == 1012
+        assert time.monotonic() - t0 < 10
     lines = a.finish(code=0)
     assert any("worker 1 exited (code 0, as asked)" in line for line in lines), "\n".join(lines)
 
@@ -567,6 +573,74 @@ def test_a_signal_to_one_worker_drains_it_and_the_fleet_replaces_it(app, sig):
         load.stop()
     assert load.errors == []
     stop(a)
+
+
+
+
+def test_a_reload_closes_each_workers_websocket_1012_at_once_and_lets_a_stream_end(app):
+    """A WebSocket has no end of its own to wait for: each one held its
+    worker's reload for the graceful timeout (30 s a worker). Now 1012 at the
+    drain's start; a streaming response still runs to its end."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "30")
+    serving(a)
+    with contextlib.ExitStack() as opened:
+        sockets = {}
+        while len(sockets) < 2:                   # RR: one for each worker
+            ws = opened.enter_context(websockets.connect(f"ws://127.0.0.1:{port}/ws",
+                                                         open_timeout=10))
+            ws.send("hi")
+            sockets.setdefault(ws.recv(timeout=10).split()[0], ws)
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        opened.callback(stream.close)
+        stream.request("GET", "/stream?n=20")     # 2 s of ticks
+        response = stream.getresponse()
+        t0 = time.monotonic()
+        os.kill(a.pid, signal.SIGHUP)
+        assert [closed_with(ws) for ws in sockets.values()] == [1012, 1012]
+        assert response.read() == b"tick\n" * 20
+        until(a, "worker 2 exited (code 0, as asked)")
+        assert time.monotonic() - t0 < 15         # not 30 s a worker
+    stop(a)
+
+
+def test_websocket_grace_keeps_a_websocket_open_that_long_into_the_drain(app):
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "30", "--websocket-grace", "2",
+                  workers=1)
+    serving(a, 1)
+    with websockets.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        t0 = time.monotonic()
+        os.kill(a.pid, signal.SIGTERM)
+        until(a, "draining")
+        ws.send("still")
+        assert ws.recv(timeout=10) == "1 still"
+        assert closed_with(ws) == 1012
+        assert time.monotonic() - t0 >= 2
+    a.finish(code=0)
+
+
+def test_a_websocket_in_its_handshake_at_the_drain_is_accepted_then_closed_1012(app):
+    """uvicorn's shutdown of a WebSocket whose application has not accepted
+    it yet answers 500: the application is let answer first."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--graceful-timeout", "30", workers=1)
+    serving(a, 1)
+    codes = []
+
+    def client():
+        with websockets.connect(f"ws://127.0.0.1:{port}/ws?accept-after=1",
+                                open_timeout=20) as ws:
+            codes.append(closed_with(ws))
+
+    t = threading.Thread(target=client)
+    t.start()
+    until(a, "ws accepting")
+    os.kill(a.pid, signal.SIGTERM)
+    until(a, "draining")
+    t.join(30)
+    assert codes == [1012]
+    a.finish(code=0)
 
 
 def test_a_fresh_connection_gets_its_first_request_answered_during_the_drain(app):
@@ -1011,12 +1085,15 @@ def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
     args = parser.parse_args(["run", "--limit-request-head", "0", "--timeout-request-head", "0.5",
                               "m:app"])
     assert (args.limit_request_head, args.timeout_request_head) == (0, 0.5)
-    for option in ("--limit-request-head", "--timeout-request-head"):
+    for option in ("--limit-request-head", "--timeout-request-head", "--websocket-grace"):
         with pytest.raises(SystemExit):
             parser.parse_args(["run", option, "-1", "m:app"])
         assert f"argument {option}: must be " in capsys.readouterr().err
     with pytest.raises(ValueError, match="limit_request_head must be >= 0"):
         web.check_limits(-1, 20.0)
+    with pytest.raises(ValueError, match="websocket_grace must be >= 0"):
+        web.check_limits(0, 0, -1)
+    assert parser.parse_args(["run", "m:app"]).websocket_grace == 0
 
 
 def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch):

@@ -187,6 +187,9 @@ def _web_parser() -> _Parser:
                           "whole S seconds after the accept, or after their first byte on a "
                           "kept-alive connection; 408 if part of them came (default 20; "
                           "0: none)")
+    web.add_argument("--websocket-grace", type=_seconds, default=0.0, metavar="S",
+                     help="at a reload or a stop, close open WebSockets with 1012 (service "
+                          "restart) S seconds after the drain begins (default 0: at once)")
     web.add_argument("--backlog", type=_at_least(1), default=2048, metavar="N",
                      help="the listening sockets' backlog (default 2048)")
     web.add_argument("--root-path", default="", metavar="PATH",
@@ -379,7 +382,8 @@ def _run_web(args: argparse.Namespace) -> None:
                      factory=args.factory, threads=args.threads, access_log=args.access_log,
                      server_options=_web_options(args),
                      limit_request_head=args.limit_request_head,
-                     timeout_request_head=args.timeout_request_head)
+                     timeout_request_head=args.timeout_request_head,
+                     websocket_grace=args.websocket_grace)
 
 
 def _check_web(args: argparse.Namespace) -> str | None:

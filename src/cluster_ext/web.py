@@ -202,7 +202,8 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
           binds: list[str] | None = None, factory: bool = False, threads: int = 1,
           access_log: bool = False, heartbeat_timeout: float | None = None,
           preload: bool = False, limit_request_head: int = LIMIT_REQUEST_HEAD,
-          timeout_request_head: float = TIMEOUT_REQUEST_HEAD, **server_options: Any) -> None:
+          timeout_request_head: float = TIMEOUT_REQUEST_HEAD, websocket_grace: float = 0.0,
+          **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
@@ -213,17 +214,20 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     limit_request_head bytes is answered 431, and one that has not come
     whole timeout_request_head seconds after the connection was accepted (or
     after its first byte, on a kept-alive connection) 408; 0 turns either
-    off. server_options go to uvicorn.Config (timeout_keep_alive,
-    limit_concurrency, root_path, proxy_headers, ...)."""
+    off. At a drain's start, every open WebSocket is closed with 1012
+    (service restart), or websocket_grace seconds later. server_options go
+    to uvicorn.Config (timeout_keep_alive, limit_concurrency, root_path,
+    proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
-    check_limits(limit_request_head, timeout_request_head)
+    check_limits(limit_request_head, timeout_request_head, websocket_grace)
     addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
     if _runtime.is_worker:
         serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
                      factory=factory, threads=threads, access_log=access_log,
                      limit_request_head=limit_request_head,
-                     timeout_request_head=timeout_request_head, server_options=server_options)
+                     timeout_request_head=timeout_request_head, websocket_grace=websocket_grace,
+                     server_options=server_options)
         return
     prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
     try:
@@ -281,14 +285,17 @@ def _resolve_fds(addresses: list[Bind]) -> list[Bind]:
     return resolved
 
 
-def check_limits(limit_request_head: int, timeout_request_head: float) -> None:
-    """ValueError for a negative limit or timeout (0 turns one off)."""
+def check_limits(limit_request_head: int, timeout_request_head: float,
+                 websocket_grace: float = 0.0) -> None:
+    """ValueError for a negative limit, timeout or grace (0 turns one off)."""
     if limit_request_head < 0:
         raise ValueError(f"limit_request_head must be >= 0 (0: no limit), "
                          f"not {limit_request_head}")
     if timeout_request_head < 0:
         raise ValueError(f"timeout_request_head must be >= 0 (0: none), "
                          f"not {timeout_request_head}")
+    if websocket_grace < 0:
+        raise ValueError(f"websocket_grace must be >= 0 (0: none), not {websocket_grace}")
 
 
 def check_extra() -> None:
@@ -304,7 +311,8 @@ def check_extra() -> None:
 def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_timeout: float,
                  factory: bool, threads: int, access_log: bool,
                  server_options: dict[str, Any], limit_request_head: int = LIMIT_REQUEST_HEAD,
-                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD) -> None:
+                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD,
+                 websocket_grace: float = 0.0) -> None:
     """In a worker: load app and serve it until the worker disconnects. A
     failure before it listens (import, lifespan startup, port) is a boot
     failure, told to the primary: the process exits 3."""
@@ -325,7 +333,7 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
     except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(_traceback(exc))
     server = _WorkerServer(config, addresses, graceful_timeout,
-                           limit_request_head, timeout_request_head)
+                           limit_request_head, timeout_request_head, websocket_grace)
     _run(server.serve(), config.get_loop_factory())
 
 
@@ -397,12 +405,14 @@ class _WorkerServer:
 
     def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float,
                  limit_request_head: int = LIMIT_REQUEST_HEAD,
-                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD) -> None:
+                 timeout_request_head: float = TIMEOUT_REQUEST_HEAD,
+                 websocket_grace: float = 0.0) -> None:
         self.config = config
         self.addresses = addresses
         self.graceful_timeout = graceful_timeout
         self.limit_request_head = limit_request_head
         self.timeout_request_head = timeout_request_head
+        self.websocket_grace = websocket_grace
         self.state: Any = None
         self.protocol_class: type = _Draining
         self.ticker: asyncio.TimerHandle | None = None
@@ -488,8 +498,12 @@ class _WorkerServer:
     def drain(self) -> None:
         """'disconnecting': the servers stop accepting (disconnect() closes
         them right after this); every connection finishes what it has
-        received; what is still open shortly before graceful_timeout is
-        closed, so that the worker says 'disconnect' before the primary's
+        received; every WebSocket is closed with 1012 (service restart), as
+        uvicorn and gunicorn close them at a shutdown's start, or after
+        websocket_grace: it has no end of its own to wait for, and would
+        hold the reload of its worker for the whole graceful_timeout. What
+        is still open shortly before graceful_timeout (a streaming response)
+        is closed, so that the worker says 'disconnect' before the primary's
         SIGKILL comes."""
         grace = min(FIRST_REQUEST_GRACE, self.graceful_timeout / 4)
         self.protocol_class.cx_worker_drain = grace  # type: ignore[attr-defined]  # and those to come
@@ -500,12 +514,23 @@ class _WorkerServer:
                     drain(grace)
                 except Exception:            # one connection must not stop the drain
                     _log_error("draining a connection")
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.websocket_grace, self.close_websockets)
         overdue = self.graceful_timeout - min(1.0, self.graceful_timeout / 10)
-        asyncio.get_running_loop().call_later(overdue, self.overdue)
+        loop.call_later(overdue, self.overdue)
+
+    def close_websockets(self) -> None:
+        """1012 to every WebSocket, and to those upgraded from now on
+        (_Draining.handle_websocket_upgrade)."""
+        self.protocol_class.cx_close_websockets = True  # type: ignore[attr-defined]
+        for connection in list(self.state.connections):
+            if not isinstance(connection, _Draining):    # uvicorn's WebSocket protocols
+                _close_websocket(connection)
 
     def overdue(self) -> None:
-        """WebSockets get 1012 (service restart), streaming responses end:
-        their applications see the client gone."""
+        """Streaming responses end, and WebSockets still open (a grace that
+        outlasts the timeout, a handshake never answered) get 1012 (service
+        restart): their applications see the client gone."""
         for connection in list(self.state.connections):
             try:
                 connection.shutdown()
@@ -515,6 +540,23 @@ class _WorkerServer:
             if transport is not None:
                 # abort(): close() would wait for a peer that does not read
                 asyncio.get_running_loop().call_later(0.2, transport.abort)
+
+
+def _close_websocket(websocket: Any) -> None:
+    """uvicorn's shutdown() of a WebSocket: 1012 once its handshake is done
+    (before, it would answer the handshake 500: the application is asked
+    first, and the close follows its accept or its refusal)."""
+    if websocket.transport.is_closing():
+        return
+    completed = getattr(websocket, "handshake_completed_event", None)   # websockets' legacy
+    done = completed.is_set() if completed is not None else websocket.handshake_complete
+    if not done:
+        asyncio.get_running_loop().call_later(0.05, _close_websocket, websocket)
+        return
+    try:
+        websocket.shutdown()
+    except Exception:
+        _log_error("closing a WebSocket at the drain")
 
 
 def _log_error(what: str) -> None:
@@ -630,6 +672,7 @@ class _Draining:
     client's request crosses the server's close."""
 
     cx_worker_drain: float | None = None     # set on the class when the worker drains
+    cx_close_websockets = False              # set on the class once WebSockets get 1012
     cx_draining = False
     cx_upgraded = False       # handed to the WebSocket protocol
     cx_idle = False           # everything received so far has been answered
@@ -671,7 +714,10 @@ class _Draining:
     def handle_websocket_upgrade(self, *args: Any) -> None:
         self.cx_upgraded = True
         super().handle_websocket_upgrade(*args)  # type: ignore[misc]
-        aio.protocol_replaced(self, self.transport.get_protocol())  # type: ignore[arg-type]
+        websocket: Any = self.transport.get_protocol()
+        aio.protocol_replaced(self, websocket)  # type: ignore[arg-type]
+        if self.cx_close_websockets and websocket is not self:   # after the drain's 1012s
+            _close_websocket(websocket)
 
     def cx_drain(self, grace: float) -> None:
         self.cx_draining = True

@@ -5,7 +5,8 @@ this folder as the working directory.
                after N seconds; /ask sends {"ask": path} to the primary and
                answers with its reply; /stream sends a chunk every 0.1 s until
                the client leaves (30 s at most; /stream?n=N: N chunks); /ws
-               echoes WebSocket text. Lifespan lines "startup <pid>" and
+               echoes WebSocket text (/ws?accept-after=S: accepted S seconds
+               after "ws accepting"). Lifespan lines "startup <pid>" and
                "shutdown <pid>" go to stdout.
   wsgi_app     WSGI: "wsgi <pid>"
   wsgi_iter    the same as an iterable that is not a list (a Flask or Django
@@ -77,9 +78,12 @@ async def _ask(path):
     return await asyncio.wait_for(future, 10)
 
 
-async def _websocket(receive, send):
+async def _websocket(scope, receive, send):
     message = await receive()
     assert message["type"] == "websocket.connect"
+    if scope["query_string"].startswith(b"accept-after="):
+        say("ws accepting", PID)
+        await asyncio.sleep(float(scope["query_string"].partition(b"=")[2]))
     await send({"type": "websocket.accept"})
     while True:
         message = await receive()
@@ -93,7 +97,7 @@ async def app(scope, receive, send):
         await _lifespan(receive, send)
         return
     if scope["type"] == "websocket":
-        await _websocket(receive, send)
+        await _websocket(scope, receive, send)
         return
     path, query = scope["path"], scope["query_string"].decode()
     if path == "/slow":
