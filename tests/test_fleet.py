@@ -179,6 +179,33 @@ def test_connections_the_last_worker_gives_back_wait_for_the_next(app):
     a.finish(code=0)
 
 
+def test_a_shrink_drops_a_respawn_to_come_before_a_serving_worker(app):
+    """SIGTTOU while a crashed worker's respawn waits out its back-off: the
+    respawn is the one that goes, not the worker that serves (the fleet
+    would serve nothing until the back-off ended); the stop that follows
+    ends at once."""
+    a = app("fleet.py", "slowrespawn", env={"LOG": "1"})
+    seen = []
+    lines_until(a, "exit 1 3 None False", seen)  # its respawn waits 30 s
+    if "online 2" not in seen:
+        lines_until(a, "online 2", seen)
+    os.kill(a.pid, signal.SIGTTOU)
+    lines_until(a, "log SIGTTOU received", seen)
+    # Worker 2 still serves, so a reload replaces it at once; had the shrink
+    # retired it, nothing would be forked before the back-off's 30 s.
+    os.kill(a.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("fork 3") for line in seen):
+        line = a.read_line(max(0.01, deadline - time.monotonic()))
+        assert line is not None, seen
+        seen.append(line)
+    lines_until(a, "exit 2 0 None True", seen)
+    os.kill(a.pid, signal.SIGTERM)
+    rest = a.finish(code=0, timeout=20)
+    assert rest[-1] == "stopped"
+    assert not any(line.startswith("fork 4") for line in rest), rest
+
+
 def test_a_retired_worker_is_not_replaced(app):
     a = app("fleet.py", "retire")
     seen = []

@@ -466,6 +466,10 @@ class _Fleet:
         if self.owed:                    # one the kernel refused goes first
             self.owed.pop()
             return
+        if self.pending:                 # then a respawn waiting out its back-off
+            self.pending.pop().cancel()
+            self.places.pop()
+            return
         oldest = min((w for w in self.workers() if not w.exited_after_disconnect),
                      key=lambda w: w.id, default=None)
         if oldest is not None:

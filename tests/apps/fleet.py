@@ -1,6 +1,7 @@
 """supervise() scenarios; the test drives them with signals and reads lines.
 
   respawn    worker 1 exits 3 once: it is forked again; SIGTERM stops all
+  slowrespawn  as respawn, with a respawn back-off of 30 s
   crashloop  every worker exits 1 at once: CrashLoopError
   linger     workers keep a long timer after disconnect: a second SIGTERM kills
   heartbeat  worker 1 busy-loops: the heartbeat SIGKILLs and replaces it
@@ -54,7 +55,8 @@ if cluster.is_primary:
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
     size = 1 if MODE in ("heartbeat", "giveback") else 2
     try:
-        backoff = {"crashloop": (0.01, 0.64), "killall": (0.5, 0.5)}.get(MODE, (0.01, 0.05))
+        backoff = {"crashloop": (0.01, 0.64), "killall": (0.5, 0.5),
+                   "slowrespawn": (30, 30)}.get(MODE, (0.01, 0.05))
         cluster.supervise(size, backoff=backoff,
                           graceful_timeout=float(os.environ.get("GRACE", "10")),
                           heartbeat_timeout=0.5 if MODE == "heartbeat" else None)
@@ -63,7 +65,7 @@ if cluster.is_primary:
     say("stopped")
 else:
     me = cluster.worker
-    if MODE == "respawn" and me.id == 1:
+    if MODE in ("respawn", "slowrespawn") and me.id == 1:
         sys.exit(3)
     if MODE == "crashloop":
         sys.exit(1)
