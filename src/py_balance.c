@@ -135,17 +135,21 @@ balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-balancer_accept_queued(CxBalancer *self, PyObject *Py_UNUSED(ignored))
+balancer_stop_accepting(CxBalancer *self, PyObject *Py_UNUSED(ignored))
 {
     if (cxpy_check_owner() < 0) {
         return NULL;
+    }
+    if (self->b.l.fd >= 0) {
+        (void)cx_listen_refuse_new(self->b.l.fd);
     }
     return PyLong_FromLong(cx_listener_accept_queued(&self->b.l));
 }
 
 static PyMethodDef balancer_methods[] = {
-    {"accept_queued", (PyCFunction)balancer_accept_queued, METH_NOARGS,
-     "Accepts what the queue holds now and routes it; returns how many."},
+    {"stop_accepting", (PyCFunction)balancer_stop_accepting, METH_NOARGS,
+     "A stop: no new connection completes into the queue; what it holds is "
+     "accepted and routed; returns how many. close() follows."},
     {"add", (PyCFunction)balancer_add, METH_O, "Routes to this Channel too."},
     {"remove", (PyCFunction)balancer_remove, METH_O,
      "Stops routing to this Channel; True if it was registered."},

@@ -376,10 +376,35 @@ static PyType_Spec listener_spec = {
     .slots = listener_slots,
 };
 
+static PyObject *
+py_refuse_new(PyObject *mod, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg), r;
+
+    CX_UNUSED(mod);
+    if (fd < 0) {
+        return NULL;
+    }
+    if ((r = cx_listen_refuse_new(fd)) < 0) {
+        return cxpy_raise_oserror(-r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef stream_functions[] = {
+    {"refuse_new", py_refuse_new, METH_O,
+     "refuse_new(fd): a listening TCP socket's stop: no handshake completes "
+     "into its queue from now on (OSError on a socket it does not apply to)."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 cxpy_stream_init(PyObject *mod)
 {
     cxpy.stream_type = (PyTypeObject *)cxpy_new_type(mod, &stream_spec);
     cxpy.listener_type = (PyTypeObject *)cxpy_new_type(mod, &listener_spec);
-    return cxpy.stream_type == NULL || cxpy.listener_type == NULL ? -1 : 0;
+    if (cxpy.stream_type == NULL || cxpy.listener_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddFunctions(mod, stream_functions);
 }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -481,6 +482,25 @@ cx_listener_accept_queued(cx_listener *l)
         cx_loop_flush(loop);
     }
     return taken;
+}
+
+int
+cx_listen_refuse_new(int fd)
+{
+    /* Classic BPF on what reaches the listener, from its TCP header: a SYN
+       (a new handshake) is dropped, and its client, refused once the socket
+       closes, never connected; the last ACK of a handshake under way goes
+       through and completes it into the queue, which the stop then takes. */
+    struct sock_filter drop_syn[] = {
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),             /* the flags */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x02, 0, 1),   /* SYN */
+        BPF_STMT(BPF_RET | BPF_K, 0),
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),
+    };
+    struct sock_fprog prog = {sizeof(drop_syn) / sizeof(drop_syn[0]), drop_syn};
+
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) == 0
+        ? 0 : -errno;
 }
 
 int

@@ -66,6 +66,13 @@ void cx_listener_close(cx_listener *l);
 /* Accepts what the queue holds now, each through on_accept, before a
    close (which would reset them). Returns how many it took. */
 int cx_listener_accept_queued(cx_listener *l);
+/* A stop's first step on a listening TCP socket: from now on no new
+   handshake begins (a socket filter drops SYNs; one under way completes),
+   so that what the queue holds can be taken whole before the close, and a
+   client that comes later is refused, never reset. Shared by every copy
+   of the socket. Returns 0 or -errno (a Unix socket: -EINVAL or the like,
+   harmless: its connects do not race the close the same way). */
+int cx_listen_refuse_new(int fd);
 /* Stops watching and closes the fd, without unlinking the handle. */
 void cx_listener_release(cx_listener *l);
 int cx_listener_pause(cx_listener *l, int paused);

@@ -246,19 +246,24 @@ def _drop_if_unused(handle: SharedHandle) -> None:
 
 def stop_accepting() -> None:
     """At cluster.disconnect() (a graceful stop): every address refuses new
-    connections, and none already queued is reset. Under SCHED_RR the
-    primary accepts what the queue holds and hands it out before the
-    workers are told to disconnect: frames keep their order, so each worker
-    takes its share while it still listens. Then the socket closes, at once
-    rather than when the last worker has gone, by which time a queue that
-    kept filling during the drain would be reset. Under SCHED_NONE the
-    primary's copy goes; each worker takes what is queued as it closes its
-    own (net.Server.close(), aio's), the last one last."""
+    connections, and none already queued is reset. First no handshake may
+    complete into the queue any more (a client that comes now is refused
+    once the socket closes; had it come between the last accept and the
+    close, it would have been reset). Under SCHED_RR the primary then
+    accepts what the queue holds and hands it out before the workers are
+    told to disconnect: frames keep their order, so each worker takes its
+    share while it still listens. Then the socket closes, at once rather
+    than when the last worker has gone, by which time a queue that kept
+    filling during the drain would be reset. Under SCHED_NONE the primary's
+    copy goes; each worker takes what is queued as it closes its own
+    (net.Server.close(), aio's), the last one last."""
     for handle in list(_handles.values()):
         del _handles[handle.spec]
         del _by_key[handle.key]
         if handle.balancer is not None:
-            handle.balancer.accept_queued()
+            handle.balancer.stop_accepting()
+        elif handle.sock is not None and not isinstance(handle.address, str):
+            _core.refuse_new(handle.sock.fileno())
         handle.close()
 
 
