@@ -135,21 +135,24 @@ balancer_close(CxBalancer *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-balancer_stop_accepting(CxBalancer *self, PyObject *Py_UNUSED(ignored))
+balancer_stop_accepting(CxBalancer *self, PyObject *refuse)
 {
-    if (cxpy_check_owner() < 0) {
+    int on = PyObject_IsTrue(refuse);
+
+    if (on < 0 || cxpy_check_owner() < 0) {
         return NULL;
     }
-    if (self->b.l.fd >= 0) {
+    if (on && self->b.l.fd >= 0) {
         (void)cx_listen_refuse_new(self->b.l.fd);
     }
     return PyLong_FromLong(cx_listener_accept_queued(&self->b.l));
 }
 
 static PyMethodDef balancer_methods[] = {
-    {"stop_accepting", (PyCFunction)balancer_stop_accepting, METH_NOARGS,
-     "A stop: no new connection completes into the queue; what it holds is "
-     "accepted and routed; returns how many. close() follows."},
+    {"stop_accepting", (PyCFunction)balancer_stop_accepting, METH_O,
+     "stop_accepting(refuse): a stop: what the queue holds is accepted and "
+     "routed (with refuse, no new handshake begins first); returns how "
+     "many. close() follows."},
     {"add", (PyCFunction)balancer_add, METH_O, "Routes to this Channel too."},
     {"remove", (PyCFunction)balancer_remove, METH_O,
      "Stops routing to this Channel; True if it was registered."},

@@ -260,9 +260,13 @@ def stop_accepting() -> None:
     for handle in list(_handles.values()):
         del _handles[handle.spec]
         del _by_key[handle.key]
+        # An inherited socket (LISTEN_FDS, fd://) outlives this primary with
+        # whoever passed it (systemd), for the next one: nothing is reset at
+        # our close, and the filter would stay on it.
+        refuse = not isinstance(handle.address, str) and handle.address not in _adopted
         if handle.balancer is not None:
-            handle.balancer.stop_accepting()
-        elif handle.sock is not None and not isinstance(handle.address, str):
+            handle.balancer.stop_accepting(refuse)
+        elif handle.sock is not None and refuse:
             _core.refuse_new(handle.sock.fileno())
         handle.close()
 
