@@ -206,6 +206,24 @@ def test_a_shrink_drops_a_respawn_to_come_before_a_serving_worker(app):
     assert not any(line.startswith("fork 4") for line in rest), rest
 
 
+def test_a_shrink_after_a_grow_took_a_respawns_place_keeps_the_primary(app):
+    """SIGTTIN while a respawn waits out its back-off forks a worker that
+    takes the respawn's place in the count of restarts; the SIGTTOU after
+    drops the waiting respawn all the same."""
+    a = app("fleet.py", "slowrespawn", env={"LOG": "1"})
+    seen = []
+    lines_until(a, "exit 1 3 None False", seen)
+    os.kill(a.pid, signal.SIGTTIN)
+    lines_until(a, "online 3", seen)
+    os.kill(a.pid, signal.SIGTTOU)
+    lines_until(a, "log SIGTTOU received", seen)
+    os.kill(a.pid, signal.SIGTERM)
+    rest = a.finish(code=0, timeout=20)
+    assert rest[-1] == "stopped", rest
+    assert sorted(line for line in rest if line.startswith("exit ")) == \
+        ["exit 1 3 None False", "exit 2 0 None True", "exit 3 0 None True"], rest
+
+
 def test_a_retired_worker_is_not_replaced(app):
     a = app("fleet.py", "retire")
     seen = []

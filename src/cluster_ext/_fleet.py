@@ -468,7 +468,8 @@ class _Fleet:
             return
         if self.pending:                 # then a respawn waiting out its back-off
             self.pending.pop().cancel()
-            self.places.pop()
+            if self.places:              # a fork may have taken its place already
+                self.places.pop()
             return
         oldest = min((w for w in self.workers() if not w.exited_after_disconnect),
                      key=lambda w: w.id, default=None)
