@@ -375,7 +375,13 @@ class _Fleet:
         if self.live() < self.size:
             self.spawn(respawn=True)
 
-    def on_signal(self, signum: int, frame: Any = None) -> None:
+    def on_signal_received(self, signum: int, frame: Any) -> None:
+        """The handler: Python runs it between any two bytecodes, inside a
+        callback that is changing the fleet (an exit's respawn half counted),
+        so what the signal starts runs on the loop, after that callback."""
+        _runtime.call_soon_threadsafe(self.on_signal, signum)
+
+    def on_signal(self, signum: int) -> None:
         """A signal to the primary: what it starts, logged first, as an
         operator looks for it."""
         # supervise() has imported it: a dict lookup
@@ -622,7 +628,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
                 written.remove("pid file")
             raise
     _notify.start()
-    previous = {sig: signal.signal(sig, fleet.on_signal) for sig in FLEET_SIGNALS}
+    previous = {sig: signal.signal(sig, fleet.on_signal_received) for sig in FLEET_SIGNALS}
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
     _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
         fleet.on_said_ready)
