@@ -406,8 +406,8 @@ class _Fleet:
     def stop(self, now: bool = False, cause: str | None = None) -> None:
         """A graceful stop, or at once: now, or a second stop. cause: what
         asked, for the log line."""
-        # Counted before the line is logged: a second signal's handler may
-        # run inside the logging call, and must see the first.
+        # Counted before the line is logged: a second stop (the control
+        # socket's) must see the first whatever the log does.
         self.stopping += 1
         first = self.stopping == 1
         at_once = now or not first
