@@ -554,6 +554,7 @@ def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.load
 def test_idle_connections_to_metrics_and_control_change_nothing_for_the_fleet(app, sockdir):
     """300 idle connections to /metrics and 300 to the control socket: past
     64 each, or past what leaves the fleet its reserve of descriptors, they

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.load
+
 from conftest import free_port
 from test_web import WEBAPPS, serving, until
 

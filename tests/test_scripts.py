@@ -11,6 +11,7 @@ SOAK = Path(__file__).parent.parent / "scripts" / "soak.py"
 
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="ASan's allocator keeps freed memory: RSS is not flat by design")
+@pytest.mark.load
 def test_the_soak_script_passes_at_a_small_scale():
     out = subprocess.run([sys.executable, str(SOAK), "--cycles", "20", "--messages", "8000",
                           "--connections", "800"], capture_output=True, text=True,

@@ -299,6 +299,7 @@ class Load:
             t.join()
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("sched,keep_alive", [("rr", False), ("none", False),
                                               ("rr", True), ("none", True)])
 def test_reload_under_load_fails_no_request(app, sched, keep_alive):
@@ -371,6 +372,7 @@ class StopLoad:
             t.join()
 
 
+@pytest.mark.load
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sched", ["rr", "none"])
 def test_a_stop_under_load_resets_no_queued_connection(app, sched):
@@ -394,6 +396,7 @@ def test_a_stop_under_load_resets_no_queued_connection(app, sched):
     assert failures == []
 
 
+@pytest.mark.load
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("run", [1, 2])
 @pytest.mark.parametrize("sched", ["rr", "none"])
