@@ -342,7 +342,7 @@ def main() -> int:
     checks = {
         "no failure on a graceful path": not graceful,
         "requests served": clients.served > 0,
-        "descriptors flat": fds_start == fds_end,
+        "descriptors flat": fds_end <= fds_start,     # fewer: slow to close at the start
         "RSS flat": rss_end - rss_start <= RSS_SLACK_KIB,
         "no zombie": not zombies,
         "no worker outlives the primary": not survivors,
