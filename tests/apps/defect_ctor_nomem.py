@@ -22,21 +22,26 @@ def ignore(*args):
 
 
 def make(kind):
-    """A fresh descriptor of the right kind, and the constructor to take it."""
+    """A fresh descriptor of the right kind, the constructor to take it and
+    its arguments, built beforehand: a call through Python code (a lambda)
+    could fail to allocate its frame before the constructor is reached,
+    and the descriptor would not be the constructor's to close."""
     if kind == "Channel":
         a, b = socket.socketpair()
         b.close()
-        return a.detach(), lambda fd: _core.Channel(fd, ignore, ignore, 1 << 20, 1 << 16)
+        fd = a.detach()
+        return fd, _core.Channel, (fd, ignore, ignore, 1 << 20, 1 << 16)
     if kind == "Stream":
         r, w = os.pipe()
         os.close(w)
-        return r, lambda fd: _core.Stream(fd, ignore, ignore, 1 << 16)
+        return r, _core.Stream, (r, ignore, ignore, 1 << 16)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    fd = listener.detach()
     if kind == "Listener":
-        return listener.detach(), lambda fd: _core.Listener(fd, ignore, False, 16)
-    return listener.detach(), lambda fd: _core.Balancer(fd, 1)
+        return fd, _core.Listener, (fd, ignore, False, 16)
+    return fd, _core.Balancer, (fd, 1)
 
 
 def stdin_identity():
@@ -49,13 +54,13 @@ result = {"stdin_intact": True, "memory_errors": {}, "left_open": []}
 for kind in ("Channel", "Stream", "Listener", "Balancer"):
     errors = 0
     for start in range(64):
-        fd, construct = make(kind)
+        fd, construct, args = make(kind)
         # An allocation can come from a free list instead of the allocator;
         # emptying the lists' one makes the Balancer's list allocate.
         spare = [[] for _ in range(100)]
         _testcapi.set_nomemory(start, start + 1)
         try:
-            obj = construct(fd)
+            obj = construct(*args)
         except MemoryError:
             obj = None
         finally:
