@@ -5,6 +5,7 @@ from the outside: `cluster-ext run` with --pid-file and --ready-file.
 Another user is uid 65534 (nobody): what it plants is made by root and
 handed over with lchown, since nobody can neither reach the test's
 directory nor exec this Python."""
+import contextlib
 import errno
 import os
 import subprocess
@@ -74,16 +75,25 @@ def plant_symlink(path, target):
     os.lchown(path, NOBODY, NOBODY)
 
 
-@pytest.fixture
-def full(tmp_path):
-    """A 64 KiB tmpfs with no page left."""
-    path = tmp_path / "full"
+@contextlib.contextmanager
+def tmpfs(path, options):
+    """A 64 KiB tmpfs mounted at path (made) with options, for the block."""
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options}size=64k", "tmpfs", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
     try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)])
+
+
+@pytest.fixture
+def full(tmp_path):
+    """A 64 KiB tmpfs with no page left."""
+    with tmpfs(tmp_path / "full", "") as path:
         fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             with pytest.raises(OSError) as exc:
@@ -93,9 +103,6 @@ def full(tmp_path):
             os.close(fd)
         assert exc.value.errno == errno.ENOSPC, exc.value
         yield path
-    finally:
-        if subprocess.run(["umount", str(path)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)])
 
 
 def test_a_symlink_at_the_old_temporary_name_is_not_followed(app, shared, precious):
@@ -240,17 +247,8 @@ def test_a_ready_file_on_a_full_disk_is_logged_and_the_fleet_serves(app, full):
 @pytest.fixture
 def readonly(tmp_path):
     """A read-only tmpfs: root may write in any directory but on such a one."""
-    path = tmp_path / "readonly"
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "readonly", "ro,") as path:
         yield path
-    finally:
-        if subprocess.run(["umount", str(path)]).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)])
 
 
 @pytest.mark.parametrize("flag", [*FLAGS, "--control"])
