@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.load
-
 from conftest import free_port
 from test_web import WEBAPPS, serving, until
+
+pytestmark = pytest.mark.load
 
 pytest.importorskip("uvicorn")
 
