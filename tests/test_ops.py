@@ -278,6 +278,25 @@ def test_a_shrink_during_a_reload_ends_at_the_size_asked(app, sockdir):
     stop(a)
 
 
+@pytest.mark.timeout(90)
+def test_a_shrink_at_a_reloads_last_replacement_ends_at_the_size_asked(app, sockdir):
+    """scale 1 while a reload of 2 replaces its last worker: the shrink
+    retires that worker, and the reload, with no old worker left, would end
+    with its replacement as an extra; the fleet ends with 1 worker."""
+    path = sockdir / "ctl.sock"
+    a, port = cli(app, "webapp:app", "--control", str(path))
+    serving(a)
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "worker 4 forked")                   # replacing worker 2, the last
+    assert ask(path, b"scale 1\n")[0]["ok"] is True
+    figures = status_until(path, lambda f: f["primary"]["reloads"] == 1 and
+                           len(f["workers"]) == 1, timeout=60)
+    assert [w["state"] for w in figures["workers"]] == ["listening"], figures
+    assert figures["workers"][0]["id"] > 2, figures
+    assert figures["primary"]["workers_wanted"] == 1
+    stop(a)
+
+
 def test_stop_ends_the_cluster_and_removes_the_socket(app, sockdir):
     path = sockdir / "ctl.sock"
     a, _ = cli(app, "webapp:app", "--control", str(path))

@@ -174,6 +174,8 @@ class _Reload:
             return
         w = self.next_old()
         if w is None:
+            if _active is not None:
+                _active.trim()
             self.ended(True)
         elif _active is not None and _active.live() > _active.size:
             # A shrink came during the reload and retired an old worker that
@@ -464,6 +466,15 @@ class _Fleet:
             self.grow()
         while self.size > max(size, 1):
             self.shrink()
+
+    def trim(self) -> None:
+        """The oldest workers retire while the fleet is over its size: a
+        shrink during a reload retired the old worker that its last
+        replacement was to take the place of."""
+        staying = sorted((w for w in self.workers() if not w.exited_after_disconnect),
+                         key=lambda w: w.id)
+        for w in staying[:max(self.live() - self.size, 0)]:
+            w.disconnect(timeout=self.graceful_timeout)
 
     def shrink(self) -> None:
         if self.size <= 1:
