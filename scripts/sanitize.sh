@@ -9,8 +9,9 @@ py=$(command -v "${PYTHON:-python3}")
 case $py in /*) ;; *) py="$PWD/$py" ;; esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/src" "$root/tests" "$root/examples" "$root/fuzz" "$root/bench" \
-      "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
+cp -r "$root/src" "$root/tests" "$root/examples" "$root/fuzz" "$root/bench" "$root/docs" \
+      "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$root/CONTRIBUTING.md" \
+      "$work/"
 rm -f "$work"/src/cluster_ext/*.so
 # shellcheck source=build_inplace.sh
 source "$root/scripts/build_inplace.sh"
