@@ -252,7 +252,7 @@ class Load:
         self.ok, self.errors, self.pids = 0, [], set()
         self.done = threading.Event()
         self.closing = threading.Event()      # set: no new connection, the rest finish
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()    # notified at each answer
         self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
         for t in self.threads:
             t.start()
@@ -274,6 +274,7 @@ class Load:
                 with self.lock:
                     if status == 200:
                         self.ok += 1
+                        self.lock.notify_all()
                         self.pids.add(int(body.split()[2]))
                     else:
                         self.errors.append(status)
@@ -287,10 +288,9 @@ class Load:
             conn.close()
 
     def wait_ok(self, count, timeout=20):
-        deadline = time.monotonic() + timeout
-        start = self.ok
-        while self.ok < start + count and time.monotonic() < deadline:
-            self.done.wait(0.01)
+        with self.lock:
+            start = self.ok
+            self.lock.wait_for(lambda: self.ok >= start + count, timeout)
         assert self.ok >= start + count, (self.ok, self.errors[:5])
 
     def stop(self):
@@ -333,7 +333,7 @@ class StopLoad:
 
     def __init__(self, port, clients):
         self.port, self.ok, self.failures = port, 0, []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()    # notified at each answer
         self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
         for t in self.threads:
             t.start()
@@ -358,13 +358,13 @@ class StopLoad:
             with self.lock:
                 if outcome is None:
                     self.ok += 1
+                    self.lock.notify_all()
                 else:
                     self.failures.append(outcome)
 
     def wait_ok(self, count, timeout=20):
-        deadline = time.monotonic() + timeout
-        while self.ok < count and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with self.lock:
+            self.lock.wait_for(lambda: self.ok >= count, timeout)
         assert self.ok >= count, (self.ok, self.failures[:5])
 
     def join(self):
