@@ -172,16 +172,13 @@ class _Reload:
     def step(self) -> None:
         if self.abandoned():
             return
+        if _active is not None:
+            # A shrink during the reload retired an old worker that was being
+            # replaced: its replacement takes the place of the oldest.
+            _active.trim()
         w = self.next_old()
         if w is None:
-            if _active is not None:
-                _active.trim()
             self.ended(True)
-        elif _active is not None and _active.live() > _active.size:
-            # A shrink came during the reload and retired an old worker that
-            # was being replaced: the replacement takes this one's place.
-            w.once("exit", lambda *_: self.step())
-            w.disconnect(timeout=self.timeout)
         else:
             self.replace(w, RELOAD_TRIES)
 
@@ -469,8 +466,8 @@ class _Fleet:
 
     def trim(self) -> None:
         """The oldest workers retire while the fleet is over its size: a
-        shrink during a reload retired the old worker that its last
-        replacement was to take the place of."""
+        shrink during a reload retired an old worker that a replacement was
+        forked for."""
         staying = sorted((w for w in self.workers() if not w.exited_after_disconnect),
                          key=lambda w: w.id)
         for w in staying[:max(self.live() - self.size, 0)]:
