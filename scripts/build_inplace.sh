@@ -1,5 +1,5 @@
 # Sourced by the scripts that build the extension in a scratch copy of the
-# tree. build_inplace PYTHON DIR [VAR=value...] builds it in DIR/src with the
+# tree. build_inplace PYTHON DIR [VAR=value...] builds it in DIR/cluster_ext with the
 # setuptools that pyproject.toml asks for: an interpreter's own is often older
 # (a 3.11 venv carries 65, Debian's python3 66) and cannot read its license.
 build_inplace() {

@@ -15,13 +15,13 @@ py=$("$py" -c 'import sys; print(sys.executable)')     # not a shim: memcheck th
 command -v valgrind > /dev/null || { echo "valgrind is not installed" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/src" "$root/tests" "$root/setup.py" \
+cp -r "$root/src" "$root/cluster_ext" "$root/tests" "$root/setup.py" \
       "$root/pyproject.toml" "$root/README.md" "$work/"
-rm -f "$work"/src/cluster_ext/*.so
+rm -f "$work"/cluster_ext/*.so
 # shellcheck source=build_inplace.sh
 source "$root/scripts/build_inplace.sh"
 build_inplace "$py" "$work" CFLAGS="-O1 -g" > /dev/null 2>&1
-export PYTHONPATH="$work/src" PYTHONMALLOC=malloc
+export PYTHONPATH="$work" PYTHONMALLOC=malloc
 if ! valgrind -q --error-exitcode=1 "$py" -c pass 2> "$work/baseline.log"; then
     echo "$py has memcheck errors of its own (python -c pass); try PYTHON=/usr/bin/python3" >&2
     exit 2

@@ -21,14 +21,19 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
 
 def _unbuilt_source_tree() -> None:
     """Explains an import from the source tree, where the C extension was never
-    built (python -m puts the current directory first on sys.path)."""
+    built (python -m puts the current directory first on sys.path, and the
+    repository's root holds the package)."""
     here = os.path.dirname(__file__)
     if any(name.startswith("_core.") and not name.endswith(".pyi") for name in os.listdir(here)):
         return                  # built, but it failed to load: the real error says why
+    import shlex
+
+    by_m = sys.argv[:1] == ["-m"]   # python -m cluster_ext: one line, not a traceback
+    command = shlex.join(["cluster-ext", *sys.argv[1:]]) if by_m else "cluster-ext"
     message = (f"cluster_ext: {here} is the source tree, whose C extension is not built; "
-               "install the package (pip install . in the repository's root) and run it "
-               "from outside src/")
-    if sys.argv[:1] == ["-m"]:  # python -m cluster_ext: one line, not a traceback
+               f"run the installed `{command}` (or python -m cluster_ext from another "
+               "directory), or build it here with pip install -e .")
+    if by_m:
         raise SystemExit(message)
     raise ImportError(message) from None
 
