@@ -17,8 +17,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 def run_python(code: str, timeout: float = 30.0) -> dict:
     """Runs code as a program of its own (its own session, so that a kill takes
     its workers too) and returns the one JSON line it prints."""
+    # -c from the tests' directory: the root's own unbuilt tree would come first
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=Path(__file__).parent)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

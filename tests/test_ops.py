@@ -49,7 +49,9 @@ def command(*args, module=False):
     """A client command as a user types it (the cluster-ext script, or
     python -m cluster_ext): (exit code, stdout, stderr)."""
     cmd = [sys.executable, "-m", "cluster_ext", *args] if module else [str(SCRIPT), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    # -m from the tests' directory: the root's own unbuilt tree would come first
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).parent)
     return done.returncode, done.stdout, done.stderr
 
 
