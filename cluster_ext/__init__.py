@@ -50,13 +50,13 @@ try:
 except ImportError:
     _unbuilt_source_tree()
     raise
-# _fleet and _shared register their signal and frame handlers when imported
-from . import _fast, _fleet, _primary, _runtime, _shared, _worker  # noqa: F401
-from ._fleet import BootError, CrashLoopError, reload, supervise
+# _shared registers its frame handlers when imported
+from . import _fast, _primary, _runtime, _shared, _worker  # noqa: F401
 from ._primary import disconnect, fork, setup_primary
 from ._runtime import SCHED_NONE, SCHED_RR, call_later, call_soon_threadsafe, run, stop
 from ._worker import ChannelClosedError, Worker
 from .events import EventEmitter
+from .fleet import BootError, CrashLoopError, reload, supervise
 from .net import listen_socket
 
 __all__ = [
@@ -69,7 +69,8 @@ __all__ = [
 if TYPE_CHECKING:
     import os as _os
 
-    from ._ops import Control, Metrics
+    from .fleet.control import Control
+    from .fleet.metrics import Metrics
 
 
 # Operating a cluster: imported on use, not at every worker's start.
@@ -79,8 +80,8 @@ def control(path: str | _os.PathLike[str], *, max_connections: int = 64,
     on a Unix socket at path (mode 0600); returns it, to close(). More than
     max_connections at once are refused, and a connection is closed once it
     has sent no whole request for idle_timeout seconds."""
-    from . import _ops
-    return _ops.control(path, max_connections=max_connections, idle_timeout=idle_timeout)
+    from .fleet import control as _control
+    return _control.control(path, max_connections=max_connections, idle_timeout=idle_timeout)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", *, max_connections: int = 64,
@@ -88,8 +89,8 @@ def serve_metrics(port: int, host: str = "127.0.0.1", *, max_connections: int = 
     """/metrics in the Prometheus text format on host:port, from the primary
     (needs the metrics extra, pip install '.[metrics]'); returns it, to close(). Bounded
     as control() is."""
-    from . import _ops
-    return _ops.serve_metrics(port, host, max_connections=max_connections,
+    from .fleet import metrics as _metrics
+    return _metrics.serve_metrics(port, host, max_connections=max_connections,
                               idle_timeout=idle_timeout)
 
 

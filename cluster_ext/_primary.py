@@ -15,7 +15,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable, Mapping
     from typing import Any
 
-from . import _core, _fast, _runtime, _shared, _worker
+from . import _core, _fast, _runtime, _shared, _worker, net
 from ._runtime import SCHED_NONE, SCHED_RR
 from ._worker import Worker
 
@@ -260,6 +260,19 @@ def fork_refused(exc: OSError) -> OSError:
     return OSError(exc.errno, text)
 
 
+def refused(exc: BaseException) -> str | None:
+    """Why the kernel refused a worker, when what it lacked frees up again:
+    descriptors, memory or processes (a socketpair, a pipe or the fork
+    itself). None for any other failure, which is not the load's doing."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError):
+        why = shortage(exc.errno)
+        if why is not None:
+            return f"{os.strerror(exc.errno or 0)}: {why}"
+    return None
+
+
 class Plan:
     """Everything a worker starts with, built once here and taken on by one
     routine per way of starting: the engine's spawn (fork + exec, in C) or
@@ -502,9 +515,8 @@ def _attach_stdio(w: Worker, stdio: Stdio) -> None:
     for i, name in ((1, "stdout"), (2, "stderr")):
         fd = stdio.parent[i]
         if fd is not None:
-            from .net import Socket
             stdio.parent[i] = None
-            setattr(w.process, name, Socket(fd))
+            setattr(w.process, name, net.Socket(fd))
     if stdio.parent[0] is not None:
         os.close(stdio.parent[0])       # a piped stdin is not offered (yet)
         stdio.parent[0] = None

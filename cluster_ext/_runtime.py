@@ -1,7 +1,8 @@
 """This process's part in the cluster, in one place: its role, the workers, the
 settings, the cluster's emitter, and the loop's entry points. Every other module
 of the package imports it, and it imports none of them (only the engine and
-events): state flows down, never written into a module from above. The public
+events): the modules above write their state here, and this module never
+writes into theirs. The public
 module cluster_ext reads it through properties.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._worker import Worker
+    from .fleet.supervisor import Fleet
 
 
 SCHED_NONE, SCHED_RR = 1, 2      # scheduling policies: the primary's settings hold one
@@ -27,6 +29,7 @@ is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ
 is_worker: bool = not is_primary
 workers: dict[int, Worker] | None = {} if is_primary else None    # the primary's, by id
 worker: Worker | None = None                                      # a worker's own
+fleet: Fleet | None = None      # the primary's: the fleet supervise() is running, if any
 emitter = EventEmitter()        # the cluster's events: 'fork', 'online', 'exit'...
 settings: dict[str, Any] = {}   # filled by _primary.default_settings() at import
 settings_view: Mapping[str, Any] = _fast.MappingProxyType(settings)

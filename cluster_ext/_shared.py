@@ -408,6 +408,7 @@ def forget() -> None:
     _by_key.clear()
 
 
+_worker.routing_stops.append(worker_gone)
 _worker.primary_frame_handlers.update({
     _core.FRAME_QUERY_SERVER: _on_query,
     _core.FRAME_LISTENING: _on_listening,

@@ -41,6 +41,9 @@ worker_frame_handlers: dict[int, Callable[..., None]] = {}
 # last owns fd from the call on, even when it raises, as the native constructors do
 handle_codecs: dict[int, tuple[type[Any], Callable[[Any], int], Callable[[Any], Any],
                                Callable[[int], Any]]] = {}
+# fn(worker) when connections stop going to a worker (disconnect, kill or
+# exit): the primary's routing (_shared), which imports this module.
+routing_stops: list[Callable[[Worker], None]] = []
 
 
 def _socket_codec() -> None:
@@ -294,8 +297,8 @@ class Worker(EventEmitter):
 
     def _stop_routing(self) -> None:
         """Connections stop going to this worker (disconnect, kill or exit)."""
-        from . import _shared  # the primary's routing, which imports this module
-        _shared.worker_gone(self)
+        for stop in routing_stops:
+            stop(self)
 
     def _on_exit(self, code: int | None, signo: int | None) -> None:
         import signal as _signal
@@ -606,8 +609,7 @@ def _on_boot_failure(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]
     close_fds(fds)
     w.boot_failure = payload.decode("utf-8", "replace")
     w.boot_failure_load = bool(flags & BOOT_FAILURE_LOAD)
-    from . import _fleet
-    if _fleet._active is None:           # supervise() reports it; a plain fork() would not
+    if _runtime.fleet is None:           # supervise() reports it; a plain fork() would not
         _runtime.log("error", f"worker {w.id} failed to boot: {w.boot_failure.rstrip()}")
 
 

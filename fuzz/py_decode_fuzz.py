@@ -14,7 +14,7 @@ sent, in three targets:
   were emitted are closed, no descriptor may be left open.
 - ``protocol``: ``_protocol``'s record decoders on any bytes: a record
   decodes (and packs back to itself) or raises ``ValueError``.
-- ``control``: ``_ops._parse_request`` on any line: a command or
+- ``control``: ``fleet.control._parse_request`` on any line: a command or
   ``ControlError``, nothing else.
 
     python fuzz/py_decode_fuzz.py TARGET [libFuzzer options] [CORPUS_DIR...]
@@ -54,9 +54,11 @@ except ImportError:                      # --replay needs none
 
 if atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["cluster_ext"]):
-        from cluster_ext import _core, _ops, _protocol, _runtime, _shared, _worker, net
+        from cluster_ext import _core, _protocol, _runtime, _shared, _worker, net
+        from cluster_ext.fleet import control, figures
 else:
-    from cluster_ext import _core, _ops, _protocol, _runtime, _shared, _worker, net
+    from cluster_ext import _core, _protocol, _runtime, _shared, _worker, net
+    from cluster_ext.fleet import control, figures
 
 MAX_FRAMES = 4          # frames per input, on one Worker
 MAX_PAYLOAD = 16384
@@ -254,7 +256,7 @@ def reset_shared_state() -> None:
     net._pending.clear()
     net._shared_servers.clear()
     net._indexes.clear()
-    _ops._answers.clear()
+    figures._answers.clear()
 
 
 def fuzz_frames(data: bytes) -> None:
@@ -382,12 +384,12 @@ def fuzz_protocol(data: bytes) -> None:
 
 def fuzz_control(data: bytes) -> None:
     try:
-        command, argument = _ops._parse_request(data)
-    except _ops.ControlError:
+        command, argument = control._parse_request(data)
+    except control.ControlError:
         return
     except Exception as exc:
         raise Unexpected(f"_parse_request({data[:80]!r}) raised {exc!r}") from exc
-    if command not in _ops.COMMANDS:
+    if command not in control.COMMANDS:
         raise Unexpected(f"{data[:80]!r} parsed as the command {command!r}")
     if (command == "scale") != isinstance(argument, int) or isinstance(argument, bool):
         raise Unexpected(f"{data[:80]!r} parsed as {command!r} {argument!r}")

@@ -17,8 +17,9 @@ import threading
 import pytest
 
 import cluster_ext as cluster
-from cluster_ext import _core, _notify
+from cluster_ext import _core
 from cluster_ext._worker import Worker
+from cluster_ext.fleet import notify
 
 BIG = 2 ** 70                  # overflows every C integer
 MAX_SECONDS = (2 ** 31 - 1) / 1000   # Node's TIMEOUT_MAX, 24.8 days
@@ -274,11 +275,11 @@ def test_the_watchdog_beats_at_an_interval_the_loop_can_wait(monkeypatch, usec, 
     # watchdog, never a ValueError out of supervise().
     monkeypatch.setenv("NOTIFY_SOCKET", "@cluster-ext-test-nobody")
     monkeypatch.setenv("WATCHDOG_USEC", usec)
-    _notify.start()
+    notify.start()
     try:
-        assert _notify.watchdog_interval == interval
+        assert notify.watchdog_interval == interval
     finally:
-        _notify.stop()
+        notify.stop()
 
 
 # ---- batches of descriptors: marked only for a peer that reads the marks ----------------

@@ -375,14 +375,14 @@ def test_a_drain_delay_serves_on_after_sigterm_then_stops(app, tmp_path, to):
 
 def test_the_kubernetes_example_parses_and_its_stop_fits_the_grace_period():
     yaml = pytest.importorskip("yaml")
-    from cluster_ext import cli
+    from cluster_ext.cli import options
     path = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "deployment.yaml"
     deployment = next(d for d in yaml.safe_load_all(path.read_text())
                       if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     command = pod["containers"][0]["command"]
     assert command[0] == "cluster-ext"
-    args = cli._parser("cluster-ext").parse_args(command[1:])    # every flag is ours
+    args = options.parser("cluster-ext").parse_args(command[1:])    # every flag is ours
     assert args.ready_file == "/tmp/ready" and args.pid_file == "/tmp/cluster.pid"
     port = next(p["containerPort"] for p in pod["containers"][0]["ports"]
                 if p["name"] == "metrics")

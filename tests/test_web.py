@@ -23,10 +23,11 @@ WEBAPPS = Path(__file__).parent / "webapps"
 
 
 def cli(app, spec, *options, workers=2, cwd=WEBAPPS, env=None):
-    """`python -m cluster_ext run` with one stream of lines (its log, the
-    application's stdout); returns (the process, its port)."""
+    """`cluster-ext run` (the console script, as the README types it) with one
+    stream of lines (its log, the application's stdout); returns (the
+    process, its port)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", str(workers),
+    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", "-w", str(workers),
            "--bind", f"127.0.0.1:{port}", *options, spec]
     return app(spec, cmd=cmd, cwd=cwd, merge_stderr=True, env=env), port
 
@@ -677,7 +678,7 @@ def test_a_timer_never_closes_a_connection_with_a_request_unread_in_it(impl, clo
     import uvicorn
     from uvicorn.server import ServerState
 
-    from cluster_ext import web
+    from cluster_ext.web import protocol
 
     async def hello(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
@@ -686,8 +687,8 @@ def test_a_timer_never_closes_a_connection_with_a_request_unread_in_it(impl, clo
 
     config = uvicorn.Config(hello, http=impl, lifespan="off", log_level="warning")
     config.load()
-    protocol_class = web._draining(config.http_protocol_class)
-    protocol_class.cx_head_limit = web.LIMIT_REQUEST_HEAD
+    protocol_class = protocol.draining(config.http_protocol_class)
+    protocol_class.cx_head_limit = protocol.LIMIT_REQUEST_HEAD
     state = ServerState()
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(
@@ -1080,8 +1081,9 @@ def test_parse_bind():
 
 
 def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
-    from cluster_ext import cli, web
-    parser = cli._parser("cluster-ext")
+    from cluster_ext import web
+    from cluster_ext.cli import options
+    parser = options.parser("cluster-ext")
     args = parser.parse_args(["run", "m:app"])
     assert (args.limit_request_head, args.timeout_request_head) == \
         (web.LIMIT_REQUEST_HEAD, web.TIMEOUT_REQUEST_HEAD) == (65536, 20.0)
@@ -1093,9 +1095,9 @@ def test_the_head_bounds_default_to_webs_and_refuse_a_negative(capsys):
             parser.parse_args(["run", option, "-1", "m:app"])
         assert f"argument {option}: must be " in capsys.readouterr().err
     with pytest.raises(ValueError, match="limit_request_head must be >= 0"):
-        web.check_limits(-1, 20.0)
+        web.worker.check_limits(-1, 20.0)
     with pytest.raises(ValueError, match="websocket_grace must be >= 0"):
-        web.check_limits(0, 0, -1)
+        web.worker.check_limits(0, 0, -1)
     assert parser.parse_args(["run", "m:app"]).websocket_grace == 0
 
 
@@ -1107,4 +1109,4 @@ def test_the_extra_missing_is_an_import_error_that_names_the_install(monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "uvicorn" else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install '\.\[web\]' in cluster_ext's repository"):
-        web.check_extra()
+        web.worker.check_extra()

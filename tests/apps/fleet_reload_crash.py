@@ -12,10 +12,11 @@ from disc_util import say
 
 import cluster_ext as cluster
 from cluster_ext import net
+from cluster_ext.fleet import supervisor
 
 if cluster.is_primary:
-    cluster._fleet.CRASH_WINDOW = 0.5
-    cluster._fleet.CRASH_LOOP = 2
+    supervisor.CRASH_WINDOW = 0.5
+    supervisor.CRASH_LOOP = 2
     reloads, dying = [], set()
     cluster.on("message", lambda w, msg, handle: dying.add(w.id))
 

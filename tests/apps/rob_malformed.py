@@ -12,7 +12,8 @@ import json
 import sys
 
 import cluster_ext as cluster
-from cluster_ext import _core, _ops, net  # noqa: F401  (_ops: the primary's STATS handler)
+from cluster_ext import _core, net  # noqa: F401
+from cluster_ext.fleet import figures  # noqa: F401  (the primary's STATS handler)
 
 MODE = sys.argv[1]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _core, _runtime
+from .. import _core, _runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

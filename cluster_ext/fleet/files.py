@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from . import _runtime
+from .. import _runtime
 
 # What a file left at the path may hold to be replaced: one pid (or nothing).
 _MAX_PID_TEXT = 32

@@ -1,30 +1,27 @@
-"""Keeping a fleet up, beyond Node: supervise() (respawn with back-off, a
+"""supervise(): keeping a fleet up, beyond Node: respawn with back-off, a
 crash-loop stop, graceful stop on SIGTERM/SIGINT, SIGHUP reload, SIGTTIN and
-SIGTTOU), reload() (rolling restart, each replacement serving before its
-predecessor disconnects) and the heartbeat (a worker whose loop does not answer
-in time is SIGKILLed and replaced)."""
+SIGTTOU, readiness (sd_notify, the ready file) and the heartbeat (a worker
+whose loop does not answer in time is SIGKILLed and replaced)."""
 from __future__ import annotations
 
 import os
 import time
 
-from . import _core, _fast, _notify, _primary, _reap, _runtime, _shared, _worker
+from .. import _core, _fast, _primary, _runtime, _shared, _worker
+from . import notify, reap
+from .rolling import DEFAULT_GRACEFUL_TIMEOUT, rolling_restart
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
-    from ._files import RunFile
-    from ._worker import Worker
+    from .._worker import Worker
+    from .files import RunFile
 
 CRASH_WINDOW = 1.0               # a worker dead this soon after its start crashed
 CRASH_LOOP = 10                  # this many crashes in a row: stop
 HEALTHY_AFTER = 30.0             # this long alive resets the back-off
-RELOAD_TRIES = 3                 # replacements for one worker before a reload gives up
-DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
-_active: _Fleet | None = None    # the fleet supervise() is running, if any
 STOP_SIGNALS = (_fast.signal.SIGTERM, _fast.signal.SIGINT)
 FLEET_SIGNALS = (*STOP_SIGNALS, _fast.signal.SIGQUIT, _fast.signal.SIGHUP, _fast.signal.SIGTTIN,
                  _fast.signal.SIGTTOU)
@@ -46,202 +43,7 @@ class BootError(RuntimeError):
         self.worker_id, self.reason, self.load_error = worker_id, reason, load_error
 
 
-def refused(exc: BaseException) -> str | None:
-    """Why the kernel refused a worker, when what it lacked frees up again:
-    descriptors, memory or processes (a socketpair, a pipe or the fork
-    itself). None for any other failure, which is not the load's doing."""
-    if isinstance(exc, MemoryError):
-        return "out of memory"
-    if isinstance(exc, OSError):
-        why = _primary.shortage(exc.errno)
-        if why is not None:
-            return f"{os.strerror(exc.errno or 0)}: {why}"
-    return None
-
-
-def reload(callback: Callable[[], Any] | None = None, *,
-           timeout: float | None = None) -> None:
-    """Rolling restart, one worker at a time: fork a replacement, wait for its
-    'listening' ('online' if the old one served nothing), then disconnect
-    the old one, SIGKILLed if its 'disconnect' has not come within timeout
-    seconds (by default the running supervise()'s graceful_timeout, else
-    30 s); callback() once every old worker is replaced. A replacement that dies before it is
-    ready is tried again; after RELOAD_TRIES deaths in a row the reload ends
-    there and the old workers go on serving (code that cannot start is not
-    rolled out), without callback(). A fleet that begins to stop ends the
-    reload: nothing more is forked."""
-    rolling_restart(timeout, lambda complete: callback() if complete and callback else None,
-                    cause="reload() called")
-
-
-def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause: str) -> None:
-    """reload(), which ends in on_end(complete): True once every old worker
-    is replaced, False when the replacements could not start. Its start is
-    logged after cause (what asked for it), its end with its duration and
-    what failed."""
-    if not _runtime.is_primary:
-        raise RuntimeError("reload() is the primary's")
-    if timeout is not None:              # its timers start later, in callbacks
-        timeout = _runtime.check_seconds("timeout", timeout)
-    if _Reload.running is not None:
-        _Reload.running.join(on_end)
-        _runtime.log("info", f"{cause}: reloading {len(_Reload.running.old())} workers "
-                     "(joining the reload running)")
-        return
-    _notify.reloading()                 # nothing without a supervise() under systemd
-    if _active is not None:
-        _active.reload_began()
-    if timeout is None:
-        timeout = _active.graceful_timeout if _active is not None else DEFAULT_GRACEFUL_TIMEOUT
-    reload = _Reload(timeout, on_end)
-    _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
-    reload.step()
-
-
-class _Reload:
-    """The reload running; there is one at a time. One asked while it runs
-    joins it rather than run beside it (two would each fork replacements and
-    both retire the same workers, and the fleet would swell): from then on it
-    replaces every worker forked before the latest ask, its own replacements
-    so far included, since they may run the code that was current before."""
-
-    running: _Reload | None = None
-
-    def __init__(self, timeout: float, on_end: Callable[[bool], Any]) -> None:
-        self.timeout = timeout
-        self.on_ends = [on_end]
-        self.upto = _runtime.next_id - 1      # the newest worker id to replace
-        self.started = time.monotonic()
-        self.replaced = 0
-        self.died = 0                         # replacements dead before they served
-        self.killed: list[str] = []           # the signals that ended old workers
-        _Reload.running = self
-
-    def join(self, on_end: Callable[[bool], Any]) -> None:
-        self.on_ends.append(on_end)
-        self.upto = _runtime.next_id - 1
-
-    def abandoned(self) -> bool:
-        """A fleet that begins to stop ends the reload: nothing more is forked."""
-        if _active is not None and _active.stopping > 0:
-            _Reload.running = None
-            _runtime.log("info", f"reload abandoned after {self.took()}: the fleet is "
-                         f"stopping ({self.replaced} workers replaced)")
-            return True
-        return False
-
-    def ended(self, complete: bool) -> None:
-        _Reload.running = None
-        if _active is not None:
-            _active.reload_ended(complete)
-        failures = self.failures()
-        if complete:
-            _runtime.log("warning" if failures else "info", f"reload done in {self.took()}: "
-                         f"{self.replaced} workers replaced{failures}")
-        else:
-            _runtime.log("warning", f"reload stopped after {self.took()}: {self.replaced} of "
-                         f"{self.replaced + len(self.old())} workers replaced{failures}")
-        for on_end in self.on_ends:
-            on_end(complete)
-
-    def took(self) -> str:
-        return f"{time.monotonic() - self.started:.1f} s"
-
-    def failures(self) -> str:
-        """What went wrong on the way, for the end's line ('' for nothing)."""
-        seen = []
-        if self.died:
-            seen.append(f"{self.died} replacements died before they served")
-        if self.killed:
-            seen.append(f"{len(self.killed)} old workers ended by "
-                        f"{', '.join(sorted(set(self.killed)))}")
-        return "; " + ", ".join(seen) if seen else ""
-
-    def old(self) -> list[Worker]:
-        """The workers still to replace, oldest first."""
-        workers = _runtime.workers
-        assert workers is not None          # the primary's
-        return sorted((w for w in workers.values()
-                       if w.id <= self.upto and not w.is_dead() and w.is_connected()
-                       and not w._disconnecting),     # retiring already: ours, or a shrink
-                      key=lambda w: w.id)
-
-    def next_old(self) -> Worker | None:
-        return next(iter(self.old()), None)
-
-    def step(self) -> None:
-        if self.abandoned():
-            return
-        if _active is not None:
-            # A shrink during the reload retired an old worker that was being
-            # replaced: its replacement takes the place of the oldest.
-            _active.trim()
-        w = self.next_old()
-        if w is None:
-            self.ended(True)
-        else:
-            self.replace(w, RELOAD_TRIES)
-
-    def replace(self, w: Worker, tries: int) -> None:
-        # w may still be starting (forked before a later ask): a fleet that
-        # serves waits for its replacement to listen all the same.
-        workers = _runtime.workers
-        assert workers is not None
-        serves = any(x.state == "listening" for x in workers.values())
-        ready = "listening" if serves else "online"
-        try:
-            new = _primary.fork()
-        except (OSError, MemoryError) as exc:
-            why = refused(exc)
-            if why is None:
-                raise
-            # Out of descriptors, memory or processes: the old workers serve
-            # on rather than wait in a reload nobody can see the end of.
-            _runtime.log("error", "reload stopped, the workers keep their code: "
-                         f"cannot fork a replacement: {why}")
-            self.ended(False)
-            return
-        if _active is not None:           # the new one takes the old one's place
-            _active.restarts_of[new.id] = _active.restarts_of.get(w.id, 0) + 1
-
-        def replaced(*_: Any) -> None:
-            new.off("exit", failed)
-            self.replaced += 1
-            if w.is_dead():               # killed meanwhile: nothing to retire
-                self.step()
-                return
-            w.once("exit", retired)
-            w.disconnect(timeout=self.timeout)
-
-        def retired(code: int | None, sig: Any) -> None:
-            if sig is not None:
-                self.killed.append(sig.name)
-            # Next turn: the exit's own listeners (its log line) come before
-            # the next fork or the reload's end.
-            _runtime.call_later(0, self.step)
-
-        def failed(*_: Any) -> None:
-            new.off(ready, replaced)
-            self.died += 1
-            if self.abandoned():
-                return
-            if new.boot_failure is not None:  # the new code cannot start: keep the old
-                _runtime.log("error", "reload stopped, the workers keep their code: "
-                             f"worker {new.id} failed to boot: {new.boot_failure}")
-                self.ended(False)
-                return
-            if w.is_dead():               # both gone: its slot is the fleet's to refill
-                self.step()
-            elif tries > 1:
-                self.replace(w, tries - 1)
-            else:
-                self.ended(False)
-
-        new.once(ready, replaced)
-        new.once("exit", failed)
-
-
-class _Fleet:
+class Fleet:
     def __init__(self, size: int, respawn: bool, graceful_timeout: float,
                  heartbeat_timeout: float | None, backoff: tuple[float, float]) -> None:
         self.size, self.respawn = size, respawn
@@ -295,7 +97,7 @@ class _Fleet:
         try:
             _primary.fork()
         except (OSError, MemoryError) as exc:
-            why = refused(exc)
+            why = _primary.refused(exc)
             if why is None:
                 raise
             self.owed.insert(0, respawn)
@@ -308,7 +110,7 @@ class _Fleet:
         self.retry_delay = 0.0
         if respawn:
             self.restarts += 1
-            _notify.notify(f"STATUS={self.status()}")
+            notify.notify(f"STATUS={self.status()}")
         return True
 
     def fork_owed(self) -> None:
@@ -416,7 +218,7 @@ class _Fleet:
                 else f"stopping gracefully (timeout {self.graceful_timeout:g} s)"))
         if first:
             _shared.hold(False)
-            _notify.notify("STOPPING=1", "STATUS=stopping")
+            notify.notify("STOPPING=1", "STATUS=stopping")
             self.unready()
         self.cancel_timers()
         if at_once:
@@ -524,15 +326,15 @@ class _Fleet:
                     self.unready()
                     return
             status = self.status()
-            _notify.notify("READY=1", f"STATUS={status}")
+            notify.notify("READY=1", f"STATUS={status}")
             _runtime.log("info", f"ready: {status}")
 
     def write_ready_file(self, path: str) -> None:
         """The workers serve whatever becomes of the file: an error (a full
         disk, something put at the path since the start) is logged."""
-        from . import _files
+        from . import files
         try:
-            self.ready_written = _files.create(path, f"{os.getpid()}\n")
+            self.ready_written = files.create(path, f"{os.getpid()}\n")
         except OSError as exc:
             _runtime.log("error", f"ready file not written: {path}: {exc.strerror}")
 
@@ -549,12 +351,12 @@ class _Fleet:
             self.last_reload = time.monotonic() - self.reload_starts.pop(0)
             self.reload_seconds += self.last_reload
         if not self.stopping:
-            _notify.notify("READY=1", "STATUS=" + ("reloaded: " if complete else
+            notify.notify("READY=1", "STATUS=" + ("reloaded: " if complete else
                                                    "reload stopped: ") + self.status())
 
     def watchdog(self) -> None:
-        _notify.notify("WATCHDOG=1")
-        interval = _notify.watchdog_interval
+        notify.notify("WATCHDOG=1")
+        interval = notify.watchdog_interval
         assert interval is not None      # watchdog() runs only with an interval
         self.watchdog_timer = _runtime.call_later(interval, self.watchdog)
 
@@ -599,16 +401,15 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     primary's pid ('Already running on PID N' for a live one's), and
     OSError when it cannot be written. drain_delay: seconds a graceful stop
     keeps serving (not ready, STOPPING=1) before it disconnects."""
-    global _active
     # The signal handlers log: logging is imported here, not by a handler
     # that runs inside its first import (a module half made).
     import logging  # noqa: F401
     import signal
 
-    from . import _files
+    from . import files
     if not _runtime.is_primary:
         raise RuntimeError("supervise() is the primary's")
-    if _active is not None:
+    if _runtime.fleet is not None:
         raise RuntimeError("supervise() is already running")
     # Each of these starts a timer later, in a callback (a stop, an exit, a
     # beat): checked here, before any fork.
@@ -623,19 +424,19 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         raise ValueError("supervise() needs at least one worker")
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
-    fleet = _Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
+    fleet = Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
     fleet.ready_file = os.path.abspath(ready_file) if ready_file else None
     fleet.drain_delay = drain_delay
-    written = _files.claim(os.path.abspath(pid_file), f"{os.getpid()}\n") if pid_file else None
+    written = files.claim(os.path.abspath(pid_file), f"{os.getpid()}\n") if pid_file else None
     if fleet.ready_file is not None:
         try:
-            _files.make_way(fleet.ready_file)   # a file left by a primary that died
-            _files.probe(fleet.ready_file)
+            files.make_way(fleet.ready_file)   # a file left by a primary that died
+            files.probe(fleet.ready_file)
         except BaseException:
             if written is not None:
                 written.remove("pid file")
             raise
-    _notify.start()
+    notify.start()
     previous = {sig: signal.signal(sig, fleet.on_signal_received) for sig in FLEET_SIGNALS}
     _worker.primary_frame_handlers[_core.FRAME_PONG] = _worker.control_handler(fleet.on_pong)
     _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
@@ -644,15 +445,15 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
     emitter.on("listening", fleet.on_listening)
-    _active = fleet
+    _runtime.fleet = fleet
     _runtime.supervised_drain_delay = drain_delay    # the workers drain on their own signal
     _shared.hold(True)
     # A container's PID 1, or a child subreaper: the workers' orphans are ours.
-    reaper = _reap.Reaper() if _core.inherits_orphans() else None
+    reaper = reap.Reaper() if _core.inherits_orphans() else None
     try:
         if reaper is not None:
             reaper.start()
-        if _notify.watchdog_interval is not None:
+        if notify.watchdog_interval is not None:
             fleet.watchdog()
         for _ in range(size):
             fleet.spawn()
@@ -662,7 +463,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     finally:
         if reaper is not None:
             reaper.stop()
-        _active = None
+        _runtime.fleet = None
         _runtime.supervised_drain_delay = None
         _shared.hold(False)
         emitter.off("fork", fleet.on_fork)
@@ -671,7 +472,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         fleet.unready()
         if written is not None:
             written.remove("pid file")
-        _notify.stop()
+        notify.stop()
         _worker.primary_frame_handlers.pop(_core.FRAME_PONG, None)
         _worker.primary_frame_handlers[_core.FRAME_READY] = _worker.control_handler(
             _worker.said_ready)

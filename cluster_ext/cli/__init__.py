@@ -1,0 +1,58 @@
+"""The command line (cluster-ext, python -m cluster_ext): run a script or a
+web application as a supervised cluster, the demo, and the control socket's
+client.
+
+The primary supervises; every worker runs the same command line again and,
+seeing itself a worker, runs the application.
+
+    options   the parser and its value checks
+    primary   the primary's side of run and demo
+    worker    a worker's side: the script, the web application, the demo
+    status    status, reload, scale and stop: the control socket's client
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import cluster_ext as cluster
+
+from . import primary, status, worker
+from .options import CONTROL_COMMANDS, is_web_app, parse_args
+
+log = logging.getLogger("cluster_ext")
+
+
+def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
+    """The console script cluster-ext; __main__ names itself python -m cluster_ext."""
+    args = parse_args(argv, prog)
+    if args.command in CONTROL_COMMANDS:
+        return status.control_client(args)
+    if cluster.is_worker:
+        if args.command == "run" and is_web_app(args.app):
+            worker.run_web(args)
+        elif args.command == "run":
+            worker.run_app(args.app, args.args)
+        else:
+            worker.demo_worker(args.host, args.port)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
+                                                   "%(message)s", stream=sys.stderr)
+    if args.command == "run" and is_web_app(args.app):
+        problem = primary.check_web(args)
+        if problem is not None:
+            log.error("cannot serve %s: %s", args.app, problem)
+            return 2
+    elif args.command == "run" and not os.path.exists(args.app):
+        log.error("no such file: %s (an application is named as module:attribute)", args.app)
+        return 2
+    pid_file, problem = primary.claim_files(args)
+    if problem is not None:
+        print(f"{prog} {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return primary.supervise(args)
+    finally:
+        if pid_file is not None:
+            pid_file.remove("pid file")

@@ -1,0 +1,248 @@
+"""cluster-ext's arguments: the parser, its help, and the checks that make a
+bad value one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import _core
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+DESCRIPTION = """\
+Run a Python server as a cluster: one primary that supervises N worker
+processes sharing the server's port (Node's cluster, with what PM2 and
+gunicorn add: respawn, zero-downtime reload, hung-worker kills).
+
+Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one,
+or SIGQUIT, stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
+worker, SIGTTOU retires the oldest. SIGTERM or SIGINT to a worker (or to
+the whole process group) drains it: a group's signal stops as one to the
+primary does, and a worker signalled alone is replaced."""
+
+RUN_HELP = """\
+Runs APP as the workers of a supervised cluster.
+
+APP is either an ASGI or WSGI application, named as gunicorn and uvicorn name
+it (module:attribute, e.g. myproject.asgi:application), which every worker
+imports and serves over HTTP on each --bind address (uvicorn's protocols;
+needs the web extra: pip install '.[web]' in the repository's root), or a
+Python script that serves with cluster_ext.net, cluster_ext.aio or
+cluster.listen_socket(): each worker runs it as __main__ with sys.argv =
+[APP, *ARGS], and runs the event loop itself if APP returns without calling
+cluster.run().
+
+examples:
+  cluster-ext run -w 4 --bind 0.0.0.0:8000 myproject.asgi:application
+  cluster-ext run -w 4 --interface wsgi --threads 8 flaskapp:app
+  cluster-ext run -w 4 server.py --port 8000"""
+
+
+# gunicorn's --timeout: a worker whose loop has not answered a ping for this
+# long is killed and replaced. Long enough for a WSGI request that runs on
+# the loop (--threads 1) to take its time; 0 turns it off.
+DEFAULT_HEARTBEAT = 30.0
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line (`cluster-ext run: error: argument
+    -w/--workers: must be at least 1, not 0`) and exit 2: `run`'s usage
+    takes a screen, and the line that says what is wrong would scroll
+    under it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str, *, positive: bool = False) -> float:
+    """An option's seconds: finite, 0 or more (more than 0 if positive), and
+    within what a timer takes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 if positive else value >= 0) or not value <= _core.MAX_SECONDS:
+        raise argparse.ArgumentTypeError(    # NaN fails too
+            f"must be {'more than 0' if positive else '0 or more'} and at most "
+            f"{_core.MAX_SECONDS} seconds, not {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """Seconds where 0 would mean nothing useful (a grace of none)."""
+    return _seconds(text, positive=True)
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, minimum or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, not {port}")
+    return port
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """[HOST:]PORT, HOST may be [IPv6]."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"takes [HOST:]PORT (a port from 0 to 65535), "
+                                         f"not {text!r}")
+    return host, int(port)
+
+
+def common_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("-w", "--workers", type=_at_least(1), default=None, metavar="N",
+                        help="worker processes (default: one per core)")
+    common.add_argument("--sched", choices=("rr", "none"), default=None,
+                        help="rr: the primary accepts and hands connections out in turn "
+                             "(default); none: workers accept on the shared socket")
+    common.add_argument("--graceful-timeout", type=_positive_seconds, default=30.0, metavar="S",
+                        help="seconds a worker may take to finish its connections when "
+                             "stopping or reloading before it is killed (default 30)")
+    common.add_argument("--heartbeat-timeout", type=_seconds, default=DEFAULT_HEARTBEAT,
+                        metavar="S",
+                        help="kill and replace a worker whose event loop has not answered "
+                             f"for S seconds (default {DEFAULT_HEARTBEAT:g}, as gunicorn's "
+                             "--timeout; 0: off)")
+    common.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="S",
+                        help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
+                             "before the graceful stop, while a load balancer lets go")
+    common.add_argument("--pid-file", default=None, metavar="PATH",
+                        help="write the primary's pid to PATH while it runs")
+    common.add_argument("--ready-file", default=None, metavar="PATH",
+                        help="a file that exists exactly while every worker serves "
+                             "(for exec readiness probes)")
+    common.add_argument("--control", default=None, metavar="PATH",
+                        help="answer `cluster-ext status PATH`, reload, scale and stop on "
+                             "a Unix socket at PATH (mode 0600)")
+    common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
+                        help="serve /metrics (Prometheus) from the primary on HOST:PORT "
+                             "(HOST default 127.0.0.1); needs the metrics extra")
+    return common
+
+
+def web_parser() -> Parser:
+    parser = Parser(add_help=False)
+    web = parser.add_argument_group("web applications (APP is module:attribute)")
+    web.add_argument("-b", "--bind", action="append", default=None, metavar="ADDR",
+                     help="HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (an inherited "
+                          "listening socket); repeatable (default 127.0.0.1:8000)")
+    web.add_argument("--interface", choices=("auto", "asgi", "asgi3", "asgi2", "wsgi"),
+                     default="auto", help="the application's interface (default: detected)")
+    web.add_argument("--factory", action="store_true",
+                     help="APP names a function that returns the application")
+    web.add_argument("--preload", action="store_true",
+                     help="import the application in the primary too, before any worker "
+                          "starts (by default only the workers import it)")
+    web.add_argument("--access-log", action="store_true",
+                     help="one line per request on stdout")
+    web.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
+                     help="threads per worker that run a WSGI application (default 1: "
+                          "on the worker's loop, one request at a time, as gunicorn's "
+                          "sync worker)")
+    web.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                     help="uvicorn's HTTP implementation (default: httptools if installed)")
+    web.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                     help="the ASGI lifespan protocol, run once in every worker")
+    web.add_argument("--timeout-keep-alive", type=_seconds, default=5.0, metavar="S",
+                     help="close a keep-alive connection idle for S seconds (default 5)")
+    web.add_argument("--limit-concurrency", type=_at_least(1), default=None, metavar="N",
+                     help="answer 503 beyond N connections or tasks per worker")
+    web.add_argument("--limit-request-head", type=_at_least(0), default=65536,
+                     metavar="BYTES",
+                     help="answer 431 and close when a request's line and headers pass "
+                          "BYTES (default 65536; 0: no limit)")
+    web.add_argument("--timeout-request-head", type=_seconds, default=20.0,
+                     metavar="S",
+                     help="close a connection whose request line and headers have not come "
+                          "whole S seconds after the accept, or after their first byte on a "
+                          "kept-alive connection; 408 if part of them came (default 20; "
+                          "0: none)")
+    web.add_argument("--websocket-grace", type=_seconds, default=0.0, metavar="S",
+                     help="at a reload or a stop, close open WebSockets with 1012 (service "
+                          "restart) S seconds after the drain begins (default 0: at once)")
+    web.add_argument("--backlog", type=_at_least(1), default=2048, metavar="N",
+                     help="the listening sockets' backlog (default 2048)")
+    web.add_argument("--root-path", default="", metavar="PATH",
+                     help="the ASGI root_path, for an application mounted below /")
+    web.add_argument("--proxy-headers", action="store_true",
+                     help="trust X-Forwarded-For and X-Forwarded-Proto from "
+                          "--forwarded-allow-ips")
+    web.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                     help="comma-separated addresses trusted for proxy headers "
+                          "(default 127.0.0.1)")
+    return parser
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    parser = Parser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_parser()
+    run = commands.add_parser("run", parents=[common, web_parser()],
+                              help="run APP as a supervised cluster",
+                              description=RUN_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("app", metavar="APP",
+                     help="module:attribute of an ASGI/WSGI application, or a Python script")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="arguments for APP")
+    demo = commands.add_parser(
+        "demo", parents=[common],
+        help="an echo service on 127.0.0.1:8000, one worker per core",
+        description="An echo service: connect with `nc 127.0.0.1 8000` and type; each "
+                    "line comes back with the pid of the worker that served it. Try "
+                    "`kill -HUP <primary pid>` to reload, Ctrl-C to stop.")
+    demo.add_argument("--port", type=_port, default=8000)
+    demo.add_argument("--host", default="127.0.0.1")
+    status = commands.add_parser(
+        "status", help="the workers of a running cluster, from its --control socket",
+        description="One row per worker of the cluster whose primary serves the control "
+                    "socket PATH (--control PATH): id, pid, state, age, restarts, resident "
+                    "memory, CPU %%, open connections, connections served, messages "
+                    "received/sent by the primary.")
+    status.add_argument("path", metavar="PATH", help="the control socket")
+    status.add_argument("--json", action="store_true", help="the figures as one JSON object")
+    for name, text in (("reload", "a rolling restart of a running cluster; waits for its end"),
+                       ("stop", "a graceful stop of a running cluster")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("path", metavar="PATH", help="the control socket")
+    scale = commands.add_parser("scale", help="a running cluster keeps N workers from now on")
+    scale.add_argument("path", metavar="PATH", help="the control socket")
+    scale.add_argument("n", type=_at_least(1), metavar="N", help="workers")
+    return parser
+
+
+CONTROL_COMMANDS = ("status", "reload", "stop", "scale")
+
+
+def is_web_app(app: str) -> bool:
+    """module:attribute, as gunicorn and uvicorn take it (a file of that name
+    wins: it is a script)."""
+    return ":" in app and not os.path.exists(app)
+
+
+def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    args = parser(prog).parse_args(argv)
+    if args.command == "run" and is_web_app(args.app) and args.args:
+        # uvicorn's order (APP, then options): what follows APP is ours
+        Parser(prog=f"{prog} run", parents=[common_parser(), web_parser()]
+               ).parse_args(args.args, namespace=args)
+    return args

@@ -1,0 +1,152 @@
+"""The primary's side of `cluster-ext run` and `demo`: what can be found wrong
+is checked before any fork (the web application's spec, the files'
+directories), the services opened, the lifecycle logged, and the fleet
+supervised until it stops."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import cluster_ext as cluster
+
+from .options import is_web_app
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._protocol import Address
+    from ..fleet.files import RunFile
+
+log = logging.getLogger("cluster_ext")
+
+
+def _open_services(args: argparse.Namespace) -> list[Any]:
+    """--control and --metrics, before any fork: a taken path or port is a
+    clear error now, not a surprise later."""
+    services: list[Any] = []
+    try:
+        if args.control is not None:
+            services.append(cluster.control(args.control))
+        if args.metrics is not None:
+            host, port = args.metrics
+            services.append(cluster.serve_metrics(port, host))
+            log.info("metrics on http://%s:%d/metrics", host, services[-1].address[1])
+    except BaseException:
+        for service in services:
+            service.close()
+        raise
+    return services
+
+
+def _log_lifecycle() -> None:
+    cluster.on("fork", lambda w: log.info("worker %d forked (pid %d)", w.id, w.pid))
+    cluster.on("online", lambda w: log.info("worker %d online", w.id))
+    cluster.on("listening", lambda w, address: log.info("worker %d listening on %s",
+                                                          w.id, _where(address)))
+    cluster.on("disconnect", lambda w: log.info("worker %d disconnected", w.id))
+    cluster.on("exit", lambda w, code, sig: log.info(
+        "worker %d exited (%s%s)", w.id,
+        f"code {code}" if sig is None else f"signal {sig.name}",
+        ", as asked" if w.exited_after_disconnect else ""))
+
+
+def _where(address: Address) -> str:
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+
+def check_web(args: argparse.Namespace) -> str | None:
+    """In the primary, before any fork: what stops APP from being served and
+    can be told without the application's code (all of it with --preload)."""
+    from .. import web
+    try:
+        web.prepare_primary(args.app, [web.parse_bind(bind) for bind in args.bind or []],
+                            factory=args.factory, interface=args.interface,
+                            preload=args.preload)
+    except (ValueError, ImportError, web.AppLoadError) as exc:
+        return str(exc)
+    return None
+
+
+PATH_OPTIONS = (("--pid-file", "pid_file"), ("--ready-file", "ready_file"),
+                ("--control", "control"))
+
+
+def _unwritable_directory(path: str) -> str | None:
+    """Why no file can be made at path because of its directory, or None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        return f"{path}: its directory {directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{path}: {directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{path}: its directory {directory} is not writable"
+    return None
+
+
+def claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
+    """Every path option's directory checked (--bind unix:PATH's too),
+    --pid-file written and --ready-file's path made way for (as supervise()
+    does), before anything is logged or forked, so that a path in use or
+    that cannot be written is one line and exit 2, as a bad argument is.
+    Returns (the pid file, None) or (None, what is wrong)."""
+    from ..fleet import files
+    paths = [(flag, getattr(args, name)) for flag, name in PATH_OPTIONS]
+    paths += [("-b/--bind", bind[len("unix:"):]) for bind in getattr(args, "bind", None) or ()
+              if bind.startswith("unix:")]
+    for flag, path in paths:
+        why = _unwritable_directory(path) if path else None
+        if why is not None:
+            return None, f"argument {flag}: {why}"
+    pid_file = None
+    flag = "--pid-file"
+    try:
+        if args.pid_file:
+            pid_file = files.claim(os.path.abspath(args.pid_file), f"{os.getpid()}\n")
+        flag = "--ready-file"
+        if args.ready_file:
+            files.make_way(os.path.abspath(args.ready_file))
+            files.probe(os.path.abspath(args.ready_file))
+    except OSError as exc:
+        if pid_file is not None:
+            pid_file.remove("pid file")
+        return None, f"argument {flag}: {exc.filename}: {exc.strerror or exc}"
+    return pid_file, None
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """The primary of `run` and `demo`, its files claimed."""
+    if args.sched is not None:
+        cluster.scheduling_policy = cluster.SCHED_NONE if args.sched == "none" \
+            else cluster.SCHED_RR
+    try:
+        services = _open_services(args)
+    except (OSError, ImportError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    _log_lifecycle()
+    what = args.app if args.command == "run" else f"the demo on {args.host}:{args.port}"
+    heartbeat = args.heartbeat_timeout or None          # 0: off
+    log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
+             args.workers or os.cpu_count(), what,
+             f"{heartbeat:g} s" if heartbeat else "off")
+    try:
+        cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
+                          heartbeat_timeout=heartbeat,
+                          ready_file=args.ready_file, drain_delay=args.drain_delay)
+    except cluster.CrashLoopError as exc:
+        log.error("stopped: %s", exc)
+        return 1
+    except cluster.BootError as exc:
+        if exc.load_error and args.command == "run" and is_web_app(args.app):
+            # a worker found the spec wrong: as the primary reports it
+            log.error("cannot serve %s: %s", args.app, exc.reason.rstrip())
+            return 2
+        log.error("stopped: %s", exc)
+        return 3
+    finally:
+        for service in services:
+            service.close()
+    log.info("primary %d: all workers stopped", os.getpid())
+    return 0

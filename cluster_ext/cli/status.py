@@ -1,0 +1,89 @@
+"""status, reload, scale and stop: one request to a primary's control socket,
+and its reply as a person reads it."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def control_client(args: argparse.Namespace) -> int:
+    """status, reload, scale and stop: one request to a primary's control
+    socket. Exit 0 when it did it, 1 when it answered with an error, 2 when
+    no primary answered."""
+    import json
+
+    from ..fleet import control
+    line = f"scale {args.n}" if args.command == "scale" else args.command
+    try:
+        reply = control.request(args.path, line)
+    except (OSError, ValueError) as exc:
+        print(f"cluster-ext {args.command}: no primary answered on {args.path}: {exc}",
+              file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"cluster-ext {args.command}: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
+    elif args.command == "reload":
+        print(f"reloaded in {reply['seconds']:.1f} s")
+    elif args.command == "scale":
+        print(f"{reply['workers_wanted']} workers wanted")
+    return 0
+
+
+def _status_table(figures: dict[str, Any]) -> str:
+    """The figures as a person reads them at a glance."""
+    primary = figures["primary"]
+    head = f"primary {primary['pid']}"
+    if primary["supervised"]:
+        last = primary["last_reload_seconds"]
+        head += (f": {primary['state']}, {len(figures['workers'])} of "
+                 f"{primary['workers_wanted']} workers, {primary['restarts']} restarts, "
+                 f"{primary['reloads']} reloads" + (f" (last {last:.1f} s)" if last else ""))
+    rows = [("ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
+             "MSGS IN/OUT")]
+    for w in figures["workers"]:
+        rows.append((str(w["id"]), str(w["pid"]), w["state"], _age(w["age"]),
+                     str(w["restarts"]), _size(w["rss"]),
+                     "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+                     _count(w["connections"]), _count(w["served"]),
+                     f"{w['messages_received']}/{w['messages_sent']}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    return "\n".join([head, *lines])
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s // 60 % 60:02d}m"
+    return f"{s // 86400}d{s // 3600 % 24:02d}h"
+
+
+def _size(rss: int | None) -> str:
+    if rss is None:
+        return "-"
+    if rss < 1024:
+        return f"{rss} B"
+    size, unit = rss / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"

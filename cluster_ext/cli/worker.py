@@ -1,0 +1,84 @@
+"""A worker's side of `cluster-ext run` and `demo`: the web application
+served, the script run as __main__ (then the loop, if it did not run it),
+or the demo's echo server. What fails before it serves is a boot failure,
+told to the primary."""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+import cluster_ext as cluster
+
+from .. import _runtime, _worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _web_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "lifespan": args.lifespan, "http": args.http,
+        "timeout_keep_alive": args.timeout_keep_alive,
+        "limit_concurrency": args.limit_concurrency, "backlog": args.backlog,
+        "root_path": args.root_path, "proxy_headers": args.proxy_headers}
+    if args.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    return options
+
+
+def run_web(args: argparse.Namespace) -> None:
+    from ..web.binds import default_binds, parse_bind
+    from ..web.worker import serve_worker
+    serve_worker(args.app, [parse_bind(b) for b in args.bind or default_binds()],
+                 interface=args.interface, graceful_timeout=args.graceful_timeout,
+                 factory=args.factory, threads=args.threads, access_log=args.access_log,
+                 server_options=_web_options(args),
+                 limit_request_head=args.limit_request_head,
+                 timeout_request_head=args.timeout_request_head,
+                 websocket_grace=args.websocket_grace)
+
+
+def run_app(app: str, args: list[str]) -> None:
+    """In a worker: APP as __main__, then the loop if APP did not run it. An
+    exception before the loop runs is a boot failure, told to the primary."""
+    sys.argv = [app, *args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
+    me = cluster.worker
+    assert me is not None                # run_app runs in workers only
+
+    def served() -> bool:                # its own loop, or a server that listened
+        return _runtime.ran or me.state == "listening"
+
+    try:
+        namespace = runpy.run_path(app, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code in (0, None) or served():
+            raise
+        _worker.fail_boot(f"{app} exited with {exc.code!r} before it served")
+    except Exception:
+        if served():
+            raise                        # it served: a crash, not a boot failure
+        import traceback
+        _worker.fail_boot(traceback.format_exc())
+    if not served():
+        if not _runtime.servers and callable(namespace.get("app")):
+            name = os.path.splitext(os.path.basename(app))[0]
+            _worker.fail_boot(f"{app} returned without serving anything; to serve its "
+                              f"application 'app' over HTTP, run: cluster-ext run {name}:app")
+        cluster.run()
+
+
+def demo_worker(host: str, port: int) -> None:
+    from .. import net
+    pid = os.getpid()
+
+    def echo(sock: net.Socket) -> None:
+        assert cluster.worker is not None    # main() runs the demo in workers only
+        sock.write(f"hello from worker {cluster.worker.id} (pid {pid})\n")
+        sock.on("data", lambda data: sock.write(f"[{pid}] ".encode() + data))
+
+    net.create_server(echo).listen(port, host)
+    cluster.run()

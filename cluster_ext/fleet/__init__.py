@@ -1,0 +1,18 @@
+"""The fleet, beyond Node: supervise() keeps a number of workers up and
+stops them gracefully, reload() replaces them without a lost connection, and
+the primary's operations (the control socket, /metrics) read and steer it.
+
+    supervisor   supervise(): respawn, crash loop, signals, readiness, heartbeat
+    rolling      reload(): the rolling restart
+    notify       sd_notify(3) to systemd
+    reap         PID 1's duty: the orphans' zombies
+    files        the pid and ready files
+    figures      the figures of every worker, gathered for status and /metrics
+    service      a bounded listener on the primary's loop
+    control      the control socket and its client
+    metrics      /metrics
+"""
+from .rolling import reload
+from .supervisor import BootError, CrashLoopError, supervise
+
+__all__ = ["BootError", "CrashLoopError", "reload", "supervise"]

@@ -1,0 +1,165 @@
+"""The figures of every worker and of the fleet, gathered by the primary for
+status and /metrics: gather() sends each worker a STATS frame and waits for
+the answers; snapshot() is what they show.
+
+The figures come from three places. The primary's end of each worker's
+channel counts the user messages it carried (in the engine); each worker
+counts the connections its servers took and holds, and answers a STATS frame
+with them; /proc gives memory, CPU time and age. No file is shared, so no
+multiprocess directory is needed.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from .. import _core, _protocol, _runtime, _worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .._worker import Worker
+
+    Snapshot = dict[str, Any]
+
+GATHER_TIMEOUT = 1.0           # a worker that has not answered by then shows its last figures
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+_answers: dict[int, tuple[int, int]] = {}      # worker id -> (served, open): the last reply
+_gatherings: list[_Gathering] = []
+_cpu_samples: dict[int, tuple[float, float, float]] = {}   # pid -> (when, cpu s, cpu %)
+
+
+def _proc(pid: int) -> tuple[float, int, float] | None:
+    """(CPU seconds, resident bytes, age in seconds) of a process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after it
+    fields = stat[stat.rindex(b")") + 2:].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _TICK        # utime + stime
+    started = int(fields[19]) / _TICK                        # since boot
+    return cpu, int(fields[21]) * _PAGE, max(0.0, uptime - started)
+
+
+def _cpu_percent(pid: int, cpu: float, age: float) -> float:
+    """Over the time since the last look, if it is long enough to mean
+    something; at the first look, over the process's life."""
+    now = time.monotonic()
+    last = _cpu_samples.get(pid)
+    if last is None:
+        percent = 100.0 * cpu / age if age > 0 else 0.0
+    elif now - last[0] < 0.5:
+        return last[2]
+    else:
+        percent = 100.0 * (cpu - last[1]) / (now - last[0])
+    _cpu_samples[pid] = (now, cpu, percent)
+    return percent
+
+
+def _row(w: Worker, restarts: int) -> dict[str, Any]:
+    received, sent = w._chan.messages if w._chan is not None else (0, 0)
+    served, open_connections = _answers.get(w.id, (None, None))
+    row: dict[str, Any] = {
+        "id": w.id, "pid": w.pid, "state": w.state, "age": None, "restarts": restarts,
+        "rss": None, "cpu_percent": None, "cpu_seconds": None,
+        "connections": open_connections, "served": served,
+        "messages_received": received, "messages_sent": sent}
+    proc = _proc(w.pid)
+    if proc is not None:
+        cpu, rss, age = proc
+        row.update(age=round(age, 3), rss=rss, cpu_seconds=cpu,
+                   cpu_percent=round(_cpu_percent(w.pid, cpu, age), 1))
+    return row
+
+
+def snapshot() -> Snapshot:
+    """What status and /metrics show, from the figures at hand."""
+    fleet = _runtime.fleet
+    workers = _runtime.workers
+    assert workers is not None           # the primary's
+    alive = {w.pid for w in workers.values()}
+    for pid in [pid for pid in _cpu_samples if pid not in alive]:
+        del _cpu_samples[pid]
+    restarts_of = fleet.restarts_of if fleet is not None else {}
+    rows = [_row(w, restarts_of.get(w.id, 0)) for w in sorted(workers.values(),
+                                                                key=lambda w: w.id)]
+    primary: dict[str, Any] = {"pid": os.getpid(), "supervised": fleet is not None}
+    if fleet is not None:
+        primary.update(
+            state=("stopping" if fleet.stopping else "reloading" if fleet.reload_starts
+                   else "ready" if fleet.ready else "starting"),
+            workers_wanted=fleet.size, restarts=fleet.restarts,
+            crashes=fleet.crashes_total, crash_loops=fleet.crash_loops,
+            reloads=fleet.reloads[True], reloads_stopped=fleet.reloads[False],
+            reload_seconds=round(fleet.reload_seconds, 3),
+            last_reload_seconds=(None if fleet.last_reload is None
+                                 else round(fleet.last_reload, 3)),
+            since=fleet.since)
+    return {"primary": primary, "workers": rows}
+
+
+class _Gathering:
+    """One round of STATS frames: done() once every worker asked has answered,
+    or at GATHER_TIMEOUT with what came."""
+
+    def __init__(self, done: Callable[[], Any]) -> None:
+        self.done = done
+        workers = _runtime.workers
+        assert workers is not None
+        self.waiting = {w.id for w in workers.values()
+                        if w.is_connected() and w._send_frame(_core.FRAME_STATS)}
+        self.timer: _core.Handle | None = None
+        if not self.waiting:
+            _runtime.call_later(0, self.finish)
+        else:
+            self.timer = _runtime.call_later(GATHER_TIMEOUT, self.finish)
+            _gatherings.append(self)
+
+    def answered(self, worker_id: int) -> None:
+        self.waiting.discard(worker_id)
+        if not self.waiting:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self in _gatherings:
+            _gatherings.remove(self)
+        done, self.done = self.done, lambda: None
+        done()
+
+
+def gather(done: Callable[[Snapshot], Any]) -> None:
+    """Asks every worker for its figures; done(snapshot()) once they answered."""
+    if not _runtime.is_primary:
+        raise RuntimeError("the cluster's figures are the primary's")
+    _Gathering(lambda: done(snapshot()))
+
+
+def _on_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
+    _worker.close_fds(fds)
+    try:
+        _answers[w.id] = _protocol.unpack_stats(payload)
+    except ValueError:                   # struct.error: not a reply of ours
+        return
+    for gathering in list(_gatherings):
+        gathering.answered(w.id)
+
+
+def _forget(w: Worker, *_: Any) -> None:
+    _answers.pop(w.id, None)
+    for gathering in list(_gatherings):
+        gathering.answered(w.id)
+
+
+_worker.primary_frame_handlers[_core.FRAME_STATS] = _on_stats
+_runtime.emitter.on("exit", _forget)

@@ -1,0 +1,203 @@
+"""reload(): a rolling restart, each replacement serving before its
+predecessor disconnects, one reload at a time (one asked while it runs joins
+it). It tells a running supervise() (_runtime.fleet) when it begins and ends
+and yields to the fleet's stop."""
+from __future__ import annotations
+
+import time
+
+from .. import _primary, _runtime
+from . import notify
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .._worker import Worker
+
+RELOAD_TRIES = 3                 # replacements for one worker before a reload gives up
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
+
+
+def reload(callback: Callable[[], Any] | None = None, *,
+           timeout: float | None = None) -> None:
+    """Rolling restart, one worker at a time: fork a replacement, wait for its
+    'listening' ('online' if the old one served nothing), then disconnect
+    the old one, SIGKILLed if its 'disconnect' has not come within timeout
+    seconds (by default the running supervise()'s graceful_timeout, else
+    30 s); callback() once every old worker is replaced. A replacement that dies before it is
+    ready is tried again; after RELOAD_TRIES deaths in a row the reload ends
+    there and the old workers go on serving (code that cannot start is not
+    rolled out), without callback(). A fleet that begins to stop ends the
+    reload: nothing more is forked."""
+    rolling_restart(timeout, lambda complete: callback() if complete and callback else None,
+                    cause="reload() called")
+
+
+def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause: str) -> None:
+    """reload(), which ends in on_end(complete): True once every old worker
+    is replaced, False when the replacements could not start. Its start is
+    logged after cause (what asked for it), its end with its duration and
+    what failed."""
+    if not _runtime.is_primary:
+        raise RuntimeError("reload() is the primary's")
+    if timeout is not None:              # its timers start later, in callbacks
+        timeout = _runtime.check_seconds("timeout", timeout)
+    if _Reload.running is not None:
+        _Reload.running.join(on_end)
+        _runtime.log("info", f"{cause}: reloading {len(_Reload.running.old())} workers "
+                     "(joining the reload running)")
+        return
+    notify.reloading()                 # nothing without a supervise() under systemd
+    fleet = _runtime.fleet
+    if fleet is not None:
+        fleet.reload_began()
+    if timeout is None:
+        timeout = fleet.graceful_timeout if fleet is not None else DEFAULT_GRACEFUL_TIMEOUT
+    reload = _Reload(timeout, on_end)
+    _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
+    reload.step()
+
+
+class _Reload:
+    """The reload running; there is one at a time. One asked while it runs
+    joins it rather than run beside it (two would each fork replacements and
+    both retire the same workers, and the fleet would swell): from then on it
+    replaces every worker forked before the latest ask, its own replacements
+    so far included, since they may run the code that was current before."""
+
+    running: _Reload | None = None
+
+    def __init__(self, timeout: float, on_end: Callable[[bool], Any]) -> None:
+        self.timeout = timeout
+        self.on_ends = [on_end]
+        self.upto = _runtime.next_id - 1      # the newest worker id to replace
+        self.started = time.monotonic()
+        self.replaced = 0
+        self.died = 0                         # replacements dead before they served
+        self.killed: list[str] = []           # the signals that ended old workers
+        _Reload.running = self
+
+    def join(self, on_end: Callable[[bool], Any]) -> None:
+        self.on_ends.append(on_end)
+        self.upto = _runtime.next_id - 1
+
+    def abandoned(self) -> bool:
+        """A fleet that begins to stop ends the reload: nothing more is forked."""
+        if _runtime.fleet is not None and _runtime.fleet.stopping > 0:
+            _Reload.running = None
+            _runtime.log("info", f"reload abandoned after {self.took()}: the fleet is "
+                         f"stopping ({self.replaced} workers replaced)")
+            return True
+        return False
+
+    def ended(self, complete: bool) -> None:
+        _Reload.running = None
+        if _runtime.fleet is not None:
+            _runtime.fleet.reload_ended(complete)
+        failures = self.failures()
+        if complete:
+            _runtime.log("warning" if failures else "info", f"reload done in {self.took()}: "
+                         f"{self.replaced} workers replaced{failures}")
+        else:
+            _runtime.log("warning", f"reload stopped after {self.took()}: {self.replaced} of "
+                         f"{self.replaced + len(self.old())} workers replaced{failures}")
+        for on_end in self.on_ends:
+            on_end(complete)
+
+    def took(self) -> str:
+        return f"{time.monotonic() - self.started:.1f} s"
+
+    def failures(self) -> str:
+        """What went wrong on the way, for the end's line ('' for nothing)."""
+        seen = []
+        if self.died:
+            seen.append(f"{self.died} replacements died before they served")
+        if self.killed:
+            seen.append(f"{len(self.killed)} old workers ended by "
+                        f"{', '.join(sorted(set(self.killed)))}")
+        return "; " + ", ".join(seen) if seen else ""
+
+    def old(self) -> list[Worker]:
+        """The workers still to replace, oldest first."""
+        workers = _runtime.workers
+        assert workers is not None          # the primary's
+        return sorted((w for w in workers.values()
+                       if w.id <= self.upto and not w.is_dead() and w.is_connected()
+                       and not w._disconnecting),     # retiring already: ours, or a shrink
+                      key=lambda w: w.id)
+
+    def next_old(self) -> Worker | None:
+        return next(iter(self.old()), None)
+
+    def step(self) -> None:
+        if self.abandoned():
+            return
+        if _runtime.fleet is not None:
+            # A shrink during the reload retired an old worker that was being
+            # replaced: its replacement takes the place of the oldest.
+            _runtime.fleet.trim()
+        w = self.next_old()
+        if w is None:
+            self.ended(True)
+        else:
+            self.replace(w, RELOAD_TRIES)
+
+    def replace(self, w: Worker, tries: int) -> None:
+        # w may still be starting (forked before a later ask): a fleet that
+        # serves waits for its replacement to listen all the same.
+        workers = _runtime.workers
+        assert workers is not None
+        serves = any(x.state == "listening" for x in workers.values())
+        ready = "listening" if serves else "online"
+        try:
+            new = _primary.fork()
+        except (OSError, MemoryError) as exc:
+            why = _primary.refused(exc)
+            if why is None:
+                raise
+            # Out of descriptors, memory or processes: the old workers serve
+            # on rather than wait in a reload nobody can see the end of.
+            _runtime.log("error", "reload stopped, the workers keep their code: "
+                         f"cannot fork a replacement: {why}")
+            self.ended(False)
+            return
+        if _runtime.fleet is not None:           # the new one takes the old one's place
+            _runtime.fleet.restarts_of[new.id] = _runtime.fleet.restarts_of.get(w.id, 0) + 1
+
+        def replaced(*_: Any) -> None:
+            new.off("exit", failed)
+            self.replaced += 1
+            if w.is_dead():               # killed meanwhile: nothing to retire
+                self.step()
+                return
+            w.once("exit", retired)
+            w.disconnect(timeout=self.timeout)
+
+        def retired(code: int | None, sig: Any) -> None:
+            if sig is not None:
+                self.killed.append(sig.name)
+            # Next turn: the exit's own listeners (its log line) come before
+            # the next fork or the reload's end.
+            _runtime.call_later(0, self.step)
+
+        def failed(*_: Any) -> None:
+            new.off(ready, replaced)
+            self.died += 1
+            if self.abandoned():
+                return
+            if new.boot_failure is not None:  # the new code cannot start: keep the old
+                _runtime.log("error", "reload stopped, the workers keep their code: "
+                             f"worker {new.id} failed to boot: {new.boot_failure}")
+                self.ended(False)
+                return
+            if w.is_dead():               # both gone: its slot is the fleet's to refill
+                self.step()
+            elif tries > 1:
+                self.replace(w, tries - 1)
+            else:
+                self.ended(False)
+
+        new.once(ready, replaced)
+        new.once("exit", failed)

@@ -1,0 +1,94 @@
+"""cluster_ext.web: ASGI and WSGI applications served by the cluster.
+
+    cluster-ext run -w 4 --bind 127.0.0.1:8000 myproject.asgi:application
+
+    from cluster_ext import web
+    web.serve("myapp:app", "127.0.0.1", 8000, workers=4)
+
+The HTTP/1.1 and WebSocket protocols are uvicorn's (httptools and uvloop when
+installed); WSGI applications run in a thread pool behind a2wsgi. Each worker
+drives uvicorn's protocols itself, inside one asyncio loop that also runs the
+cluster's native loop (aio.attach()): its servers are aio.create_server()
+servers, shared through the primary under either scheduling policy, and the
+worker's disconnect() drains them (see Draining). uvicorn's Server class is
+not used: its signal handling and its shutdown belong to a process that
+decides alone when it stops, and here the primary decides.
+"""
+from __future__ import annotations
+
+from .. import _runtime
+from ..fleet import supervisor
+from .app import INTERFACES, AppLoadError, check_spec, detect_interface, load_app
+from .binds import adopt_fds, parse_bind
+from .protocol import LIMIT_REQUEST_HEAD, TIMEOUT_REQUEST_HEAD
+from .worker import check_extra, check_limits, serve_worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .binds import Bind
+
+__all__ = ["serve", "load_app", "detect_interface", "parse_bind", "AppLoadError"]
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int | None = None,
+          interface: str = "auto", graceful_timeout: float = 30.0,
+          binds: list[str] | None = None, factory: bool = False, threads: int = 1,
+          access_log: bool = False, heartbeat_timeout: float | None = None,
+          preload: bool = False, limit_request_head: int = LIMIT_REQUEST_HEAD,
+          timeout_request_head: float = TIMEOUT_REQUEST_HEAD, websocket_grace: float = 0.0,
+          **server_options: Any) -> None:
+    """Serves app (an object, or a "module:attribute" spec) with `workers`
+    workers: in the primary, supervise() them until a stop; in each worker,
+    serve app on host:port (or on every address of binds, gunicorn's --bind
+    forms) until disconnect(). A spec is imported by the workers only,
+    unless preload (then by the primary too, before any fork). A spec that
+    cannot be served raises AppLoadError, from the primary or from the first
+    worker. A request's head (its request line and headers) over
+    limit_request_head bytes is answered 431, and one that has not come
+    whole timeout_request_head seconds after the connection was accepted (or
+    after its first byte, on a kept-alive connection) 408; 0 turns either
+    off. At a drain's start, every open WebSocket is closed with 1012
+    (service restart), or websocket_grace seconds later. server_options go
+    to uvicorn.Config (timeout_keep_alive, limit_concurrency, root_path,
+    proxy_headers, ...)."""
+    if interface not in INTERFACES:
+        raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
+    check_limits(limit_request_head, timeout_request_head, websocket_grace)
+    addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
+    if _runtime.is_worker:
+        serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
+                     factory=factory, threads=threads, access_log=access_log,
+                     limit_request_head=limit_request_head,
+                     timeout_request_head=timeout_request_head, websocket_grace=websocket_grace,
+                     server_options=server_options)
+        return
+    prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
+    try:
+        supervisor.supervise(workers, graceful_timeout=graceful_timeout,
+                              heartbeat_timeout=heartbeat_timeout)
+    except supervisor.BootError as exc:
+        if exc.load_error:               # a bad spec, found by the first worker
+            raise AppLoadError(exc.reason) from None
+        raise
+
+
+def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str,
+                    preload: bool = False) -> None:
+    """In the primary, before any fork, so that what can be found wrong here
+    fails once, here: the extra is there, every fd:// bind is adopted, and a
+    spec is well formed and its top-level module exists (check_spec(): none
+    of the application's code runs). With preload, the module is imported
+    to check the spec whole, as gunicorn's --preload does; its factory is
+    never called (building the application is the workers' job). Raises
+    ImportError, ValueError or AppLoadError, with a message to show as is."""
+    adopt_fds(addresses)
+    check_extra()
+    if isinstance(app, str):
+        if not preload:
+            check_spec(app)
+            return
+        app = load_app(app)
+    if interface == "auto" and not factory:
+        detect_interface(app)
