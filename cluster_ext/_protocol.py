@@ -8,7 +8,8 @@ headers and, last, an address). Both roles use these to speak of servers.
     SERVER_CLOSE   W->P  (flags: key) stop routing to me; P->W the same: nothing more is coming
     NEWCONN        P->W  (flags: key) + fd of a connection (SCHED_RR)
     NEWCONN_ACK    W->P  (flags: key) + fd: not taken (my server is closing), route it elsewhere
-    STATS          P->W  (empty) your figures?  W->P  connections served u64, open u32
+    STATS          P->W  (empty) your figures?  W->P  connections served u64, open u32,
+                         requests u64 (HTTP requests answered, or connections served)
 
 A record too short for its header, or whose address is not UTF-8, is a
 ValueError: what a peer sent must not stop the loop with another type.
@@ -26,7 +27,7 @@ _QUERY = struct.Struct("<IiiHB")
 _REPLY = struct.Struct("<IiHBH")
 _LISTENING = struct.Struct("<HB")
 _SEQ = struct.Struct("<I")
-_STATS = struct.Struct("<QI")
+_STATS = struct.Struct("<QIQ")
 
 
 def _header(record: struct.Struct, payload: bytes) -> tuple[Any, ...]:
@@ -91,10 +92,10 @@ def unpack_listening(payload: bytes) -> Address:
     return _unpack_address(port, unix, payload[_LISTENING.size:])
 
 
-def pack_stats(served: int, open_connections: int) -> bytes:
-    return _STATS.pack(served, open_connections)
+def pack_stats(served: int, open_connections: int, requests: int) -> bytes:
+    return _STATS.pack(served, open_connections, requests)
 
 
-def unpack_stats(payload: bytes) -> tuple[int, int]:
-    served, open_connections = _header(_STATS, payload)
-    return served, open_connections
+def unpack_stats(payload: bytes) -> tuple[int, int, int]:
+    served, open_connections, requests = _header(_STATS, payload)
+    return served, open_connections, requests

@@ -37,6 +37,8 @@ next_id = 1                     # the id of the next fork(); > 1 once one forked
 ran = False                     # run() was called (cli: the app ran its own loop)
 servers: set[Any] = set()       # a worker's servers: its disconnect() closes them
 served = [0]                    # connections its servers took (a list: bumped in place)
+requests = [0]                  # HTTP requests its web layer answered, if it counts them
+counts_requests = False         # else its requests are its connections
 # Under supervise(): the drain delay its workers wait out, from their own
 # SIGTERM or SIGINT, before they drain; None when no fleet is supervised.
 supervised_drain_delay: float | None = None

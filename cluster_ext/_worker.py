@@ -644,7 +644,9 @@ def _report_stats(w: Worker) -> None:
     user messages it counts on its own end of the channel."""
     from ._protocol import pack_stats
     open_connections = sum(getattr(s, "connections", 0) for s in _runtime.servers)
-    w._send_frame(_core.FRAME_STATS, pack_stats(_runtime.served[0], open_connections))
+    served = _runtime.served[0]
+    requests = _runtime.requests[0] if _runtime.counts_requests else served
+    w._send_frame(_core.FRAME_STATS, pack_stats(served, open_connections, requests))
 
 
 primary_frame_handlers.update({

@@ -369,8 +369,8 @@ def fuzz_protocol(data: bytes) -> None:
             if _protocol.unpack_listening(_protocol.pack_listening(address)) != address:
                 raise Unexpected(f"listening {payload!r} does not pack back")
         elif which == 4:
-            served, open_connections = _protocol.unpack_stats(payload)
-            if _protocol.pack_stats(served, open_connections) != payload[:12]:
+            stats = _protocol.unpack_stats(payload)
+            if _protocol.pack_stats(*stats) != payload[:20]:
                 raise Unexpected(f"stats {payload!r} does not pack back")
         else:
             _protocol.reply_seq(payload)

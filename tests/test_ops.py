@@ -29,7 +29,7 @@ pytest.importorskip("uvicorn")
 
 SCRIPT = Path(sys.executable).parent / "cluster-ext"
 COLUMNS = ["ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
-           "MSGS IN/OUT"]
+           "REQUESTS", "MSGS IN/OUT"]
 
 
 @pytest.fixture
@@ -121,6 +121,7 @@ def test_status_shows_every_worker_with_its_figures(app, sockdir):
     rows = figures["workers"]
     assert {w["id"]: w["pid"] for w in rows} == pids
     assert [w["served"] for w in rows] == [3, 3], rows    # RR turns connection by connection
+    assert [w["requests"] for w in rows] == [3, 3], rows  # HTTP requests: one a connection
     for w in rows:
         assert w["state"] == "listening" and w["restarts"] == 0, w
         assert w["rss"] > 0 and w["age"] >= 0 and w["cpu_seconds"] >= 0, w
@@ -132,6 +133,7 @@ def test_status_shows_every_worker_with_its_figures(app, sockdir):
     assert primary["restarts"] == primary["crashes"] == primary["crash_loops"] == 0, primary
     assert primary["reloads"] == primary["reloads_stopped"] == 0, primary
     assert primary["last_reload_seconds"] is None, primary
+    assert primary["recycles"] == {"requests": 0, "lifetime": 0, "rss": 0}, primary
     assert primary["since"] <= time.time(), primary
 
     code, out, err = command("status", str(path))         # the table, for a person
@@ -142,7 +144,7 @@ def test_status_shows_every_worker_with_its_figures(app, sockdir):
     for c in cells:
         assert c[2] == "listening" and re.fullmatch(r"\d+s", c[3]), out
         assert c[4] == "0" and re.fullmatch(r"\d+\.\d (KiB|MiB|GiB)", c[5]), out
-        assert float(c[6]) >= 0 and c[7:] == ["0", "3", "0/0"], out
+        assert float(c[6]) >= 0 and c[7:] == ["0", "3", "3", "0/0"], out
 
     again = status(path, module=True)                     # python -m cluster_ext
     assert [(w["id"], w["pid"], w["served"]) for w in again["workers"]] == \
@@ -170,7 +172,7 @@ def test_the_messages_of_each_worker_are_counted(app, sockdir):
     code, out, err = command("status", str(path))
     assert code == 0, err
     _, cells = table(out)
-    assert {int(c[0]): c[9] for c in cells} == {wid: f"{n}/{n}" for wid, n in asked.items()}
+    assert {int(c[0]): c[10] for c in cells} == {wid: f"{n}/{n}" for wid, n in asked.items()}
     lines = stop(a)
     assert "control closed" in lines, lines               # supervise() returned with it open
     assert not path.exists()
@@ -434,7 +436,7 @@ def test_a_control_path_in_use_or_not_a_socket(app, sockdir):
 PER_WORKER = ["cluster_ext_worker_restarts", "cluster_ext_worker_age_seconds",
               "cluster_ext_worker_resident_memory_bytes", "cluster_ext_worker_cpu_seconds_total",
               "cluster_ext_worker_open_connections", "cluster_ext_worker_connections_total",
-              "cluster_ext_worker_messages_received_total",
+              "cluster_ext_worker_requests_total", "cluster_ext_worker_messages_received_total",
               "cluster_ext_worker_messages_sent_total"]
 
 
@@ -480,6 +482,9 @@ def test_metrics_for_prometheus(app):
     for name in PER_WORKER:
         assert set(by_worker(samples, name)) == workers, (name, samples[name])
     assert sum(by_worker(samples, "cluster_ext_worker_connections_total").values()) == 4
+    assert sum(by_worker(samples, "cluster_ext_worker_requests_total").values()) == 4
+    assert {labels["reason"]: value for labels, value in samples["cluster_ext_recycles_total"]} \
+        == {"requests": 0, "lifetime": 0, "rss": 0}
     assert all(v > 0 for v in by_worker(samples,
                                         "cluster_ext_worker_resident_memory_bytes").values())
     assert set(by_worker(samples, "cluster_ext_worker_restarts").values()) == {0}

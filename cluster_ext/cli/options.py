@@ -96,6 +96,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive_mib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
+    if not 0 < value < 2**40:            # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, not {text}")
+    return value
+
+
 def _host_port(text: str) -> tuple[str, int]:
     """[HOST:]PORT, HOST may be [IPv6]."""
     host, _, port = text.rpartition(":")
@@ -135,6 +145,20 @@ def common_parser() -> Parser:
     common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
                         help="serve /metrics (Prometheus) from the primary on HOST:PORT "
                              "(HOST default 127.0.0.1); needs the metrics extra")
+    recycle = common.add_argument_group(
+        "recycling (a worker past a limit is replaced as in a reload, one at a time)")
+    recycle.add_argument("--max-requests", type=_at_least(1), default=None, metavar="N",
+                         help="recycle a worker once it has answered N requests (HTTP "
+                              "requests under APP module:attribute, connections otherwise)")
+    recycle.add_argument("--max-requests-jitter", type=_at_least(0), default=0, metavar="J",
+                         help="add a random 0 to J to each worker's --max-requests")
+    recycle.add_argument("--max-lifetime", type=_positive_seconds, default=None, metavar="S",
+                         help="recycle a worker once it has lived S seconds")
+    recycle.add_argument("--max-lifetime-jitter", type=_seconds, default=0.0, metavar="S",
+                         help="add a random 0 to S seconds to each worker's --max-lifetime")
+    recycle.add_argument("--max-rss", type=_positive_mib, default=None, metavar="MIB",
+                         help="recycle a worker whose resident memory passes MIB MiB "
+                              "(checked by the primary once a second)")
     return common
 
 

@@ -134,7 +134,11 @@ def supervise(args: argparse.Namespace) -> int:
     try:
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=heartbeat,
-                          ready_file=args.ready_file, drain_delay=args.drain_delay)
+                          ready_file=args.ready_file, drain_delay=args.drain_delay,
+                          max_requests=args.max_requests,
+                          max_requests_jitter=args.max_requests_jitter,
+                          max_lifetime=args.max_lifetime,
+                          max_lifetime_jitter=args.max_lifetime_jitter, max_rss=args.max_rss)
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
         return 1

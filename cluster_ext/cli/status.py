@@ -45,13 +45,18 @@ def _status_table(figures: dict[str, Any]) -> str:
         head += (f": {primary['state']}, {len(figures['workers'])} of "
                  f"{primary['workers_wanted']} workers, {primary['restarts']} restarts, "
                  f"{primary['reloads']} reloads" + (f" (last {last:.1f} s)" if last else ""))
+        recycled = sum(primary["recycles"].values())
+        if recycled:
+            head += f", {recycled} recycled (" + ", ".join(
+                f"{count} {reason}" for reason, count in primary["recycles"].items()
+                if count) + ")"
     rows = [("ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
-             "MSGS IN/OUT")]
+             "REQUESTS", "MSGS IN/OUT")]
     for w in figures["workers"]:
         rows.append((str(w["id"]), str(w["pid"]), w["state"], _age(w["age"]),
                      str(w["restarts"]), _size(w["rss"]),
                      "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
-                     _count(w["connections"]), _count(w["served"]),
+                     _count(w["connections"]), _count(w["served"]), _count(w["requests"]),
                      f"{w['messages_received']}/{w['messages_sent']}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

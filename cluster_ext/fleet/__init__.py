@@ -4,6 +4,7 @@ the primary's operations (the control socket, /metrics) read and steer it.
 
     supervisor   supervise(): respawn, crash loop, signals, readiness, heartbeat
     rolling      reload(): the rolling restart
+    recycle      a worker past max_requests, max_lifetime or max_rss, replaced
     notify       sd_notify(3) to systemd
     reap         PID 1's duty: the orphans' zombies
     files        the pid and ready files

@@ -28,7 +28,7 @@ GATHER_TIMEOUT = 1.0           # a worker that has not answered by then shows it
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-_answers: dict[int, tuple[int, int]] = {}      # worker id -> (served, open): the last reply
+_answers: dict[int, tuple[int, int, int]] = {}  # worker id -> (served, open, requests): the last
 _gatherings: list[_Gathering] = []
 _cpu_samples: dict[int, tuple[float, float, float]] = {}   # pid -> (when, cpu s, cpu %)
 
@@ -66,11 +66,11 @@ def _cpu_percent(pid: int, cpu: float, age: float) -> float:
 
 def _row(w: Worker, restarts: int) -> dict[str, Any]:
     received, sent = w._chan.messages if w._chan is not None else (0, 0)
-    served, open_connections = _answers.get(w.id, (None, None))
+    served, open_connections, requests = _answers.get(w.id, (None, None, None))
     row: dict[str, Any] = {
         "id": w.id, "pid": w.pid, "state": w.state, "age": None, "restarts": restarts,
         "rss": None, "cpu_percent": None, "cpu_seconds": None,
-        "connections": open_connections, "served": served,
+        "connections": open_connections, "served": served, "requests": requests,
         "messages_received": received, "messages_sent": sent}
     proc = _proc(w.pid)
     if proc is not None:
@@ -102,7 +102,7 @@ def snapshot() -> Snapshot:
             reload_seconds=round(fleet.reload_seconds, 3),
             last_reload_seconds=(None if fleet.last_reload is None
                                  else round(fleet.last_reload, 3)),
-            since=fleet.since)
+            recycles=dict(fleet.recycles), since=fleet.since)
     return {"primary": primary, "workers": rows}
 
 
@@ -143,6 +143,25 @@ def gather(done: Callable[[Snapshot], Any]) -> None:
     if not _runtime.is_primary:
         raise RuntimeError("the cluster's figures are the primary's")
     _Gathering(lambda: done(snapshot()))
+
+
+def ask(done: Callable[[], Any]) -> None:
+    """Asks every worker for its figures; done() once they answered (or at
+    GATHER_TIMEOUT), when requests_of() has them."""
+    _Gathering(done)
+
+
+def requests_of(worker_id: int) -> int | None:
+    """The requests a worker said it answered (its connections, unless its
+    web layer counts HTTP requests), at its last answer."""
+    answer = _answers.get(worker_id)
+    return None if answer is None else answer[2]
+
+
+def resident(pid: int) -> int | None:
+    """A process's resident memory in bytes, or None once it is gone."""
+    proc = _proc(pid)
+    return None if proc is None else proc[1]
 
 
 def _on_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:

@@ -39,6 +39,8 @@ def _metric_families(figures: Snapshot) -> list[Any]:
          "connections the worker's servers hold open"),
         ("served", CounterMetricFamily, "cluster_ext_worker_connections",
          "connections the worker's servers have taken"),
+        ("requests", CounterMetricFamily, "cluster_ext_worker_requests",
+         "HTTP requests the worker answered (connections, outside the web layer)"),
         ("messages_received", CounterMetricFamily, "cluster_ext_worker_messages_received",
          "messages the primary received from the worker"),
         ("messages_sent", CounterMetricFamily, "cluster_ext_worker_messages_sent",
@@ -79,6 +81,11 @@ def _metric_families(figures: Snapshot) -> list[Any]:
                                 "stopped (the new workers could not start)",
                                 value=primary["reloads_stopped"]),
         ]
+        recycles = CounterMetricFamily("cluster_ext_recycles", "workers recycled, by the "
+                                       "limit they passed", labels=["reason"])
+        for reason, count in primary["recycles"].items():
+            recycles.add_metric([reason], count)
+        families.append(recycles)
     return families
 
 

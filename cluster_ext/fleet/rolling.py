@@ -1,7 +1,9 @@
 """reload(): a rolling restart, each replacement serving before its
 predecessor disconnects, one reload at a time (one asked while it runs joins
 it). It tells a running supervise() (_runtime.fleet) when it begins and ends
-and yields to the fleet's stop."""
+and yields to the fleet's stop. A recycle (recycle.py) is the same restart
+for one worker, and takes the same turn: at most one worker more than the
+fleet's size exists at a time."""
 from __future__ import annotations
 
 import time
@@ -44,20 +46,36 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause:
         raise RuntimeError("reload() is the primary's")
     if timeout is not None:              # its timers start later, in callbacks
         timeout = _runtime.check_seconds("timeout", timeout)
-    if _Reload.running is not None:
-        _Reload.running.join(on_end)
-        _runtime.log("info", f"{cause}: reloading {len(_Reload.running.old())} workers "
+    running = _Reload.running
+    if running is not None and running.only is None:
+        running.join(on_end)
+        _runtime.log("info", f"{cause}: reloading {len(running.old())} workers "
                      "(joining the reload running)")
         return
     notify.reloading()                 # nothing without a supervise() under systemd
     fleet = _runtime.fleet
     if fleet is not None:
         fleet.reload_began()
+    if running is not None:            # a recycle: it becomes the reload
+        what = running.what()
+        running.join(on_end)
+        _runtime.log("info", f"{cause}: reloading {len(running.old())} workers "
+                     f"(the {what} running becomes the reload)")
+        return
     if timeout is None:
         timeout = fleet.graceful_timeout if fleet is not None else DEFAULT_GRACEFUL_TIMEOUT
     reload = _Reload(timeout, on_end)
     _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
     reload.step()
+
+
+def replace_one(w: Worker, timeout: float, on_end: Callable[[bool], Any]) -> bool:
+    """w replaced as a reload replaces each worker, ending in on_end(complete);
+    False, and nothing done, while a reload or another replacement runs."""
+    if _Reload.running is not None:
+        return False
+    _Reload(timeout, on_end, only=w).step()
+    return True
 
 
 class _Reload:
@@ -69,42 +87,60 @@ class _Reload:
 
     running: _Reload | None = None
 
-    def __init__(self, timeout: float, on_end: Callable[[bool], Any]) -> None:
+    def __init__(self, timeout: float, on_end: Callable[[bool], Any],
+                 only: Worker | None = None) -> None:
         self.timeout = timeout
         self.on_ends = [on_end]
         self.upto = _runtime.next_id - 1      # the newest worker id to replace
+        self.only = only                      # a recycle: this worker alone
         self.started = time.monotonic()
         self.replaced = 0
         self.died = 0                         # replacements dead before they served
         self.killed: list[str] = []           # the signals that ended old workers
         _Reload.running = self
 
+    def what(self) -> str:
+        return "reload" if self.only is None else f"recycle of worker {self.only.id}"
+
     def join(self, on_end: Callable[[bool], Any]) -> None:
         self.on_ends.append(on_end)
         self.upto = _runtime.next_id - 1
+        self.only = None
 
     def abandoned(self) -> bool:
         """A fleet that begins to stop ends the reload: nothing more is forked."""
         if _runtime.fleet is not None and _runtime.fleet.stopping > 0:
             _Reload.running = None
-            _runtime.log("info", f"reload abandoned after {self.took()}: the fleet is "
-                         f"stopping ({self.replaced} workers replaced)")
+            _runtime.log("info", f"{self.what()} abandoned after {self.took()}: the fleet "
+                         f"is stopping ({self.replaced} workers replaced)")
             return True
         return False
 
     def ended(self, complete: bool) -> None:
         _Reload.running = None
-        if _runtime.fleet is not None:
-            _runtime.fleet.reload_ended(complete)
         failures = self.failures()
-        if complete:
-            _runtime.log("warning" if failures else "info", f"reload done in {self.took()}: "
-                         f"{self.replaced} workers replaced{failures}")
+        if self.only is not None:
+            if complete:
+                _runtime.log("warning" if failures else "info", f"worker {self.only.id} "
+                             f"recycled in {self.took()}{failures}")
+            else:
+                _runtime.log("warning", f"{self.what()} stopped after {self.took()}, it "
+                             f"serves on{failures}")
         else:
-            _runtime.log("warning", f"reload stopped after {self.took()}: {self.replaced} of "
-                         f"{self.replaced + len(self.old())} workers replaced{failures}")
+            if _runtime.fleet is not None:
+                _runtime.fleet.reload_ended(complete)
+            if complete:
+                _runtime.log("warning" if failures else "info", f"reload done in "
+                             f"{self.took()}: {self.replaced} workers replaced{failures}")
+            else:
+                _runtime.log("warning", f"reload stopped after {self.took()}: "
+                             f"{self.replaced} of {self.replaced + len(self.old())} workers "
+                             f"replaced{failures}")
         for on_end in self.on_ends:
             on_end(complete)
+
+    def keep(self) -> str:
+        return "the workers keep their code" if self.only is None else "it serves on"
 
     def took(self) -> str:
         return f"{time.monotonic() - self.started:.1f} s"
@@ -124,7 +160,8 @@ class _Reload:
         workers = _runtime.workers
         assert workers is not None          # the primary's
         return sorted((w for w in workers.values()
-                       if w.id <= self.upto and not w.is_dead() and w.is_connected()
+                       if (w.id <= self.upto if self.only is None else w is self.only)
+                       and not w.is_dead() and w.is_connected()
                        and not w._disconnecting),     # retiring already: ours, or a shrink
                       key=lambda w: w.id)
 
@@ -159,7 +196,7 @@ class _Reload:
                 raise
             # Out of descriptors, memory or processes: the old workers serve
             # on rather than wait in a reload nobody can see the end of.
-            _runtime.log("error", "reload stopped, the workers keep their code: "
+            _runtime.log("error", f"{self.what()} stopped, {self.keep()}: "
                          f"cannot fork a replacement: {why}")
             self.ended(False)
             return
@@ -188,7 +225,7 @@ class _Reload:
             if self.abandoned():
                 return
             if new.boot_failure is not None:  # the new code cannot start: keep the old
-                _runtime.log("error", "reload stopped, the workers keep their code: "
+                _runtime.log("error", f"{self.what()} stopped, {self.keep()}: "
                              f"worker {new.id} failed to boot: {new.boot_failure}")
                 self.ended(False)
                 return

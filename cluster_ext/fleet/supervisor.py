@@ -9,6 +9,7 @@ import time
 
 from .. import _core, _fast, _primary, _runtime, _shared, _worker
 from . import notify, reap
+from .recycle import REASONS, Limits, Recycler
 from .rolling import DEFAULT_GRACEFUL_TIMEOUT, rolling_restart
 
 TYPE_CHECKING = False
@@ -45,8 +46,11 @@ class BootError(RuntimeError):
 
 class Fleet:
     def __init__(self, size: int, respawn: bool, graceful_timeout: float,
-                 heartbeat_timeout: float | None, backoff: tuple[float, float]) -> None:
+                 heartbeat_timeout: float | None, backoff: tuple[float, float],
+                 limits: Limits | None = None) -> None:
         self.size, self.respawn = size, respawn
+        self.recycler = (Recycler(limits, graceful_timeout)
+                         if limits is not None and limits.any() else None)
         self.graceful_timeout, self.heartbeat_timeout = graceful_timeout, heartbeat_timeout
         self.backoff_min, self.backoff_max = backoff
         self.stopping = 0                # signals received
@@ -221,6 +225,8 @@ class Fleet:
             notify.notify("STOPPING=1", "STATUS=stopping")
             self.unready()
         self.cancel_timers()
+        if self.recycler is not None:
+            self.recycler.stop()
         if at_once:
             for w in self.workers():
                 w.kill("SIGKILL")
@@ -245,6 +251,11 @@ class Fleet:
         self.timers.clear()
         self.owed.clear()
         self.heartbeat = self.watchdog_timer = self.retry = None
+
+    @property
+    def recycles(self) -> dict[str, int]:
+        """Workers recycled, by the limit they passed."""
+        return self.recycler.counts if self.recycler is not None else dict.fromkeys(REASONS, 0)
 
     def unready(self) -> None:
         if self.ready_written is not None:
@@ -388,7 +399,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
               heartbeat_timeout: float | None = None,
               backoff: tuple[float, float] = (0.1, 15.0),
               pid_file: str | None = None, ready_file: str | None = None,
-              drain_delay: float = 0.0) -> None:
+              drain_delay: float = 0.0, max_requests: int | None = None,
+              max_requests_jitter: int = 0, max_lifetime: float | None = None,
+              max_lifetime_jitter: float = 0.0, max_rss: float | None = None) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one,
     or SIGQUIT, at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
@@ -400,7 +413,11 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     raises FileExistsError when its path holds anything but a dead
     primary's pid ('Already running on PID N' for a live one's), and
     OSError when it cannot be written. drain_delay: seconds a graceful stop
-    keeps serving (not ready, STOPPING=1) before it disconnects."""
+    keeps serving (not ready, STOPPING=1) before it disconnects. A worker
+    that has answered max_requests requests (plus a random 0 to
+    max_requests_jitter), lived max_lifetime seconds (plus 0 to
+    max_lifetime_jitter) or grown past max_rss MiB resident is recycled:
+    replaced as a reload replaces it, one at a time."""
     # The signal handlers log: logging is imported here, not by a handler
     # that runs inside its first import (a module half made).
     import logging  # noqa: F401
@@ -424,7 +441,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         raise ValueError("supervise() needs at least one worker")
     if heartbeat_timeout is not None and heartbeat_timeout <= 0:
         raise ValueError("heartbeat_timeout must be positive")
-    fleet = Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff)
+    limits = Limits(max_requests, max_requests_jitter, max_lifetime, max_lifetime_jitter,
+                    max_rss)
+    fleet = Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff, limits)
     fleet.ready_file = os.path.abspath(ready_file) if ready_file else None
     fleet.drain_delay = drain_delay
     written = files.claim(os.path.abspath(pid_file), f"{os.getpid()}\n") if pid_file else None
@@ -455,6 +474,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
             reaper.start()
         if notify.watchdog_interval is not None:
             fleet.watchdog()
+        if fleet.recycler is not None:
+            fleet.recycler.start()
         for _ in range(size):
             fleet.spawn()
         if heartbeat_timeout is not None:
@@ -463,6 +484,8 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     finally:
         if reaper is not None:
             reaper.stop()
+        if fleet.recycler is not None:
+            fleet.recycler.stop()
         _runtime.fleet = None
         _runtime.supervised_drain_delay = None
         _shared.hold(False)

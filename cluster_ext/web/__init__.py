@@ -38,7 +38,9 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
           access_log: bool = False, heartbeat_timeout: float | None = None,
           preload: bool = False, limit_request_head: int = LIMIT_REQUEST_HEAD,
           timeout_request_head: float = TIMEOUT_REQUEST_HEAD, websocket_grace: float = 0.0,
-          **server_options: Any) -> None:
+          max_requests: int | None = None, max_requests_jitter: int = 0,
+          max_lifetime: float | None = None, max_lifetime_jitter: float = 0.0,
+          max_rss: float | None = None, **server_options: Any) -> None:
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
@@ -50,9 +52,9 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     whole timeout_request_head seconds after the connection was accepted (or
     after its first byte, on a kept-alive connection) 408; 0 turns either
     off. At a drain's start, every open WebSocket is closed with 1012
-    (service restart), or websocket_grace seconds later. server_options go
-    to uvicorn.Config (timeout_keep_alive, limit_concurrency, root_path,
-    proxy_headers, ...)."""
+    (service restart), or websocket_grace seconds later. The max_* limits
+    recycle a worker as supervise() says. server_options go to uvicorn.Config
+    (timeout_keep_alive, limit_concurrency, root_path, proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
     check_limits(limit_request_head, timeout_request_head, websocket_grace)
@@ -67,7 +69,10 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
     try:
         supervisor.supervise(workers, graceful_timeout=graceful_timeout,
-                              heartbeat_timeout=heartbeat_timeout)
+                              heartbeat_timeout=heartbeat_timeout, max_requests=max_requests,
+                              max_requests_jitter=max_requests_jitter,
+                              max_lifetime=max_lifetime,
+                              max_lifetime_jitter=max_lifetime_jitter, max_rss=max_rss)
     except supervisor.BootError as exc:
         if exc.load_error:               # a bad spec, found by the first worker
             raise AppLoadError(exc.reason) from None

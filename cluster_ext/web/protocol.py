@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import aio
+from .. import _runtime, aio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class Draining:
             self.cx_last_request()
 
     def on_response_complete(self) -> None:
+        _requests[0] += 1                    # what --max-requests counts
         self.transport.flush()  # type: ignore[attr-defined]
         idle = self.cx_idle = not getattr(self, "pipeline", None)
         self.cx_answered_at = self.loop.time()
@@ -128,6 +129,7 @@ class Draining:
 
 
 _CLOSE = (b"connection", b"close")
+_requests = _runtime.requests
 _draining_classes: dict[type, type] = {}
 
 

@@ -171,6 +171,7 @@ class WorkerServer:
         aio.attach(loop)
         me = _runtime.worker
         assert me is not None                # serve_worker() runs in workers only
+        _runtime.counts_requests = True      # HTTP requests, for status and --max-requests
         gone: asyncio.Future[None] = loop.create_future()
         me.on("disconnect", lambda: None if gone.done() else gone.set_result(None))
         config = self.config

@@ -4,7 +4,8 @@ this folder as the working directory.
   app          ASGI 3: / answers "hello <worker id> <pid>"; /slow?s=N answers
                after N seconds; /ask sends {"ask": path} to the primary and
                answers with its reply; /stream sends a chunk every 0.1 s until
-               the client leaves (30 s at most; /stream?n=N: N chunks); /ws
+               the client leaves (30 s at most; /stream?n=N: N chunks); /grow?mb=N
+               keeps N MiB more resident; /ws
                echoes WebSocket text (/ws?accept-after=S: accepted S seconds
                after "ws accepting"). Lifespan lines "startup <pid>" and
                "shutdown <pid>" go to stdout.
@@ -59,6 +60,7 @@ async def _answer(send, body, status=200):
 
 
 _replies = {}
+_kept = []
 
 
 def _on_message(message, handle):
@@ -117,6 +119,9 @@ async def app(scope, receive, send):
         await _answer(send, f"{os.environ.get(query, '-')}\n".encode())
     elif path == "/boom":
         raise RuntimeError("boom")
+    elif path == "/grow":                         # /grow?mb=N: N MiB more, kept resident
+        _kept.append(b"x" * (int(query.partition("=")[2]) << 20))
+        await _answer(send, f"grown {wid()} {PID}\n".encode())
     else:
         await _answer(send, f"hello {wid()} {PID}\n".encode())
 
