@@ -44,6 +44,9 @@ handle_codecs: dict[int, tuple[type[Any], Callable[[Any], int], Callable[[Any], 
 # fn(worker) when connections stop going to a worker (disconnect, kill or
 # exit): the primary's routing (_shared), which imports this module.
 routing_stops: list[Callable[[Worker], None]] = []
+# fn(worker, flags) in a worker asked for its figures, before it answers: what
+# the flags ask for beyond them (the application's metrics, fleet.appmetrics).
+stats_reporters: list[Callable[[Worker, int], None]] = []
 
 
 def _socket_codec() -> None:
@@ -639,10 +642,13 @@ def fail_boot(reason: str, *, load: bool = False) -> None:
     os._exit(BOOT_FAILURE_EXIT)
 
 
-def _report_stats(w: Worker) -> None:
+def _report_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     """The primary asks for this worker's figures (status, metrics); its
     user messages it counts on its own end of the channel."""
     from ._protocol import pack_stats
+    close_fds(fds)
+    for report in stats_reporters:
+        report(w, flags)
     open_connections = sum(getattr(s, "connections", 0) for s in _runtime.servers)
     served = _runtime.served[0]
     requests = _runtime.requests[0] if _runtime.counts_requests else served
@@ -659,5 +665,5 @@ worker_frame_handlers.update({
     _core.FRAME_DISCONNECT: control_handler(Worker.disconnect),
     # the heartbeat: our loop is alive
     _core.FRAME_PING: control_handler(lambda w: w._send_frame(_core.FRAME_PONG)),
-    _core.FRAME_STATS: control_handler(_report_stats),
+    _core.FRAME_STATS: _report_stats,
 })

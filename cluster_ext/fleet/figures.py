@@ -14,6 +14,7 @@ import os
 import time
 
 from .. import _core, _protocol, _runtime, _worker
+from . import appmetrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -110,12 +111,12 @@ class _Gathering:
     """One round of STATS frames: done() once every worker asked has answered,
     or at GATHER_TIMEOUT with what came."""
 
-    def __init__(self, done: Callable[[], Any]) -> None:
+    def __init__(self, done: Callable[[], Any], flags: int = 0) -> None:
         self.done = done
         workers = _runtime.workers
         assert workers is not None
         self.waiting = {w.id for w in workers.values()
-                        if w.is_connected() and w._send_frame(_core.FRAME_STATS)}
+                        if w.is_connected() and w._send_frame(_core.FRAME_STATS, flags=flags)}
         self.timer: _core.Handle | None = None
         if not self.waiting:
             _runtime.call_later(0, self.finish)
@@ -138,11 +139,13 @@ class _Gathering:
         done()
 
 
-def gather(done: Callable[[Snapshot], Any]) -> None:
-    """Asks every worker for its figures; done(snapshot()) once they answered."""
+def gather(done: Callable[[Snapshot], Any], *, application: bool = False) -> None:
+    """Asks every worker for its figures (and, if application, its
+    application's metrics: appmetrics.families()); done(snapshot()) once
+    they answered."""
     if not _runtime.is_primary:
         raise RuntimeError("the cluster's figures are the primary's")
-    _Gathering(lambda: done(snapshot()))
+    _Gathering(lambda: done(snapshot()), appmetrics.STATS_APP if application else 0)
 
 
 def ask(done: Callable[[], Any]) -> None:
@@ -166,6 +169,9 @@ def resident(pid: int) -> int | None:
 
 def _on_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
+    if flags & appmetrics.STATS_APP:     # the application's, before the figures
+        appmetrics.received(w, payload)
+        return
     try:
         _answers[w.id] = _protocol.unpack_stats(payload)
     except ValueError:                   # struct.error: not a reply of ours

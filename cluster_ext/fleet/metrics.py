@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 from .. import _runtime, net
+from . import appmetrics
 from .figures import gather
 from .service import IDLE_TIMEOUT, MAX_CONNECTIONS, Service, limits
 
@@ -131,7 +132,7 @@ class Metrics(Service):
         self.stalled.discard(conn)
 
     def collect(self) -> list[Any]:
-        return _metric_families(self.figures)
+        return _metric_families(self.figures) + appmetrics.families()
 
     def serve(self, conn: net.Socket) -> None:
         h11 = self.h11
@@ -196,7 +197,7 @@ class Metrics(Service):
                     conn.resume()
                     pump()
 
-            gather(lambda figures: self.guarded(conn, gathered, figures))
+            gather(lambda figures: self.guarded(conn, gathered, figures), application=True)
             return
         pump()
 
