@@ -166,7 +166,7 @@ starved_reader(cx_loop *loop, int devnull)
     cx_chan_mark_batches(&tx);          /* as the primary's channels do */
     /* Queued as one drain queues them; each flush is a few sendmsg calls,
        up to 64 fds each, every batch led by a marked frame. */
-    loop->chan_policy.deferring = 1;
+    cx_loop_defer_begin(loop);
     for (int i = 0; i < nsent; i++) {
         sent[i].type = 1 + (int)(rnd() % (CX_FRAME_TYPE_END - 1));
         sent[i].flags = (int)(rnd() & 0xffff);
@@ -187,8 +187,7 @@ starved_reader(cx_loop *loop, int devnull)
             cx_loop_flush(loop);        /* a batch ends here */
         }
     }
-    loop->chan_policy.deferring = 0;
-    cx_loop_flush(loop);
+    cx_loop_defer_end(loop);
     /* The reader's table is full but for room descriptors: the limit is a
        bound on their numbers, so it goes just past the room lowest free
        ones. */

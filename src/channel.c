@@ -439,7 +439,7 @@ chan_push(cx_chan *ch, int type, int flags, const void *payload, size_t len,
     if (r < 0) {
         return r;
     }
-    if (ch->h.loop->chan_policy.deferring && cx_outq_size(&ch->out) < FLUSH_AT) {
+    if (cx_loop_deferring(ch->h.loop) && cx_outq_size(&ch->out) < FLUSH_AT) {
         /* Inside a drain: batch the frames of this turn into few writes. */
         if (!(ch->io.events & EPOLLOUT)) {
             cx_loop_defer(ch->h.loop, &ch->flusher);

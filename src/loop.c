@@ -147,7 +147,7 @@ cx_note_push(cx_loop *loop, cx_note *note)
        make the epoll fd readable: another loop that embeds this one (aio)
        only turns it when the fd says so. */
     if (loop->head == NULL && loop->batch == NULL &&
-        !loop->chan_policy.deferring) {
+        !cx_loop_deferring(loop)) {
         (void)cx_loop_wakeup(loop);
     }
     note->h->pending++;
@@ -797,6 +797,20 @@ void
 cx_loop_flush(cx_loop *loop)
 {
     run_list(&loop->flushers);
+}
+
+void
+cx_loop_defer_begin(cx_loop *loop)
+{
+    loop->defer_depth++;
+}
+
+void
+cx_loop_defer_end(cx_loop *loop)
+{
+    if (--loop->defer_depth == 0) {
+        cx_loop_flush(loop);
+    }
 }
 
 void

@@ -104,17 +104,18 @@ struct cx_loop {
     cx_list handles, children_sig, flushers;
     cx_list after_note;                /* cx_flushers: see cx_loop_after_note() */
     int nref;
+    /* Open deferrals (cx_loop_defer_begin): while any is, channel.c and
+       stream.c queue their writes for the flush at the end of the
+       outermost one, so that one drain's frames leave together. */
+    int defer_depth;
     /* The channels' policy, applied by the reactor on their behalf: it spans
        every channel (and stream) of a turn, so it lives here and not in
        cx_chan. channel.c marks a turn busy when a user message arrives, and
-       the next wait spins for the answer (spin_wait); while deferring (the
-       glue's drain, a listener's accept burst) channel.c and stream.c queue
-       their writes for cx_loop_flush(), so one turn's frames leave together. */
+       the next wait spins for the answer (spin_wait). */
     struct {
         int busy;                      /* the last turn carried a message */
         uint64_t spin_ns;              /* busy-poll budget; 0: never spin */
         int spin_misses, spin_rest;    /* adaptive: stop spinning when idle */
-        int deferring;                 /* sends wait for cx_loop_flush() */
     } chan_policy;
     /* Yielding before a sleep (loop.c, yield_wait): adaptive, and never in
        a loop with a raced listener. */
@@ -139,6 +140,18 @@ int cx_loop_alive(const cx_loop *loop);
 void cx_loop_flush(cx_loop *loop);
 /* Queues f for the next cx_loop_flush(), once. */
 void cx_loop_defer(cx_loop *loop, cx_flusher *f);
+/* Writes made between a begin and its end wait (cx_loop_defer) for the
+   end of the outermost pair, which flushes them: the glue's drain, an
+   accept burst. Pairs nest, so an inner end never flushes early. */
+void cx_loop_defer_begin(cx_loop *loop);
+void cx_loop_defer_end(cx_loop *loop);
+
+static inline int
+cx_loop_deferring(const cx_loop *loop)
+{
+    return loop->defer_depth > 0;
+}
+
 /* Queues f, once, to run when the callbacks of the note being delivered
    have returned, before the next note: the glue calls
    cx_loop_run_after_note() before it takes each note. A new connection's

@@ -27,7 +27,7 @@ drain_notes(void)
 {
     cx_note *note;
 
-    cxpy.loop.chan_policy.deferring = 1;
+    cx_loop_defer_begin(&cxpy.loop);
     for (;;) {
         cx_handle *h;
         CxObject *obj;
@@ -63,8 +63,7 @@ drain_notes(void)
             break;
         }
     }
-    cxpy.loop.chan_policy.deferring = 0;
-    cx_loop_flush(&cxpy.loop);
+    cx_loop_defer_end(&cxpy.loop);
     if (cxpy.loop.head != NULL) {
         (void)cx_loop_wakeup(&cxpy.loop);
     }

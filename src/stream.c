@@ -195,7 +195,7 @@ stream_kick(cx_stream *s)
     if (s->io.events & EPOLLOUT) {
         return;                 /* the fd is full: EPOLLOUT will flush */
     }
-    if (s->h.loop->chan_policy.deferring) {
+    if (cx_loop_deferring(s->h.loop)) {
         cx_loop_defer(s->h.loop, &s->flusher);
         return;
     }
@@ -376,7 +376,7 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
     cx_listener *l = cx_container_of(io, cx_listener, io);
 
     CX_UNUSED(events);
-    loop->chan_policy.deferring = 1;
+    cx_loop_defer_begin(loop);
     /* on_accept may pause the listener (a balancer with no room): the
        rest wait in the backlog. */
     for (int i = 0; i < l->max_accepts && l->fd >= 0 && !l->paused; i++) {
@@ -393,8 +393,7 @@ listener_ready(cx_loop *loop, cx_io *io, uint32_t events)
             l->on_accept(l, c);
         }
     }
-    loop->chan_policy.deferring = 0;
-    cx_loop_flush(loop);
+    cx_loop_defer_end(loop);
 }
 
 void
@@ -464,9 +463,9 @@ int
 cx_listener_accept_queued(cx_listener *l)
 {
     cx_loop *loop = l->h.loop;
-    int deferring = loop->chan_policy.deferring, taken = 0;
+    int taken = 0;
 
-    loop->chan_policy.deferring = 1;    /* one write per channel, as a wakeup */
+    cx_loop_defer_begin(loop);          /* one write per channel, as a wakeup */
     while (l->fd >= 0 && taken < ACCEPT_QUEUED_MAX) {
         int c = accept_one(l->fd);
         if (c == -EAGAIN || accept_exhausted(-c)) {
@@ -477,10 +476,7 @@ cx_listener_accept_queued(cx_listener *l)
             taken++;
         }
     }
-    loop->chan_policy.deferring = deferring;
-    if (!deferring) {
-        cx_loop_flush(loop);
-    }
+    cx_loop_defer_end(loop);
     return taken;
 }
 
