@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=fuzz_report.sh
 source "$root/scripts/fuzz_report.sh"
 targets=(frames_libfuzzer)
-engine=(channel.c outq.c loop.c util.c)
+engine=(channel.c outq.c loop.c policy.c util.c)
 mode=libfuzzer seconds=60 runs="" keep=""
 while (($#)); do
     case $1 in

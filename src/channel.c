@@ -2,6 +2,7 @@
    channel (channel.h). Runs inside a loop turn without the GIL; everything
    for Python leaves as a note. Called by the glue (py_channel.c). */
 #include "channel.h"
+#include "policy.h"
 
 #include <errno.h>
 #include <linux/sockios.h>
@@ -195,8 +196,7 @@ parse_frames(cx_chan *ch)
         }
         if (hdr.type == CX_FRAME_USER) {
             ch->messages_in++;
-            /* a conversation: the answer may be near */
-            ch->h.loop->chan_policy.busy = 1;
+            cx_policy_message(ch->h.loop);
         }
         memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
         cx_note_push(ch->h.loop, note);

@@ -11,6 +11,7 @@
 
 #include "channel.h"
 #include "loop.h"
+#include "policy.h"
 
 /* The head every glue object shares: the engine handle it wraps and whether
    the loop holds a strong reference to it (while linked or noted). */
@@ -43,6 +44,7 @@ struct CxObject {
 
 typedef struct {
     cx_loop loop;              /* one per process: epoll is process-wide */
+    cx_policy policy;          /* how the loop waits (its wait hooks) */
     PyTypeObject *handle_type, *channel_type, *stream_type, *listener_type,
         *balancer_type;
     PyObject *channel_closed;  /* ChannelClosedError */

@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -553,7 +552,6 @@ int
 cx_loop_init(cx_loop *loop)
 {
     int r;
-    uint64_t spin_ns = loop->chan_policy.spin_ns;
 
     memset(loop, 0, sizeof(*loop));
     loop->epfd = loop->timerfd = loop->wakefd = -1;
@@ -565,7 +563,6 @@ cx_loop_init(cx_loop *loop)
     cx_list_init(&loop->after_note);
     cx_handle_init(loop, &loop->wake, wake_forget);
     loop->wake.referenced = 0;
-    loop->chan_policy.spin_ns = spin_ns;
     /* || stops at the first failure: errno is read right after it. */
     if ((loop->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
         (loop->timerfd = timerfd_create(CLOCK_MONOTONIC,
@@ -645,90 +642,6 @@ cx_loop_reinit_after_fork(cx_loop *loop)
     return cx_loop_init(loop);
 }
 
-/* Before sleeping, poll for a short while: waking an idle vCPU costs tens of
-   microseconds, more than a message round trip, so a conversation between
-   processes (messages to and fro over IPC) is far faster when the loop stays
-   awake for the answer. Only a turn that delivered a user message spins
-   (channel.c sets chan_policy.busy): under socket load the wait is for
-   clients, and spinning would only take CPU from them. Spinning stops by
-   itself when it keeps finding nothing. */
-static int
-spin_wait(cx_loop *loop, struct epoll_event *events)
-{
-    uint64_t until;
-    int n;
-
-    if (loop->chan_policy.spin_ns == 0) {
-        return 0;
-    }
-    if (loop->chan_policy.spin_rest > 0) {
-        loop->chan_policy.spin_rest--;
-        return 0;
-    }
-    until = cx_now_ns() + loop->chan_policy.spin_ns;
-    do {
-        n = epoll_wait(loop->epfd, events, BATCH, 0);
-        if (n != 0) {
-            loop->chan_policy.spin_misses = 0;
-            return n;
-        }
-    } while (cx_now_ns() < until);
-    if (++loop->chan_policy.spin_misses >= 4) {
-        loop->chan_policy.spin_misses = 0;
-        /* idle lately: sleep at once for a while */
-        loop->chan_policy.spin_rest = 64;
-    }
-    return 0;
-}
-
-/* Before sleeping after a turn that did work, give the CPU away once and
-   look again. A server's work comes from processes on this machine as often
-   as from the network (the primary's hand-offs, local clients): sleeping
-   after each burst costs a wakeup on both sides, an IPI on a VM, while a
-   yield lets them run here, and the next burst is taken without a sleep
-   (97% of the primary's yields find work under load; SCHED_RR with two load
-   generators: 37 -> 23 us of server CPU a connection); one that finds
-   nothing costs two cheap syscalls. Yielding stops for YIELD_PAUSE_NS when
-   YIELD_SLOW_MAX of YIELD_WINDOW yields took over YIELD_SLOW_NS each: a
-   CPU-bound neighbour holds this CPU for whole time slices, and an event
-   waits out each of them (a busy loop on each CPU beside a light load:
-   p50 0.3 -> 3.9 ms with no pause; a third of yields are that slow). Tasks
-   that block often, as clients and workers do, rarely keep a yield that
-   long even when the machine is saturated (1 to 2% of yields). A loop with
-   a raced listener never yields: it would stay runnable and keep polling
-   the shared accept queue while its peers sleep, and take more than its
-   share (SCHED_NONE fairness 0.94 -> 0.82). */
-#define YIELD_SLOW_NS (2u * 1000u * 1000u)
-#define YIELD_WINDOW 16
-#define YIELD_SLOW_MAX 4
-#define YIELD_PAUSE_NS (1000u * 1000u * 1000u)
-
-static int
-yield_wait(cx_loop *loop, struct epoll_event *events)
-{
-    uint64_t start, took;
-    int n;
-
-    if (loop->yield_policy.raced > 0) {
-        return 0;
-    }
-    start = cx_now_ns();
-    if (start < loop->yield_policy.resume_ns) {
-        return 0;
-    }
-    (void)sched_yield();
-    n = epoll_wait(loop->epfd, events, BATCH, 0);
-    took = cx_now_ns() - start;
-    if (took > YIELD_SLOW_NS && ++loop->yield_policy.slow >= YIELD_SLOW_MAX) {
-        loop->yield_policy.resume_ns = start + took + YIELD_PAUSE_NS;
-        loop->yield_policy.window = loop->yield_policy.slow = 0;
-    }
-    else if (++loop->yield_policy.window >= YIELD_WINDOW) {
-        loop->yield_policy.window = loop->yield_policy.slow = 0;
-    }
-    return n;
-}
-
 int
 cx_loop_turn(cx_loop *loop, int timeout_ms)
 {
@@ -739,11 +652,8 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     if (loop->head != NULL) {
         timeout_ms = 0;
     }
-    if (timeout_ms != 0 && loop->chan_policy.busy) {
-        n = spin_wait(loop, events);
-    }
-    else if (timeout_ms != 0 && loop->yield_policy.worked) {
-        n = yield_wait(loop, events);
+    if (timeout_ms != 0 && loop->wait_hooks.before != NULL) {
+        n = loop->wait_hooks.before(loop, events, BATCH);
     }
     if (n == 0) {
         n = epoll_wait(loop->epfd, events, BATCH, timeout_ms);
@@ -751,8 +661,9 @@ cx_loop_turn(cx_loop *loop, int timeout_ms)
     if (n < 0) {
         return -errno;
     }
-    loop->chan_policy.busy = 0;
-    loop->yield_policy.worked = n > 0;
+    if (loop->wait_hooks.after != NULL) {
+        loop->wait_hooks.after(loop, n);
+    }
     loop->batch = events;
     loop->batch_len = n;
     for (int i = 0; i < n; i++) {

@@ -1,7 +1,9 @@
 /* loop.h: the epoll reactor. Descriptor watchers, one-shot timers behind a
    timerfd, child exits through pidfd (SIGCHLD fallback), a thread-safe wakeup
    eventfd, and the notes queue that carries engine events to the glue.
-   A turn runs without the GIL: nothing here touches Python. */
+   Mechanism only: how to wait when idle is its owner's, through the wait
+   hooks (policy.h). A turn runs without the GIL: nothing here touches
+   Python. */
 #ifndef CX_LOOP_H
 #define CX_LOOP_H
 
@@ -89,6 +91,20 @@ cx_flusher_queued(const cx_flusher *f)
     return !cx_list_empty(&f->node);
 }
 
+/* Hooks around the wait, as redis's beforeSleep and afterSleep: how to
+   wait when there is nothing to do (spin, yield) is the loop's owner's
+   policy (policy.c), not the reactor's. */
+typedef struct cx_wait_hooks {
+    /* Before a wait that may block (timeout not 0, no note queued). It
+       may poll loop->epfd itself: it returns the events it found (at most
+       max, into events) for the turn to dispatch, 0 to wait as asked, or
+       -1 with errno set. */
+    int (*before)(cx_loop *loop, struct epoll_event *events, int max);
+    /* After every wait that did not fail, with its count of events. */
+    void (*after)(cx_loop *loop, int n);
+    void *data;                        /* the hooks' own */
+} cx_wait_hooks;
+
 struct cx_loop {
     int epfd, timerfd, wakefd;         /* owned */
     int sigchld_pipe[2];               /* owned, fallback only */
@@ -108,23 +124,7 @@ struct cx_loop {
        stream.c queue their writes for the flush at the end of the
        outermost one, so that one drain's frames leave together. */
     int defer_depth;
-    /* The channels' policy, applied by the reactor on their behalf: it spans
-       every channel (and stream) of a turn, so it lives here and not in
-       cx_chan. channel.c marks a turn busy when a user message arrives, and
-       the next wait spins for the answer (spin_wait). */
-    struct {
-        int busy;                      /* the last turn carried a message */
-        uint64_t spin_ns;              /* busy-poll budget; 0: never spin */
-        int spin_misses, spin_rest;    /* adaptive: stop spinning when idle */
-    } chan_policy;
-    /* Yielding before a sleep (loop.c, yield_wait): adaptive, and never in
-       a loop with a raced listener. */
-    struct {
-        int worked;                    /* the last turn had events */
-        int raced;                     /* open listeners with raced set */
-        uint64_t resume_ns;            /* none before then (CLOCK_MONOTONIC) */
-        int window, slow;              /* yields, and slow ones, of this window */
-    } yield_policy;
+    cx_wait_hooks wait_hooks;          /* none after cx_loop_init() */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
 };

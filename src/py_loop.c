@@ -240,15 +240,16 @@ py_set_wake_callback(PyObject *mod, PyObject *fn)
     Py_RETURN_NONE;
 }
 
-/* The engine's settings from the environment: at import in an exec'd
-   process, and again after a fork, whose child took on a worker's
-   environment first. */
+/* The loop's wait policy, with the engine's settings from the
+   environment: at import in an exec'd process, and again after a fork,
+   whose child took on a worker's environment first. */
 static void
-read_settings(void)
+start_policy(void)
 {
     const char *spin = getenv("CLUSTER_EXT_SPIN_US");
 
-    cxpy.loop.chan_policy.spin_ns = (uint64_t)(spin ? atol(spin) : 50) * 1000u;
+    cx_policy_start(&cxpy.policy, &cxpy.loop,
+                    (uint64_t)(spin ? atol(spin) : 50) * 1000u);
 }
 
 /* In the child of os.fork(): the parent's engine is dropped without a note
@@ -280,7 +281,7 @@ py_after_fork(PyObject *mod, PyObject *Py_UNUSED(ignored))
         }
     }
     r = cx_loop_reinit_after_fork(&cxpy.loop);
-    read_settings();
+    start_policy();
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pinned); i++) {
         CxObject *obj = (CxObject *)PyList_GET_ITEM(pinned, i);
         obj->hp->pending = 0;
@@ -304,7 +305,7 @@ py_settings(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     CX_UNUSED(mod);
     return Py_BuildValue("{s:K}", "spin_us",
-                         (unsigned long long)(cxpy.loop.chan_policy.spin_ns / 1000u));
+                         (unsigned long long)(cxpy.policy.spin_ns / 1000u));
 }
 
 static PyMethodDef loop_functions[] = {
@@ -341,12 +342,12 @@ cxpy_loop_init(PyObject *mod)
                         "cluster_ext._core can be loaded once per process");
         return -1;
     }
-    read_settings();
     r = cx_loop_init(&cxpy.loop);
     if (r < 0) {
         cxpy_raise_oserror(-r);
         return -1;
     }
+    start_policy();
     claimed = 1;
     cxpy.owner = PyThread_get_thread_ident();
     return PyModule_AddFunctions(mod, loop_functions);

@@ -2,6 +2,7 @@
    the GIL; everything for Python leaves as a note. Called by the glue
    (py_stream.c). */
 #include "stream.h"
+#include "policy.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -401,7 +402,7 @@ cx_listener_release(cx_listener *l)
 {
     if (l->raced) {
         l->raced = 0;
-        l->h.loop->yield_policy.raced--;
+        cx_policy_raced(l->h.loop, -1);
     }
     cx_timer_stop(&l->retry);
     cx_io_stop(l->h.loop, &l->io);
@@ -436,7 +437,7 @@ cx_listener_open(cx_listener *l, int fd, int raced, int max_accepts)
     l->fd = fd;
     l->io.fd = fd;
     l->raced = raced != 0;
-    l->h.loop->yield_policy.raced += l->raced;
+    cx_policy_raced(l->h.loop, l->raced);
     l->max_accepts = max_accepts > 0 ? max_accepts : 64;
     r = listener_watch(l);
     if (r < 0) {
