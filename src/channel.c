@@ -139,20 +139,73 @@ claim_fds(cx_chan *ch, fifo_cursor *at, int n, int lead, int *fds)
     return n;
 }
 
-/* Cuts every complete frame out of rbuf into notes. Returns 0 or -errno for
-   a corrupt stream. */
+static size_t
+unparsed(const cx_chan *ch)
+{
+    return ch->rbuf != NULL ? ch->rbuf->len - ch->rstart : 0;
+}
+
+/* Makes room for `room` more bytes after the unparsed ones, which stay
+   together. A buffer only the channel holds moves them to its front and
+   grows in place; one that notes still point into is left to them, and
+   they move to a new one, no smaller: a read takes as much as the kernel
+   holds, up to the room, so a smaller one would take more reads. Returns
+   0 or -ENOMEM. */
+static int
+chan_room(cx_chan *ch, size_t room)
+{
+    cx_rbuf *buf = ch->rbuf, *fresh;
+    size_t have = unparsed(ch), cap;
+
+    if (buf != NULL && buf->refs == 1 && ch->rstart > 0) {
+        memmove(buf->data, buf->data + ch->rstart, have);
+        buf->len = have;
+        ch->rstart = 0;
+    }
+    if (buf != NULL && buf->cap - buf->len >= room) {
+        return 0;
+    }
+    cap = buf != NULL ? buf->cap : READ_CHUNK;
+    while (cap < have + room) {
+        cap *= 2;
+    }
+    if (buf != NULL && buf->refs == 1) {
+        fresh = realloc(buf, sizeof(*buf) + cap);
+        if (fresh == NULL) {
+            return -ENOMEM;
+        }
+        fresh->cap = cap;
+        ch->rbuf = fresh;
+        return 0;
+    }
+    if ((fresh = cx_rbuf_new(cap)) == NULL) {
+        return -ENOMEM;
+    }
+    if (have > 0) {
+        memcpy(fresh->data, buf->data + ch->rstart, have);
+    }
+    fresh->len = have;
+    cx_rbuf_unref(buf);
+    ch->rbuf = fresh;
+    ch->rstart = 0;
+    return 0;
+}
+
+/* Cuts every complete frame out of rbuf into notes that point into it.
+   Returns 0 or -errno for a corrupt stream. */
 static int
 parse_frames(cx_chan *ch)
 {
-    size_t off = 0;
     fifo_cursor at = {0, 0};
     int r = 0;
 
-    while (ch->rlen - off >= sizeof(cx_frame_header)) {
+    while (unparsed(ch) >= sizeof(cx_frame_header)) {
+        cx_rbuf *buf = ch->rbuf;
+        size_t off = ch->rstart;
         cx_frame_header hdr;
         cx_note *note;
         int nfds, lead;
-        memcpy(&hdr, ch->rbuf + off, sizeof(hdr));
+        memcpy(&hdr, buf->data + off, sizeof(hdr));
         nfds = hdr.nfds & ~CX_NFDS_LEAD;
         lead = (hdr.nfds & CX_NFDS_LEAD) != 0;
         if (hdr.type == 0 || hdr.type >= CX_FRAME_TYPE_END ||
@@ -164,14 +217,13 @@ parse_frames(cx_chan *ch)
             r = -EMSGSIZE;
             break;
         }
-        if (ch->rlen - off - sizeof(hdr) < hdr.len) {
-            size_t need = sizeof(hdr) + hdr.len;
-            if (need > ch->rcap) {
-                r = cx_grow((void **)&ch->rbuf, &ch->rcap, need, 1);
-            }
+        if (buf->len - off - sizeof(hdr) < hdr.len) {
+            /* Room for the whole frame now: the reads take the rest of it
+               without growing the buffer read by read. */
+            r = chan_room(ch, sizeof(hdr) + hdr.len - (buf->len - off));
             break;
         }
-        note = cx_note_new(&ch->h, CX_NOTE_FRAME, hdr.len);
+        note = cx_note_new(&ch->h, CX_NOTE_FRAME);
         if (note == NULL) {
             r = -ENOMEM;
             break;
@@ -198,9 +250,9 @@ parse_frames(cx_chan *ch)
             ch->messages_in++;
             cx_policy_message(ch->h.loop);
         }
-        memcpy(note->data, ch->rbuf + off + sizeof(hdr), hdr.len);
+        cx_note_carry(note, buf, off + sizeof(hdr), hdr.len);
         cx_note_push(ch->h.loop, note);
-        off += sizeof(hdr) + hdr.len;
+        ch->rstart = off + sizeof(hdr) + hdr.len;
     }
     if (at.fd > 0) {
         ch->fifo_len -= at.fd;
@@ -210,10 +262,6 @@ parse_frames(cx_chan *ch)
         ch->nbatches -= at.batch;
         memmove(ch->batches, ch->batches + at.batch,
                 ch->nbatches * sizeof(cx_fd_batch));
-    }
-    if (off > 0) {
-        memmove(ch->rbuf, ch->rbuf + off, ch->rlen - off);
-        ch->rlen -= off;
     }
     return r;
 }
@@ -235,12 +283,12 @@ read_some(cx_chan *ch, int max_reads)
         ssize_t n;
         int fds[CX_BATCH_FDS];
         int nfds, cut, fds_came;
-        int r = cx_grow((void **)&ch->rbuf, &ch->rcap, ch->rlen + READ_CHUNK, 1);
+        int r = chan_room(ch, READ_CHUNK);
         if (r < 0) {
             return r;
         }
-        iov.iov_base = ch->rbuf + ch->rlen;
-        iov.iov_len = ch->rcap - ch->rlen;
+        iov.iov_base = ch->rbuf->data + ch->rbuf->len;
+        iov.iov_len = ch->rbuf->cap - ch->rbuf->len;
         memset(&msg, 0, sizeof(msg));
         msg.msg_iov = &iov;
         msg.msg_iovlen = 1;
@@ -288,7 +336,7 @@ read_some(cx_chan *ch, int max_reads)
         if (n == 0) {
             return 1;
         }
-        ch->rlen += (size_t)n;
+        ch->rbuf->len += (size_t)n;
         r = parse_frames(ch);
         if (r < 0) {
             return r;
@@ -309,10 +357,10 @@ chan_read_and_settle(cx_chan *ch, int max_reads)
     int r = read_some(ch, max_reads);
 
     if (r == 1) {
-        if (ch->rlen > 0) {
+        if (unparsed(ch) > 0) {
             /* A peer that died mid-write: its last frame is cut, not corrupt. */
             cx_debug("channel %d: %zu bytes of a cut frame dropped", ch->fd,
-                     ch->rlen);
+                     unparsed(ch));
         }
         chan_finish(ch, 0);
     }
@@ -494,13 +542,13 @@ chan_forget(cx_handle *h)
     for (int i = 0; i < ch->fifo_len; i++) {
         cx_close(&ch->fifo[i]);
     }
-    free(ch->rbuf);
+    cx_rbuf_unref(ch->rbuf);            /* its frames' notes keep it */
     free(ch->fifo);
     free(ch->batches);
     ch->rbuf = NULL;
     ch->fifo = NULL;
     ch->batches = NULL;
-    ch->rlen = ch->rcap = 0;
+    ch->rstart = 0;
     ch->fifo_len = ch->fifo_cap = 0;
     ch->nbatches = ch->batches_cap = 0;
     ch->batch_open = 0;

@@ -73,9 +73,10 @@ typedef struct cx_chan {
     int closing, write_err;
     size_t max_frame, hwm;
     int above_hwm;
-    /* read side */
-    char *rbuf;
-    size_t rlen, rcap;
+    /* read side: the bytes not yet cut into frames are
+       rbuf->data[rstart, rbuf->len); the frames' notes point into rbuf */
+    cx_rbuf *rbuf;
+    size_t rstart;
     int *fifo;                     /* received fds, owned until claimed */
     int fifo_len, fifo_cap;
     cx_fd_batch *batches;          /* fifo's fds by recvmsg, oldest first */

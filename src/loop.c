@@ -123,10 +123,54 @@ cx_handle_ref(cx_handle *h, int on)
     h->referenced = on;
 }
 
-cx_note *
-cx_note_new(cx_handle *h, int kind, size_t len)
+cx_rbuf *
+cx_rbuf_new(size_t cap)
 {
-    cx_note *note = malloc(sizeof(*note) + len);
+    cx_rbuf *buf = malloc(sizeof(*buf) + cap);
+
+    if (buf != NULL) {
+        buf->refs = 1;
+        buf->cap = cap;
+        buf->len = 0;
+    }
+    return buf;
+}
+
+void
+cx_rbuf_unref(cx_rbuf *buf)
+{
+    if (buf != NULL && --buf->refs == 0) {
+        free(buf);
+    }
+}
+
+/* Room for a few full reads: a turn whose notes still hold the buffer
+   takes a new one only once this is used up. */
+#define LOOP_RBUF_CAP (256 * 1024)
+
+cx_rbuf *
+cx_loop_rbuf(cx_loop *loop, size_t room)
+{
+    cx_rbuf *buf = loop->rbuf;
+
+    if (buf != NULL && buf->refs == 1) {
+        buf->len = 0;           /* no note holds any of it */
+    }
+    if (buf == NULL || buf->cap - buf->len < room) {
+        buf = cx_rbuf_new(room > LOOP_RBUF_CAP ? room : LOOP_RBUF_CAP);
+        if (buf == NULL) {
+            return NULL;
+        }
+        cx_rbuf_unref(loop->rbuf);      /* its notes keep it till delivered */
+        loop->rbuf = buf;
+    }
+    return buf;
+}
+
+cx_note *
+cx_note_new(cx_handle *h, int kind)
+{
+    cx_note *note = malloc(sizeof(*note));
 
     if (note != NULL) {
         note->next = NULL;
@@ -134,9 +178,20 @@ cx_note_new(cx_handle *h, int kind, size_t len)
         note->kind = kind;
         note->a = note->b = 0;
         note->nfds = 0;
-        note->len = len;
+        note->data = NULL;
+        note->len = 0;
+        note->buf = NULL;
     }
     return note;
+}
+
+void
+cx_note_carry(cx_note *note, cx_rbuf *buf, size_t off, size_t len)
+{
+    buf->refs++;
+    note->buf = buf;
+    note->data = buf->data + off;
+    note->len = len;
 }
 
 void
@@ -162,7 +217,7 @@ cx_note_push(cx_loop *loop, cx_note *note)
 void
 cx_note_post(cx_handle *h, int kind, int a)
 {
-    cx_note *note = cx_note_new(h, kind, 0);
+    cx_note *note = cx_note_new(h, kind);
 
     if (note != NULL) {
         note->a = a;
@@ -198,6 +253,7 @@ cx_note_free(cx_note *note)
     for (int i = 0; i < note->nfds; i++) {
         cx_close(&note->fds[i]);
     }
+    cx_rbuf_unref(note->buf);
     free(note);
 }
 
@@ -292,7 +348,7 @@ timers_fire(cx_loop *loop, cx_io *io, uint32_t events)
         cx_timer *t = loop->heap[0];
         cx_note *note = NULL;
         if (t->cb == NULL &&
-            (note = cx_note_new(&t->h, CX_NOTE_TIMER, 0)) == NULL) {
+            (note = cx_note_new(&t->h, CX_NOTE_TIMER)) == NULL) {
             break;              /* left in the heap: the rearm fires at once */
         }
         heap_remove(loop, t);
@@ -425,7 +481,7 @@ child_reap(cx_child *c)
     if (r == 0 && info.si_pid == 0) {
         return;                 /* not yet */
     }
-    note = cx_note_new(&c->h, CX_NOTE_EXIT, 0);
+    note = cx_note_new(&c->h, CX_NOTE_EXIT);
     if (note == NULL) {
         return;                 /* the pidfd stays readable: next turn */
     }
@@ -614,8 +670,10 @@ cx_loop_close(cx_loop *loop)
         cx_note_free(note);
     }
     loop_close_fds(loop);
+    cx_rbuf_unref(loop->rbuf);
     free(loop->watchers);
     free(loop->heap);
+    loop->rbuf = NULL;
     loop->watchers = NULL;
     loop->heap = NULL;
     loop->nwatchers = 0;

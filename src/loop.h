@@ -50,6 +50,18 @@ struct cx_handle {
     int referenced;            /* keeps the loop alive while linked */
 };
 
+/* A buffer that reads land in, whose bytes notes carry as their payloads
+   with no copy in between: the glue makes its Python bytes from here, as
+   libuv reads into its consumer's buffer and Node's old read slab sliced
+   its Buffers. Its reader (a channel, or the loop for the streams) holds
+   a reference, and so does each note that points into it: the reader may
+   move or reuse the bytes only while its reference is the last. */
+typedef struct cx_rbuf {
+    size_t refs;
+    size_t cap, len;           /* data[0, len) is filled */
+    char data[];
+} cx_rbuf;
+
 typedef struct cx_note cx_note;
 struct cx_note {
     cx_note *next;
@@ -57,8 +69,9 @@ struct cx_note {
     int kind, a, b;
     int nfds;
     int fds[CX_MAX_FDS];       /* owned by the note until claimed */
-    size_t len;
-    char data[];               /* payload of a frame */
+    const char *data;          /* the payload (a frame's, a read's): */
+    size_t len;                /* len bytes in buf */
+    cx_rbuf *buf;              /* a reference; NULL: no payload */
 };
 
 typedef struct cx_timer cx_timer;
@@ -127,6 +140,7 @@ struct cx_loop {
     cx_wait_hooks wait_hooks;          /* none after cx_loop_init() */
     cx_note *head, *tail;
     cx_handle wake;                    /* target of CX_NOTE_WAKE */
+    cx_rbuf *rbuf;                     /* shared by reads: cx_loop_rbuf() */
 };
 
 int cx_loop_init(cx_loop *loop);
@@ -174,7 +188,9 @@ void cx_handle_unlink(cx_handle *h);
 /* Whether the handle keeps the loop alive while linked (Node's ref/unref). */
 void cx_handle_ref(cx_handle *h, int on);
 
-cx_note *cx_note_new(cx_handle *h, int kind, size_t len);
+cx_note *cx_note_new(cx_handle *h, int kind);
+/* The note's payload: len bytes at off in buf, which it holds from now on. */
+void cx_note_carry(cx_note *note, cx_rbuf *buf, size_t off, size_t len);
 void cx_note_push(cx_loop *loop, cx_note *note);
 cx_note *cx_note_pop(cx_loop *loop);   /* caller frees, then h->pending-- */
 void cx_note_free(cx_note *note);      /* closes fds not claimed */
@@ -182,6 +198,16 @@ void cx_note_free(cx_note *note);      /* closes fds not claimed */
 void cx_note_post(cx_handle *h, int kind, int a);
 /* count of them, one after the other. */
 void cx_note_post_n(cx_handle *h, int kind, int a, int count);
+
+/* A read buffer of cap bytes, empty, with one reference (the caller's);
+   NULL when memory is short. */
+cx_rbuf *cx_rbuf_new(size_t cap);
+/* Drops a reference (none for NULL); the last frees the buffer. */
+void cx_rbuf_unref(cx_rbuf *buf);
+/* The loop's read buffer, shared by the reads that need no bytes before
+   theirs (a stream's: each read is a note of its own), with room for
+   `room` bytes after its len; NULL when memory is short. */
+cx_rbuf *cx_loop_rbuf(cx_loop *loop, size_t room);
 
 void cx_timer_init(cx_loop *loop, cx_timer *t);
 int cx_timer_start(cx_timer *t, uint64_t delay_ns);

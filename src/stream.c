@@ -78,16 +78,21 @@ stream_settle(cx_stream *s)
     }
 }
 
+/* Each read lands in the loop's read buffer, where its DATA note points:
+   the glue makes the Python bytes from there. */
 static void
 stream_read(cx_stream *s)
 {
-    char buf[READ_CHUNK];
-
     for (int i = 0; i < READS_PER_WAKEUP && !s->paused; i++) {
+        cx_rbuf *buf = cx_loop_rbuf(s->h.loop, READ_CHUNK);
         ssize_t n;
         cx_note *note;
+        if (buf == NULL) {
+            cx_stream_destroy(s, ENOMEM);
+            return;
+        }
         do {
-            n = read(s->fd, buf, sizeof(buf));
+            n = read(s->fd, buf->data + buf->len, READ_CHUNK);
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno != EAGAIN) {
@@ -103,14 +108,15 @@ stream_read(cx_stream *s)
             cx_note_post(&s->h, CX_NOTE_END, 0);
             return;
         }
-        note = cx_note_new(&s->h, CX_NOTE_DATA, (size_t)n);
+        note = cx_note_new(&s->h, CX_NOTE_DATA);
         if (note == NULL) {
             cx_stream_destroy(s, ENOMEM);
             return;
         }
-        memcpy(note->data, buf, (size_t)n);
+        cx_note_carry(note, buf, buf->len, (size_t)n);
+        buf->len += (size_t)n;
         cx_note_push(s->h.loop, note);
-        if ((size_t)n < sizeof(buf)) {
+        if ((size_t)n < READ_CHUNK) {
             return;             /* drained: no need for one more EAGAIN */
         }
     }
@@ -340,7 +346,7 @@ accept_exhausted(int err)
 static void
 note_connection(cx_listener *l, int fd)
 {
-    cx_note *note = cx_note_new(&l->h, CX_NOTE_CONNECTION, 0);
+    cx_note *note = cx_note_new(&l->h, CX_NOTE_CONNECTION);
 
     if (note == NULL) {
         cx_close(&fd);
