@@ -48,18 +48,16 @@ spin_wait(cx_policy *p, cx_loop *loop, struct epoll_event *events, int max)
    as from the network (the primary's hand-offs, local clients): sleeping
    after each burst costs a wakeup on both sides, an IPI on a VM, while a
    yield lets them run here, and the next burst is taken without a sleep
-   (97% of the primary's yields find work under load; SCHED_RR with two load
-   generators: 37 -> 23 us of server CPU a connection); one that finds
-   nothing costs two cheap syscalls. Yielding stops for YIELD_PAUSE_NS when
+   (measured: README's performance table); one that finds nothing costs
+   two cheap syscalls. Yielding stops for YIELD_PAUSE_NS when
    YIELD_SLOW_MAX of YIELD_WINDOW yields took over YIELD_SLOW_NS each: a
    CPU-bound neighbour holds this CPU for whole time slices, and an event
-   waits out each of them (a busy loop on each CPU beside a light load:
-   p50 0.3 -> 3.9 ms with no pause; a third of yields are that slow). Tasks
-   that block often, as clients and workers do, rarely keep a yield that
-   long even when the machine is saturated (1 to 2% of yields). A loop with
-   a raced listener never yields: it would stay runnable and keep polling
-   the shared accept queue while its peers sleep, and take more than its
-   share (SCHED_NONE fairness 0.94 -> 0.82). */
+   waits out each of them, which a light load's latency pays in full.
+   Tasks that block often, as clients and workers do, rarely keep a yield
+   that long even when the machine is saturated. A loop with a raced
+   listener never yields: it would stay runnable and keep polling the
+   shared accept queue while its peers sleep, and take more than its
+   share. */
 #define YIELD_SLOW_NS (2u * 1000u * 1000u)
 #define YIELD_WINDOW 16
 #define YIELD_SLOW_MAX 4
