@@ -14,7 +14,6 @@ A worker may be compromised: what it sends is checked, and a reply that
 is not well formed is dropped whole."""
 from __future__ import annotations
 
-import re
 import sys
 
 from .. import _core, _runtime, _worker
@@ -35,8 +34,8 @@ GAUGE_MODES = ("all", "liveall", "min", "livemin", "max", "livemax", "sum", "liv
                "mostrecent", "livemostrecent")
 MAX_SAMPLES = 50_000         # a worker's reply with more is dropped
 MAX_REPLY = 8 << 20          # bytes: and one longer, before it is parsed
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z"     # Prometheus' metric names, and label names:
+LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*\Z"      # compiled in the primary, not at a worker's start
 
 _latest: dict[int, tuple[int, Families]] = {}   # worker id -> (pid, its last reply)
 _retired_sums: Families = {}                    # gone workers' counters, histograms, summaries
@@ -86,6 +85,8 @@ _worker.stats_reporters.append(_report)
 def _decode(payload: bytes) -> Families:
     """A worker's reply, checked: ValueError for anything else."""
     import json
+    import re
+    name_ok, label_ok = re.compile(NAME).match, re.compile(LABEL).match
     if len(payload) > MAX_REPLY:
         raise ValueError(f"{len(payload)} bytes, more than {MAX_REPLY}")
     try:
@@ -100,7 +101,7 @@ def _decode(payload: bytes) -> Families:
         if not (isinstance(family, list) and len(family) == 5):
             raise ValueError("a family is [name, type, documentation, mode, samples]")
         name, kind, documentation, mode, samples = family
-        if not (isinstance(name, str) and _NAME.match(name) and kind in TYPES
+        if not (isinstance(name, str) and name_ok(name) and kind in TYPES
                 and isinstance(documentation, str) and isinstance(samples, list)
                 and (mode in GAUGE_MODES if kind == "gauge" else mode == "")):
             raise ValueError(f"a malformed family {str(name)[:100]!r}")
@@ -113,8 +114,8 @@ def _decode(payload: bytes) -> Families:
                 raise ValueError("a sample is [name, labels, value]")
             sample_name, labels, value = sample
             if not (isinstance(sample_name, str) and sample_name.startswith(name)
-                    and _NAME.match(sample_name) and isinstance(labels, dict)
-                    and all(isinstance(k, str) and _LABEL.match(k) and k != "pid"
+                    and name_ok(sample_name) and isinstance(labels, dict)
+                    and all(isinstance(k, str) and label_ok(k) and k != "pid"
                             and isinstance(v, str) for k, v in labels.items())
                     and isinstance(value, (int, float)) and not isinstance(value, bool)):
                 raise ValueError(f"a malformed sample of {name!r}")
