@@ -87,6 +87,29 @@ def parse_signal(sig: Any) -> _signal.Signals:
         raise ValueError(f"unknown signal number: {sig}") from None
 
 
+class OtherSignal(int):
+    """A signal that signal.Signals has no member for (the real-time ones
+    between SIGRTMIN and SIGRTMAX), as a worker's exit gives it: an int
+    with a name, as a member has."""
+
+    @property
+    def name(self) -> str:
+        low, high = _fast.signal.SIGRTMIN, _fast.signal.SIGRTMAX
+        return f"SIGRTMIN+{self - low}" if low < self < high else f"SIG{int(self)}"
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {int(self)}>"
+
+
+def exit_signal(signo: int) -> _signal.Signals | OtherSignal:
+    """The signal a process ended by, a real-time one included."""
+    import signal as _signal
+    try:
+        return _signal.Signals(signo)
+    except ValueError:
+        return OtherSignal(signo)
+
+
 def encode(message: Any, serialization: int) -> bytes:
     """Serializes a message; what the serializer cannot encode is a TypeError."""
     if serialization == SER_JSON:
@@ -121,7 +144,7 @@ class Process:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.exit_code: int | None = None
-        self.signal_code: _signal.Signals | None = None
+        self.signal_code: _signal.Signals | OtherSignal | None = None
         self.stdout: Any = None
         self.stderr: Any = None
 
@@ -151,7 +174,7 @@ class Worker(EventEmitter):
         self._connected = False          # until the channel's close is delivered
         self._disconnecting = False
         self._written: _fast.deque[Callable[[BaseException | None], Any]] = _fast.deque()
-        self._exit_status: tuple[int | None, _signal.Signals | None] | None = None
+        self._exit_status: tuple[int | None, _signal.Signals | OtherSignal | None] | None = None
         self._dead = False
         self._timers: list[Any] = []     # disconnect(timeout) deadlines
         self._exit_watch: Any = None     # the engine's watch on the process
@@ -304,8 +327,7 @@ class Worker(EventEmitter):
             stop(self)
 
     def _on_exit(self, code: int | None, signo: int | None) -> None:
-        import signal as _signal
-        sig = _signal.Signals(signo) if signo is not None else None
+        sig = exit_signal(signo) if signo is not None else None
         if code is not None and code < 0:
             code = None if sig is not None else 1
         self.process.exit_code, self.process.signal_code = code, sig

@@ -14,6 +14,7 @@ TABLE = {
     "sigkill": (False, None, "SIGKILL"),
     # a plain fork()'s worker keeps Python's SIGTERM: only supervise()'s drain on it
     "sigterm": (False, None, "SIGTERM"),
+    "sigrt": (False, None, "SIGRTMIN+5"),
 }
 
 

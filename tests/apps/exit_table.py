@@ -15,8 +15,8 @@ if cluster.is_primary:
     def snap(tag, w, *extra):
         seen.append({"ev": tag, "state": w.state, "ead": w.exited_after_disconnect,
                      "connected": w.is_connected(), "dead": w.is_dead(),
-                     "in_workers": w.id in cluster.workers, "extra": [
-                         e.name if isinstance(e, signal.Signals) else e for e in extra]})
+                     "in_workers": w.id in cluster.workers,
+                     "extra": [getattr(e, "name", e) for e in extra]})
 
     w = cluster.fork()
     w.on("online", lambda: snap("online", w))
@@ -35,6 +35,8 @@ if cluster.is_primary:
             w.kill()
         elif MODE in ("sigkill", "sigterm"):
             os.kill(w.process.pid, signal.SIGKILL if MODE == "sigkill" else signal.SIGTERM)
+        elif MODE == "sigrt":            # a real-time signal: no member of signal.Signals
+            os.kill(w.process.pid, signal.SIGRTMIN + 5)
         else:
             w.send(MODE)
 
