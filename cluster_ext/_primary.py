@@ -15,7 +15,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable, Mapping
     from typing import Any
 
-from . import _core, _fast, _runtime, _shared, _worker, net
+from . import _core, _fast, _forensics, _runtime, _shared, _worker, net
 from ._runtime import SCHED_NONE, SCHED_RR
 from ._worker import Worker
 
@@ -192,10 +192,11 @@ class Stdio:
                 self.parent[i] = None
 
 
-def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
+def worker_env(worker_id: int, fd: int, stacks: int, settings: Mapping[str, Any],
                env: Mapping[str, str] | None) -> dict[str, str]:
     """The worker's whole environment, in the order an exec lays it out:
-    this process's, then env, then the variables its boot takes away."""
+    this process's, then env, then the variables its boot takes away. fd:
+    its channel's end; stacks: its memfd (_forensics), or -1."""
     merged = dict(os.environ)
     if env:
         merged.update({str(k): str(v) for k, v in env.items()})
@@ -204,6 +205,8 @@ def worker_env(worker_id: int, fd: int, settings: Mapping[str, Any],
                   CLUSTER_EXT_MAX_MESSAGE_SIZE=str(settings["max_message_size"]))
     if _runtime.supervised_drain_delay is not None:
         merged["CLUSTER_EXT_SUPERVISED"] = repr(_runtime.supervised_drain_delay)
+    if stacks >= 0:
+        merged["CLUSTER_EXT_STACKS_FD"] = str(stacks)
     return merged
 
 
@@ -280,17 +283,21 @@ class Plan:
     environment below (its boot takes the CLUSTER_EXT_* variables out), its
     stdio, cwd, groups, gid and uid in that order, the default disposition
     of every signal it does not ignore (SIGINT ignored by the boot), an
-    empty signal mask and death with the primary. Holds the channel's ends
-    and the stdio descriptors until it is closed."""
+    empty signal mask and death with the primary. Holds the channel's ends,
+    the stdio descriptors and, under a heartbeat, the memfd of its stacks
+    (one descriptor, which both processes keep) until it is closed."""
 
     def __init__(self, worker_id: int, settings: Mapping[str, Any],
                  env: Mapping[str, str] | None) -> None:
         self.ids = worker_identity(settings["uid"], settings["gid"])
         self.cwd: str | None = settings["cwd"]
         self.ours, self.theirs = _core.socketpair()
+        self.stacks = -1
         try:
+            if _runtime.keeps_stacks:
+                self.stacks = _above_stdio(_forensics.create())
             self.stdio = Stdio(settings)
-            self.env = worker_env(worker_id, self.theirs, settings, env)
+            self.env = worker_env(worker_id, self.theirs, self.stacks, settings, env)
         except BaseException:
             self.close()
             raise
@@ -306,9 +313,10 @@ class Plan:
     def close(self) -> None:
         """Everything: the start failed."""
         self.close_child()
-        if self.ours >= 0:
-            os.close(self.ours)
-            self.ours = -1
+        for fd in (self.ours, self.stacks):
+            if fd >= 0:
+                os.close(fd)
+        self.ours = self.stacks = -1
         if hasattr(self, "stdio"):
             self.stdio.close_parent()
 
@@ -321,7 +329,8 @@ def start_exec(plan: Plan, settings: Mapping[str, Any]) -> int:
     child = plan.stdio.child
     try:
         return _core.spawn(path, argv, [f"{k}={v}" for k, v in plan.env.items()], plan.cwd,
-                           plan.theirs, (child[0], child[1], child[2]), groups, gid, uid)
+                           plan.theirs, (child[0], child[1], child[2]), groups, gid, uid,
+                           plan.stacks)
     except OSError as exc:
         if exc.filename is None:     # fork() itself, not the program
             raise fork_refused(exc) from None
@@ -397,6 +406,10 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
     try:
         _core.die_with_parent(parent)
         os.close(plan.ours)
+        # the other workers' memfds (the engine closes their channels)
+        assert _runtime.workers is not None
+        _worker.close_fds(tuple(w._stacks for w in _runtime.workers.values()
+                                if w._stacks >= 0))
         plan.stdio.close_parent()
         for i, fd in enumerate(plan.stdio.child):
             if fd >= 0:
@@ -503,6 +516,7 @@ def fork(env: Mapping[str, Any] | None = None, *,
     w = Worker(worker_id, pid, primary_side=True,
                serialization=_worker.SERIALIZATIONS[settings["serialization"]],
                max_message_size=settings["max_message_size"])
+    w._stacks = plan.stacks
     w._open_channel(fd)
     w._exit_watch = _core.watch_child(pid, w._on_exit)
     _attach_stdio(w, stdio)

@@ -42,6 +42,9 @@ counts_requests = False         # else its requests are its connections
 # Under supervise(): the drain delay its workers wait out, from their own
 # SIGTERM or SIGINT, before they drain; None when no fleet is supervised.
 supervised_drain_delay: float | None = None
+# Under supervise() with a heartbeat: each fork gets a memfd that the worker
+# dumps its stacks into when it times out (_forensics).
+keeps_stacks = False
 _threadsafe: _fast.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = _fast.deque()
 _wakeup_fd = -1
 

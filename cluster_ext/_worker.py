@@ -21,7 +21,7 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable
     from typing import Any
 
-from . import _core, _fast, _runtime
+from . import _core, _fast, _forensics, _runtime
 from .events import EventEmitter
 
 ChannelClosedError = _core.ChannelClosedError
@@ -182,6 +182,9 @@ class Worker(EventEmitter):
         self.boot_failure: str | None = None   # primary: why it could not start
         self.boot_failure_load = False   # primary: ... its application could not be loaded
         self._said_ready = False         # ready() was called: it serves without listening
+        # primary: the memfd the worker dumps its stacks into (_forensics),
+        # or -1; owned from the fork until the 'exit' listeners have run
+        self._stacks = -1
 
     def __repr__(self) -> str:
         return f"<Worker id={self.id} pid={self.process.pid} state={self.state}>"
@@ -353,8 +356,13 @@ class Worker(EventEmitter):
             self.exited_after_disconnect = False
         if _runtime.workers is not None and _runtime.workers.get(self.id) is self:
             del _runtime.workers[self.id]
-        self.emit("exit", code, sig)
-        _runtime.emitter.emit("exit", self, code, sig)
+        try:
+            self.emit("exit", code, sig)
+            _runtime.emitter.emit("exit", self, code, sig)
+        finally:
+            if self._stacks >= 0:
+                os.close(self._stacks)
+                self._stacks = -1
 
     # ---- the public face -------------------------------------------------------
 
@@ -593,7 +601,8 @@ def _drain() -> None:
 
 def boot_from_env() -> None:
     """An exec'd worker: its id and channel come in the environment, which its own
-    children must not inherit."""
+    children must not inherit; and under a heartbeat, the memfd its stacks go
+    to (registered first: a worker stuck in its import is stuck too)."""
     env = os.environ
     try:
         worker_id = int(env.pop("CLUSTER_EXT_WORKER_ID"))
@@ -602,7 +611,10 @@ def boot_from_env() -> None:
         max_size = int(env.pop("CLUSTER_EXT_MAX_MESSAGE_SIZE", str(64 << 20)))
         supervised = env.pop("CLUSTER_EXT_SUPERVISED", None)
         drain_delay = float(supervised) if supervised is not None else None
+        stacks = env.pop("CLUSTER_EXT_STACKS_FD", None)
         os.fstat(fd)
+        if stacks is not None:
+            _forensics.register(int(stacks))
     except (KeyError, ValueError, OSError) as exc:
         raise RuntimeError("CLUSTER_EXT_WORKER_ID is set but this process has no valid "
                            f"cluster_ext channel: {exc}") from None

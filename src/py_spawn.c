@@ -114,8 +114,8 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
     CX_UNUSED(mod);
     /* spawn(path, argv, envp, cwd, chan_fd, (fd0, fd1, fd2), groups, gid,
-       uid) */
-    if (cxpy_check_nargs("spawn", nargs, 9, 9) < 0 ||
+       uid[, keep_fd]) */
+    if (cxpy_check_nargs("spawn", nargs, 9, 10) < 0 ||
         cxpy_check_owner() < 0) {
         return NULL;
     }
@@ -128,6 +128,7 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     plan.chan_fd = cxpy_as_int(args[4]);
     plan.gid = cxpy_as_int(args[7]);
     plan.uid = cxpy_as_int(args[8]);
+    plan.keep_fd = nargs > 9 ? cxpy_as_int(args[9]) : -1;
     if (PyErr_Occurred() || gid_array(args[6], &groups, &plan.ngroups) < 0) {
         goto done;
     }
@@ -139,6 +140,10 @@ py_spawn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     if (plan.chan_fd < 3) {
         PyErr_SetString(PyExc_ValueError, "the channel fd must be >= 3");
+        goto done;
+    }
+    if (plan.keep_fd < -1 || (plan.keep_fd >= 0 && plan.keep_fd < 3)) {
+        PyErr_SetString(PyExc_ValueError, "keep_fd must be >= 3, or -1");
         goto done;
     }
     argv = cstring_array(args[1], &argv_keep);
@@ -326,7 +331,8 @@ py_exit_now(PyObject *mod, PyObject *arg)
 
 static PyMethodDef spawn_functions[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_FASTCALL,
-     "spawn(path, argv, envp, cwd, chan_fd, stdio, groups, gid, uid) -> pid"},
+     "spawn(path, argv, envp, cwd, chan_fd, stdio, groups, gid, uid, "
+     "keep_fd=-1) -> pid"},
     {"socketpair", py_socketpair, METH_NOARGS,
      "socketpair() -> (fd, fd): a channel's two ends, close-on-exec, >= 3."},
     {"die_with_parent", py_die_with_parent, METH_O, NULL},

@@ -23,10 +23,11 @@ spawn_child(const cx_spawn_plan *p, pid_t parent, int errpipe_w)
     if (cx_spawn_die_with_parent(parent) < 0) {
         goto fail;
     }
-    /* The only fd the worker inherits: its number travels in the
+    /* The only fds the worker inherits: their numbers travel in the
        environment, so there is no dup2() (onto itself it would keep
-       CLOEXEC). The parent made sure it is not 0, 1 or 2. */
-    if (fcntl(p->chan_fd, F_SETFD, 0) < 0) {
+       CLOEXEC). The parent made sure they are not 0, 1 or 2. */
+    if (fcntl(p->chan_fd, F_SETFD, 0) < 0 ||
+        (p->keep_fd >= 0 && fcntl(p->keep_fd, F_SETFD, 0) < 0)) {
         goto fail;
     }
     for (int i = 0; i < 3; i++) {

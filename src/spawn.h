@@ -10,7 +10,8 @@ typedef struct cx_spawn_plan {
     char *const *argv;
     char *const *envp;
     const char *cwd;           /* NULL: the parent's */
-    int chan_fd;               /* the one fd the worker inherits (>= 3) */
+    int chan_fd;               /* the fd the worker inherits (>= 3) */
+    int keep_fd;               /* and a second one (>= 3), or -1 */
     int stdio[3];              /* fd (>= 3) for 0, 1, 2; -1 inherits */
     const gid_t *groups;       /* supplementary groups, set when ngroups >= 0 */
     int ngroups;

@@ -103,7 +103,8 @@ def snapshot() -> Snapshot:
             reload_seconds=round(fleet.reload_seconds, 3),
             last_reload_seconds=(None if fleet.last_reload is None
                                  else round(fleet.last_reload, 3)),
-            recycles=dict(fleet.recycles), since=fleet.since)
+            recycles=dict(fleet.recycles), since=fleet.since,
+            timeouts=list(fleet.timeouts))
     return {"primary": primary, "workers": rows}
 
 

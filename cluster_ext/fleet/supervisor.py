@@ -8,7 +8,7 @@ import os
 import time
 
 from .. import _core, _fast, _primary, _runtime, _shared, _worker
-from . import notify, reap
+from . import forensics, notify, reap
 from .recycle import REASONS, Limits, Recycler
 from .rolling import DEFAULT_GRACEFUL_TIMEOUT, rolling_restart
 
@@ -67,6 +67,8 @@ class Fleet:
         self.retry: _core.Handle | None = None
         self.retry_delay = 0.0
         self.heartbeat: _core.Handle | None = None
+        self.stuck: dict[int, forensics.Timeout] = {}   # timed out, until their report
+        self.timeouts: _fast.deque[dict[str, Any]] = _fast.deque(maxlen=forensics.KEEP)
         self.proven = False              # a worker of this fleet has listened
         self.ready = False               # every worker serves (READY=1, the ready file)
         self.restarts = 0
@@ -136,6 +138,9 @@ class Fleet:
                    if not w.exited_after_disconnect) + len(self.pending) + len(self.owed)
 
     def on_exit(self, w: Worker, code: int | None, sig: Any) -> None:
+        stuck = self.stuck.get(w.id)
+        if stuck is not None:            # it died while it dumped: reported now
+            stuck.end()
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
         restarts = self.restarts_of.pop(w.id, 0)
@@ -374,21 +379,28 @@ class Fleet:
     def on_pong(self, w: Worker) -> None:
         self.pongs[w.id] = time.monotonic()
 
+    def on_timed_out(self, record: dict[str, Any]) -> None:
+        """A stuck worker was killed (or died) and reported: status keeps it."""
+        del self.stuck[record["worker"]]
+        self.timeouts.append(record)
+
     def beat(self) -> None:
         timeout = self.heartbeat_timeout
         assert timeout is not None       # beat() runs only with a heartbeat
         now = time.monotonic()
         for w in self.workers():
-            if w.is_dead() or not w.is_connected():
+            if w.is_dead() or not w.is_connected() or w.id in self.stuck:
                 continue
             # A worker forked before supervise() is timed from its first beat.
             silent = now - self.pongs.setdefault(w.id, now)
             if silent > timeout:
-                # its Python code is stuck: replace it (gunicorn's WORKER TIMEOUT)
+                # its Python code is stuck: replace it (gunicorn's WORKER TIMEOUT),
+                # once it has told what it was doing
                 _runtime.log("error", f"worker {w.id} timed out after {silent:.1f} s "
                              "(no heartbeat): killing it")
-                os.kill(w.process.pid, _fast.signal.SIGKILL)
                 self.pongs[w.id] = now
+                stuck = self.stuck[w.id] = forensics.Timeout(w, self.on_timed_out)
+                stuck.start()
             else:
                 w._send_frame(_core.FRAME_PING)
         self.heartbeat = _runtime.call_later(timeout / 3, self.beat)
@@ -466,6 +478,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("listening", fleet.on_listening)
     _runtime.fleet = fleet
     _runtime.supervised_drain_delay = drain_delay    # the workers drain on their own signal
+    _runtime.keeps_stacks = heartbeat_timeout is not None
     _shared.hold(True)
     # A container's PID 1, or a child subreaper: the workers' orphans are ours.
     reaper = reap.Reaper() if _core.inherits_orphans() else None
@@ -488,6 +501,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
             fleet.recycler.stop()
         _runtime.fleet = None
         _runtime.supervised_drain_delay = None
+        _runtime.keeps_stacks = False
         _shared.hold(False)
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)

@@ -5,6 +5,7 @@
   crashloop  every worker exits 1 at once: CrashLoopError
   linger     workers keep a long timer after disconnect: a second SIGTERM kills
   heartbeat  worker 1 busy-loops: the heartbeat SIGKILLs and replaces it
+  foreign    the workers are not Python (sleep): the heartbeat SIGKILLs them
   reload     workers serve a port; SIGHUP replaces each of them
   retire     SIGTTOU retires the oldest (not replaced), SIGTTIN adds one
   drain      workers serve a port; SIGTERM waits for a held connection
@@ -53,13 +54,15 @@ if cluster.is_primary:
         cluster.on("listening", lambda w, a: say("pid", w.process.pid))
     cluster.on("exit", lambda w, code, sig: say(
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
-    size = 1 if MODE in ("heartbeat", "giveback") else 2
+    size = 1 if MODE in ("heartbeat", "giveback", "foreign") else 2
+    if MODE == "foreign":
+        cluster.setup_primary(exec=["/bin/sh", "-c", "exec sleep 60"])
     try:
         backoff = {"crashloop": (0.01, 0.64), "killall": (0.5, 0.5),
                    "slowrespawn": (30, 30)}.get(MODE, (0.01, 0.05))
         cluster.supervise(size, backoff=backoff,
                           graceful_timeout=float(os.environ.get("GRACE", "10")),
-                          heartbeat_timeout=0.5 if MODE == "heartbeat" else None)
+                          heartbeat_timeout=0.5 if MODE in ("heartbeat", "foreign") else None)
     except cluster.CrashLoopError as exc:
         say("crashloop", exc)
     say("stopped")
