@@ -31,9 +31,11 @@ CONNECTION = ("cycle", "transport", "loop", "server_state", "config")
 CONNECTION_BY = {"httptools": ("pipeline",), "h11": ("conn",)}
 # A request cycle's, read and written by the drain (Draining.cx_last_request)
 CYCLE = ("response_complete", "response_started", "keep_alive", "default_headers")
-# What WorkerServer takes from the configuration and the server state
+# What WorkerServer takes from the configuration (and loaded_app, which
+# worker.in_flight() wraps, its connections serve) and the server state
 CONFIG = ("lifespan_class", "http_protocol_class", "ws_protocol_class", "backlog", "ssl",
-          "date_header", "encoded_headers", "h11_max_incomplete_event_size", "app")
+          "date_header", "encoded_headers", "h11_max_incomplete_event_size", "app",
+          "loaded_app")
 SERVER_STATE = ("tasks", "connections", "default_headers")
 
 

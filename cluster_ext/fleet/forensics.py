@@ -1,7 +1,8 @@
 """What a worker the heartbeat kills was doing: before the SIGKILL, the
 worker is asked (_forensics.SIGNAL) to dump every thread's stack into its
 memfd; the primary waits on loop timers until the dump stops growing (at
-most WAIT), kills it, and logs the stacks as one record, each line
+most WAIT), kills it, and logs the stacks and the requests it had in
+flight (the web layer's table in the same memfd) as one record, each line
 prefixed with the worker's id. supervise() keeps the last KEEP for status."""
 from __future__ import annotations
 
@@ -62,22 +63,33 @@ class Timeout:
         w = self.w
         if not w.is_dead():
             _signal(w, _fast.signal.SIGKILL)
-        stacks = _forensics.read(w._stacks)
-        _runtime.log("error", self.report(stacks))
+        stacks, requests, unlisted = _forensics.read(w._stacks)
+        _runtime.log("error", self.report(stacks, requests, unlisted))
         self.reported({"worker": w.id, "pid": w.pid, "at": round(self.at, 3),
-                       "stacks": stacks})
+                       "stacks": stacks, "requests": requests, "requests_unlisted": unlisted})
 
-    def report(self, stacks: str | None) -> str:
-        """The log record: a line, then the stacks, each of their lines
-        prefixed with the worker's id, so that a search for it finds them."""
+    def report(self, stacks: str | None, requests: list[dict[str, Any]] | None,
+               unlisted: int) -> str:
+        """The log record: a line, then the requests and the stacks, each
+        of their lines prefixed with the worker's id, so that a search for
+        it finds them."""
         w = self.w
-        head = f"worker {w.id} (pid {w.pid}) at its timeout: "
+        said, lines = [], []
+        if requests is not None:
+            count = len(requests) + unlisted
+            said.append(f"{count} request{'' if count == 1 else 's'} in flight" +
+                        (f" ({unlisted} not listed)" if unlisted else ""))
+            lines += [f"{r['method']} {r['path']} (for {r['seconds']:.1f} s)" for r in requests]
         if stacks is None:
-            return head + (f"no stacks (none dumped within {WAIT:g} s: its signals blocked, "
-                           "or the process stopped)" if self.asked else
-                           "no stacks (it did not register for them: not a Python worker)")
-        return "\n".join([head + "the stacks of its threads:",
-                          *(f"worker {w.id} | {line}".rstrip() for line in stacks.split("\n"))])
+            said.append(f"no stacks (none dumped within {WAIT:g} s: its signals blocked, "
+                        "or the process stopped)" if self.asked else
+                        "no stacks (it did not register for them: not a Python worker)")
+        else:
+            said.append("the stacks of its threads")
+            lines += ["", *stacks.split("\n")] if lines else stacks.split("\n")
+        return "\n".join([f"worker {w.id} (pid {w.pid}) at its timeout: " + ", ".join(said)
+                          + (":" if lines else ""),
+                          *(f"worker {w.id} | {line}".rstrip() for line in lines)])
 
 
 def _signal(w: Worker, sig: int) -> bool:

@@ -11,7 +11,7 @@ import errno
 import gc
 import sys
 
-from .. import _runtime, _worker, aio
+from .. import _forensics, _runtime, _worker, aio
 from .app import AppLoadError, detect_interface, load_app, traceback_of
 from .binds import resolve_fds
 from .protocol import (
@@ -74,6 +74,9 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         options.setdefault("h11_max_incomplete_event_size", limit_request_head or sys.maxsize)
         config = _config(app, interface, threads, access_log, options)
         config.load()
+        table = _forensics.table()
+        if table is not None:             # a heartbeat, whose timeout names them
+            config.loaded_app = in_flight(config.loaded_app, table)
     except AppLoadError as exc:                   # the spec names nothing to serve
         _worker.fail_boot(str(exc), load=True)
     except (ValueError, ImportError) as exc:
@@ -83,6 +86,23 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
     server = WorkerServer(config, addresses, graceful_timeout,
                            limit_request_head, timeout_request_head, websocket_grace)
     _run(server.serve(), config.get_loop_factory())
+
+
+def in_flight(app: Any, table: _forensics.Table) -> Any:
+    """app (ASGI 3, as uvicorn has loaded it, whatever it was), with each
+    HTTP request in table from its start to the application's return."""
+    begin, end = table.begin, table.end
+
+    async def tracked(scope: Any, receive: Any, send: Any) -> Any:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        at = begin(scope["method"], scope["raw_path"])   # the path, without its query
+        try:
+            return await app(scope, receive, send)
+        finally:
+            end(at)
+
+    return tracked
 
 
 def _config(app: Any, interface: str, threads: int, access_log: bool,
