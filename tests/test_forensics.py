@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 from conftest import free_port
-from test_ops import sockdir, status  # noqa: F401  (a fixture, and the status --json)
+from test_ops import command, sockdir, status  # noqa: F401  (sockdir: a fixture)
 from test_web import WEBAPPS, cli, get, serving, stop, until
 
 pytest.importorskip("uvicorn")
@@ -83,6 +83,11 @@ def test_a_stuck_web_worker_tells_its_stacks_before_its_kill(app, sockdir):  # n
     [request] = timeouts[0]["requests"]
     assert request["method"] == "GET" and request["path"] == "/block", timeouts
     assert request["seconds"] > 0 and timeouts[0]["requests_unlisted"] == 0, timeouts
+    code, out, err = command("status", str(path))        # the table says where to look
+    assert code == 0, err
+    assert re.fullmatch(rf"last heartbeat timeout: worker 1 \(pid {pid}\), \d+s ago, in GET "
+                        r"/block \(for \d+\.\d s\); `status --json` has its stacks",
+                        out.splitlines()[-1]), out
     stop(a)
 
 

@@ -61,7 +61,22 @@ def _status_table(figures: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in rows]
+    timeouts = primary.get("timeouts")
+    if timeouts:
+        lines.append(_last_timeout(len(timeouts), timeouts[-1]))
     return "\n".join([head, *lines])
+
+
+def _last_timeout(count: int, last: dict[str, Any]) -> str:
+    """The last worker the heartbeat killed, and where its stacks are."""
+    import time
+    text = (f"last heartbeat timeout: worker {last['worker']} (pid {last['pid']}), "
+            f"{_age(max(0.0, time.time() - last['at']))} ago")
+    if last["requests"]:
+        request = last["requests"][0]
+        text += f", in {request['method']} {request['path']} (for {request['seconds']:.1f} s)"
+    return text + "; `status --json` has its stacks" + (
+        f" and the {count - 1} before it" if count > 1 else "")
 
 
 def _count(value: int | None) -> str:
