@@ -158,7 +158,7 @@ def common_parser() -> Parser:
                          help="add a random 0 to S seconds to each worker's --max-lifetime")
     recycle.add_argument("--max-rss", type=_positive_mib, default=None, metavar="MIB",
                          help="recycle a worker whose resident memory passes MIB MiB "
-                              "(checked by the primary once a second)")
+                              "(checked by the primary four times a second)")
     return common
 
 

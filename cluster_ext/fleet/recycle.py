@@ -5,8 +5,8 @@ fleet, reloads included: at most one worker more than the fleet's size
 exists at once, so that a recycle storm cannot run the box out of memory.
 
 Each worker's limits are drawn at its fork, jitter added, so that workers
-started together are not recycled together. The primary looks once a
-second: the requests from each worker's answer to a STATS frame (HTTP
+started together are not recycled together. The primary looks four times
+a second: the requests from each worker's answer to a STATS frame (HTTP
 requests under the web layer, connections otherwise), its age from its
 fork, its resident memory from /proc."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._worker import Worker
 
-CHECK_EVERY = 1.0        # seconds between two looks at the workers
+CHECK_EVERY = 0.25       # seconds between two looks: a limit passed waits no longer
 RETRY_AFTER = 30.0       # a worker whose recycle stopped (its replacement failed) waits so long
 REASONS = ("requests", "lifetime", "rss")
 
