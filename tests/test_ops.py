@@ -628,7 +628,11 @@ def test_idle_connections_to_metrics_and_control_change_nothing_for_the_fleet(ap
         os.kill(pids[1], signal.SIGKILL)
         until(a, "worker 3 listening on")
         assert {get(port)[2].split()[1] for _ in range(4)} == {"2", "3"}
-        assert open_fds(a.pid) <= limit - reserve
+        # A connection still in the backlog is accepted to be refused, and
+        # holds a descriptor for that moment: the count settles below.
+        deadline = time.monotonic() + 10
+        while open_fds(a.pid) > limit - reserve:
+            assert time.monotonic() < deadline, (open_fds(a.pid), limit - reserve)
 
         # Past the idle timeout every connection held is closed, the
         # slowloris too, though a byte of its request came every 0.25 s.
