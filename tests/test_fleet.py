@@ -63,10 +63,15 @@ def test_a_crash_loop_stops_instead_of_spinning(app):
     exits = [line for line in lines if line.startswith("exit ")]
     assert len(exits) >= 10
     assert lines[-1] == "stopped"
-    # the back-off grows: respawns come further and further apart
+    # The back-off grows: 0.01 s, doubled at each crash, up to 0.64 s. The k-th
+    # death is answered by the k-th respawn, and each delay is timed from the
+    # death: a worker's start, which load stretches, is no part of it (fork to
+    # fork, the first gap was once 0.11 s beside a largest of 0.47 s under
+    # ASan and stress-ng). A fork's own cost is in every delay: a difference.
     forks = [float(line.split()[2]) for line in lines if line.startswith("fork ")]
-    gaps = [b - a for a, b in zip(forks[2:], forks[3:], strict=False)]
-    assert max(gaps) > 4 * gaps[0] and max(gaps) >= 0.3, gaps
+    deaths = [float(line.split()[2]) for line in lines if line.startswith("died ")]
+    delays = [fork - death for death, fork in zip(deaths, forks[2:], strict=False)]
+    assert max(delays) - delays[0] >= 0.3, delays
 
 
 def test_a_second_sigterm_stops_at_once(app):

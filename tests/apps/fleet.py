@@ -2,7 +2,7 @@
 
   respawn    worker 1 exits 3 once: it is forked again; SIGTERM stops all
   slowrespawn  as respawn, with a respawn back-off of 30 s
-  crashloop  every worker exits 1 at once: CrashLoopError
+  crashloop  every worker exits 1 at once: CrashLoopError ('died <id> <time>')
   linger     workers keep a long timer after disconnect: a second SIGTERM kills
   heartbeat  worker 1 busy-loops: the heartbeat SIGKILLs and replaces it
   foreign    the workers are not Python (sleep): the heartbeat SIGKILLs them
@@ -52,6 +52,8 @@ if cluster.is_primary:
     cluster.on("disconnect", lambda w: say("disconnect", w.id))
     if MODE == "killall":
         cluster.on("listening", lambda w, a: say("pid", w.process.pid))
+    if MODE == "crashloop":      # when each respawn's back-off began
+        cluster.on("exit", lambda w, code, sig: say("died", w.id, round(time.monotonic(), 4)))
     cluster.on("exit", lambda w, code, sig: say(
         "exit", w.id, code, sig.name if sig else None, w.exited_after_disconnect))
     size = 1 if MODE in ("heartbeat", "giveback", "foreign") else 2
