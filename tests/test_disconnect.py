@@ -89,7 +89,6 @@ def test_seed_example_as_written_with_no_client(app):
     """examples/seed_disconnect.py unchanged: nothing connects, so the server
     closes at once, 'disconnect' comes and cancels the 2 s timer, the worker
     exits 0 and the program ends: well before the timer could have fired."""
-    start = time.monotonic()
     # app() runs APPS / name: an absolute path stays itself
     a = app(str(SEED), env={"PORT": str(free_port())})
     assert a.wait_for("worker 1 exited") == (
@@ -103,7 +102,6 @@ def test_seed_example_as_written_with_no_client(app):
     # run() going: without that cancel, the program would linger 2 s here. The
     # bound is that timer, with room for a loaded machine.
     assert ended - exited < 1.8, ended - exited
-    assert ended - start < 10.0      # the whole program, starts included (loose: load)
 
 
 def test_seed_example_events_seen_from_outside(app):
