@@ -216,5 +216,5 @@ def test_no_worker_outlives_a_primary_sigkilled_mid_activity(app, activity, seed
     a.proc.wait(timeout=10)
     assert a.proc.returncode == -signal.SIGKILL, point
     left = session_members(a.pid)
-    wait_gone(left, 2.0)
+    wait_gone(left, 10.0)                         # at once when all is well
     assert session_members(a.pid) == [], f"{point}: workers outlived their primary"
