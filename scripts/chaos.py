@@ -159,7 +159,9 @@ class Chaos:
         self.scratch = tempfile.mkdtemp(prefix="cx-chaos-", dir="/tmp")
         self.control = os.path.join(self.scratch, "control.sock")
         self.log = open(os.path.join(self.scratch, "primary.log"), "w+")
-        cmd = [sys.executable, "-m", "cluster_ext", "run", "-w", str(args.workers),
+        # The console script, as the README runs it: in the repository's root,
+        # `python -m cluster_ext` would find the unbuilt source tree first.
+        cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", "-w", str(args.workers),
                "--sched", args.sched, "--bind", f"127.0.0.1:{self.port}",
                "--graceful-timeout", str(args.graceful_timeout), "--control", self.control,
                APP]
