@@ -56,7 +56,6 @@ from ._primary import disconnect, fork, setup_primary
 from ._runtime import SCHED_NONE, SCHED_RR, call_later, call_soon_threadsafe, run, stop
 from ._worker import ChannelClosedError, Worker
 from .events import EventEmitter
-from .fleet import BootError, CrashLoopError, reload, supervise
 from .net import listen_socket
 
 __all__ = [
@@ -69,8 +68,22 @@ __all__ = [
 if TYPE_CHECKING:
     import os as _os
 
+    from .fleet import BootError, CrashLoopError, reload, supervise
     from .fleet.control import Control
     from .fleet.metrics import Metrics
+
+_FLEET_NAMES = frozenset({"BootError", "CrashLoopError", "reload", "supervise"})
+
+
+def __getattr__(name: str) -> Any:
+    """supervise(), reload() and their errors, imported on first use: the
+    fleet is the primary's, and a worker's start would pay for its import."""
+    if name not in _FLEET_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import fleet
+    value = getattr(fleet, name)
+    globals()[name] = value
+    return value
 
 
 # Operating a cluster: imported on use, not at every worker's start.
