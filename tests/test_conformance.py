@@ -55,9 +55,16 @@ def base_env(how, **more):
 
 
 def run(argv, cwd, env, preexec=None):
+    def start():
+        # as from a terminal, whatever started the suite (a background job
+        # of a script starts with SIGINT ignored, which Python keeps)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec is not None:
+            preexec()
+
     done = subprocess.run([sys.executable, *argv, *ARGS], cwd=cwd, env=env, timeout=30,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          preexec_fn=preexec)
+                          preexec_fn=start)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
