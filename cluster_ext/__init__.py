@@ -44,7 +44,8 @@ __version__ = "0.1.0"        # the one source: pyproject.toml reads it from here
 # LISTEN_FDS larger than what was passed names (see _listen_fds).
 from . import _listen_fds
 
-_listen = ([], []) if "CLUSTER_EXT_WORKER_ID" in os.environ else _listen_fds.take()
+_listen = ([], []) if "CLUSTER_EXT_WORKER_ID" in os.environ or \
+    "CLUSTER_EXT_TEMPLATE_FD" in os.environ else _listen_fds.take()
 try:
     from . import _core  # noqa: F401 (fails here, where the unbuilt tree is explained)
 except ImportError:
@@ -168,8 +169,8 @@ if TYPE_CHECKING:
     scheduling_policy: int
 else:
     sys.modules[__name__].__class__ = _ClusterModule
-if _runtime.is_worker:           # an exec'd worker: it ends as its script does
-    _worker.boot_from_env()
-    _runtime.exit_faster()
-else:
+if _runtime.is_primary:
     _shared.adopt_listen_fds(_listen)   # systemd's socket activation, if it is ours
+elif not _runtime.is_template:   # an exec'd worker: it ends as its script does (a
+    _worker.boot_from_env()      # preload template's boot once forked: fleet.preload)
+    _runtime.exit_faster()

@@ -13,7 +13,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from collections.abc import Callable, Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 from . import _core, _fast, _forensics, _runtime, _shared, _worker, net
 from ._runtime import SCHED_NONE, SCHED_RR
@@ -379,14 +379,14 @@ def start_target(plan: Plan, target: Callable[[], Any]) -> int:
         finally:
             os.close(report[0])
         if err:
-            _reap(pid)
+            reap(pid)
             errno = int.from_bytes(err, sys.byteorder)
             raise OSError(errno, f"{os.strerror(errno)}: the worker cannot take its cwd "
                                  "or identity")
     return pid
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     while True:
         try:
             os.waitpid(pid, 0)
@@ -397,12 +397,16 @@ def _reap(pid: int) -> None:
 
 def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
                           report: tuple[int, int] | None) -> int:
-    """In the child of fork(target=...): take on plan as the exec'd child
-    would (spawn.c's spawn_child), drop the primary's state, boot as a
-    worker, run target() and the loop. Returns the exit code."""
+    """In the child of fork(target=...): drop the primary's state, take on
+    plan as the exec'd child would (take_plan), run target() and the loop.
+    Returns the exit code."""
     atexit._clear()                     # the primary's handlers are not the worker's
     gc.freeze()                         # what the worker creates from here is its own
     _reset_signal_handlers()            # before the mask opens: none of the primary's runs
+    write_end = None
+    if report is not None:
+        os.close(report[0])
+        write_end = report[1]
     try:
         _core.die_with_parent(parent)
         os.close(plan.ours)
@@ -411,28 +415,45 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
         _worker.close_fds(tuple(w._stacks for w in _runtime.workers.values()
                                 if w._stacks >= 0))
         plan.stdio.close_parent()
-        for i, fd in enumerate(plan.stdio.child):
+    except OSError as exc:
+        _failed_to_start(exc, write_end)
+    take_plan(plan.stdio.child, plan.cwd, plan.ids, plan.env, write_end)
+    target()
+    _runtime.run()
+    return 0
+
+
+def take_plan(stdio: list[int], cwd: str | None,
+              ids: tuple[list[int] | None, int, int] | None, env: Mapping[str, str],
+              report: int | None) -> None:
+    """A child forked without exec takes on its plan, as spawn.c's
+    spawn_child does for an exec'd one: stdio, cwd, groups, gid and uid in
+    that order, then an empty signal mask, the plan's environment, the
+    engine rebuilt from it, and the boot as its worker. A cwd or identity
+    it cannot take ends it (127) with its errno written to report, the
+    pipe its starter waits on (closed here once the plan is taken), or
+    raises without one."""
+    try:
+        for i, fd in enumerate(stdio):
             if fd >= 0:
                 os.dup2(fd, i)
-        plan.stdio.close_child()
-        if plan.cwd is not None:
-            os.chdir(plan.cwd)
-        if plan.ids is not None:
-            _core.set_ids(*plan.ids)
+        for fd in stdio:
+            if fd > 2:
+                os.close(fd)
+        if cwd is not None:
+            os.chdir(cwd)
+        if ids is not None:
+            _core.set_ids(*ids)
     except OSError as exc:
-        if report is None:
-            raise
-        os.write(report[1], (exc.errno or 5).to_bytes(4, sys.byteorder))
-        os._exit(127)
+        _failed_to_start(exc, report)
     if report is not None:
-        os.close(report[0])
-        os.close(report[1])             # the primary's fork() returns now
+        os.close(report)                # its starter's wait ends now
     signal = _fast.signal
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     environ = os.environ
-    for name in [name for name in environ if name not in plan.env]:
+    for name in [name for name in environ if name not in env]:
         del environ[name]
-    for name, value in plan.env.items():
+    for name, value in env.items():
         if environ.get(name) != value:
             environ[name] = value
     _core.after_fork()                  # reads the engine's settings from env
@@ -440,9 +461,13 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
     _runtime.emitter.remove_all_listeners()
     _shared.forget()
     _worker.boot_from_env()
-    target()
-    _runtime.run()
-    return 0
+
+
+def _failed_to_start(exc: OSError, report: int | None) -> NoReturn:
+    if report is None:
+        raise exc
+    os.write(report, (exc.errno or 5).to_bytes(4, sys.byteorder))
+    os._exit(127)
 
 
 def _exit_target_worker(code: int) -> None:
@@ -463,6 +488,11 @@ def _reset_signal_handlers() -> None:
             continue
         if callable(handler):
             _signal.signal(sig, _signal.SIG_IGN if sig == _signal.SIGINT else _signal.SIG_DFL)
+
+
+# A third way to start a worker, the preload template's (fleet/preload.py):
+# start(plan, settings) -> the worker's pid, or None to exec this one.
+template_start: Callable[[Plan, Mapping[str, Any]], int | None] | None = None
 
 
 # ---- the public face (cluster.fork, setup_primary, disconnect) ------------------------
@@ -506,7 +536,11 @@ def fork(env: Mapping[str, Any] | None = None, *,
     worker_id, settings = _runtime.next_id, _runtime.settings
     plan = Plan(worker_id, settings, env)
     try:
-        pid = start_exec(plan, settings) if target is None else start_target(plan, target)
+        pid = None
+        if target is None and template_start is not None:
+            pid = template_start(plan, settings)        # None: it cannot, exec instead
+        if pid is None:
+            pid = start_exec(plan, settings) if target is None else start_target(plan, target)
     except BaseException:
         plan.close()
         raise

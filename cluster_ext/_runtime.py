@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 SCHED_NONE, SCHED_RR = 1, 2      # scheduling policies: the primary's settings hold one
 
-is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ
+# A preload template (fleet/preload.py) runs the application's import on
+# behalf of the workers it forks: it sees itself a worker, with none yet.
+is_template: bool = "CLUSTER_EXT_TEMPLATE_FD" in os.environ
+is_primary: bool = "CLUSTER_EXT_WORKER_ID" not in os.environ and not is_template
 is_worker: bool = not is_primary
 workers: dict[int, Worker] | None = {} if is_primary else None    # the primary's, by id
 worker: Worker | None = None                                      # a worker's own
@@ -51,8 +54,8 @@ _wakeup_fd = -1
 
 def become_worker(w: Worker) -> None:
     """This process is worker w from now on."""
-    global is_primary, is_worker, workers, worker
-    is_primary, is_worker, workers, worker = False, True, None, w
+    global is_primary, is_worker, is_template, workers, worker
+    is_primary, is_worker, is_template, workers, worker = False, True, False, None, w
 
 
 def forked() -> bool:

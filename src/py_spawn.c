@@ -3,7 +3,8 @@
    socketpair() for a worker's channel; die_with_parent() and set_ids() for a
    child forked without exec, which takes on the same plan as an exec'd one;
    instances() for a fork(target=) worker's exit; inherits_orphans() for the
-   primary's PID 1 duty. The caller owns every
+   primary's PID 1 duty, become_subreaper() for a preload template's
+   workers, which are its grandchildren. The caller owns every
    descriptor these return. Called by module.c through cxpy_spawn_init(). */
 #include "glue.h"
 #include "spawn.h"
@@ -223,6 +224,13 @@ py_inherits_orphans(PyObject *mod, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+py_become_subreaper(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    CX_UNUSED(mod);
+    return cxpy_none_or_oserror(cx_spawn_become_subreaper());
+}
+
+static PyObject *
 py_set_ids(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     gid_t *groups = NULL;
@@ -338,6 +346,8 @@ static PyMethodDef spawn_functions[] = {
     {"die_with_parent", py_die_with_parent, METH_O, NULL},
     {"inherits_orphans", py_inherits_orphans, METH_NOARGS,
      "inherits_orphans() -> bool: PID 1, or a child subreaper."},
+    {"become_subreaper", py_become_subreaper, METH_NOARGS,
+     "become_subreaper() -> None: PR_SET_CHILD_SUBREAPER."},
     {"set_ids", (PyCFunction)(void (*)(void))py_set_ids, METH_FASTCALL,
      "set_ids(groups, gid, uid) -> None: cx_set_ids() (groups None: kept; "
      "-1: kept)."},

@@ -107,6 +107,12 @@ cx_spawn_inherits_orphans(void)
     return subreaper != 0;
 }
 
+int
+cx_spawn_become_subreaper(void)
+{
+    return prctl(PR_SET_CHILD_SUBREAPER, 1) < 0 ? -errno : 0;
+}
+
 pid_t
 cx_spawn(cx_spawn_plan *plan)
 {

@@ -40,5 +40,7 @@ int cx_spawn_die_with_parent(pid_t parent);
 /* Whether orphans are reparented to this process: it is PID 1 of its pid
    namespace, or a child subreaper. Returns 1 or 0, or -errno. */
 int cx_spawn_inherits_orphans(void);
+/* This process becomes a child subreaper: orphans below it are its own. */
+int cx_spawn_become_subreaper(void);
 
 #endif

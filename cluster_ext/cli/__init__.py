@@ -18,6 +18,7 @@ import sys
 
 import cluster_ext as cluster
 
+from .. import _runtime
 from . import primary, status, worker
 from .options import CONTROL_COMMANDS, is_web_app, parse_args
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     args = parse_args(argv, prog)
     if args.command in CONTROL_COMMANDS:
         return status.control_client(args)
+    if _runtime.is_template:                 # --preload's (fleet.preload)
+        worker.run_template(args)
+        return 0
     if cluster.is_worker:
         if args.command == "run" and is_web_app(args.app):
             worker.run_web(args)

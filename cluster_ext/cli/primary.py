@@ -58,12 +58,11 @@ def _where(address: Address) -> str:
 
 def check_web(args: argparse.Namespace) -> str | None:
     """In the primary, before any fork: what stops APP from being served and
-    can be told without the application's code (all of it with --preload)."""
+    can be told without the application's code."""
     from .. import web
     try:
         web.prepare_primary(args.app, [web.parse_bind(bind) for bind in args.bind or []],
-                            factory=args.factory, interface=args.interface,
-                            preload=args.preload)
+                            factory=args.factory, interface=args.interface)
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
     return None
@@ -131,7 +130,17 @@ def supervise(args: argparse.Namespace) -> int:
     log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
              args.workers or os.cpu_count(), what,
              f"{heartbeat:g} s" if heartbeat else "off")
+    preloading = None
     try:
+        if args.command == "run" and is_web_app(args.app) and args.preload:
+            from .. import web
+            try:
+                preloading = web.start_preload()
+            except web.AppLoadError as exc:
+                log.error("cannot serve %s: %s", args.app, str(exc).rstrip())
+                return 2
+            assert preloading.current is not None
+            log.info("preload template %d imported %s", preloading.current.pid, args.app)
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=heartbeat,
                           ready_file=args.ready_file, drain_delay=args.drain_delay,
@@ -150,6 +159,8 @@ def supervise(args: argparse.Namespace) -> int:
         log.error("stopped: %s", exc)
         return 3
     finally:
+        if preloading is not None:
+            preloading.close()
         for service in services:
             service.close()
     log.info("primary %d: all workers stopped", os.getpid())

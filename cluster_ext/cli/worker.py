@@ -41,6 +41,13 @@ def run_web(args: argparse.Namespace) -> None:
                  websocket_grace=args.websocket_grace)
 
 
+def run_template(args: argparse.Namespace) -> None:
+    """--preload's template: APP imported once, then each worker forked from
+    here serves it."""
+    from ..web.worker import serve_template
+    serve_template(args.app, lambda: run_web(args))
+
+
 def run_app(app: str, args: list[str]) -> None:
     """In a worker: APP as __main__, then the loop if APP did not run it. An
     exception before the loop runs is a boot failure, told to the primary."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from .. import _primary, _runtime
-from . import notify
+from . import notify, preload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,7 +66,10 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause:
         timeout = fleet.graceful_timeout if fleet is not None else DEFAULT_GRACEFUL_TIMEOUT
     reload = _Reload(timeout, on_end)
     _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
-    reload.step()
+    if preload.active is not None:       # the new code, imported by a new template first
+        preload.active.renew(reload.template_ready)
+    else:
+        reload.step()
 
 
 def replace_one(w: Worker, timeout: float, on_end: Callable[[bool], Any]) -> bool:
@@ -138,6 +141,15 @@ class _Reload:
                              f"replaced{failures}")
         for on_end in self.on_ends:
             on_end(complete)
+
+    def template_ready(self, problem: str | None) -> None:
+        """The new preload template imported the application, or could not."""
+        if problem is None:
+            self.step()
+        elif not self.abandoned():
+            _runtime.log("error", f"{self.what()} stopped, {self.keep()}: the new preload "
+                         f"template cannot serve: {problem.rstrip()}")
+            self.ended(False)
 
     def keep(self) -> str:
         return "the workers keep their code" if self.only is None else "it serves on"

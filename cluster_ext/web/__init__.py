@@ -17,11 +17,11 @@ decides alone when it stops, and here the primary decides.
 from __future__ import annotations
 
 from .. import _runtime
-from ..fleet import supervisor
+from ..fleet import preload, supervisor
 from .app import INTERFACES, AppLoadError, check_spec, detect_interface, load_app
 from .binds import adopt_fds, parse_bind
 from .protocol import LIMIT_REQUEST_HEAD, TIMEOUT_REQUEST_HEAD
-from .worker import check_extra, check_limits, serve_worker
+from .worker import check_extra, check_limits, serve_template, serve_worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,29 +44,38 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     """Serves app (an object, or a "module:attribute" spec) with `workers`
     workers: in the primary, supervise() them until a stop; in each worker,
     serve app on host:port (or on every address of binds, gunicorn's --bind
-    forms) until disconnect(). A spec is imported by the workers only,
-    unless preload (then by the primary too, before any fork). A spec that
-    cannot be served raises AppLoadError, from the primary or from the first
-    worker. A request's head (its request line and headers) over
-    limit_request_head bytes is answered 431, and one that has not come
-    whole timeout_request_head seconds after the connection was accepted (or
-    after its first byte, on a kept-alive connection) 408; 0 turns either
-    off. At a drain's start, every open WebSocket is closed with 1012
-    (service restart), or websocket_grace seconds later. The max_* limits
+    forms) until disconnect(). A spec is imported by the workers; with
+    preload, once, by a template process that every worker forks from
+    (fleet.preload), and anew at each reload. A spec that cannot be served
+    raises AppLoadError, from the primary, the template or the first worker.
+    A request's head (its request line and headers) over limit_request_head
+    bytes is answered 431, and one that has not come whole
+    timeout_request_head seconds after the connection was accepted (or after
+    its first byte, on a kept-alive connection) 408; 0 turns either off. At
+    a drain's start, every open WebSocket is closed with 1012 (service
+    restart), or websocket_grace seconds later. The max_* limits
     recycle a worker as supervise() says. server_options go to uvicorn.Config
     (timeout_keep_alive, limit_concurrency, root_path, proxy_headers, ...)."""
     if interface not in INTERFACES:
         raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, not {interface!r}")
     check_limits(limit_request_head, timeout_request_head, websocket_grace)
     addresses = [parse_bind(b) for b in binds] if binds else [("tcp", host, port)]
-    if _runtime.is_worker:
+
+    def serve_here() -> None:
         serve_worker(app, addresses, interface=interface, graceful_timeout=graceful_timeout,
                      factory=factory, threads=threads, access_log=access_log,
                      limit_request_head=limit_request_head,
                      timeout_request_head=timeout_request_head, websocket_grace=websocket_grace,
                      server_options=server_options)
+
+    if _runtime.is_template:
+        serve_template(app, serve_here)
         return
-    prepare_primary(app, addresses, factory=factory, interface=interface, preload=preload)
+    if _runtime.is_worker:
+        serve_here()
+        return
+    prepare_primary(app, addresses, factory=factory, interface=interface)
+    preloading = start_preload() if preload else None
     try:
         supervisor.supervise(workers, graceful_timeout=graceful_timeout,
                               heartbeat_timeout=heartbeat_timeout, max_requests=max_requests,
@@ -77,23 +86,30 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
         if exc.load_error:               # a bad spec, found by the first worker
             raise AppLoadError(exc.reason) from None
         raise
+    finally:
+        if preloading is not None:
+            preloading.close()
 
 
-def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str,
-                    preload: bool = False) -> None:
+def start_preload() -> preload.Preload:
+    """preload: the template that imports the application once for every
+    worker (fleet.preload), when it has; AppLoadError if it cannot."""
+    try:
+        return preload.Preload()
+    except preload.TemplateError as exc:
+        raise AppLoadError(exc.reason) from None
+
+
+def prepare_primary(app: Any, addresses: list[Bind], *, factory: bool, interface: str) -> None:
     """In the primary, before any fork, so that what can be found wrong here
     fails once, here: the extra is there, every fd:// bind is adopted, and a
     spec is well formed and its top-level module exists (check_spec(): none
-    of the application's code runs). With preload, the module is imported
-    to check the spec whole, as gunicorn's --preload does; its factory is
-    never called (building the application is the workers' job). Raises
-    ImportError, ValueError or AppLoadError, with a message to show as is."""
+    of the application's code runs; with preload, the template's import
+    finds the rest before any worker starts). Raises ImportError,
+    ValueError or AppLoadError, with a message to show as is."""
     adopt_fds(addresses)
     check_extra()
     if isinstance(app, str):
-        if not preload:
-            check_spec(app)
-            return
-        app = load_app(app)
-    if interface == "auto" and not factory:
+        check_spec(app)
+    elif interface == "auto" and not factory:
         detect_interface(app)

@@ -12,6 +12,7 @@ import gc
 import sys
 
 from .. import _forensics, _runtime, _worker, aio
+from ..fleet import preload
 from .app import AppLoadError, detect_interface, load_app, traceback_of
 from .binds import resolve_fds
 from .protocol import (
@@ -86,6 +87,20 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
     server = WorkerServer(config, addresses, graceful_timeout,
                            limit_request_head, timeout_request_head, websocket_grace)
     _run(server.serve(), config.get_loop_factory())
+
+
+def serve_template(app: Any, serve: Callable[[], Any]) -> None:
+    """In a preload template (fleet.preload): a spec's application imported
+    once (a factory is still called by each worker), then a worker forked
+    for each request of the primary, which serve()s. An import that fails
+    is told to the primary, as a worker's boot failure would be."""
+    if isinstance(app, str):
+        try:
+            load_app(app)
+        except AppLoadError as exc:
+            preload.failed(str(exc), load=True)
+    if preload.serve_forks():
+        serve()
 
 
 def in_flight(app: Any, table: _forensics.Table) -> Any:

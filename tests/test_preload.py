@@ -1,0 +1,146 @@
+"""--preload: a template imports the application once, every worker forks
+from it and is the same process an exec'd worker is, and a reload starts a
+new template, so that code changed on disk is served."""
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+from conftest import pid_alive, wait_gone
+from test_web import WEBAPPS, cli, get, serving, stop, until
+
+
+def copy_app(tmp_path):
+    shutil.copy(WEBAPPS / "preload_app.py", tmp_path / "preload_app.py")
+    return tmp_path
+
+
+def imports(folder):
+    return (folder / "imports.log").read_text().splitlines()
+
+
+def facts(port):
+    status, _, body = get(port, "/facts")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return sorted(int(p) for p in f.read().split())
+
+
+def test_workers_fork_from_one_template_and_a_reload_serves_new_code(app, tmp_path):
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    until(a, "preload template")
+    serving(a)
+    template = int(imports(folder)[0].split()[0])
+    assert imports(folder) == [f"{template} v1 worker=True"]    # once, for both workers
+    seen = {}
+    for _ in range(10):
+        f = facts(port)
+        seen[f["pid"]] = f
+    assert len(seen) == 2, seen
+    # the workers are the primary's children, beside the template
+    assert {f["ppid"] for f in seen.values()} == {a.pid}
+    assert {f["imported_by"] for f in seen.values()} == {template}
+    assert sorted([template, *seen]) == children(a.pid)
+    source = folder / "preload_app.py"
+    source.write_text(source.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "reload done")
+    new = {f["pid"]: f for f in (facts(port) for _ in range(10))}
+    assert {f["version"] for f in new.values()} == {"v2"}, new
+    assert len(new) == 2 and not set(new) & set(seen)
+    assert len(imports(folder)) == 2 and imports(folder)[1].endswith(" v2 worker=True")
+    new_template = int(imports(folder)[1].split()[0])
+    wait_gone([template], 10)               # the old template was let go
+    assert sorted([new_template, *new]) == children(a.pid)
+    stop(a)
+    wait_gone([new_template, *new], 10)
+
+
+def comparable(f, port):
+    """A worker's facts, without what differs between any two runs (and the
+    option that asked for a template)."""
+    for key in ("pid", "ppid", "imported_by", "worker"):
+        f.pop(key)
+    for key in ("argv", "orig_argv"):
+        f[key] = [arg.replace(str(port), "PORT") for arg in f[key] if arg != "--preload"]
+    return f
+
+
+def test_a_preloaded_worker_is_the_process_an_execd_one_is(app, tmp_path):
+    folder = copy_app(tmp_path)
+    found = {}
+    for how in ("exec", "preload"):
+        options = ["--preload"] if how == "preload" else []
+        a, port = cli(app, "preload_app:app", *options, workers=1, cwd=folder)
+        serving(a, 1)
+        found[how] = comparable(facts(port), port)
+        stop(a)
+    preloaded, execd = found["preload"], found["exec"]
+    assert preloaded.pop("version") == execd.pop("version") == "v1"
+    for key in execd:
+        assert preloaded[key] == execd[key], key
+    assert preloaded == execd
+    assert not any(k.startswith("CLUSTER_EXT_") for k, _ in execd["env"])
+    assert execd["mask"] == [] and execd["signals"]["SIGTERM"] != "SIG_IGN"
+
+
+def test_an_application_that_cannot_be_imported_stops_before_any_fork(app, tmp_path):
+    folder = copy_app(tmp_path)
+    source = folder / "preload_app.py"
+    source.write_text(source.read_text() + "\nraise LookupError('no such table')\n")
+    a, _ = cli(app, "preload_app:app", "--preload", cwd=folder)
+    lines = a.finish(code=2)
+    text = "\n".join(lines)
+    assert "cannot serve preload_app:app: " in text and "LookupError: no such table" in text
+    assert not any("forked" in line for line in lines), lines
+    assert len(imports(folder)) == 1                # the template's, alone
+
+
+def test_a_reload_to_code_that_cannot_start_keeps_the_workers_serving(app, tmp_path):
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    serving(a)
+    before = {facts(port)["pid"] for _ in range(4)}
+    source = folder / "preload_app.py"
+    source.write_text(source.read_text() + "\nraise LookupError('bad deploy')\n")
+    os.kill(a.pid, signal.SIGHUP)
+    line = until(a, "reload stopped")
+    assert "the workers keep their code: the new preload template cannot serve" in line, line
+    assert {facts(port)["pid"] for _ in range(4)} == before
+    assert {facts(port)["version"] for _ in range(4)} == {"v1"}
+    stop(a)
+
+
+def test_a_lost_template_is_replaced_and_workers_start_meanwhile(app, tmp_path):
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    serving(a)
+    template = int(imports(folder)[0].split()[0])
+    os.kill(template, signal.SIGKILL)
+    until(a, f"preload template {template} exited (signal SIGKILL)")
+    wait_gone([template], 10)
+    victim = facts(port)["pid"]
+    os.kill(victim, signal.SIGKILL)
+    until(a, "listening on")                       # its replacement serves
+    assert victim not in {facts(port)["pid"] for _ in range(6)}
+    stop(a)
+    assert not pid_alive(template)
+
+
+@pytest.mark.parametrize("spec", ["preload_app:app"])
+def test_the_template_ends_with_the_fleet(app, tmp_path, spec):
+    folder = copy_app(tmp_path)
+    a, _ = cli(app, spec, "--preload", cwd=folder)
+    serving(a)
+    template = int(imports(folder)[0].split()[0])
+    os.kill(a.pid, signal.SIGINT)                  # as Ctrl-C: the group's signal too
+    os.kill(template, signal.SIGINT)
+    a.finish(code=0)
+    wait_gone([template], 10)
