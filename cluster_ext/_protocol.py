@@ -9,7 +9,14 @@ headers and, last, an address). Both roles use these to speak of servers.
     NEWCONN        P->W  (flags: key) + fd of a connection (SCHED_RR)
     NEWCONN_ACK    W->P  (flags: key) + fd: not taken (my server is closing), route it elsewhere
     STATS          P->W  (empty) your figures?  W->P  connections served u64, open u32,
-                         requests u64 (HTTP requests answered, or connections served)
+                         requests u64 (HTTP requests answered, or connections served);
+                         then its saturation (SATURATION): requests in flight u32, loop
+                         lag f64 (seconds; -1: not probed yet), responses cut u64 and
+                         connections closed u64 at its graceful deadline, and the
+                         latency histogram: per status class 1xx-5xx, a count per
+                         bucket of LATENCY_BOUNDS (not cumulative; the last is +Inf)
+                         u64, then the sums of seconds f64. A reply without that part
+                         (a worker of an older install, during a reload) has none.
 
 A record too short for its header, or whose address is not UTF-8, is a
 ValueError: what a peer sent must not stop the loop with another type.
@@ -28,6 +35,12 @@ _REPLY = struct.Struct("<IiHBH")
 _LISTENING = struct.Struct("<HB")
 _SEQ = struct.Struct("<I")
 _STATS = struct.Struct("<QIQ")
+# Prometheus' default buckets: a request's seconds, by status class
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                  10.0)
+STATUS_CLASSES = 5
+BUCKETS = len(LATENCY_BOUNDS) + 1
+_SATURATION = struct.Struct(f"<IdQQ{STATUS_CLASSES * BUCKETS}Q{STATUS_CLASSES}d")
 
 
 def _header(record: struct.Struct, payload: bytes) -> tuple[Any, ...]:
@@ -92,10 +105,34 @@ def unpack_listening(payload: bytes) -> Address:
     return _unpack_address(port, unix, payload[_LISTENING.size:])
 
 
-def pack_stats(served: int, open_connections: int, requests: int) -> bytes:
-    return _STATS.pack(served, open_connections, requests)
+class Saturation:
+    """How loaded a worker is: what its STATS reply carries after its counts."""
+
+    __slots__ = ("in_flight", "loop_lag", "cut", "closed", "counts", "sums")
+
+    def __init__(self, in_flight: int, loop_lag: float | None, cut: int, closed: int,
+                 counts: list[list[int]], sums: list[float]) -> None:
+        self.in_flight = in_flight          # requests whose response is in progress
+        self.loop_lag = loop_lag            # seconds; None before the first probe
+        self.cut = cut                      # responses cut at the graceful deadline
+        self.closed = closed                # connections closed then
+        self.counts = counts                # [status class][bucket]: not cumulative
+        self.sums = sums                    # [status class]: seconds
 
 
-def unpack_stats(payload: bytes) -> tuple[int, int, int]:
+def pack_stats(served: int, open_connections: int, requests: int, s: Saturation) -> bytes:
+    counts = [count for by_class in s.counts for count in by_class]
+    lag = -1.0 if s.loop_lag is None else s.loop_lag
+    return _STATS.pack(served, open_connections, requests) + _SATURATION.pack(
+        s.in_flight, lag, s.cut, s.closed, *counts, *s.sums)
+
+
+def unpack_stats(payload: bytes) -> tuple[int, int, int, Saturation | None]:
     served, open_connections, requests = _header(_STATS, payload)
-    return served, open_connections, requests
+    if len(payload) < _STATS.size + _SATURATION.size:
+        return served, open_connections, requests, None
+    in_flight, lag, cut, closed, *rest = _SATURATION.unpack_from(payload, _STATS.size)
+    flat, sums = rest[:-STATUS_CLASSES], rest[-STATUS_CLASSES:]
+    counts = [list(flat[i * BUCKETS:(i + 1) * BUCKETS]) for i in range(STATUS_CLASSES)]
+    return served, open_connections, requests, Saturation(
+        in_flight, None if lag < 0 else lag, cut, closed, counts, list(sums))

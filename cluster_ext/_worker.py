@@ -679,14 +679,23 @@ def fail_boot(reason: str, *, load: bool = False) -> None:
 def _report_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     """The primary asks for this worker's figures (status, metrics); its
     user messages it counts on its own end of the channel."""
-    from ._protocol import pack_stats
     close_fds(fds)
     for report in stats_reporters:
         report(w, flags)
+    send_stats(w)
+
+
+def send_stats(w: Worker) -> None:
+    """This worker's figures to the primary: asked, or before it cuts what
+    its graceful deadline leaves (web.worker)."""
+    from . import _saturation
+    from ._protocol import pack_stats
+    _saturation.probe_loop()
     open_connections = sum(getattr(s, "connections", 0) for s in _runtime.servers)
     served = _runtime.served[0]
     requests = _runtime.requests[0] if _runtime.counts_requests else served
-    w._send_frame(_core.FRAME_STATS, pack_stats(served, open_connections, requests))
+    w._send_frame(_core.FRAME_STATS, pack_stats(served, open_connections, requests,
+                                                _saturation.figures()))
 
 
 primary_frame_handlers.update({

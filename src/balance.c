@@ -45,6 +45,7 @@ reads(cx_chan *ch, uint64_t now)
         }
     }
     if (ch->rr_unread == 0 && cx_outq_size(&ch->out) == 0) {
+        ch->rr_handed_seen_read = ch->rr_handed;
         return IDLE;
     }
     return now - ch->rr_read_ns <= BEHIND_NS ? READING : BEHIND;
@@ -103,8 +104,11 @@ hand_off(cx_balancer *b, int *fdp)
         if ((ch = pick(b)) == NULL) {
             break;
         }
-        if (cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, fdp) >= 0 ||
-            *fdp < 0) {
+        if (cx_chan_send_owned(ch, CX_FRAME_NEWCONN, b->key, fdp) >= 0) {
+            ch->rr_handed++;
+            return 1;
+        }
+        if (*fdp < 0) {
             return 1;           /* a queue that took the fd and failed: gone */
         }
     }
@@ -267,6 +271,19 @@ cx_balancer_remove(cx_balancer *b, cx_chan *ch)
         }
     }
     return 0;
+}
+
+/* The hand-offs made since ch was last seen with nothing unread and nothing
+   queued. The peer acknowledges nothing, and the kernel counts what it has
+   not read in buffers' true sizes, not frames: so this is an upper bound,
+   exact at 0 and while the peer reads nothing at all (stopped, stuck). */
+uint64_t
+cx_chan_rr_backlog(cx_chan *ch)
+{
+    if (cx_chan_unread(ch) == 0 && cx_outq_size(&ch->out) == 0) {
+        ch->rr_handed_seen_read = ch->rr_handed;
+    }
+    return ch->rr_handed - ch->rr_handed_seen_read;
 }
 
 void

@@ -34,5 +34,8 @@ int cx_balancer_remove(cx_balancer *b, cx_chan *ch);
    none has room; closes it if no worker is left. */
 void cx_balancer_route(cx_balancer *b, int fd);
 void cx_balancer_close(cx_balancer *b);
+/* The connections handed to ch that its peer may not have taken yet (an
+   operator's figure): see balance.c. */
+uint64_t cx_chan_rr_backlog(cx_chan *ch);
 
 #endif

@@ -100,6 +100,10 @@ typedef struct cx_chan {
     long rr_unread;
     uint64_t rr_read_ns;           /* when it was last seen reading, or idle */
     uint64_t rr_checked_ns;        /* when rr_unread was last read */
+    /* SCHED_RR, for an operator's figures: connections handed to the peer,
+       and how many of them it had when it was last seen with nothing
+       unread (balance.c: cx_chan_rr_backlog) */
+    uint64_t rr_handed, rr_handed_seen_read;
 } cx_chan;
 
 /* A channel without a descriptor (fd -1): forgetting it is harmless, so an

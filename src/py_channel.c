@@ -3,6 +3,7 @@
    that arrive with a frame are handed to Python as ints, and from then on the
    receiver owns them. Called by module.c through cxpy_channel_init(). */
 #include "glue.h"
+#include "balance.h"
 
 #include <errno.h>
 
@@ -189,6 +190,12 @@ channel_get_messages(CxChannel *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+channel_get_rr_backlog(CxChannel *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(cx_chan_rr_backlog(&self->ch));
+}
+
+static PyObject *
 channel_get_full(CxChannel *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->ch.peer_full);
@@ -231,6 +238,9 @@ static PyGetSetDef channel_getset[] = {
     {"fd", (getter)channel_get_fd, NULL, NULL, NULL},
     {"messages", (getter)channel_get_messages, NULL,
      "(received, sent): the user messages this channel carried.", NULL},
+    {"rr_backlog", (getter)channel_get_rr_backlog, NULL,
+     "SCHED_RR: the connections handed to the peer that it may not have "
+     "taken yet (an upper bound, exact at 0).", NULL},
     {"full", (getter)channel_get_full, (setter)channel_set_full,
      "SCHED_RR: the peer has no descriptor for a connection; balancers "
      "route around it.", NULL},

@@ -29,7 +29,7 @@ pytest.importorskip("uvicorn")
 
 SCRIPT = Path(sys.executable).parent / "cluster-ext"
 COLUMNS = ["ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
-           "REQUESTS", "MSGS IN/OUT"]
+           "REQUESTS", "IN-FLIGHT", "LAG", "BACKLOG", "MSGS IN/OUT"]
 
 
 @pytest.fixture
@@ -144,7 +144,8 @@ def test_status_shows_every_worker_with_its_figures(app, sockdir):
     for c in cells:
         assert c[2] == "listening" and re.fullmatch(r"\d+s", c[3]), out
         assert c[4] == "0" and re.fullmatch(r"\d+\.\d (KiB|MiB|GiB)", c[5]), out
-        assert float(c[6]) >= 0 and c[7:] == ["0", "3", "3", "0/0"], out
+        assert float(c[6]) >= 0 and c[7:11] == ["0", "3", "3", "0"], out
+        assert re.fullmatch(r"\d+ms|-", c[11]) and c[12:] == ["0", "0/0"], out
 
     again = status(path, module=True)                     # python -m cluster_ext
     assert [(w["id"], w["pid"], w["served"]) for w in again["workers"]] == \
@@ -172,7 +173,7 @@ def test_the_messages_of_each_worker_are_counted(app, sockdir):
     code, out, err = command("status", str(path))
     assert code == 0, err
     _, cells = table(out)
-    assert {int(c[0]): c[10] for c in cells} == {wid: f"{n}/{n}" for wid, n in asked.items()}
+    assert {int(c[0]): c[13] for c in cells} == {wid: f"{n}/{n}" for wid, n in asked.items()}
     lines = stop(a)
     assert "control closed" in lines, lines               # supervise() returned with it open
     assert not path.exists()
@@ -185,7 +186,8 @@ def test_reload_replaces_every_worker_and_waits_for_the_end(app, sockdir):
     old = {w["pid"] for w in status(path)["workers"]}
     code, out, err = command("reload", str(path))
     assert code == 0, err
-    assert re.fullmatch(r"reloaded in \d+\.\d s\n", out), out
+    assert re.fullmatch(r"reloaded in \d+\.\d s: 0 connections reset, 0 requests failed\n",
+                        out), out
     figures = status(path)
     rows = figures["workers"]
     assert [w["id"] for w in rows] == [3, 4], rows

@@ -22,7 +22,7 @@ from cluster_ext.web import protocol  # noqa: E402
 IMPLEMENTATIONS = [impl for impl, module in (("httptools", "httptools"), ("h11", "h11"))
                    if importlib.util.find_spec(module) is not None]
 # What the mixins override and call through super(): (every protocol, and each one's own)
-OVERRIDDEN = ("connection_made", "data_received", "on_response_complete",
+OVERRIDDEN = ("connection_made", "connection_lost", "data_received", "on_response_complete",
               "handle_websocket_upgrade", "timeout_keep_alive_handler", "shutdown")
 OVERRIDDEN_BY = {"httptools": ("on_headers_complete", "on_message_complete"),
                  "h11": ("handle_events", "send_400_response")}

@@ -30,7 +30,8 @@ def control_client(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
     elif args.command == "reload":
-        print(f"reloaded in {reply['seconds']:.1f} s")
+        print(f"reloaded in {reply['seconds']:.1f} s: {reply['connections_reset']} "
+              f"connections reset, {reply['requests_failed']} requests failed")
     elif args.command == "scale":
         print(f"{reply['workers_wanted']} workers wanted")
     return 0
@@ -51,12 +52,14 @@ def _status_table(figures: dict[str, Any]) -> str:
                 f"{count} {reason}" for reason, count in primary["recycles"].items()
                 if count) + ")"
     rows = [("ID", "PID", "STATE", "AGE", "RESTARTS", "RSS", "CPU%", "CONNS", "SERVED",
-             "REQUESTS", "MSGS IN/OUT")]
+             "REQUESTS", "IN-FLIGHT", "LAG", "BACKLOG", "MSGS IN/OUT")]
     for w in figures["workers"]:
         rows.append((str(w["id"]), str(w["pid"]), w["state"], _age(w["age"]),
                      str(w["restarts"]), _size(w["rss"]),
                      "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
                      _count(w["connections"]), _count(w["served"]), _count(w["requests"]),
+                     _count(w.get("in_flight")), _lag(w.get("loop_lag")),
+                     _count(w.get("rr_backlog")),
                      f"{w['messages_received']}/{w['messages_sent']}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -81,6 +84,12 @@ def _last_timeout(count: int, last: dict[str, Any]) -> str:
 
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
 def _age(seconds: float | None) -> str:

@@ -119,10 +119,12 @@ class Control(Service):
         elif command == "reload":
             started = time.monotonic()
 
-            def ended(complete: bool) -> None:
+            def ended(complete: bool, seen: rolling._Reload) -> None:
                 took = round(time.monotonic() - started, 3)
-                answer({"ok": True, "seconds": took} if complete else
-                       {"ok": False, "seconds": took, "error": "the reload stopped: the "
+                lost = {"seconds": took, "connections_reset": seen.reset,
+                        "requests_failed": seen.failed}
+                answer({"ok": True, **lost} if complete else
+                       {"ok": False, **lost, "error": "the reload stopped: the "
                         "new workers could not start, the old ones serve on"})
 
             rolling.rolling_restart(None, ended, cause="reload asked on the control socket")

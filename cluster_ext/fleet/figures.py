@@ -3,10 +3,12 @@ status and /metrics: gather() sends each worker a STATS frame and waits for
 the answers; snapshot() is what they show.
 
 The figures come from three places. The primary's end of each worker's
-channel counts the user messages it carried (in the engine); each worker
-counts the connections its servers took and holds, and answers a STATS frame
-with them; /proc gives memory, CPU time and age. No file is shared, so no
-multiprocess directory is needed.
+channel counts the user messages it carried and, under SCHED_RR, the
+connections handed to the worker that it may not have taken yet (in the
+engine); each worker counts the connections its servers took and holds, and
+its saturation (_saturation: requests in flight, loop lag, latencies), and
+answers a STATS frame with them; /proc gives memory, CPU time and age. No
+file is shared, so no multiprocess directory is needed.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 import time
 
 from .. import _core, _protocol, _runtime, _worker
+from .._protocol import BUCKETS, LATENCY_BOUNDS, STATUS_CLASSES, Saturation
 from . import appmetrics
 
 TYPE_CHECKING = False
@@ -29,7 +32,12 @@ GATHER_TIMEOUT = 1.0           # a worker that has not answered by then shows it
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-_answers: dict[int, tuple[int, int, int]] = {}  # worker id -> (served, open, requests): the last
+# worker id -> (served, open, requests, saturation or None): its last answer
+_answers: dict[int, tuple[int, int, int, Saturation | None]] = {}
+# the latencies of the workers that exited, at their last answers: a
+# histogram summed over the fleet never goes back
+_exited_counts = [[0] * BUCKETS for _ in range(STATUS_CLASSES)]
+_exited_sums = [0.0] * STATUS_CLASSES
 _gatherings: list[_Gathering] = []
 _cpu_samples: dict[int, tuple[float, float, float]] = {}   # pid -> (when, cpu s, cpu %)
 
@@ -67,11 +75,17 @@ def _cpu_percent(pid: int, cpu: float, age: float) -> float:
 
 def _row(w: Worker, restarts: int) -> dict[str, Any]:
     received, sent = w._chan.messages if w._chan is not None else (0, 0)
-    served, open_connections, requests = _answers.get(w.id, (None, None, None))
+    served, open_connections, requests, saturation = _answers.get(
+        w.id, (None, None, None, None))
+    rr = _runtime.settings.get("scheduling_policy") == _runtime.SCHED_RR
     row: dict[str, Any] = {
         "id": w.id, "pid": w.pid, "state": w.state, "age": None, "restarts": restarts,
         "rss": None, "cpu_percent": None, "cpu_seconds": None,
         "connections": open_connections, "served": served, "requests": requests,
+        "in_flight": None if saturation is None else saturation.in_flight,
+        "loop_lag": None if saturation is None or saturation.loop_lag is None
+        else round(saturation.loop_lag, 4),
+        "rr_backlog": w._chan.rr_backlog if rr and w._chan is not None else None,
         "messages_received": received, "messages_sent": sent}
     proc = _proc(w.pid)
     if proc is not None:
@@ -105,7 +119,36 @@ def snapshot() -> Snapshot:
                                  else round(fleet.last_reload, 3)),
             recycles=dict(fleet.recycles), since=fleet.since,
             timeouts=list(fleet.timeouts))
-    return {"primary": primary, "workers": rows}
+    return {"primary": primary, "workers": rows, "request_duration": _request_duration()}
+
+
+def _request_duration() -> dict[str, Any]:
+    """The fleet's latency histogram, by status class ("2xx": {"buckets":
+    [[upper bound, cumulative count], ..., ["+Inf", count]], "sum", "count"}):
+    the workers' last answers and the exited ones' (only the classes seen)."""
+    counts = [list(by_class) for by_class in _exited_counts]
+    sums = list(_exited_sums)
+    for answer in _answers.values():
+        _add(counts, sums, answer[3])
+    histogram: dict[str, Any] = {}
+    for index, (by_class, seconds) in enumerate(zip(counts, sums, strict=True)):
+        total, buckets = 0, []
+        for bound, count in zip([*LATENCY_BOUNDS, "+Inf"], by_class, strict=True):
+            total += count
+            buckets.append([bound, total])
+        if total:
+            histogram[f"{index + 1}xx"] = {"buckets": buckets, "sum": round(seconds, 6),
+                                           "count": total}
+    return histogram
+
+
+def _add(counts: list[list[int]], sums: list[float], saturation: Saturation | None) -> None:
+    if saturation is None:
+        return
+    for index in range(STATUS_CLASSES):
+        counts[index] = [a + b for a, b in zip(counts[index], saturation.counts[index],
+                                               strict=True)]
+        sums[index] += saturation.sums[index]
 
 
 class _Gathering:
@@ -162,6 +205,13 @@ def requests_of(worker_id: int) -> int | None:
     return None if answer is None else answer[2]
 
 
+def last_answer(worker_id: int) -> tuple[int, int, int, Saturation | None] | None:
+    """A worker's last answer: (served, open connections, requests, its
+    saturation or None); None when it never answered. An exited worker's
+    is there until its 'exit' listeners have run."""
+    return _answers.get(worker_id)
+
+
 def resident(pid: int) -> int | None:
     """A process's resident memory in bytes, or None once it is gone."""
     proc = _proc(pid)
@@ -182,7 +232,9 @@ def _on_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> No
 
 
 def _forget(w: Worker, *_: Any) -> None:
-    _answers.pop(w.id, None)
+    answer = _answers.pop(w.id, None)
+    if answer is not None:
+        _add(_exited_counts, _exited_sums, answer[3])
     for gathering in list(_gatherings):
         gathering.answered(w.id)
 

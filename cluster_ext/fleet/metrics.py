@@ -23,6 +23,7 @@ def _metric_families(figures: Snapshot) -> list[Any]:
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
+        HistogramMetricFamily,
         InfoMetricFamily,
         SummaryMetricFamily,
     )
@@ -42,6 +43,12 @@ def _metric_families(figures: Snapshot) -> list[Any]:
          "connections the worker's servers have taken"),
         ("requests", CounterMetricFamily, "cluster_ext_worker_requests",
          "HTTP requests the worker answered (connections, outside the web layer)"),
+        ("in_flight", GaugeMetricFamily, "cluster_ext_worker_requests_in_flight",
+         "HTTP requests whose response the worker's web layer has in progress"),
+        ("loop_lag", GaugeMetricFamily, "cluster_ext_worker_loop_lag_seconds",
+         "the worst lateness of the worker's loop probe timer over the last 5-10 s"),
+        ("rr_backlog", GaugeMetricFamily, "cluster_ext_worker_rr_backlog",
+         "SCHED_RR: connections handed to the worker that it may not have taken yet"),
         ("messages_received", CounterMetricFamily, "cluster_ext_worker_messages_received",
          "messages the primary received from the worker"),
         ("messages_sent", CounterMetricFamily, "cluster_ext_worker_messages_sent",
@@ -59,6 +66,14 @@ def _metric_families(figures: Snapshot) -> list[Any]:
             if row[key] is not None:
                 family.add_metric([str(row["id"]), str(row["pid"])], row[key])
         families.append(family)
+    duration = HistogramMetricFamily(
+        "cluster_ext_request_duration_seconds", "HTTP requests by status class, from the "
+        "application's start to the response's end; exited workers' included",
+        labels=["status_class"])
+    for status_class, histogram in figures.get("request_duration", {}).items():
+        duration.add_metric([status_class], [(str(bound), count) for bound, count
+                                             in histogram["buckets"]], histogram["sum"])
+    families.append(duration)
     primary = figures["primary"]
     families.append(GaugeMetricFamily("cluster_ext_workers", "workers alive",
                                       value=len(figures["workers"])))

@@ -19,6 +19,8 @@ from . import figures, rolling
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .._worker import Worker
 
 CHECK_EVERY = 0.25       # seconds between two looks: a limit passed waits no longer
@@ -158,7 +160,7 @@ class Recycler:
                 continue
             reason = why.partition(":")[0]
 
-            def ended(complete: bool, w: Worker = w, reason: str = reason) -> None:
+            def ended(complete: bool, _: Any, w: Worker = w, reason: str = reason) -> None:
                 if complete:
                     self.counts[reason] += 1
                 else:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from .. import _primary, _runtime
-from . import notify, preload
+from .. import _forensics, _primary, _runtime
+from . import figures, notify, preload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,15 +33,18 @@ def reload(callback: Callable[[], Any] | None = None, *,
     there and the old workers go on serving (code that cannot start is not
     rolled out), without callback(). A fleet that begins to stop ends the
     reload: nothing more is forked."""
-    rolling_restart(timeout, lambda complete: callback() if complete and callback else None,
+    rolling_restart(timeout,
+                    lambda complete, _: callback() if complete and callback else None,
                     cause="reload() called")
 
 
-def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause: str) -> None:
-    """reload(), which ends in on_end(complete): True once every old worker
-    is replaced, False when the replacements could not start. Its start is
-    logged after cause (what asked for it), its end with its duration and
-    what failed."""
+def rolling_restart(timeout: float | None, on_end: Callable[[bool, _Reload], Any],
+                    cause: str) -> None:
+    """reload(), which ends in on_end(complete, the reload): complete is True
+    once every old worker is replaced, False when the replacements could not
+    start; the reload has what the fleet saw fail during it (reset,
+    failed). Its start is logged after cause (what asked for it), its end
+    with its duration and what failed."""
     if not _runtime.is_primary:
         raise RuntimeError("reload() is the primary's")
     if timeout is not None:              # its timers start later, in callbacks
@@ -72,7 +75,7 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool], Any], cause:
         reload.step()
 
 
-def replace_one(w: Worker, timeout: float, on_end: Callable[[bool], Any]) -> bool:
+def replace_one(w: Worker, timeout: float, on_end: Callable[[bool, _Reload], Any]) -> bool:
     """w replaced as a reload replaces each worker, ending in on_end(complete);
     False, and nothing done, while a reload or another replacement runs."""
     if _Reload.running is not None:
@@ -90,7 +93,7 @@ class _Reload:
 
     running: _Reload | None = None
 
-    def __init__(self, timeout: float, on_end: Callable[[bool], Any],
+    def __init__(self, timeout: float, on_end: Callable[[bool, _Reload], Any],
                  only: Worker | None = None) -> None:
         self.timeout = timeout
         self.on_ends = [on_end]
@@ -100,12 +103,40 @@ class _Reload:
         self.replaced = 0
         self.died = 0                         # replacements dead before they served
         self.killed: list[str] = []           # the signals that ended old workers
+        self.reset = 0                        # connections cut or lost: see saw_exit()
+        self.failed = 0                       # requests that got no whole response
         _Reload.running = self
+        _runtime.emitter.prepend_listener("exit", self.saw_exit)   # before figures forgets
+
+    def saw_exit(self, w: Worker, code: int | None, sig: Any) -> None:
+        """What a worker's exit during the reload cost its clients. One that
+        exits on its own cut, at its graceful deadline, the connections and
+        responses it still had (it says so before: web.worker's overdue());
+        one that dies (a signal: the SIGKILL at the timeout; or an error
+        code) also loses the connections it held and the requests it was
+        answering, from its last figures (refreshed at that deadline) or,
+        for the requests, its table of them (_forensics: exact even for a
+        worker that could say nothing more)."""
+        answer = figures.last_answer(w.id)
+        saturation = answer[3] if answer is not None else None
+        closed, cut = (0, 0) if saturation is None else (saturation.closed, saturation.cut)
+        if sig is None and code == 0:
+            self.reset += closed
+            self.failed += cut
+            return
+        held = answer[1] if answer is not None else 0
+        in_flight = 0 if saturation is None else saturation.in_flight
+        if w._stacks >= 0:
+            _, requests, unlisted = _forensics.read(w._stacks)
+            if requests is not None:
+                in_flight = len(requests) + unlisted
+        self.reset += max(closed, held)
+        self.failed += max(cut, in_flight)
 
     def what(self) -> str:
         return "reload" if self.only is None else f"recycle of worker {self.only.id}"
 
-    def join(self, on_end: Callable[[bool], Any]) -> None:
+    def join(self, on_end: Callable[[bool, _Reload], Any]) -> None:
         self.on_ends.append(on_end)
         self.upto = _runtime.next_id - 1
         self.only = None
@@ -113,14 +144,18 @@ class _Reload:
     def abandoned(self) -> bool:
         """A fleet that begins to stop ends the reload: nothing more is forked."""
         if _runtime.fleet is not None and _runtime.fleet.stopping > 0:
-            _Reload.running = None
+            self.finish()
             _runtime.log("info", f"{self.what()} abandoned after {self.took()}: the fleet "
                          f"is stopping ({self.replaced} workers replaced)")
             return True
         return False
 
-    def ended(self, complete: bool) -> None:
+    def finish(self) -> None:
         _Reload.running = None
+        _runtime.emitter.off("exit", self.saw_exit)
+
+    def ended(self, complete: bool) -> None:
+        self.finish()
         failures = self.failures()
         if self.only is not None:
             if complete:
@@ -133,14 +168,15 @@ class _Reload:
             if _runtime.fleet is not None:
                 _runtime.fleet.reload_ended(complete)
             if complete:
-                _runtime.log("warning" if failures else "info", f"reload done in "
-                             f"{self.took()}: {self.replaced} workers replaced{failures}")
+                _runtime.log("warning" if failures or self.reset or self.failed else "info",
+                             f"reload done in {self.took()}: {self.replaced} workers "
+                             f"replaced, {self.lost()}{failures}")
             else:
                 _runtime.log("warning", f"reload stopped after {self.took()}: "
                              f"{self.replaced} of {self.replaced + len(self.old())} workers "
                              f"replaced{failures}")
         for on_end in self.on_ends:
-            on_end(complete)
+            on_end(complete, self)
 
     def template_ready(self, problem: str | None) -> None:
         """The new preload template imported the application, or could not."""
@@ -156,6 +192,10 @@ class _Reload:
 
     def took(self) -> str:
         return f"{time.monotonic() - self.started:.1f} s"
+
+    def lost(self) -> str:
+        """What the reload cost clients, as the log and `cluster-ext reload` say it."""
+        return f"{self.reset} connections reset, {self.failed} requests failed"
 
     def failures(self) -> str:
         """What went wrong on the way, for the end's line ('' for nothing)."""

@@ -203,7 +203,7 @@ class Fleet:
         elif self.stopping:
             _runtime.log("info", f"{name} received: ignored, the fleet is stopping")
         elif signum == _fast.signal.SIGHUP:
-            rolling_restart(None, lambda complete: None, cause=f"{name} received")
+            rolling_restart(None, lambda *_: None, cause=f"{name} received")
         elif signum == _fast.signal.SIGTTIN:
             self.grow()
             _runtime.log("info", f"{name} received: scaling to {self.size} workers")

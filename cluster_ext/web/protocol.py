@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import _runtime, aio
+from .. import _runtime, _saturation, aio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Draining:
     cx_idle = False           # everything received so far has been answered
     cx_refusal = 0            # see _HeadBounds: answered here, after the responses before it
     cx_answered_at = 0.0      # loop time of the last response
+    cx_began: float | None = None   # loop time the application began the request answered now
 
     if TYPE_CHECKING:
         cycle: Any
@@ -58,15 +59,28 @@ class Draining:
         if self.cx_draining:
             self.cx_last_request()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        if self.cx_began is not None:        # its client left before the response's end
+            self.cx_began = None
+            _in_flight[0] -= 1
+
     def on_response_complete(self) -> None:
         _requests[0] += 1                    # what --max-requests counts
-        self.transport.flush()  # type: ignore[attr-defined]
+        transport = self.transport
+        transport.flush()  # type: ignore[attr-defined]
+        now = self.cx_answered_at = self.loop.time()
+        if self.cx_began is not None:
+            _in_flight[0] -= 1
+            _observe(transport.cx_status_class, now - self.cx_began)  # type: ignore[attr-defined]
+            self.cx_began = None
+        transport.cx_status_class = 0  # type: ignore[attr-defined]
         idle = self.cx_idle = not getattr(self, "pipeline", None)
-        self.cx_answered_at = self.loop.time()
         if self.cx_refusal and idle:         # a head refused (_HeadBounds) once this was out
             self.cx_answer_refusal()  # type: ignore[attr-defined]
             return
         super().on_response_complete()  # type: ignore[misc]
+        self.cx_clock()                      # a pipelined request's application starts
         if self.cx_draining and not self.transport.is_closing():
             # a response whose head left before the drain, so without
             # Connection: close: its client may send again (cx_last_request)
@@ -79,6 +93,15 @@ class Draining:
         aio.protocol_replaced(self, websocket)  # type: ignore[arg-type]
         if self.cx_close_websockets and websocket is not self:   # after the drain's 1012s
             close_websocket(websocket)
+
+    def cx_clock(self) -> None:
+        """A request's clock starts when uvicorn starts its application: at
+        its head, or, pipelined behind another, at that one's end. One
+        connection runs one request's application at a time."""
+        cycle = self.cycle
+        if self.cx_began is None and cycle is not None and not cycle.response_complete:
+            self.cx_began = self.loop.time()
+            _in_flight[0] += 1
 
     def cx_drain(self, grace: float) -> None:
         self.cx_draining = True
@@ -130,6 +153,8 @@ class Draining:
 
 _CLOSE = (b"connection", b"close")
 _requests = _runtime.requests
+_in_flight = _saturation.in_flight
+_observe = _saturation.observe
 _draining_classes: dict[type, type] = {}
 
 
@@ -177,6 +202,7 @@ class _HeadBounds:
         loop: asyncio.AbstractEventLoop
 
         def cx_head_over(self, data: bytes) -> None: ...   # each protocol's mixin
+        def cx_clock(self) -> None: ...                     # Draining's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -274,6 +300,7 @@ class _HttptoolsHeads(_HeadBounds):
     def on_headers_complete(self) -> None:
         self.cx_head, self.cx_head_began = -1, None
         super().on_headers_complete()  # type: ignore[misc]
+        self.cx_clock()
 
     def on_message_complete(self) -> None:
         self.cx_head = 0
@@ -294,6 +321,10 @@ class _H11Heads(_HeadBounds):
     if TYPE_CHECKING:
         conn: Any
         config: Any
+
+    def handle_events(self) -> None:
+        super().handle_events()  # type: ignore[misc]
+        self.cx_clock()
 
     def data_received(self, data: bytes) -> None:
         if self.cx_head < -1:                # refused: dropped
@@ -340,13 +371,18 @@ class _Coalescing:
     (Draining.on_response_complete); a streamed response (no length) is not
     held at all."""
 
-    __slots__ = ("transport", "held")
+    __slots__ = ("transport", "held", "cx_status_class")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.held: bytes | None = None
+        # the status class of the response being written (its head's first
+        # digit, a 100 Continue's overwritten), for its latency; 0 at its end
+        self.cx_status_class = 0
 
     def write(self, data: bytes) -> None:
+        if self.cx_status_class < 2 and data.startswith(b"HTTP/1.1 ") and len(data) > 9:
+            self.cx_status_class = data[9] - 48
         held = self.held
         if held is not None:
             self.held = None

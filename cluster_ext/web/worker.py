@@ -11,7 +11,7 @@ import errno
 import gc
 import sys
 
-from .. import _forensics, _runtime, _worker, aio
+from .. import _forensics, _runtime, _saturation, _worker, aio
 from ..fleet import preload
 from .app import AppLoadError, detect_interface, load_app, traceback_of
 from .binds import resolve_fds
@@ -243,6 +243,7 @@ class WorkerServer:
         else:
             if first is not None:            # 'listening' once every bind listens
                 aio.announce(first)
+        _saturation.probe_loop()
         # What the worker holds after its start (modules, the application)
         # lives as long as it does: out of the collector's full passes, which
         # otherwise walk it again and again under load.
@@ -314,8 +315,17 @@ class WorkerServer:
     def overdue(self) -> None:
         """Streaming responses end, and WebSockets still open (a grace that
         outlasts the timeout, a handshake never answered) get 1012 (service
-        restart): their applications see the client gone."""
-        for connection in list(self.state.connections):
+        restart): their applications see the client gone. What is cut is
+        counted and told to the primary first, for its reload's report."""
+        connections = list(self.state.connections)
+        _saturation.cut[0] += sum(
+            1 for connection in connections
+            if getattr(connection, "cx_began", None) is not None)   # a response in progress
+        _saturation.cut[1] += len(connections)
+        me = _runtime.worker
+        if me is not None and me.is_connected():
+            _worker.send_stats(me)
+        for connection in connections:
             try:
                 connection.shutdown()
             except Exception:

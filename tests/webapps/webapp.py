@@ -5,7 +5,8 @@ this folder as the working directory.
                after N seconds; /ask sends {"ask": path} to the primary and
                answers with its reply; /stream sends a chunk every 0.1 s until
                the client leaves (30 s at most; /stream?n=N: N chunks); /grow?mb=N
-               keeps N MiB more resident; /ws
+               keeps N MiB more resident; /block?s=N blocks the loop N seconds
+               (time.sleep in the handler); /nothing answers 404; /ws
                echoes WebSocket text (/ws?accept-after=S: accepted S seconds
                after "ws accepting"). Lifespan lines "startup <pid>" and
                "shutdown <pid>" go to stdout.
@@ -18,6 +19,7 @@ this folder as the working directory.
 """
 import asyncio
 import os
+import time
 
 import cluster_ext as cluster
 
@@ -119,6 +121,11 @@ async def app(scope, receive, send):
         await _answer(send, f"{os.environ.get(query, '-')}\n".encode())
     elif path == "/boom":
         raise RuntimeError("boom")
+    elif path == "/block":
+        time.sleep(float(query.partition("=")[2]))
+        await _answer(send, f"blocked {wid()} {PID}\n".encode())
+    elif path == "/nothing":
+        await _answer(send, b"nothing here\n", status=404)
     elif path == "/grow":                         # /grow?mb=N: N MiB more, kept resident
         _kept.append(b"x" * (int(query.partition("=")[2]) << 20))
         await _answer(send, f"grown {wid()} {PID}\n".encode())
