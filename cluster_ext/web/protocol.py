@@ -6,6 +6,7 @@ through a transport that coalesces a response's writes (Coalescing)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from .. import _runtime, _saturation, aio
 
@@ -38,7 +39,9 @@ class Draining:
     cx_idle = False           # everything received so far has been answered
     cx_refusal = 0            # see _HeadBounds: answered here, after the responses before it
     cx_answered_at = 0.0      # loop time of the last response
-    cx_began: float | None = None   # loop time the application began the request answered now
+    # when (time.monotonic(): uvloop's loop time is cached per turn, in
+    # milliseconds) the application began the request answered now
+    cx_began: float | None = None
 
     if TYPE_CHECKING:
         cycle: Any
@@ -69,10 +72,11 @@ class Draining:
         _requests[0] += 1                    # what --max-requests counts
         transport = self.transport
         transport.flush()  # type: ignore[attr-defined]
-        now = self.cx_answered_at = self.loop.time()
+        self.cx_answered_at = self.loop.time()
         if self.cx_began is not None:
             _in_flight[0] -= 1
-            _observe(transport.cx_status_class, now - self.cx_began)  # type: ignore[attr-defined]
+            _observe(transport.cx_status_class,  # type: ignore[attr-defined]
+                     _monotonic() - self.cx_began)
             self.cx_began = None
         transport.cx_status_class = 0  # type: ignore[attr-defined]
         idle = self.cx_idle = not getattr(self, "pipeline", None)
@@ -100,7 +104,7 @@ class Draining:
         connection runs one request's application at a time."""
         cycle = self.cycle
         if self.cx_began is None and cycle is not None and not cycle.response_complete:
-            self.cx_began = self.loop.time()
+            self.cx_began = _monotonic()
             _in_flight[0] += 1
 
     def cx_drain(self, grace: float) -> None:
@@ -155,6 +159,7 @@ _CLOSE = (b"connection", b"close")
 _requests = _runtime.requests
 _in_flight = _saturation.in_flight
 _observe = _saturation.observe
+_monotonic = time.monotonic
 _draining_classes: dict[type, type] = {}
 
 
