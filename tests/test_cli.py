@@ -207,7 +207,8 @@ def test_the_log_names_each_signal_and_what_it_starts(cli):
     os.kill(c.proc.pid, signal.SIGHUP)
     c.wait_log("SIGHUP received: reloading 2 workers")
     c.wait_log("reload done in ")
-    assert c.log[-1].endswith(" s: 2 workers replaced"), c.log
+    assert c.log[-1].endswith(" s: 2 workers replaced, 0 connections reset, "
+                              "0 requests failed"), c.log
     assert after(c.log, "worker 2 exited (code 0, as asked)", "reload done in "), c.log
     os.kill(c.proc.pid, signal.SIGTTIN)
     c.wait_log("SIGTTIN received: scaling to 3 workers")
@@ -257,7 +258,8 @@ def test_a_reload_that_kills_says_so_at_its_end(cli):
     os.kill(c.proc.pid, signal.SIGHUP)
     c.wait_log("SIGHUP received: reloading 1 workers")
     c.wait_log("reload done in ")
-    assert c.log[-1].endswith(": 1 workers replaced; 1 old workers ended by SIGKILL"), c.log
+    assert c.log[-1].endswith(": 1 workers replaced, 0 connections reset, 0 requests failed; "
+                              "1 old workers ended by SIGKILL"), c.log
     assert after(c.log, "worker 1 still running 1 s after its disconnect: killing it",
                  "worker 1 exited (signal SIGKILL"), c.log
     assert c.stop(signal.SIGTERM) == 0
