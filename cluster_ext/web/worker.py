@@ -99,8 +99,26 @@ def serve_template(app: Any, serve: Callable[[], Any]) -> None:
             load_app(app)
         except AppLoadError as exc:
             preload.failed(str(exc), load=True)
+    _import_serving_stack()
     if preload.serve_forks():
         serve()
+
+
+# What a worker imports to serve, whichever protocols uvicorn picks ('auto'):
+# imported by the template too, the workers share it rather than each
+# importing its own copy (measured with bench/preload_memory.py).
+SERVING_STACK = ("uvicorn.config", "uvicorn.protocols.http.auto",
+                 "uvicorn.protocols.websockets.auto", "uvicorn.lifespan.on",
+                 "uvicorn.loops.auto", "a2wsgi")
+
+
+def _import_serving_stack() -> None:
+    import importlib
+    for name in SERVING_STACK:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass                    # an older uvicorn's layout, or a part not installed
 
 
 def in_flight(app: Any, table: _forensics.Table) -> Any:
