@@ -56,9 +56,12 @@ def base_env(how, **more):
 
 def run(argv, cwd, env, preexec=None):
     def start():
-        # as from a terminal, whatever started the suite (a background job
-        # of a script starts with SIGINT ignored, which Python keeps)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # every signal at its default, whatever started the suite (nohup
+        # ignores SIGHUP, a script's background job SIGINT, and Python
+        # keeps an ignored disposition)
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
         if preexec is not None:
             preexec()
 
