@@ -8,8 +8,14 @@ import signal
 
 import pytest
 
-from conftest import pid_alive, wait_gone
-from test_web import WEBAPPS, cli, get, serving, stop, until
+from conftest import APPS, pid_alive, wait_gone
+from test_web import WEBAPPS, get, serving, stop, until
+from test_web import cli as web_cli
+
+
+def cli(app, spec, *options, **kw):
+    """test_web's cli(), with conform_probe (preload_app's facts) importable."""
+    return web_cli(app, spec, *options, env={"PYTHONPATH": str(APPS)}, **kw)
 
 
 def copy_app(tmp_path):
@@ -87,8 +93,10 @@ def test_a_preloaded_worker_is_the_process_an_execd_one_is(app, tmp_path):
     for key in execd:
         assert preloaded[key] == execd[key], key
     assert preloaded == execd
-    assert not any(k.startswith("CLUSTER_EXT_") for k, _ in execd["env"])
-    assert execd["mask"] == [] and execd["signals"]["SIGTERM"] != "SIG_IGN"
+    process = execd["process"]
+    assert not any(k.startswith("CLUSTER_EXT_") for k, _ in process["env"])
+    assert process["mask"] == [] and process["signals"]["SIGTERM"] != "SIG_IGN"
+    assert execd["main"]["annotation"] == "<class 'int'>"
 
 
 def test_an_application_that_cannot_be_imported_stops_before_any_fork(app, tmp_path):

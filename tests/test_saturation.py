@@ -39,6 +39,17 @@ def per_worker(samples, name):
     return {int(labels["pid"]): value for n, labels, value in samples if n == name}
 
 
+def observed(app, folder, *options):
+    """webapp served with its control socket (in folder) and /metrics: (the
+    process, its port, the socket's path, /metrics' port)."""
+    pytest.importorskip("prometheus_client")
+    path, metrics_port = folder / "ctl.sock", free_port()
+    a, port = cli(app, "webapp:app", "--control", str(path),
+                  "--metrics", f"127.0.0.1:{metrics_port}", *options)
+    serving(a)
+    return a, port, path, metrics_port
+
+
 def open_request(port, path):
     client = socket.create_connection(("127.0.0.1", port), timeout=30)
     client.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
@@ -46,11 +57,7 @@ def open_request(port, path):
 
 
 def test_requests_held_open_are_in_flight_on_their_worker(app, sockdir):  # noqa: F811
-    pytest.importorskip("prometheus_client")
-    path, metrics_port = sockdir / "ctl.sock", free_port()
-    a, port = cli(app, "webapp:app", "--control", str(path),
-                  "--metrics", f"127.0.0.1:{metrics_port}")
-    serving(a)
+    a, port, path, metrics_port = observed(app, sockdir)
     clients = [open_request(port, "/slow?s=30") for _ in range(5)]
     try:
         held = {}
@@ -87,11 +94,7 @@ def test_a_blocked_loop_shows_its_lag(app, sockdir):  # noqa: F811
 
 
 def test_the_latency_histogram_counts_by_status_class_and_survives_a_reload(app, sockdir):  # noqa: F811
-    pytest.importorskip("prometheus_client")
-    path, metrics_port = sockdir / "ctl.sock", free_port()
-    a, port = cli(app, "webapp:app", "--control", str(path),
-                  "--metrics", f"127.0.0.1:{metrics_port}")
-    serving(a)
+    a, port, path, metrics_port = observed(app, sockdir)
     for _ in range(6):
         assert get(port)[0] == 200
     for _ in range(3):

@@ -121,7 +121,9 @@ def channel_fd():
     return cluster.worker._chan.fd
 
 
-if cluster.is_worker:            # exec'd (a fork(target=) child never gets here)
+if __name__ != "__main__":      # imported for its facts() (webapps/preload_app.py)
+    pass
+elif cluster.is_worker:          # exec'd (a fork(target=) child never gets here)
     cluster.worker.send(facts(channel_fd()))
     cluster.run()
 elif "PROBE_PRIMARY" in os.environ:
