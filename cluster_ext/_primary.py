@@ -302,6 +302,16 @@ class Plan:
             self.close()
             raise
 
+    def new_channel(self) -> None:
+        """A new channel for a worker started again: another process may
+        hold the first (a preload template's worker it could not confirm),
+        and sees its end close."""
+        os.close(self.ours)
+        os.close(self.theirs)
+        self.ours = self.theirs = -1
+        self.ours, self.theirs = _core.socketpair()
+        self.env["CLUSTER_EXT_CHANNEL_FD"] = str(self.theirs)
+
     def close_child(self) -> None:
         """The child's descriptors, once it has them (or will never)."""
         if self.theirs >= 0:
@@ -344,12 +354,7 @@ def start_target(plan: Plan, target: Callable[[], Any]) -> int:
     it), and a cwd or identity it cannot take fails this call (OSError,
     the child reaped) rather than the worker."""
     signal = _fast.signal
-    for stream in (sys.stdout, sys.stderr):     # what the primary wrote, written once
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_stdio()                               # what the primary wrote, written once
     parent = os.getpid()
     report = os.pipe2(os.O_CLOEXEC) if plan.cwd is not None or plan.ids is not None else None
     mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
@@ -384,6 +389,17 @@ def start_target(plan: Plan, target: Callable[[], Any]) -> int:
             raise OSError(errno, f"{os.strerror(errno)}: the worker cannot take its cwd "
                                  "or identity")
     return pid
+
+
+def flush_stdio() -> None:
+    """Before a fork without exec: what this process buffered is written
+    once, not once more by each child."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def reap(pid: int) -> None:

@@ -13,9 +13,9 @@ from test_web import WEBAPPS, get, serving, stop, until
 from test_web import cli as web_cli
 
 
-def cli(app, spec, *options, **kw):
+def cli(app, spec, *options, env=None, **kw):
     """test_web's cli(), with conform_probe (preload_app's facts) importable."""
-    return web_cli(app, spec, *options, env={"PYTHONPATH": str(APPS)}, **kw)
+    return web_cli(app, spec, *options, env={"PYTHONPATH": str(APPS), **(env or {})}, **kw)
 
 
 def copy_app(tmp_path):
@@ -152,3 +152,59 @@ def test_the_template_ends_with_the_fleet(app, tmp_path, spec):
     os.kill(template, signal.SIGINT)
     a.finish(code=0)
     wait_gone([template], 10)
+
+
+def set_version(folder, version):
+    source = folder / "preload_app.py"
+    text = source.read_text()
+    old = text.split('VERSION = "', 1)[1].split('"', 1)[0]
+    source.write_text(text.replace(f'VERSION = "{old}"', f'VERSION = "{version}"'))
+
+
+def versions(port, n=8):
+    return {facts(port)["version"] for _ in range(n)}
+
+
+def test_a_reload_asked_while_a_template_imports_serves_the_newest_code(app, tmp_path):
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    serving(a)
+    (folder / "slow").write_text("1.0")
+    set_version(folder, "v2")
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "preload_app v2 imported")            # by the new template, which sleeps
+    set_version(folder, "v3")                      # deployed again during that import
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "joining the reload running")
+    until(a, "reload done")
+    assert versions(port) == {"v3"}
+    stop(a)
+
+
+def test_a_worker_respawned_while_the_template_imports_is_replaced_too(app, tmp_path):
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    serving(a)
+    victim = facts(port)["pid"]
+    (folder / "slow").write_text("1.5")
+    set_version(folder, "v2")
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "SIGHUP received")
+    os.kill(victim, signal.SIGKILL)                # respawned from the old template
+    until(a, "reload done")
+    assert versions(port) == {"v2"}
+    stop(a)
+
+
+def test_a_template_that_answers_with_another_pid_is_not_believed(app, tmp_path):
+    """The template runs the application's code: a compromised one answers
+    a fork with the primary's own pid (which a disconnect's timeout would
+    SIGKILL). The primary checks that the pid is its own child, kills the
+    template, and execs the worker instead."""
+    folder = copy_app(tmp_path)
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder,
+                  env={"PRELOAD_LIE": "1"})
+    serving(a)
+    assert "not the primary's child: killing it" in "\n".join(a.lines), a.lines
+    assert {f["ppid"] for f in (facts(port) for _ in range(6))} == {a.pid}
+    stop(a)

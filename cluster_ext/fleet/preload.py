@@ -130,25 +130,53 @@ class Template:
                    "stdio": [fd >= 0 for fd in stdio], "stacks": plan.stacks >= 0}
         try:
             socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
-            readable, _, _ = select.select([self.sock], [], [], REPLY_TIMEOUT)
-            reply = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT) if readable else None
         except OSError as exc:
             self.broken(f"its channel failed: {exc}")
             return None
-        if not reply:
-            self.broken("it did not answer a fork" if reply is None else "it ended")
+        try:
+            waiting = select.poll()
+            waiting.register(self.sock, select.POLLIN)
+            reply = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT) \
+                if waiting.poll(REPLY_TIMEOUT * 1000) else None
+        except OSError:
+            reply = b""
+        try:
+            if not reply:
+                raise ValueError("it did not answer a fork" if reply is None else "it ended")
+            return self._forked(reply)
+        except (ValueError, TypeError, KeyError) as exc:
+            # A worker it may have forked holds this plan's channel: the
+            # plan gets a new one, whose worker is exec'd.
+            self.broken(str(exc))
+            plan.new_channel()
             return None
+
+    def _forked(self, reply: bytes) -> int:
+        """The pid the template answered, checked: the template runs the
+        application's code, as the workers' user, and the primary trusts
+        nothing it says but a child of its own (ValueError)."""
         said = json.loads(reply)
+        pid = said.get("pid")
+        if pid is None and "errno" in said:          # its own fork() failed
+            err = int(said["errno"])
+            raise OSError(err, f"fork() failed in the preload template: {os.strerror(err)}")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+            raise ValueError(f"it answered a fork with {reply[:100]!r}")
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            raise ValueError(f"it answered a fork with pid {pid}, not the primary's "
+                             "child") from None
         if "errno" in said:
-            if said.get("pid"):
-                _primary.reap(said["pid"])
+            _primary.reap(pid)
             err = int(said["errno"])
             raise OSError(err, f"{os.strerror(err)}: the worker cannot take its cwd or "
                                "identity")
-        pid: int = said["pid"]
         return pid
 
     def broken(self, why: str) -> None:
+        """It cannot serve forks any more: killed, and replaced (Preload)."""
+        self.ready = False
         if not self.exited:
             _runtime.log("error", f"preload template {self.pid}: {why}: killing it")
             self.kill()
@@ -184,15 +212,17 @@ class Preload:
     def __init__(self) -> None:
         """Starts the first template and waits for it to import the
         application; raises TemplateError if it cannot."""
+        self.renewing: Template | None = None
+        self.closed = False
+        self._waiting: list[Callable[[str | None], Any]] = []   # renew()'s callers
         _core.become_subreaper()        # the workers, forked twice, come back to us
         self.current: Template | None = self._new()
         try:
             self.current.wait_ready()
         except BaseException:
+            self.closed = True
             self.current.stop()
             raise
-        self.renewing: Template | None = None
-        self.closed = False
         global active
         active = self
         _primary.template_start = self._fork
@@ -206,24 +236,32 @@ class Preload:
     def _template_exited(self, template: Template) -> None:
         if template is not self.current or self.closed or template.let_go:
             return
-        code, sig = template.exit_status
-        how = f"code {code}" if sig is None else f"signal {signal.Signals(sig).name}"
-        stopping = _runtime.fleet is not None and _runtime.fleet.stopping > 0
-        if stopping:
+        self.current = None
+        if _runtime.fleet is not None and _runtime.fleet.stopping > 0:
             return
+        code, sig = template.exit_status
+        how = f"code {code}" if sig is None else f"signal {_worker.exit_signal(sig).name}"
         _runtime.log("warning", f"preload template {template.pid} exited ({how}): workers "
                      "are exec'd until a new template has imported the application")
-        self.current = None
-        self.renew(lambda problem: None if problem is None else _runtime.log(
-            "error", f"preload: a new template cannot serve: {problem}"))
+        if self.renewing is None:        # else the one a reload starts takes its place
+            self.renew(lambda problem: None if problem is None else _runtime.log(
+                "error", f"preload: a new template cannot serve: {problem}"))
 
     def renew(self, done: Callable[[str | None], Any]) -> None:
         """A new template, then the old one let go: done(None) once the
-        workers fork from the new one, done(why) if it cannot import the
-        application (the old one goes on)."""
+        workers fork from the new one, done(why) if it cannot start or
+        import the application (the old one goes on). A renew asked while
+        one runs starts another (the code may have changed since), and
+        answers both callers."""
+        self._waiting.append(done)
         if self.renewing is not None:
             self.renewing.stop()
-        new = self.renewing = self._new()
+            self.renewing = None
+        try:
+            new = self.renewing = self._new()
+        except OSError as exc:
+            self._answer(f"a template cannot start: {exc}")
+            return
 
         def ready(problem: TemplateError | None) -> None:
             if new is not self.renewing:
@@ -234,14 +272,19 @@ class Preload:
                 return
             if problem is not None:
                 new.stop()
-                done(problem.reason)
+                self._answer(problem.reason)
                 return
             old, self.current = self.current, new
             if old is not None:
                 old.stop()
-            done(None)
+            self._answer(None)
 
         new.when_ready(ready)
+
+    def _answer(self, problem: str | None) -> None:
+        waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            done(problem)
 
     def close(self) -> None:
         """The fleet has stopped: every template let go."""
@@ -278,9 +321,11 @@ def serve_forks() -> bool:
     import gc
     sock = socket.socket(fileno=int(os.environ.pop(TEMPLATE_FD)))
     primary = os.getppid()
-    # Ctrl-C reaches the whole group: the primary's stop lets the template
-    # go. A worker's mask is emptied by its plan.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # Ctrl-C, or systemd's KillMode=control-group, signals the whole group:
+    # the template ends when the primary's stop lets it go (or dies with
+    # the primary). A worker's mask is emptied by its plan.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                              signal.SIGQUIT})
     gc.freeze()             # the imported objects stay shared: no collection touches them
     sock.send(b'{"ready": true}')
     while True:
@@ -316,6 +361,7 @@ def _fork_worker(sock: socket.socket, request: dict[str, Any], fds: list[int],
     env["CLUSTER_EXT_CHANNEL_FD"] = str(channel)     # its number here, not the primary's
     if stacks >= 0:
         env["CLUSTER_EXT_STACKS_FD"] = str(stacks)
+    _primary.flush_stdio()                      # what the import wrote, written once
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
     try:

@@ -54,6 +54,7 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool, _Reload], Any
         running.join(on_end)
         _runtime.log("info", f"{cause}: reloading {len(running.old())} workers "
                      "(joining the reload running)")
+        running.renew_template()
         return
     notify.reloading()                 # nothing without a supervise() under systemd
     fleet = _runtime.fleet
@@ -64,15 +65,14 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool, _Reload], Any
         running.join(on_end)
         _runtime.log("info", f"{cause}: reloading {len(running.old())} workers "
                      f"(the {what} running becomes the reload)")
+        running.renew_template()
         return
     if timeout is None:
         timeout = fleet.graceful_timeout if fleet is not None else DEFAULT_GRACEFUL_TIMEOUT
     reload = _Reload(timeout, on_end)
     _runtime.log("info", f"{cause}: reloading {len(reload.old())} workers")
-    if preload.active is not None:       # the new code, imported by a new template first
-        preload.active.renew(reload.template_ready)
-    else:
-        reload.step()
+    reload.renew_template()
+    reload.step()
 
 
 def replace_one(w: Worker, timeout: float, on_end: Callable[[bool, _Reload], Any]) -> bool:
@@ -105,6 +105,11 @@ class _Reload:
         self.killed: list[str] = []           # the signals that ended old workers
         self.reset = 0                        # connections cut or lost: see saw_exit()
         self.failed = 0                       # requests that got no whole response
+        # Under --preload, a reload's new code comes from a new template: its
+        # replacements wait for it (step() then only marks itself owed).
+        self.awaiting_template = False
+        self.step_owed = False
+        self.template_problem: str | None = None
         _Reload.running = self
         _runtime.emitter.prepend_listener("exit", self.saw_exit)   # before figures forgets
 
@@ -178,14 +183,27 @@ class _Reload:
         for on_end in self.on_ends:
             on_end(complete, self)
 
+    def renew_template(self) -> None:
+        """Under --preload, a new template for the new code, which the next
+        replacement waits for (a reload joined too: the code may have
+        changed since the running one's template imported it)."""
+        if preload.active is not None and self.only is None:
+            self.awaiting_template = True
+            preload.active.renew(self.template_ready)
+
     def template_ready(self, problem: str | None) -> None:
-        """The new preload template imported the application, or could not."""
-        if problem is None:
+        """The new preload template imported the application, or could not:
+        the replacements go on, from every worker forked until now (a
+        respawn or a grow meanwhile forked from the old template), or the
+        reload stops once no replacement is under way."""
+        if _Reload.running is not self:
+            return                          # it ended meanwhile (the fleet stopped)
+        self.awaiting_template = False
+        self.template_problem = problem
+        self.upto = _runtime.next_id - 1
+        if self.step_owed:
+            self.step_owed = False
             self.step()
-        elif not self.abandoned():
-            _runtime.log("error", f"{self.what()} stopped, {self.keep()}: the new preload "
-                         f"template cannot serve: {problem.rstrip()}")
-            self.ended(False)
 
     def keep(self) -> str:
         return "the workers keep their code" if self.only is None else "it serves on"
@@ -222,6 +240,14 @@ class _Reload:
 
     def step(self) -> None:
         if self.abandoned():
+            return
+        if self.awaiting_template:
+            self.step_owed = True
+            return
+        if self.template_problem is not None:
+            _runtime.log("error", f"{self.what()} stopped, {self.keep()}: the new preload "
+                         f"template cannot serve: {self.template_problem.rstrip()}")
+            self.ended(False)
             return
         if _runtime.fleet is not None:
             # A shrink during the reload retired an old worker that was being

@@ -5,6 +5,7 @@ imported and which process imported it; each import is logged to
 imports.log beside this file."""
 import json
 import os
+import time
 
 import conform_probe
 
@@ -15,6 +16,15 @@ IMPORTED_BY = os.getpid()
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "imports.log"), "a") as log:
     log.write(f"{IMPORTED_BY} {VERSION} worker={cluster.is_worker}\n")
+print(f"preload_app {VERSION} imported by {IMPORTED_BY}", flush=True)
+if os.path.exists(os.path.join(HERE, "slow")):      # an import that takes a while
+    with open(os.path.join(HERE, "slow")) as f:
+        time.sleep(float(f.read()))
+if os.environ.get("PRELOAD_LIE") and cluster.worker is None:
+    # application code in the template, compromised: it answers every fork
+    # with a pid that is not the primary's child (the primary's own)
+    from cluster_ext.fleet import preload
+    preload._fork_worker = lambda *args: {"pid": os.getppid()}
 
 
 def facts():
