@@ -424,7 +424,6 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
         os.close(report[0])
         write_end = report[1]
     try:
-        _core.die_with_parent(parent)
         os.close(plan.ours)
         # the other workers' memfds (the engine closes their channels)
         assert _runtime.workers is not None
@@ -433,19 +432,20 @@ def _become_target_worker(plan: Plan, parent: int, target: Callable[[], Any],
         plan.stdio.close_parent()
     except OSError as exc:
         _failed_to_start(exc, write_end)
-    take_plan(plan.stdio.child, plan.cwd, plan.ids, plan.env, write_end)
+    take_plan(parent, plan.stdio.child, plan.cwd, plan.ids, plan.env, write_end)
     target()
     _runtime.run()
     return 0
 
 
-def take_plan(stdio: list[int], cwd: str | None,
+def take_plan(parent: int, stdio: list[int], cwd: str | None,
               ids: tuple[list[int] | None, int, int] | None, env: Mapping[str, str],
               report: int | None) -> None:
     """A child forked without exec takes on its plan, as spawn.c's
     spawn_child does for an exec'd one: stdio, cwd, groups, gid and uid in
-    that order, then an empty signal mask, the plan's environment, the
-    engine rebuilt from it, and the boot as its worker. A cwd or identity
+    that order, death with parent (after the ids, whose change clears it),
+    then an empty signal mask, the plan's environment, the engine rebuilt
+    from it, and the boot as its worker. A cwd or identity
     it cannot take ends it (127) with its errno written to report, the
     pipe its starter waits on (closed here once the plan is taken), or
     raises without one."""
@@ -460,6 +460,7 @@ def take_plan(stdio: list[int], cwd: str | None,
             os.chdir(cwd)
         if ids is not None:
             _core.set_ids(*ids)
+        _core.die_with_parent(parent)
     except OSError as exc:
         _failed_to_start(exc, report)
     if report is not None:

@@ -20,9 +20,6 @@ spawn_child(const cx_spawn_plan *p, pid_t parent, int errpipe_w)
     sigset_t none;
     int err;
 
-    if (cx_spawn_die_with_parent(parent) < 0) {
-        goto fail;
-    }
     /* The only fds the worker inherits: their numbers travel in the
        environment, so there is no dup2() (onto itself it would keep
        CLOEXEC). The parent made sure they are not 0, 1 or 2. */
@@ -39,6 +36,12 @@ spawn_child(const cx_spawn_plan *p, pid_t parent, int errpipe_w)
         goto fail;
     }
     if ((err = cx_set_ids(p->groups, p->ngroups, p->gid, p->uid)) < 0) {
+        errno = -err;
+        goto fail;
+    }
+    /* After the ids: a change of credentials clears the parent-death
+       signal. */
+    if ((err = cx_spawn_die_with_parent(parent)) < 0) {
         errno = -err;
         goto fail;
     }

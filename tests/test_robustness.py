@@ -89,8 +89,14 @@ def test_cluster_disconnect_without_workers_calls_back_asynchronously():
 
 # ---- the primary dies ------------------------------------------------------------------
 
-def test_busy_workers_die_with_a_sigkilled_primary(app):
-    a = app("rob_orphan.py")
+@pytest.mark.parametrize("identity", [
+    {}, pytest.param({"uid": 65534, "gid": 65534}, marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="only root can give its workers another identity"))],
+    ids=["", "another-identity"])
+def test_busy_workers_die_with_a_sigkilled_primary(app, identity):
+    """Also when they took another identity: the kernel clears the
+    parent-death signal at a change of credentials."""
+    a = app("rob_orphan.py", json.dumps(identity))
     pids = json.loads(a.wait_for("pids ")[len("pids "):])
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     os.kill(a.pid, signal.SIGKILL)            # the primary only, not its group

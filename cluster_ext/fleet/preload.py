@@ -414,13 +414,12 @@ def _read_report(fd: int) -> bytes:
 
 def _become_worker(primary: int, stdio: list[int], cwd: str | None,
                    env: Mapping[str, str], report: int) -> None:
-    """In the forked worker: once reparented to the primary, die with it
-    as an exec'd worker does, then take on the plan and boot."""
+    """In the forked worker: once reparented to the primary, take on the
+    plan (death with the primary included) and boot."""
     import time
     deadline = time.monotonic() + REPARENT_TIMEOUT
     while os.getppid() != primary:           # the middle process is exiting
         if time.monotonic() > deadline:
             os._exit(0)                      # orphaned, as spawn.c's children end
         os.sched_yield()
-    _core.die_with_parent(primary)
-    _primary.take_plan(stdio, cwd, None, env, report)
+    _primary.take_plan(primary, stdio, cwd, None, env, report)
