@@ -101,7 +101,10 @@ def test_busy_workers_die_with_a_sigkilled_primary(app, identity):
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     os.kill(a.pid, signal.SIGKILL)            # the primary only, not its group
     wait_gone(pids, 10.0)                     # at once when all is well
-    assert not [p for p in pids if pid_alive(p)], "workers outlived their primary"
+    survivors = [p for p in pids if pid_alive(p)]
+    for pid in survivors:                     # they spin: not left to the machine
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "workers outlived their primary"
     a.proc.wait()
     assert a.proc.returncode == -signal.SIGKILL
 
