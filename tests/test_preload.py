@@ -208,3 +208,18 @@ def test_a_template_that_answers_with_another_pid_is_not_believed(app, tmp_path)
     assert "not the primary's child: killing it" in "\n".join(a.lines), a.lines
     assert {f["ppid"] for f in (facts(port) for _ in range(6))} == {a.pid}
     stop(a)
+
+
+def test_a_sighup_while_the_first_template_imports_imports_again(app, tmp_path):
+    """A deploy during a slow first import: the primary, which has no
+    fleet yet, does not die of the signal; a new template imports again."""
+    folder = copy_app(tmp_path)
+    (folder / "slow").write_text("1.0")
+    a, port = cli(app, "preload_app:app", "--preload", cwd=folder)
+    until(a, "preload_app v1 imported")            # the template sleeps now
+    set_version(folder, "v2")
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "a new template imports it again")
+    serving(a)
+    assert versions(port) == {"v2"}
+    stop(a)

@@ -216,16 +216,38 @@ class Preload:
         self.closed = False
         self._waiting: list[Callable[[str | None], Any]] = []   # renew()'s callers
         _core.become_subreaper()        # the workers, forked twice, come back to us
-        self.current: Template | None = self._new()
-        try:
-            self.current.wait_ready()
-        except BaseException:
-            self.closed = True
-            self.current.stop()
-            raise
+        self.current: Template | None = self._first()
         global active
         active = self
         _primary.template_start = self._fork
+
+    def _first(self) -> Template:
+        """The first template, once it has imported the application. A
+        SIGHUP meanwhile (a deploy during a slow import) starts another, as
+        a reload would once the fleet serves: before supervise() is there
+        to take it, its default action would end the primary."""
+        asked: list[int] = []
+        own = signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        if own:
+            signal.signal(signal.SIGHUP, lambda signum, frame: asked.append(signum))
+        try:
+            while True:
+                template = self._new()
+                try:
+                    template.wait_ready()
+                except BaseException:
+                    self.closed = True
+                    template.stop()
+                    raise
+                if not asked:
+                    return template
+                asked.clear()
+                _runtime.log("info", "SIGHUP received while the preload template imported "
+                             "the application: a new template imports it again")
+                template.stop()
+        finally:
+            if own:
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     def _new(self) -> Template:
         return Template(_runtime.settings, self._template_exited)
