@@ -30,8 +30,11 @@ def control_client(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
     elif args.command == "reload":
-        print(f"reloaded in {reply['seconds']:.1f} s: {reply['connections_reset']} "
-              f"connections reset, {reply['requests_failed']} requests failed")
+        cost = ""                       # a primary of an older install does not say
+        if "connections_reset" in reply:
+            cost = (f": {reply['connections_reset']} connections reset, "
+                    f"{reply['requests_failed']} requests failed")
+        print(f"reloaded in {reply['seconds']:.1f} s{cost}")
     elif args.command == "scale":
         print(f"{reply['workers_wanted']} workers wanted")
     return 0
