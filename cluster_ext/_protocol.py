@@ -40,6 +40,7 @@ LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.
                   10.0)
 STATUS_CLASSES = 5
 BUCKETS = len(LATENCY_BOUNDS) + 1
+_FOREVER = float("inf")
 _SATURATION = struct.Struct(f"<IdQQ{STATUS_CLASSES * BUCKETS}Q{STATUS_CLASSES}d")
 
 
@@ -133,6 +134,11 @@ def unpack_stats(payload: bytes) -> tuple[int, int, int, Saturation | None]:
         return served, open_connections, requests, None
     in_flight, lag, cut, closed, *rest = _SATURATION.unpack_from(payload, _STATS.size)
     flat, sums = rest[:-STATUS_CLASSES], rest[-STATUS_CLASSES:]
+    # Seconds the primary adds up and shows: a NaN or an infinity would stay
+    # in the fleet's histogram for good (lag -1 is the worker's "not yet").
+    if not (lag == -1.0 or 0.0 <= lag < _FOREVER) or \
+            not all(0.0 <= seconds < _FOREVER for seconds in sums):
+        raise ValueError("a STATS reply whose seconds are negative or not finite")
     counts = [list(flat[i * BUCKETS:(i + 1) * BUCKETS]) for i in range(STATUS_CLASSES)]
     return served, open_connections, requests, Saturation(
         in_flight, None if lag < 0 else lag, cut, closed, counts, list(sums))
