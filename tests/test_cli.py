@@ -1,5 +1,6 @@
 """python -m cluster_ext: the demo and `run` on each example, from the outside."""
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import cluster_ext as cluster
 from conftest import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +75,18 @@ def test_the_console_script_is_the_cli():
     out = subprocess.run([str(script), "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("usage: cluster-ext ") and "run" in out and "demo" in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["run", "--version"],
+                                  ["run", "examples.asgi_app:app", "--version"]])
+def test_version_names_cluster_ext_and_python(argv):
+    """As an operator reports what runs (uvicorn and gunicorn have it):
+    cluster_ext's version and the interpreter's, exit 0, nothing started."""
+    script = Path(sys.executable).parent / "cluster-ext"
+    r = subprocess.run([str(script), *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == f"cluster-ext {cluster.__version__} (Python {platform.python_version()})\n"
 
 
 def test_python_m_in_the_unbuilt_root_says_what_to_do():

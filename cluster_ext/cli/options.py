@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from .. import _core
+from .. import __version__, _core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -116,8 +117,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+VERSION = f"cluster-ext {__version__} (Python {sys.version.split()[0]})"
+VERSION_HELP = "print cluster_ext's version and Python's, and exit"
+
+
 def common_parser() -> Parser:
     common = Parser(add_help=False)
+    common.add_argument("--version", action="version", version=VERSION, help=VERSION_HELP)
     common.add_argument("-w", "--workers", type=_at_least(1), default=None, metavar="N",
                         help="worker processes (default: one per core)")
     common.add_argument("--sched", choices=("rr", "none"), default=None,
@@ -218,6 +224,8 @@ def web_parser() -> Parser:
 def parser(prog: str) -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=VERSION,
+                        help=VERSION_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
     run = commands.add_parser("run", parents=[common, web_parser()],
