@@ -330,9 +330,16 @@ def test_a_bad_value_is_one_line_and_exit_2_before_anything_starts(tmp_path, arg
         bind = ["--bind", f"127.0.0.1:{free_port()}"]
         full = ([command, *bind, *options, "examples.asgi_app:app"] if where == "before APP"
                 else [command, "examples.asgi_app:app", *bind, *options])
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "cluster-ext"), *full],
+    refused(full, says.format(tmp=tmp_path))
+    assert os.listdir(tmp_path) == ["file"]                  # nothing written
+
+
+def refused(argv, says, env=None):
+    """cluster-ext argv ends at once with exit 2 and one line on stderr that
+    begins as argparse's do with says: nothing logged or forked."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "cluster-ext"), *argv],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
     try:
         out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -340,9 +347,21 @@ def test_a_bad_value_is_one_line_and_exit_2_before_anything_starts(tmp_path, arg
         out, err = proc.communicate()
         pytest.fail(f"still running after 20 s: the value was taken\n{err}")
     assert proc.returncode == 2, err
-    assert err.startswith(f"cluster-ext {command}: error: {says.format(tmp=tmp_path)}"), err
+    assert err.startswith(f"cluster-ext {argv[0]}: error: {says}"), err
     assert err.count("\n") == 1 and out == "", err          # nothing logged or forked
-    assert os.listdir(tmp_path) == ["file"]                  # nothing written
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("value,says", [("0", "must be at least 1, not 0"),
+                                        ("four", "not a whole number: 'four'"),
+                                        ("", "not a whole number: ''")])
+def test_a_bad_web_concurrency_is_one_line_naming_it(command, value, says):
+    """WEB_CONCURRENCY is -w's default, as under gunicorn and uvicorn, whose
+    bad value is a traceback there; here it is one line that names it."""
+    argv = [command, "--bind", f"127.0.0.1:{free_port()}", "examples.asgi_app:app"] \
+        if command == "run" else [command, "--port", str(free_port())]
+    refused(argv, "environment variable WEB_CONCURRENCY (the default of -w/--workers): "
+                  f"{says}", env={"WEB_CONCURRENCY": value})
 
 
 def test_run_reports_a_missing_app(cli):

@@ -27,7 +27,8 @@ def cli(app, spec, *options, workers=2, cwd=WEBAPPS, env=None):
     stream of lines (its log, the application's stdout); returns (the
     process, its port)."""
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", "-w", str(workers),
+    count = [] if workers is None else ["-w", str(workers)]      # None: cluster-ext's default
+    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", *count,
            "--bind", f"127.0.0.1:{port}", *options, spec]
     return app(spec, cmd=cmd, cwd=cwd, merge_stderr=True, env=env), port
 
@@ -83,6 +84,20 @@ def test_an_asgi_app_is_served_by_every_worker_with_its_lifespan(app, sched):
     ends = {int(line.split()[1]) for line in lines if line.startswith("shutdown ")}
     assert len(starts) == 2 and starts == ends, lines
     assert pids <= starts
+
+
+def test_web_concurrency_is_the_default_number_of_workers(app):
+    """WEB_CONCURRENCY, as a platform sets it for gunicorn and uvicorn: that
+    many workers serve; -w wins over it."""
+    a, port = cli(app, "webapp:app", workers=None, env={"WEB_CONCURRENCY": "3"})
+    until(a, "supervising 3 workers")
+    serving(a, 3)
+    assert len({get(port)[2].split()[2] for _ in range(3)}) == 3     # rr: in turn
+    stop(a)
+    a, _ = cli(app, "webapp:app", workers=1, env={"WEB_CONCURRENCY": "3"})
+    until(a, "supervising 1 workers")
+    serving(a, 1)
+    stop(a)
 
 
 def test_rr_turns_connection_by_connection(app):

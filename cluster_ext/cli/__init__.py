@@ -20,7 +20,7 @@ import cluster_ext as cluster
 
 from .. import _runtime
 from . import primary, status, worker
-from .options import CONTROL_COMMANDS, is_web_app, parse_args
+from .options import CONTROL_COMMANDS, default_workers, is_web_app, parse_args
 
 log = logging.getLogger("cluster_ext")
 
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         else:
             worker.demo_worker(args.host, args.port)
         return 0
+    problem = default_workers(args)
+    if problem is not None:
+        return _refuse(prog, args.command, problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
                                                    "%(message)s", stream=sys.stderr)
     if args.command == "run" and is_web_app(args.app):
@@ -53,10 +56,15 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return 2
     pid_file, problem = primary.claim_files(args)
     if problem is not None:
-        print(f"{prog} {args.command}: error: {problem}", file=sys.stderr)
-        return 2
+        return _refuse(prog, args.command, problem)
     try:
         return primary.supervise(args)
     finally:
         if pid_file is not None:
             pid_file.remove("pid file")
+
+
+def _refuse(prog: str, command: str, problem: str) -> int:
+    """A usage error found after parsing, told as argparse tells its own."""
+    print(f"{prog} {command}: error: {problem}", file=sys.stderr)
+    return 2

@@ -125,7 +125,8 @@ def common_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--version", action="version", version=VERSION, help=VERSION_HELP)
     common.add_argument("-w", "--workers", type=_at_least(1), default=None, metavar="N",
-                        help="worker processes (default: one per core)")
+                        help="worker processes (default: $WEB_CONCURRENCY, as gunicorn and "
+                             "uvicorn read it, else one per core)")
     common.add_argument("--sched", choices=("rr", "none"), default=None,
                         help="rr: the primary accepts and hands connections out in turn "
                              "(default); none: workers accept on the shared socket")
@@ -269,6 +270,18 @@ def is_web_app(app: str) -> bool:
     """module:attribute, as gunicorn and uvicorn take it (a file of that name
     wins: it is a script)."""
     return ":" in app and not os.path.exists(app)
+
+
+def default_workers(args: argparse.Namespace) -> str | None:
+    """-w/--workers' default from WEB_CONCURRENCY, as gunicorn and uvicorn
+    take it (a platform sets it for the machine); what is wrong with its
+    value, as a usage error, or None."""
+    if args.workers is None and "WEB_CONCURRENCY" in os.environ:
+        try:
+            args.workers = _at_least(1)(os.environ["WEB_CONCURRENCY"])
+        except argparse.ArgumentTypeError as exc:
+            return f"environment variable WEB_CONCURRENCY (the default of -w/--workers): {exc}"
+    return None
 
 
 def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
