@@ -306,6 +306,9 @@ BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
      "argument -b/--bind: {tmp}/missing/app.sock: its directory {tmp}/missing does not"),
     (["run", "--pid-file", "{tmp}/file/app.pid"],
      "argument --pid-file: {tmp}/file/app.pid: {tmp}/file is not a directory"),
+    (["run", "--env-file", "{tmp}/missing.env"],
+     "argument --env-file: {tmp}/missing.env: No such file or directory"),
+    (["run", "--env-file", "{tmp}"], "argument --env-file: {tmp}: Is a directory"),
     (["demo", "--port", "70000"], "argument --port: must be a port from 0 to 65535"),
     (["demo", "-w", "0"], "argument -w/--workers: must be at least 1, not 0"),
 ]
@@ -349,6 +352,15 @@ def refused(argv, says, env=None):
     assert proc.returncode == 2, err
     assert err.startswith(f"cluster-ext {argv[0]}: error: {says}"), err
     assert err.count("\n") == 1 and out == "", err          # nothing logged or forked
+
+
+def test_an_env_file_without_python_dotenv_says_how_to_install_it(tmp_path):
+    (tmp_path / ".env").write_text("NAME=value\n")
+    (tmp_path / "dotenv.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'dotenv'\", name='dotenv')\n")
+    refused(["run", "--env-file", str(tmp_path / ".env"), "examples.asgi_app:app"],
+            "argument --env-file: needs python-dotenv: pip install python-dotenv",
+            env={"PYTHONPATH": str(tmp_path)})
 
 
 @pytest.mark.parametrize("command", ["run", "demo"])

@@ -100,6 +100,25 @@ def test_web_concurrency_is_the_default_number_of_workers(app):
     stop(a)
 
 
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_env_file_reaches_every_worker_and_keeps_what_is_set(app, tmp_path, preload):
+    """--env-file as under uvicorn: its variables in every worker (forked
+    from the template too, under --preload), one already set kept, and
+    WEB_CONCURRENCY taken from it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("# the deployment's\nexport CX_FROM_FILE='from the file'\n"
+                        "CX_KEPT=from the file\nWEB_CONCURRENCY=3\n")
+    a, port = cli(app, "webapp:app", "--env-file", str(env_file),
+                  *(["--preload"] if preload else []), workers=None,
+                  env={"CX_KEPT": "outside"})
+    until(a, "supervising 3 workers")
+    serving(a, 3)
+    for _ in range(3):                                   # rr: each worker in turn
+        assert get(port, "/env?CX_FROM_FILE")[2] == "from the file\n"
+        assert get(port, "/env?CX_KEPT")[2] == "outside\n"
+    stop(a)
+
+
 def test_rr_turns_connection_by_connection(app):
     a, port = cli(app, "webapp:app", "--sched", "rr")
     serving(a)

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         else:
             worker.demo_worker(args.host, args.port)
         return 0
-    problem = default_workers(args)
+    # uvicorn's order: the file may set WEB_CONCURRENCY
+    problem = primary.load_env_file(args) or default_workers(args)
     if problem is not None:
         return _refuse(prog, args.command, problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "

@@ -141,6 +141,10 @@ def common_parser() -> Parser:
     common.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="S",
                         help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
                              "before the graceful stop, while a load balancer lets go")
+    common.add_argument("--env-file", default=None, metavar="PATH",
+                        help="environment variables from PATH (a .env file, read by "
+                             "python-dotenv) set in the primary before any fork, so that "
+                             "the workers inherit them; one already set keeps its value")
     common.add_argument("--pid-file", default=None, metavar="PATH",
                         help="write the primary's pid to PATH while it runs")
     common.add_argument("--ready-file", default=None, metavar="PATH",

@@ -68,6 +68,35 @@ def check_web(args: argparse.Namespace) -> str | None:
     return None
 
 
+def load_env_file(args: argparse.Namespace) -> str | None:
+    """--env-file's variables set in the primary's environment before any
+    fork, so that every worker and preload's template inherit them, as
+    uvicorn sets them in its own process; a variable already set keeps its
+    value (python-dotenv's default, which uvicorn keeps). What is wrong, as
+    a usage error, or None."""
+    if args.env_file is None:
+        return None
+    why = _unreadable(args.env_file)
+    if why is not None:
+        return f"argument --env-file: {why}"
+    try:
+        import dotenv
+    except ImportError:
+        return ("argument --env-file: needs python-dotenv: pip install python-dotenv "
+                "(the web extra brings it)")
+    dotenv.load_dotenv(dotenv_path=args.env_file)
+    return None
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the file at path cannot be read, or None."""
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
+
+
 PATH_OPTIONS = (("--pid-file", "pid_file"), ("--ready-file", "ready_file"),
                 ("--control", "control"))
 
