@@ -306,6 +306,8 @@ BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
      "argument -b/--bind: {tmp}/missing/app.sock: its directory {tmp}/missing does not"),
     (["run", "--pid-file", "{tmp}/file/app.pid"],
      "argument --pid-file: {tmp}/file/app.pid: {tmp}/file is not a directory"),
+    (["run", "--app-dir", "{tmp}/missing"], "argument --app-dir: {tmp}/missing: no such directory"),
+    (["run", "--app-dir", "{tmp}/file"], "argument --app-dir: {tmp}/file: not a directory"),
     (["run", "--env-file", "{tmp}/missing.env"],
      "argument --env-file: {tmp}/missing.env: No such file or directory"),
     (["run", "--env-file", "{tmp}"], "argument --env-file: {tmp}: Is a directory"),

@@ -200,6 +200,26 @@ def test_options_may_follow_the_app_as_uvicorn_takes_them(app):
     stop(a)
 
 
+@pytest.mark.parametrize("preload", [False, True])
+@pytest.mark.parametrize("module", ["webapp", "elsewhere"])
+def test_app_dir_is_where_the_application_is_looked_for_first(app, tmp_path, module, preload):
+    """--app-dir as under uvicorn, from the tests' folder: a module found
+    only in DIR passes the primary's check and is served; one of the same
+    name as the current directory's (webapp) is DIR's; with --preload the
+    template imports DIR's too."""
+    (tmp_path / f"{module}.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http':\n"
+        "        await send({'type': 'http.response.start', 'status': 200})\n"
+        "        await send({'type': 'http.response.body', 'body': b'from the app dir'})\n")
+    a, port = cli(app, f"{module}:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+                  *(["--preload"] if preload else []))
+    serving(a)
+    for _ in range(2):                                   # rr: each worker in turn
+        assert get(port)[2] == "from the app dir"
+    stop(a)
+
+
 def test_a_unix_socket_bind(app, tmp_path):
     """A socket file left by a primary that was killed is replaced; one a
     live cluster serves on is refused, and that cluster carries on."""

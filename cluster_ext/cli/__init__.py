@@ -20,7 +20,7 @@ import cluster_ext as cluster
 
 from .. import _runtime
 from . import primary, status, worker
-from .options import CONTROL_COMMANDS, default_workers, is_web_app, parse_args
+from .options import CONTROL_COMMANDS, is_web_app, parse_args
 
 log = logging.getLogger("cluster_ext")
 
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     args = parse_args(argv, prog)
     if args.command in CONTROL_COMMANDS:
         return status.control_client(args)
+    if args.command == "run" and args.app_dir is not None and is_web_app(args.app):
+        # in every role: the primary checks the spec's module, the template
+        # and the workers import it
+        from ..web.app import look_in
+        look_in(args.app_dir)
     if _runtime.is_template:                 # --preload's (fleet.preload)
         worker.run_template(args)
         return 0
@@ -41,8 +46,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         else:
             worker.demo_worker(args.host, args.port)
         return 0
-    # uvicorn's order: the file may set WEB_CONCURRENCY
-    problem = primary.load_env_file(args) or default_workers(args)
+    problem = primary.prepare(args)
     if problem is not None:
         return _refuse(prog, args.command, problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "

@@ -181,6 +181,9 @@ def web_parser() -> Parser:
                           "listening socket); repeatable (default 127.0.0.1:8000)")
     web.add_argument("--interface", choices=("auto", "asgi", "asgi3", "asgi2", "wsgi"),
                      default="auto", help="the application's interface (default: detected)")
+    web.add_argument("--app-dir", default=None, metavar="DIR",
+                     help="look for APP's module in DIR first: DIR goes before the current "
+                          "directory on sys.path")
     web.add_argument("--factory", action="store_true",
                      help="APP names a function that returns the application")
     web.add_argument("--preload", action="store_true",

@@ -10,7 +10,7 @@ import os
 
 import cluster_ext as cluster
 
-from .options import is_web_app
+from .options import default_workers, is_web_app
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,6 +66,22 @@ def check_web(args: argparse.Namespace) -> str | None:
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
     return None
+
+
+def prepare(args: argparse.Namespace) -> str | None:
+    """What the command line names outside itself, taken or checked before
+    anything is logged, forked or written: --env-file loaded, then
+    WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
+    --app-dir a directory. What is wrong, as a usage error, or None."""
+    return load_env_file(args) or default_workers(args) or _check_app_dir(args)
+
+
+def _check_app_dir(args: argparse.Namespace) -> str | None:
+    app_dir = getattr(args, "app_dir", None)
+    if app_dir is None or os.path.isdir(app_dir):
+        return None
+    why = "not a directory" if os.path.exists(app_dir) else "no such directory"
+    return f"argument --app-dir: {app_dir}: {why}"
 
 
 def load_env_file(args: argparse.Namespace) -> str | None:
