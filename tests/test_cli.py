@@ -356,6 +356,43 @@ def refused(argv, says, env=None):
     assert err.count("\n") == 1 and out == "", err          # nothing logged or forked
 
 
+@pytest.mark.parametrize("options,says", [
+    (["--ssl-certfile", "{missing}"], "argument --ssl-certfile: {missing}: No such file or"),
+    (["--ssl-certfile", "{tmp}"], "argument --ssl-certfile: {tmp}: Is a directory"),
+    (["--ssl-certfile", "{key}"], "argument --ssl-certfile: {key}: no PEM certificate in it"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{missing}"],
+     "argument --ssl-keyfile: {missing}: No such file or directory"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{other_key}"],
+     "argument --ssl-keyfile: {other_key}: not the key of the certificate in {cert}"),
+    (["--ssl-certfile", "{cert}"],
+     "argument --ssl-certfile: {cert}: no PEM private key that can be read (give the key "
+     "with --ssl-keyfile; an encrypted key needs --ssl-keyfile-password)"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}"],
+     "argument --ssl-keyfile: {encrypted_key}: no PEM private key that can be read (an "
+     "encrypted key needs --ssl-keyfile-password)"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}",
+      "--ssl-keyfile-password", "wrong"],
+     "argument --ssl-keyfile: {encrypted_key}: no PEM private key that can be read (check "
+     "--ssl-keyfile-password)"),
+    (["--ssl-keyfile", "{key}"], "argument --ssl-keyfile: needs --ssl-certfile"),
+    (["--ssl-ciphers", "ECDHE"], "argument --ssl-ciphers: needs --ssl-certfile"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-ca-certs", "{key}"],
+     "argument --ssl-ca-certs: {key}: no PEM certificate in it"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-ciphers", "NONE-SUCH"],
+     "argument --ssl-ciphers: OpenSSL selects no cipher from 'NONE-SUCH'"),
+])
+def test_tls_files_that_cannot_serve_are_one_line_before_any_fork(tls, tmp_path, options,
+                                                                   says):
+    """The primary loads the files as each worker's uvicorn.Config would:
+    what would fail every worker's start (a key prompted for on the
+    terminal, even) is one line and exit 2."""
+    paths = {name: str(path) for name, path in vars(tls).items() if name != "client"}
+    paths.update(tmp=str(tmp_path), missing=str(tmp_path / "missing.pem"))
+    refused(["run", "--bind", f"127.0.0.1:{free_port()}",
+             *(option.format(**paths) for option in options), "examples.asgi_app:app"],
+            says.format(**paths))
+
+
 def test_an_env_file_without_python_dotenv_says_how_to_install_it(tmp_path):
     (tmp_path / ".env").write_text("NAME=value\n")
     (tmp_path / "dotenv.py").write_text(

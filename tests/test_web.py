@@ -7,6 +7,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -217,6 +218,69 @@ def test_app_dir_is_where_the_application_is_looked_for_first(app, tmp_path, mod
     serving(a)
     for _ in range(2):                                   # rr: each worker in turn
         assert get(port)[2] == "from the app dir"
+    stop(a)
+
+
+def https_get(port, context, path="/"):
+    """(status, headers dict, body, cipher) of one GET over HTTPS, on a new
+    connection of a client with context."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        status, headers, body = get(port, path, conn=conn)
+        return status, headers, body, conn.sock.cipher()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sched", ["rr", "none"])
+def test_https_is_answered_by_every_worker(app, tls, sched):
+    """--ssl-certfile and --ssl-keyfile as under uvicorn: every worker
+    answers HTTPS to a client that trusts the CA, whether the primary hands
+    the connections out (rr) or the workers accept them (none)."""
+    a, port = cli(app, "webapp:app", "--sched", sched, "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.key))
+    serving(a)
+    pids, stopped = set(), []
+    try:
+        for _ in range(2):                               # rr: each worker in turn
+            status, _, body, _ = https_get(port, tls.client)
+            assert status == 200 and body.startswith("hello "), body
+            pid = int(body.split()[2])
+            pids.add(pid)
+            if sched == "none":          # the next connection can only be another's
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert len(pids) == 2, pids
+    stop(a)
+
+
+def test_a_wss_handshake_with_an_encrypted_key(app, tls):
+    """WSS through uvicorn's WebSocket protocol, its key opened with
+    --ssl-keyfile-password in the worker as in the primary's check."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.encrypted_key), "--ssl-keyfile-password", "secret",
+                  workers=1)
+    serving(a, 1)
+    with websockets.connect(f"wss://127.0.0.1:{port}/ws", ssl=tls.client,
+                            open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "1 hi"
+    stop(a)
+
+
+def test_tls_ciphers_and_ca_certs_reach_the_workers(app, tls):
+    """--ssl-ciphers picks what a TLS 1.2 client gets (OpenSSL's default
+    order puts AES-GCM first); --ssl-ca-certs is taken."""
+    a, port = cli(app, "webapp:app", "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.key), "--ssl-ca-certs", str(tls.ca),
+                  "--ssl-ciphers", "ECDHE-ECDSA-CHACHA20-POLY1305", workers=1)
+    serving(a, 1)
+    tls.client.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert https_get(port, tls.client)[3] == "ECDHE-ECDSA-CHACHA20-POLY1305"
     stop(a)
 
 

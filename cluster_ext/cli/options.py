@@ -226,7 +226,27 @@ def web_parser() -> Parser:
     web.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
                      help="comma-separated addresses trusted for proxy headers "
                           "(default 127.0.0.1)")
+    tls = parser.add_argument_group(
+        "TLS, HTTPS and WSS (uvicorn's options; the primary loads the files once, before "
+        "any fork)")
+    tls.add_argument("--ssl-certfile", default=None, metavar="PATH",
+                     help="the server's certificate, then its chain (PEM): serve HTTPS")
+    tls.add_argument("--ssl-keyfile", default=None, metavar="PATH",
+                     help="its private key (PEM; default: the one in --ssl-certfile)")
+    tls.add_argument("--ssl-keyfile-password", default=None, metavar="PASSWORD",
+                     help="the password of an encrypted key")
+    tls.add_argument("--ssl-ca-certs", default=None, metavar="PATH",
+                     help="CA certificates (PEM) for clients' certificates, which are "
+                          "not asked for (uvicorn's --ssl-cert-reqs default)")
+    tls.add_argument("--ssl-ciphers", default=None, metavar="CIPHERS",
+                     help="the OpenSSL cipher list of TLS 1.2 (default: OpenSSL's)")
     return parser
+
+
+# The TLS options, as uvicorn.Config names them: a worker's Config gets
+# those given, and --ssl-certfile turns TLS on.
+TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs",
+               "ssl_ciphers")
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
