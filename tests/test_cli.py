@@ -66,7 +66,9 @@ def test_help_speaks_to_a_newcomer(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"], cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     for word in ("APP", "--workers", "--sched", "--graceful-timeout",
-                 "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute"):
+                 "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute",
+                 "WEB_CONCURRENCY", "--env-file", "--app-dir", "--version", "--ssl-certfile",
+                 "--ssl-keyfile", "--ssl-keyfile-password", "--ssl-ca-certs", "--ssl-ciphers"):
         assert word in out
 
 
