@@ -1,5 +1,6 @@
-"""The primary's side of `cluster-ext run` and `demo`: what can be found wrong
-is checked before any fork (the web application's spec, the files'
+"""The primary's side of `cluster-ext run` and `demo`: the environment file
+loaded, and what can be found wrong checked before any fork (WEB_CONCURRENCY,
+--app-dir, the TLS files, the web application's spec, the files'
 directories), the services opened, the lifecycle logged, and the fleet
 supervised until it stops."""
 from __future__ import annotations
