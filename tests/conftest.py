@@ -184,6 +184,36 @@ def only_json(lines: list[str], prefix: str = "") -> dict:
     return found[0]
 
 
+@pytest.fixture
+def tls(tmp_path):
+    """What an operator hands `--ssl-*`, from trustme's CA: a certificate for
+    127.0.0.1 (cert.pem) and its key (key.pem, and encrypted-key.pem under
+    the password 'secret'), the CA's certificate (ca.pem), another
+    certificate's key (other-key.pem); and the context of a client that
+    trusts the CA (.client)."""
+    trustme = pytest.importorskip("trustme")
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives import serialization
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    files = SimpleNamespace(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem",
+                            encrypted_key=tmp_path / "encrypted-key.pem",
+                            ca=tmp_path / "ca.pem", other_key=tmp_path / "other-key.pem")
+    files.cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(files.key))
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    files.encrypted_key.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    ca.cert_pem.write_to_path(str(files.ca))
+    ca.issue_cert("127.0.0.2").private_key_pem.write_to_path(str(files.other_key))
+    import ssl
+    files.client = ssl.create_default_context()
+    ca.configure_trust(files.client)
+    return files
+
+
 def free_port() -> int:
     """A port that nothing listens on right now."""
     with socket.socket() as s:

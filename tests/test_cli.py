@@ -1,5 +1,6 @@
 """python -m cluster_ext: the demo and `run` on each example, from the outside."""
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import cluster_ext as cluster
 from conftest import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +66,9 @@ def test_help_speaks_to_a_newcomer(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cluster_ext", "run", "--help"], cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     for word in ("APP", "--workers", "--sched", "--graceful-timeout",
-                 "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute"):
+                 "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute",
+                 "WEB_CONCURRENCY", "--env-file", "--app-dir", "--version", "--ssl-certfile",
+                 "--ssl-keyfile", "--ssl-keyfile-password", "--ssl-ca-certs", "--ssl-ciphers"):
         assert word in out
 
 
@@ -73,6 +77,18 @@ def test_the_console_script_is_the_cli():
     out = subprocess.run([str(script), "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("usage: cluster-ext ") and "run" in out and "demo" in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["run", "--version"],
+                                  ["run", "examples.asgi_app:app", "--version"]])
+def test_version_names_cluster_ext_and_python(argv):
+    """As an operator reports what runs (uvicorn and gunicorn have it):
+    cluster_ext's version and the interpreter's, exit 0, nothing started."""
+    script = Path(sys.executable).parent / "cluster-ext"
+    r = subprocess.run([str(script), *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == f"cluster-ext {cluster.__version__} (Python {platform.python_version()})\n"
 
 
 def test_python_m_in_the_unbuilt_root_says_what_to_do():
@@ -292,6 +308,11 @@ BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
      "argument -b/--bind: {tmp}/missing/app.sock: its directory {tmp}/missing does not"),
     (["run", "--pid-file", "{tmp}/file/app.pid"],
      "argument --pid-file: {tmp}/file/app.pid: {tmp}/file is not a directory"),
+    (["run", "--app-dir", "{tmp}/missing"], "argument --app-dir: {tmp}/missing: no such directory"),
+    (["run", "--app-dir", "{tmp}/file"], "argument --app-dir: {tmp}/file: not a directory"),
+    (["run", "--env-file", "{tmp}/missing.env"],
+     "argument --env-file: {tmp}/missing.env: No such file or directory"),
+    (["run", "--env-file", "{tmp}"], "argument --env-file: {tmp}: Is a directory"),
     (["demo", "--port", "70000"], "argument --port: must be a port from 0 to 65535"),
     (["demo", "-w", "0"], "argument -w/--workers: must be at least 1, not 0"),
 ]
@@ -316,9 +337,16 @@ def test_a_bad_value_is_one_line_and_exit_2_before_anything_starts(tmp_path, arg
         bind = ["--bind", f"127.0.0.1:{free_port()}"]
         full = ([command, *bind, *options, "examples.asgi_app:app"] if where == "before APP"
                 else [command, "examples.asgi_app:app", *bind, *options])
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "cluster-ext"), *full],
+    refused(full, says.format(tmp=tmp_path))
+    assert os.listdir(tmp_path) == ["file"]                  # nothing written
+
+
+def refused(argv, says, env=None):
+    """cluster-ext argv ends at once with exit 2 and one line on stderr that
+    begins as argparse's do with says: nothing logged or forked."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "cluster-ext"), *argv],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
     try:
         out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -326,9 +354,67 @@ def test_a_bad_value_is_one_line_and_exit_2_before_anything_starts(tmp_path, arg
         out, err = proc.communicate()
         pytest.fail(f"still running after 20 s: the value was taken\n{err}")
     assert proc.returncode == 2, err
-    assert err.startswith(f"cluster-ext {command}: error: {says.format(tmp=tmp_path)}"), err
+    assert err.startswith(f"cluster-ext {argv[0]}: error: {says}"), err
     assert err.count("\n") == 1 and out == "", err          # nothing logged or forked
-    assert os.listdir(tmp_path) == ["file"]                  # nothing written
+
+
+@pytest.mark.parametrize("options,says", [
+    (["--ssl-certfile", "{missing}"], "argument --ssl-certfile: {missing}: No such file or"),
+    (["--ssl-certfile", "{tmp}"], "argument --ssl-certfile: {tmp}: Is a directory"),
+    (["--ssl-certfile", "{key}"], "argument --ssl-certfile: {key}: no PEM certificate in it"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{missing}"],
+     "argument --ssl-keyfile: {missing}: No such file or directory"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{other_key}"],
+     "argument --ssl-keyfile: {other_key}: not the key of the certificate in {cert}"),
+    (["--ssl-certfile", "{cert}"],
+     "argument --ssl-certfile: {cert}: no PEM private key that can be read (give the key "
+     "with --ssl-keyfile; an encrypted key needs --ssl-keyfile-password)"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}"],
+     "argument --ssl-keyfile: {encrypted_key}: no PEM private key that can be read (an "
+     "encrypted key needs --ssl-keyfile-password)"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}",
+      "--ssl-keyfile-password", "wrong"],
+     "argument --ssl-keyfile: {encrypted_key}: no PEM private key that can be read (check "
+     "--ssl-keyfile-password)"),
+    (["--ssl-keyfile", "{key}"], "argument --ssl-keyfile: needs --ssl-certfile"),
+    (["--ssl-ciphers", "ECDHE"], "argument --ssl-ciphers: needs --ssl-certfile"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-ca-certs", "{key}"],
+     "argument --ssl-ca-certs: {key}: no PEM certificate in it"),
+    (["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-ciphers", "NONE-SUCH"],
+     "argument --ssl-ciphers: OpenSSL selects no cipher from 'NONE-SUCH'"),
+])
+def test_tls_files_that_cannot_serve_are_one_line_before_any_fork(tls, tmp_path, options,
+                                                                   says):
+    """The primary loads the files as each worker's uvicorn.Config would:
+    what would fail every worker's start (a key prompted for on the
+    terminal, even) is one line and exit 2."""
+    paths = {name: str(path) for name, path in vars(tls).items() if name != "client"}
+    paths.update(tmp=str(tmp_path), missing=str(tmp_path / "missing.pem"))
+    refused(["run", "--bind", f"127.0.0.1:{free_port()}",
+             *(option.format(**paths) for option in options), "examples.asgi_app:app"],
+            says.format(**paths))
+
+
+def test_an_env_file_without_python_dotenv_says_how_to_install_it(tmp_path):
+    (tmp_path / ".env").write_text("NAME=value\n")
+    (tmp_path / "dotenv.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'dotenv'\", name='dotenv')\n")
+    refused(["run", "--env-file", str(tmp_path / ".env"), "examples.asgi_app:app"],
+            "argument --env-file: needs python-dotenv: pip install python-dotenv",
+            env={"PYTHONPATH": str(tmp_path)})
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("value,says", [("0", "must be at least 1, not 0"),
+                                        ("four", "not a whole number: 'four'"),
+                                        ("", "not a whole number: ''")])
+def test_a_bad_web_concurrency_is_one_line_naming_it(command, value, says):
+    """WEB_CONCURRENCY is -w's default, as under gunicorn and uvicorn, whose
+    bad value is a traceback there; here it is one line that names it."""
+    argv = [command, "--bind", f"127.0.0.1:{free_port()}", "examples.asgi_app:app"] \
+        if command == "run" else [command, "--port", str(free_port())]
+    refused(argv, "environment variable WEB_CONCURRENCY (the default of -w/--workers): "
+                  f"{says}", env={"WEB_CONCURRENCY": value})
 
 
 def test_run_reports_a_missing_app(cli):

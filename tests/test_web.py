@@ -7,6 +7,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -27,7 +28,8 @@ def cli(app, spec, *options, workers=2, cwd=WEBAPPS, env=None):
     stream of lines (its log, the application's stdout); returns (the
     process, its port)."""
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", "-w", str(workers),
+    count = [] if workers is None else ["-w", str(workers)]      # None: cluster-ext's default
+    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", *count,
            "--bind", f"127.0.0.1:{port}", *options, spec]
     return app(spec, cmd=cmd, cwd=cwd, merge_stderr=True, env=env), port
 
@@ -83,6 +85,39 @@ def test_an_asgi_app_is_served_by_every_worker_with_its_lifespan(app, sched):
     ends = {int(line.split()[1]) for line in lines if line.startswith("shutdown ")}
     assert len(starts) == 2 and starts == ends, lines
     assert pids <= starts
+
+
+def test_web_concurrency_is_the_default_number_of_workers(app):
+    """WEB_CONCURRENCY, as a platform sets it for gunicorn and uvicorn: that
+    many workers serve; -w wins over it."""
+    a, port = cli(app, "webapp:app", workers=None, env={"WEB_CONCURRENCY": "3"})
+    until(a, "supervising 3 workers")
+    serving(a, 3)
+    assert len({get(port)[2].split()[2] for _ in range(3)}) == 3     # rr: in turn
+    stop(a)
+    a, _ = cli(app, "webapp:app", workers=1, env={"WEB_CONCURRENCY": "3"})
+    until(a, "supervising 1 workers")
+    serving(a, 1)
+    stop(a)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_env_file_reaches_every_worker_and_keeps_what_is_set(app, tmp_path, preload):
+    """--env-file as under uvicorn: its variables in every worker (forked
+    from the template too, under --preload), one already set kept, and
+    WEB_CONCURRENCY taken from it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("# the deployment's\nexport CX_FROM_FILE='from the file'\n"
+                        "CX_KEPT=from the file\nWEB_CONCURRENCY=3\n")
+    a, port = cli(app, "webapp:app", "--env-file", str(env_file),
+                  *(["--preload"] if preload else []), workers=None,
+                  env={"CX_KEPT": "outside"})
+    until(a, "supervising 3 workers")
+    serving(a, 3)
+    for _ in range(3):                                   # rr: each worker in turn
+        assert get(port, "/env?CX_FROM_FILE")[2] == "from the file\n"
+        assert get(port, "/env?CX_KEPT")[2] == "outside\n"
+    stop(a)
 
 
 def test_rr_turns_connection_by_connection(app):
@@ -163,6 +198,89 @@ def test_options_may_follow_the_app_as_uvicorn_takes_them(app):
     get(port, "/logged")
     line = until(a, "GET /logged")
     assert "[worker 1]" in line and " 200" in line, line
+    stop(a)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+@pytest.mark.parametrize("module", ["webapp", "elsewhere"])
+def test_app_dir_is_where_the_application_is_looked_for_first(app, tmp_path, module, preload):
+    """--app-dir as under uvicorn, from the tests' folder: a module found
+    only in DIR passes the primary's check and is served; one of the same
+    name as the current directory's (webapp) is DIR's; with --preload the
+    template imports DIR's too."""
+    (tmp_path / f"{module}.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http':\n"
+        "        await send({'type': 'http.response.start', 'status': 200})\n"
+        "        await send({'type': 'http.response.body', 'body': b'from the app dir'})\n")
+    a, port = cli(app, f"{module}:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+                  *(["--preload"] if preload else []))
+    serving(a)
+    for _ in range(2):                                   # rr: each worker in turn
+        assert get(port)[2] == "from the app dir"
+    stop(a)
+
+
+def https_get(port, context, path="/"):
+    """(status, headers dict, body, cipher) of one GET over HTTPS, on a new
+    connection of a client with context."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        status, headers, body = get(port, path, conn=conn)
+        return status, headers, body, conn.sock.cipher()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sched", ["rr", "none"])
+def test_https_is_answered_by_every_worker(app, tls, sched):
+    """--ssl-certfile and --ssl-keyfile as under uvicorn: every worker
+    answers HTTPS to a client that trusts the CA, whether the primary hands
+    the connections out (rr) or the workers accept them (none)."""
+    a, port = cli(app, "webapp:app", "--sched", sched, "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.key))
+    serving(a)
+    pids, stopped = set(), []
+    try:
+        for _ in range(2):                               # rr: each worker in turn
+            status, _, body, _ = https_get(port, tls.client)
+            assert status == 200 and body.startswith("hello "), body
+            pid = int(body.split()[2])
+            pids.add(pid)
+            if sched == "none":          # the next connection can only be another's
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert len(pids) == 2, pids
+    stop(a)
+
+
+def test_a_wss_handshake_with_an_encrypted_key(app, tls):
+    """WSS through uvicorn's WebSocket protocol, its key opened with
+    --ssl-keyfile-password in the worker as in the primary's check."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    a, port = cli(app, "webapp:app", "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.encrypted_key), "--ssl-keyfile-password", "secret",
+                  workers=1)
+    serving(a, 1)
+    with websockets.connect(f"wss://127.0.0.1:{port}/ws", ssl=tls.client,
+                            open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "1 hi"
+    stop(a)
+
+
+def test_tls_ciphers_and_ca_certs_reach_the_workers(app, tls):
+    """--ssl-ciphers picks what a TLS 1.2 client gets (OpenSSL's default
+    order puts AES-GCM first); --ssl-ca-certs is taken."""
+    a, port = cli(app, "webapp:app", "--ssl-certfile", str(tls.cert),
+                  "--ssl-keyfile", str(tls.key), "--ssl-ca-certs", str(tls.ca),
+                  "--ssl-ciphers", "ECDHE-ECDSA-CHACHA20-POLY1305", workers=1)
+    serving(a, 1)
+    tls.client.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert https_get(port, tls.client)[3] == "ECDHE-ECDSA-CHACHA20-POLY1305"
     stop(a)
 
 

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     args = parse_args(argv, prog)
     if args.command in CONTROL_COMMANDS:
         return status.control_client(args)
+    if args.command == "run" and args.app_dir is not None and is_web_app(args.app):
+        # in every role: the primary checks the spec's module, the template
+        # and the workers import it
+        from ..web.app import look_in
+        look_in(args.app_dir)
     if _runtime.is_template:                 # --preload's (fleet.preload)
         worker.run_template(args)
         return 0
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         else:
             worker.demo_worker(args.host, args.port)
         return 0
+    problem = primary.prepare(args)
+    if problem is not None:
+        return _refuse(prog, args.command, problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
                                                    "%(message)s", stream=sys.stderr)
     if args.command == "run" and is_web_app(args.app):
@@ -53,10 +61,15 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return 2
     pid_file, problem = primary.claim_files(args)
     if problem is not None:
-        print(f"{prog} {args.command}: error: {problem}", file=sys.stderr)
-        return 2
+        return _refuse(prog, args.command, problem)
     try:
         return primary.supervise(args)
     finally:
         if pid_file is not None:
             pid_file.remove("pid file")
+
+
+def _refuse(prog: str, command: str, problem: str) -> int:
+    """A usage error found after parsing, told as argparse tells its own."""
+    print(f"{prog} {command}: error: {problem}", file=sys.stderr)
+    return 2

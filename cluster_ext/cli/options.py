@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from .. import _core
+from .. import __version__, _core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -116,10 +117,16 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+VERSION = f"cluster-ext {__version__} (Python {sys.version.split()[0]})"
+VERSION_HELP = "print cluster_ext's version and Python's, and exit"
+
+
 def common_parser() -> Parser:
     common = Parser(add_help=False)
+    common.add_argument("--version", action="version", version=VERSION, help=VERSION_HELP)
     common.add_argument("-w", "--workers", type=_at_least(1), default=None, metavar="N",
-                        help="worker processes (default: one per core)")
+                        help="worker processes (default: $WEB_CONCURRENCY, as gunicorn and "
+                             "uvicorn read it, else one per core)")
     common.add_argument("--sched", choices=("rr", "none"), default=None,
                         help="rr: the primary accepts and hands connections out in turn "
                              "(default); none: workers accept on the shared socket")
@@ -134,6 +141,10 @@ def common_parser() -> Parser:
     common.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="S",
                         help="on SIGTERM, serve S seconds more (not ready, STOPPING=1) "
                              "before the graceful stop, while a load balancer lets go")
+    common.add_argument("--env-file", default=None, metavar="PATH",
+                        help="environment variables from PATH (a .env file, read by "
+                             "python-dotenv) set in the primary before any fork, so that "
+                             "the workers inherit them; one already set keeps its value")
     common.add_argument("--pid-file", default=None, metavar="PATH",
                         help="write the primary's pid to PATH while it runs")
     common.add_argument("--ready-file", default=None, metavar="PATH",
@@ -170,6 +181,9 @@ def web_parser() -> Parser:
                           "listening socket); repeatable (default 127.0.0.1:8000)")
     web.add_argument("--interface", choices=("auto", "asgi", "asgi3", "asgi2", "wsgi"),
                      default="auto", help="the application's interface (default: detected)")
+    web.add_argument("--app-dir", default=None, metavar="DIR",
+                     help="look for APP's module in DIR first: DIR goes before the current "
+                          "directory on sys.path")
     web.add_argument("--factory", action="store_true",
                      help="APP names a function that returns the application")
     web.add_argument("--preload", action="store_true",
@@ -212,12 +226,34 @@ def web_parser() -> Parser:
     web.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
                      help="comma-separated addresses trusted for proxy headers "
                           "(default 127.0.0.1)")
+    tls = parser.add_argument_group(
+        "TLS, HTTPS and WSS (uvicorn's options; the primary loads the files once, before "
+        "any fork)")
+    tls.add_argument("--ssl-certfile", default=None, metavar="PATH",
+                     help="the server's certificate, then its chain (PEM): serve HTTPS")
+    tls.add_argument("--ssl-keyfile", default=None, metavar="PATH",
+                     help="its private key (PEM; default: the one in --ssl-certfile)")
+    tls.add_argument("--ssl-keyfile-password", default=None, metavar="PASSWORD",
+                     help="the password of an encrypted key")
+    tls.add_argument("--ssl-ca-certs", default=None, metavar="PATH",
+                     help="CA certificates (PEM) for clients' certificates, which are "
+                          "not asked for (uvicorn's --ssl-cert-reqs default)")
+    tls.add_argument("--ssl-ciphers", default=None, metavar="CIPHERS",
+                     help="the OpenSSL cipher list of TLS 1.2 (default: OpenSSL's)")
     return parser
+
+
+# The TLS options, as uvicorn.Config names them: a worker's Config gets
+# those given, and --ssl-certfile turns TLS on.
+TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs",
+               "ssl_ciphers")
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=VERSION,
+                        help=VERSION_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
     run = commands.add_parser("run", parents=[common, web_parser()],
@@ -261,6 +297,18 @@ def is_web_app(app: str) -> bool:
     """module:attribute, as gunicorn and uvicorn take it (a file of that name
     wins: it is a script)."""
     return ":" in app and not os.path.exists(app)
+
+
+def default_workers(args: argparse.Namespace) -> str | None:
+    """-w/--workers' default from WEB_CONCURRENCY, as gunicorn and uvicorn
+    take it (a platform sets it for the machine); what is wrong with its
+    value, as a usage error, or None."""
+    if args.workers is None and "WEB_CONCURRENCY" in os.environ:
+        try:
+            args.workers = _at_least(1)(os.environ["WEB_CONCURRENCY"])
+        except argparse.ArgumentTypeError as exc:
+            return f"environment variable WEB_CONCURRENCY (the default of -w/--workers): {exc}"
+    return None
 
 
 def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:

@@ -1,5 +1,6 @@
-"""The primary's side of `cluster-ext run` and `demo`: what can be found wrong
-is checked before any fork (the web application's spec, the files'
+"""The primary's side of `cluster-ext run` and `demo`: the environment file
+loaded, and what can be found wrong checked before any fork (WEB_CONCURRENCY,
+--app-dir, the TLS files, the web application's spec, the files'
 directories), the services opened, the lifecycle logged, and the fleet
 supervised until it stops."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 
 import cluster_ext as cluster
 
-from .options import is_web_app
+from .options import TLS_OPTIONS, default_workers, is_web_app
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,6 +66,106 @@ def check_web(args: argparse.Namespace) -> str | None:
                             factory=args.factory, interface=args.interface)
     except (ValueError, ImportError, web.AppLoadError) as exc:
         return str(exc)
+    return None
+
+
+def prepare(args: argparse.Namespace) -> str | None:
+    """What the command line names outside itself, taken or checked before
+    anything is logged, forked or written: --env-file loaded, then
+    WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
+    --app-dir a directory, the TLS files loaded. What is wrong, as a usage
+    error, or None."""
+    return (load_env_file(args) or default_workers(args) or _check_app_dir(args)
+            or _check_tls(args))
+
+
+def _check_app_dir(args: argparse.Namespace) -> str | None:
+    app_dir = getattr(args, "app_dir", None)
+    if app_dir is None or os.path.isdir(app_dir):
+        return None
+    why = "not a directory" if os.path.exists(app_dir) else "no such directory"
+    return f"argument --app-dir: {app_dir}: {why}"
+
+
+def _check_tls(args: argparse.Namespace) -> str | None:
+    """The TLS files loaded here once, as each worker's uvicorn.Config loads
+    them (cheap: files and a key check, no handshake), so that a missing or
+    unreadable file, a key that is not the certificate's, a wrong password
+    or a cipher list OpenSSL refuses is one line before any fork, not the
+    boot failure of every worker."""
+    given = [name for name in TLS_OPTIONS if getattr(args, name, None) is not None]
+    if not given:
+        return None
+    if args.ssl_certfile is None:    # uvicorn: plain HTTP, or a failed assert
+        return f"argument {_flag(given[0])}: needs --ssl-certfile"
+    for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+        path = getattr(args, name)
+        why = None if path is None else _unreadable(path)
+        if why is not None:
+            return f"argument {_flag(name)}: {why}"
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)      # uvicorn's protocol
+    for name in ("ssl_certfile", "ssl_ca_certs"):
+        path = getattr(args, name)
+        try:
+            if path is not None:
+                context.load_verify_locations(path)
+        except ssl.SSLError:
+            return f"argument {_flag(name)}: {path}: no PEM certificate in it"
+    key_name = "ssl_keyfile" if args.ssl_keyfile is not None else "ssl_certfile"
+    key, password = getattr(args, key_name), args.ssl_keyfile_password
+    try:
+        # A callback: without one, OpenSSL asks for a missing password on
+        # the terminal.
+        context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile, lambda: password or "")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return (f"argument {_flag(key_name)}: {key}: not the key of the certificate "
+                    f"in {args.ssl_certfile}")
+        hints = [] if args.ssl_keyfile is not None else ["give the key with --ssl-keyfile"]
+        hints.append("check --ssl-keyfile-password" if password else
+                     "an encrypted key needs --ssl-keyfile-password")
+        return (f"argument {_flag(key_name)}: {key}: no PEM private key that can be read "
+                f"({'; '.join(hints)})")
+    try:
+        if args.ssl_ciphers is not None:
+            context.set_ciphers(args.ssl_ciphers)
+    except ssl.SSLError:
+        return f"argument --ssl-ciphers: OpenSSL selects no cipher from {args.ssl_ciphers!r}"
+    return None
+
+
+def _flag(name: str) -> str:
+    """An option's flag from its name in the namespace: ssl_keyfile, --ssl-keyfile."""
+    return "--" + name.replace("_", "-")
+
+
+def load_env_file(args: argparse.Namespace) -> str | None:
+    """--env-file's variables set in the primary's environment before any
+    fork, so that every worker and preload's template inherit them, as
+    uvicorn sets them in its own process; a variable already set keeps its
+    value (python-dotenv's default, which uvicorn keeps). What is wrong, as
+    a usage error, or None."""
+    if args.env_file is None:
+        return None
+    why = _unreadable(args.env_file)
+    if why is not None:
+        return f"argument --env-file: {why}"
+    try:
+        import dotenv
+    except ImportError:
+        return ("argument --env-file: needs python-dotenv: pip install python-dotenv "
+                "(the web extra brings it)")
+    dotenv.load_dotenv(dotenv_path=args.env_file)
+    return None
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the file at path cannot be read, or None."""
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
     return None
 
 

@@ -12,6 +12,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _runtime, _worker
+from .options import TLS_OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,8 +25,9 @@ def _web_options(args: argparse.Namespace) -> dict[str, Any]:
         "timeout_keep_alive": args.timeout_keep_alive,
         "limit_concurrency": args.limit_concurrency, "backlog": args.backlog,
         "root_path": args.root_path, "proxy_headers": args.proxy_headers}
-    if args.forwarded_allow_ips is not None:
-        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    for name in ("forwarded_allow_ips", *TLS_OPTIONS):
+        if getattr(args, name) is not None:     # else uvicorn.Config's default
+            options[name] = getattr(args, name)
     return options
 
 

@@ -28,9 +28,17 @@ def _split_spec(spec: str) -> tuple[str, str]:
     if not colon or not all(module_name.split(".")) or not all(attr.split(".")):
         raise AppLoadError(f"{spec!r}: an application is named as 'module:attribute', "
                            "for example 'myproject.asgi:application'")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())     # as gunicorn and uvicorn do
+    look_in()
     return module_name, attr
+
+
+def look_in(app_dir: str | None = None) -> None:
+    """The current directory on sys.path, where gunicorn and uvicorn look for
+    an application's module, and app_dir (uvicorn's --app-dir) before it."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if app_dir is not None:
+        sys.path.insert(0, os.path.abspath(app_dir))
 
 
 def _no_module(spec: str, name: str) -> AppLoadError:
