@@ -134,7 +134,10 @@ def _end_if_nothing_left(main_frame: FrameType, frozen_at_boot: int) -> None:
     inert = {id(s) for s in stdio} | {id(getattr(s, "buffer", None)) for s in stdio} | \
         {id(getattr(getattr(s, "buffer", None), "raw", None)) for s in stdio}
     import _weakref
-    for obj in _core.finalizable(gc.get_objects(), _weakref.ref):
+    # held to the end: the process ends sooner than a list of every object
+    # can be freed
+    everything = gc.get_objects()
+    for obj in _core.finalizable(everything, _weakref.ref):
         if id(obj) in inert or getattr(obj, "closed", False) is True:
             continue
         if any(getattr(obj, frame, 0) is None for frame in ("gi_frame", "cr_frame", "ag_frame")):

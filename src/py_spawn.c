@@ -286,8 +286,9 @@ py_instances(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 py_finalizable(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *found, *objects;
-    PyTypeObject *reftype;
+    PyObject *found, *objects, *callback_name;
+    PyTypeObject *reftype, *last_type = NULL;
+    int last_has_finalizer = 0;
 
     CX_UNUSED(mod);
     if (cxpy_check_nargs("finalizable", nargs, 2, 2) < 0) {
@@ -299,15 +300,23 @@ py_finalizable(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "finalizable(list, weakref type)");
         return NULL;
     }
-    found = PyList_New(0);
+    /* A worker's exit waits on this pass over every object: the name is
+       made once, and a type's slots are read once per run of its objects. */
+    callback_name = PyUnicode_InternFromString("__callback__");
+    found = callback_name != NULL ? PyList_New(0) : NULL;
     for (Py_ssize_t i = 0; found != NULL && i < PyList_GET_SIZE(objects); i++) {
         PyObject *item = PyList_GET_ITEM(objects, i), *callback = NULL;
         PyTypeObject *tp = Py_TYPE(item);
-        int wanted = PyType_GetSlot(tp, Py_tp_finalize) != NULL ||
-                     PyType_GetSlot(tp, Py_tp_del) != NULL;
+        int wanted;
 
+        if (tp != last_type) {
+            last_type = tp;
+            last_has_finalizer = PyType_GetSlot(tp, Py_tp_finalize) != NULL ||
+                                 PyType_GetSlot(tp, Py_tp_del) != NULL;
+        }
+        wanted = last_has_finalizer;
         if (!wanted && PyObject_TypeCheck(item, reftype)) {
-            callback = PyObject_GetAttrString(item, "__callback__");
+            callback = PyObject_GetAttr(item, callback_name);
             if (callback == NULL) {
                 Py_CLEAR(found);
                 break;
@@ -319,6 +328,7 @@ py_finalizable(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             Py_CLEAR(found);
         }
     }
+    Py_XDECREF(callback_name);
     return found;
 }
 
