@@ -187,8 +187,9 @@ def web_parser() -> Parser:
     web.add_argument("--factory", action="store_true",
                      help="APP names a function that returns the application")
     web.add_argument("--preload", action="store_true",
-                     help="import the application in the primary too, before any worker "
-                          "starts (by default only the workers import it)")
+                     help="import the application once, in a template process that the "
+                          "workers fork from (copy-on-write memory); a reload starts a new "
+                          "template, so new code is served (by default each worker imports it)")
     web.add_argument("--access-log", action="store_true",
                      help="one line per request on stdout")
     web.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
