@@ -11,6 +11,7 @@ import os
 
 import cluster_ext as cluster
 
+from .. import _primary
 from .options import TLS_OPTIONS, default_workers, is_web_app
 
 TYPE_CHECKING = False
@@ -73,10 +74,65 @@ def prepare(args: argparse.Namespace) -> str | None:
     """What the command line names outside itself, taken or checked before
     anything is logged, forked or written: --env-file loaded, then
     WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
-    --app-dir a directory, the TLS files loaded. What is wrong, as a usage
-    error, or None."""
+    --app-dir a directory, the TLS files loaded, then the workers' identity
+    and the umask taken. What is wrong, as a usage error, or None."""
     return (load_env_file(args) or default_workers(args) or _check_app_dir(args)
-            or _check_tls(args))
+            or _check_tls(args) or _take_identity(args))
+
+
+# capabilities(7): what lets a process that is not root (or a root that
+# lost them, as in a container started with --cap-drop) change its ids
+CAP_SETGID, CAP_SETUID = 6, 7
+
+
+def _take_identity(args: argparse.Namespace) -> str | None:
+    """--user and --group set for every fork (the workers and --preload's
+    template), once this process is known to be able to give them: a worker
+    that cannot take its identity fails at every fork, after the log has
+    begun. --umask set here, before the pid file is written: the primary's,
+    which every process it starts inherits."""
+    user, group = args.user, args.group
+    if user is not None or group is not None:
+        try:
+            ids = _primary.worker_identity(user, group)
+        except ValueError:
+            return (f"argument --user: uid {user} has no user in the password database: "
+                    "give --group too")
+        assert ids is not None
+        problem = _cannot_become(*ids, gid_flag="--user" if group is None else "--group")
+        if problem is not None:
+            return problem
+        cluster.setup_primary(uid=user, gid=group)
+    if args.umask is not None:
+        os.umask(args.umask)
+    return None
+
+
+def _cannot_become(groups: list[int] | None, gid: int, uid: int, *,
+                   gid_flag: str) -> str | None:
+    """Why a worker could not take these ids from this process, as a usage
+    error, or None: setuid() to a uid not its own needs CAP_SETUID, and
+    setgroups() or setgid() to a gid not its own CAP_SETGID."""
+    if uid >= 0 and uid not in os.getresuid() and not _capable(CAP_SETUID):
+        return (f"argument --user: the workers cannot become uid {uid}: that needs root's "
+                f"CAP_SETUID, which this primary (uid {os.geteuid()}) lacks")
+    if ((groups is not None or (gid >= 0 and gid not in os.getresgid()))
+            and not _capable(CAP_SETGID)):
+        return (f"argument {gid_flag}: the workers cannot take gid {gid}: that needs root's "
+                f"CAP_SETGID, which this primary (uid {os.geteuid()}) lacks")
+    return None
+
+
+def _capable(capability: int) -> bool:
+    """Whether this process holds capability (its effective set)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> capability & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 def _check_app_dir(args: argparse.Namespace) -> str | None:
