@@ -26,11 +26,11 @@ CLI = str(Path(sys.executable).parent / "cluster-ext")
 SPEC = "identity_app:app"
 
 
-def cli(app, *options, port=None, workers=2, run_as=()):
-    """`cluster-ext run` of the identity application, started by run_as (a
-    command that runs it as another user); (the process, its port)."""
+def cli(app, *options, port=None, workers=2, run_as=(CLI,)):
+    """`cluster-ext run` of the identity application, by run_as (the
+    console script, or a command that ends in it); (the process, its port)."""
     port = port or free_port()
-    cmd = [*run_as, CLI, "run", "-w", str(workers), "--bind", f"127.0.0.1:{port}",
+    cmd = [*run_as, "run", "-w", str(workers), "--bind", f"127.0.0.1:{port}",
            "--lifespan", "off", *options, SPEC]
     return app(SPEC, cmd=cmd, cwd=WEBAPPS, merge_stderr=True), port
 
@@ -197,7 +197,7 @@ def test_root_binds_a_port_below_1024_and_nobody_serves_it(app, sched):
 
 # ---- what cannot be done: one line, exit 2, before any fork ------------------------------
 
-def refused(app, *options, run_as=()):
+def refused(app, *options, run_as=(CLI,)):
     """The one line a refused command line writes (stderr), after checking
     that it exited 2 and forked nothing."""
     a, _ = cli(app, *options, run_as=run_as)
@@ -249,7 +249,7 @@ def test_a_primary_that_is_not_root_cannot_switch_but_may_name_itself(app):
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv to start the primary as nobody")
     as_nobody = {"run_as": ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-                            "--clear-groups"]}
+                            "--clear-groups", CLI]}
     assert refused(app, "--user", "root", **as_nobody) == (
         "cluster-ext run: error: argument --user: the workers cannot become uid 0: that "
         f"needs root's CAP_SETUID, which this primary (uid {nobody.pw_uid}) lacks")
@@ -261,3 +261,27 @@ def test_a_primary_that_is_not_root_cannot_switch_but_may_name_itself(app):
     for said in identities(port):
         assert said["uid"] == nobody.pw_uid and said["gid"] == nobody.pw_gid
     stop(a)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_interpreter_the_user_cannot_run_is_one_line(app, tmp_path, preload):
+    """The interpreter behind a directory only root may enter (as pyenv's
+    under /root): the first worker, or the template, cannot be exec'd as
+    nobody; said in one line, exit 2, not a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can serve as another user")
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the interpreter is hidden as a copy of this venv: it needs one")
+    hidden = tmp_path / "root-only"                  # pytest's tmp_path: mode 0700
+    (hidden / "bin").mkdir(parents=True)
+    shutil.copy(Path(sys.prefix, "pyvenv.cfg"), hidden)
+    (hidden / "lib").symlink_to(Path(sys.prefix, "lib"))
+    python = hidden / "bin" / "python"
+    python.symlink_to(os.path.realpath(sys.executable))
+    a, _ = cli(app, "--user", "nobody", *(["--preload"] if preload else []),
+               run_as=[str(python), "-m", "cluster_ext"])
+    text = "\n".join(a.finish(code=2))
+    assert text.count("\n") <= 1 and "Traceback" not in text, text      # the start, then this
+    assert text.endswith(f"cannot start: the workers cannot run {python} as uid "
+                         f"{pwd.getpwnam('nobody').pw_uid}: Permission denied (they must be "
+                         "able to run the interpreter and read the application)"), text

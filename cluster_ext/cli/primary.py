@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import cluster_ext as cluster
 
@@ -315,6 +316,16 @@ def supervise(args: argparse.Namespace) -> int:
             return 2
         log.error("stopped: %s", exc)
         return 3
+    except OSError as exc:
+        if exc.filename != sys.executable:
+            raise
+        # The first worker (or the template) could not be exec'd: the
+        # workers' user cannot run the interpreter, not a defect to trace.
+        who = "" if args.user is None else f" as uid {args.user}"
+        log.error("cannot start: the workers cannot run %s%s: %s (they must be able to run "
+                  "the interpreter and read the application)", exc.filename, who,
+                  exc.strerror)
+        return 2
     finally:
         if preloading is not None:
             preloading.close()
