@@ -207,8 +207,8 @@ def refused(app, *options, run_as=(CLI,)):
 
 
 def unknown_uid():
-    return next(uid for uid in range(2_000_000_000, 2_000_001_000)
-                if uid not in {user.pw_uid for user in pwd.getpwall()})
+    taken = {user.pw_uid for user in pwd.getpwall()}
+    return next(uid for uid in range(2_000_000_000, 2_000_001_000) if uid not in taken)
 
 
 @pytest.mark.parametrize("options, line", [

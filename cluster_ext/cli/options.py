@@ -118,32 +118,6 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _uid_of(name: str) -> int:
-    import pwd
-    return pwd.getpwnam(name).pw_uid
-
-
-def _gid_of(name: str) -> int:
-    import grp
-    return grp.getgrnam(name).gr_gid
-
-
-def _account(lookup: Callable[[str], int], what: str) -> Callable[[str], int]:
-    """An argparse type: a user or group by name, or by number (gunicorn's
-    --user and --group): its id."""
-    def parse(text: str) -> int:
-        if text.isascii() and text.isdigit():
-            value = int(text)
-            if value > 0x7FFFFFFF:           # what setuid() and setgid() take
-                raise argparse.ArgumentTypeError(f"an id is at most 2147483647, not {value}")
-            return value
-        try:
-            return lookup(text)
-        except KeyError:
-            raise argparse.ArgumentTypeError(f"no such {what}: {text!r}") from None
-    return parse
-
-
 def _umask(text: str) -> int:
     """Octal always, as the shell's umask and systemd's UMask= take it:
     027, 0027, 0o027 (gunicorn would read 27 as decimal)."""
@@ -195,14 +169,12 @@ def common_parser() -> Parser:
                              "(HOST default 127.0.0.1); needs the metrics extra")
     identity = common.add_argument_group(
         "the workers' user (the primary stays as it is, and binds: port 80 as root)")
-    identity.add_argument("--user", type=_account(_uid_of, "user"), default=None,
-                          metavar="USER",
+    identity.add_argument("--user", default=None, metavar="USER",
                           help="the workers (and --preload's template) serve as USER, a name "
                                "or a uid: its uid, its groups (initgroups) and, without "
                                "--group, its primary group; all of them or the worker does "
                                "not start (needs root)")
-    identity.add_argument("--group", type=_account(_gid_of, "group"), default=None,
-                          metavar="GROUP",
+    identity.add_argument("--group", default=None, metavar="GROUP",
                           help="the workers' group, a name or a gid (alone, without --user: "
                                "no supplementary groups)")
     identity.add_argument("--umask", type=_umask, default=None, metavar="MODE",

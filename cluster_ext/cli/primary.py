@@ -87,12 +87,15 @@ CAP_SETGID, CAP_SETUID = 6, 7
 
 
 def _take_identity(args: argparse.Namespace) -> str | None:
-    """--user and --group set for every fork (the workers and --preload's
-    template), once this process is known to be able to give them: a worker
-    that cannot take its identity fails at every fork, after the log has
-    begun. --umask set here, before the pid file is written: the primary's,
-    which every process it starts inherits."""
-    user, group = args.user, args.group
+    """--user and --group looked up, and set for every fork (the workers and
+    --preload's template) once this process is known to be able to give
+    them: a worker that cannot take its identity fails at every fork, after
+    the log has begun. --umask set here, before the pid file is written:
+    the primary's, which every process it starts inherits."""
+    try:
+        user, group = _id_of("--user", args.user), _id_of("--group", args.group)
+    except ValueError as exc:
+        return str(exc)
     if user is not None or group is not None:
         try:
             ids = _primary.worker_identity(user, group)
@@ -107,6 +110,24 @@ def _take_identity(args: argparse.Namespace) -> str | None:
     if args.umask is not None:
         os.umask(args.umask)
     return None
+
+
+def _id_of(flag: str, name: str | None) -> int | None:
+    """--user's uid or --group's gid: a number as it is (gunicorn's), else
+    the name looked up here, not in every worker that parses the same
+    command line. ValueError says what is wrong, as a usage error."""
+    if name is None:
+        return None
+    if name.isascii() and name.isdigit():
+        if int(name) > 0x7FFFFFFF:           # what setuid() and setgid() take
+            raise ValueError(f"argument {flag}: an id is at most 2147483647, not {name}")
+        return int(name)
+    import grp
+    import pwd
+    try:
+        return pwd.getpwnam(name).pw_uid if flag == "--user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"argument {flag}: no such {flag[2:]}: {name!r}") from None
 
 
 def _cannot_become(groups: list[int] | None, gid: int, uid: int, *,
@@ -321,7 +342,8 @@ def supervise(args: argparse.Namespace) -> int:
             raise
         # The first worker (or the template) could not be exec'd: the
         # workers' user cannot run the interpreter, not a defect to trace.
-        who = "" if args.user is None else f" as uid {args.user}"
+        uid = cluster.settings["uid"]
+        who = "" if uid is None else f" as uid {uid}"
         log.error("cannot start: the workers cannot run %s%s: %s (they must be able to run "
                   "the interpreter and read the application)", exc.filename, who,
                   exc.strerror)
