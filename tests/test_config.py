@@ -1,7 +1,8 @@
 """`cluster-ext run` configured as an operator does it: a TOML file
-(--config, or [tool.cluster-ext] in the project's pyproject.toml) and the
-environment (CLUSTER_EXT_<OPTION>); each run in a project directory of its
-own, the application queried with httpx."""
+(--config, or [tool.cluster-ext] in the project's pyproject.toml), the
+environment (CLUSTER_EXT_<OPTION>), and gunicorn's hooks named in the file;
+each run in a project directory of its own, the application queried with
+httpx."""
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, json_lines
 from test_web import stop, until
 
 httpx = pytest.importorskip("httpx")
@@ -21,11 +22,50 @@ pytest.importorskip("uvicorn")
 CLUSTER_EXT = str(Path(sys.executable).parent / "cluster-ext")
 WEBAPP = Path(__file__).parent / "webapps" / "webapp.py"
 
+# The operator's hooks: each call is a JSON line on stdout, which says
+# whether the application had been imported in that process.
+HOOKS = '''\
+import json, os, sys
+
+
+def _say(hook, **facts):
+    facts.update(hook=hook, pid=os.getpid(), app_imported="webapp" in sys.modules)
+    os.write(1, ("HOOK " + json.dumps(facts) + "\\n").encode())
+
+
+def on_starting():
+    _say("on_starting")
+
+
+def when_ready():
+    _say("when_ready")
+
+
+def post_fork(worker):
+    _say("post_fork", worker=worker.id)
+
+
+def worker_exit(worker, code, signal):
+    _say("worker_exit", worker=worker.id, code=code, signal=signal and signal.name)
+
+
+def on_reload():
+    _say("on_reload")
+
+
+def boom(*args):
+    raise ValueError("boom")
+'''
+
+ALL_HOOKS = ("on_starting", "when_ready", "post_fork", "worker_exit", "on_reload")
+
+
 @pytest.fixture
 def project(tmp_path):
     """A project's directory: its application (webapp.py: / answers "hello
-    <worker id> <pid>"), nothing else yet."""
+    <worker id> <pid>"), its hooks (ops_hooks.py), nothing else yet."""
     shutil.copy(WEBAPP, tmp_path)
+    (tmp_path / "ops_hooks.py").write_text(HOOKS)
     return tmp_path
 
 
@@ -53,11 +93,12 @@ def toml(**keys):
     return "".join(f"{key} = {value(v)}\n" for key, v in keys.items())
 
 
-def test_the_help_names_the_file_and_the_variables(project):
+def test_the_help_names_the_file_the_variables_and_the_hooks(project):
     out = subprocess.run([CLUSTER_EXT, "run", "--help"], cwd=project, capture_output=True,
                          text=True, check=True, timeout=30).stdout
     for word in ("--config PATH", "[tool.cluster-ext]", "pyproject.toml", "CLUSTER_EXT_WORKERS",
-                 "The\ncommand line wins over the environment, the environment over the file"):
+                 "The\ncommand line wins over the environment, the environment over the file",
+                 *(f"--{hook.replace('_', '-')} MODULE:FUNCTION" for hook in ALL_HOOKS)):
         assert word in out, word
 
 
@@ -152,6 +193,7 @@ BAD = [   # (the file's lines, what follows "FILE: " on the one line; {cli}: wha
     ("graceful_timeout = -1", "graceful_timeout: {cli}", ["--graceful-timeout", "-1"]),
     ('sched = "fast"', "sched: {cli}", ["--sched", "fast"]),
     ('metrics = "99999"', "metrics: {cli}", ["--metrics", "99999"]),
+    ('post-fork = "ops_hooks"', "post-fork: {cli}", ["--post-fork", "ops_hooks"]),
     ('preload = "yes"', "preload: takes true or false, not 'yes'"),
     ("workers = [2]", "workers: takes a string or a number, not a list"),
     ('bind = ["127.0.0.1:8000", [1]]', "bind: takes a string or a number, not a list"),
@@ -161,6 +203,10 @@ BAD = [   # (the file's lines, what follows "FILE: " on the one line; {cli}: wha
     ("graceful-timeout = 5\ngraceful_timeout = 6", "graceful_timeout: given twice, as "
                                                     "graceful-timeout and graceful_timeout"),
     ('app_dir = "missing"', "app_dir: {cli}", ["--app-dir", "missing"]),
+    ('on_reload = "nowhere:hook"', "on_reload: nowhere:hook: no module named 'nowhere' "
+                                   "(looked in {project} and sys.path)"),
+    ('on_reload = "ops_hooks:nothing"', "on_reload: ops_hooks:nothing: ops_hooks has no "
+                                        "'nothing'"),
 ]
 
 
@@ -226,7 +272,7 @@ def test_no_option_reads_a_variable_the_package_sets_or_reads():
     run_parser = options.command_parser(options.parser("cluster-ext"), "run")
     ours = {config.env_name(key) for key in config.keys(run_parser)}
     assert {"CLUSTER_EXT_WORKERS", "CLUSTER_EXT_GRACEFUL_TIMEOUT", "CLUSTER_EXT_APP",
-            "CLUSTER_EXT_BIND"} <= ours
+            "CLUSTER_EXT_BIND", "CLUSTER_EXT_POST_FORK"} <= ours
     root = Path(__file__).resolve().parent.parent
     used = set()
     for source in (*(root / "cluster_ext").rglob("*.py"), *(root / "src").glob("*.c")):
@@ -235,3 +281,88 @@ def test_no_option_reads_a_variable_the_package_sets_or_reads():
     assert not ours & used, ours & used
 
 
+# ---- hooks --------------------------------------------------------------------------------
+
+def hooks_config(project, port, *, preload=False, **hooks):
+    (project / "deploy.toml").write_text(toml(
+        app="webapp:app", workers=2, bind=[f"127.0.0.1:{port}"], preload=preload,
+        **{name: f"ops_hooks:{hooks.get(name, name)}" for name in ALL_HOOKS}))
+
+
+def forked(lines):
+    """{worker id: pid} from the primary's log."""
+    return {int(m[1]): int(m[2]) for m in
+            (re.search(r"worker (\d+) forked \(pid (\d+)\)", line) for line in lines) if m}
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["exec", "preload"])
+def test_each_hook_runs_where_and_when_it_says(app, project, preload):
+    port = free_port()
+    hooks_config(project, port, preload=preload)
+    a = run(app, project, "--config", "deploy.toml")
+    until(a, "ready:")
+    assert until(a, "HOOK").startswith('HOOK {"hook": "when_ready"')
+    killed = served_by(port, 1)[0]
+    os.kill(forked(a.lines)[killed], signal.SIGKILL)
+    until(a, "worker 3 listening")
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "reload done")
+    lines = stop(a)
+    said = json_lines([line[len("HOOK "):] for line in lines if line.startswith("HOOK ")])
+    primary, pids = a.pid, forked(lines)
+    assert sorted(pids) == [1, 2, 3, 4, 5]       # 2, a respawn, a reload's 2
+
+    # in the primary, which has never imported the application
+    for s in said:
+        assert s["pid"] == (pids[s["worker"]] if s["hook"] == "post_fork" else primary), s
+        assert s["app_imported"] == (preload and s["hook"] == "post_fork"), s
+    assert said[0]["hook"] == "on_starting"
+    first_fork = next(i for i, line in enumerate(lines) if "forked" in line)
+    assert lines.index(hook_line("on_starting", primary)) < first_fork
+    assert [s["hook"] for s in said].count("when_ready") == 1    # not again at the reload
+    # post_fork in each worker, respawned and the reload's too, before its
+    # application's import (under --preload, the template imported it)
+    assert sorted(s["worker"] for s in said if s["hook"] == "post_fork") == [1, 2, 3, 4, 5]
+    # worker_exit with how each worker ended
+    exits = {s["worker"]: (s["code"], s["signal"]) for s in said if s["hook"] == "worker_exit"}
+    assert exits == {**dict.fromkeys(pids, (0, None)), killed: (None, "SIGKILL")}
+    # on_reload as the reload began, before its log line and its first fork
+    assert lines.index(hook_line("on_reload", primary)) < \
+        next(i for i, line in enumerate(lines) if "SIGHUP received" in line)
+
+
+def hook_line(hook, pid):
+    return f'HOOK {{"hook": "{hook}", "pid": {pid}, "app_imported": false}}'
+
+
+def test_a_hook_that_raises_is_reported_once_and_the_fleet_goes_on(app, project):
+    port = free_port()
+    hooks_config(project, port, **dict.fromkeys(ALL_HOOKS, "boom"))
+    a = run(app, project, "--config", "deploy.toml")
+    until(a, "ready:")
+    assert sorted(served_by(port, 2)) == [1, 2]
+    os.kill(a.pid, signal.SIGHUP)
+    until(a, "reload done")
+    assert sorted(served_by(port, 2)) == [3, 4]
+    lines = stop(a)
+    text = "\n".join(lines)
+    assert "Traceback" not in text, text
+    where = f"(at {project / 'ops_hooks.py'}:{HOOKS.splitlines().index('def boom(*args):') + 2})"
+    for hook, times in (("on_starting", 1), ("when_ready", 1), ("on_reload", 1),
+                        ("worker_exit", 4)):
+        reported = [line for line in lines
+                    if f"hook {hook} (ops_hooks:boom) raised ValueError: boom" in line]
+        assert len(reported) == times, text
+        assert all(line.endswith(f"{where}; going on") for line in reported), reported
+    for worker in (1, 2, 3, 4):
+        assert sum(line == f"worker {worker}: hook post_fork (ops_hooks:boom) raised "
+                           f"ValueError: boom {where}; going on" for line in lines) == 1, text
+
+
+def test_a_hook_whose_module_raises_on_import_stops_the_start(project):
+    (project / "ops_hooks.py").write_text("import json\nraise RuntimeError('not configured')\n")
+    port = free_port()
+    hooks_config(project, port)
+    assert refused(project, ["--config", "deploy.toml"]) == (
+        "cluster-ext run: error: deploy.toml: on_starting: ops_hooks:on_starting: importing "
+        f"it raised RuntimeError: not configured (at {project / 'ops_hooks.py'}:2)")

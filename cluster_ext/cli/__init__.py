@@ -7,6 +7,7 @@ seeing itself a worker, runs the application.
 
     options   the parser and its value checks
     config    the options from the environment and a TOML file
+    hooks     the operator's hooks (--on-starting, --post-fork...)
     primary   the primary's side of run and demo
     worker    a worker's side: the script, the web application, the demo
     status    status, reload, scale and stop: the control socket's client
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         if args.command == "run" and is_web_app(args.app):
             worker.run_web(args)
         elif args.command == "run":
-            worker.run_app(args.app, args.args)
+            worker.run_app(args)
         else:
             worker.demo_worker(args.host, args.port)
         return 0

@@ -135,6 +135,16 @@ def _umask(text: str) -> int:
     return int(found[1], 8)
 
 
+def _hook(text: str) -> str:
+    """A hook's MODULE:FUNCTION, checked for its form (cli.hooks imports it)."""
+    module, colon, function = text.partition(":")
+    if not colon or not all(name.isidentifier()
+                            for name in (*module.split("."), *function.split("."))):
+        raise argparse.ArgumentTypeError(
+            f"takes MODULE:FUNCTION (for example hooks:on_starting), not {text!r}")
+    return text
+
+
 VERSION = f"cluster-ext {__version__} (Python {sys.version.split()[0]})"
 VERSION_HELP = "print cluster_ext's version and Python's, and exit"
 
@@ -276,11 +286,31 @@ def web_parser() -> Parser:
     return parser
 
 
+# The operator's hooks, gunicorn's server hooks by name: where and when each runs.
+HOOKS = (
+    ("on-starting", "in the primary, before it binds or forks anything: FUNCTION()"),
+    ("when-ready", "in the primary, once every worker serves, as READY=1 is sent and "
+                   "--ready-file written: FUNCTION()"),
+    ("post-fork", "in each worker, before it imports the application (after its fork from "
+                  "--preload's template): FUNCTION(worker), the worker's cluster.worker"),
+    ("worker-exit", "in the primary, at each worker's exit: FUNCTION(worker, code, signal), "
+                    "as the cluster's 'exit' event"),
+    ("on-reload", "in the primary, as a reload begins (SIGHUP, cluster-ext reload), "
+                  "before its first fork: FUNCTION()"),
+)
+
+
 def config_parser() -> Parser:
     parser = Parser(add_help=False)
     parser.add_argument("--config", default=None, metavar="PATH",
                         help="read options from the TOML file at PATH, one key an option "
                              "(default: [tool.cluster-ext] in ./pyproject.toml, if any)")
+    hooks = parser.add_argument_group(
+        "hooks (MODULE:FUNCTION, looked for as APP's module is; the primary imports them "
+        "before anything serves; an exception is logged in one line and the fleet goes on)")
+    for name, when in HOOKS:
+        hooks.add_argument(f"--{name}", type=_hook, default=None, metavar="MODULE:FUNCTION",
+                           help=when)
     return parser
 
 
