@@ -203,6 +203,9 @@ BAD = [   # (the file's lines, what follows "FILE: " on the one line; {cli}: wha
     ("graceful-timeout = 5\ngraceful_timeout = 6", "graceful_timeout: given twice, as "
                                                     "graceful-timeout and graceful_timeout"),
     ('app_dir = "missing"', "app_dir: {cli}", ["--app-dir", "missing"]),
+    # options added since the file was: nothing here knows of them
+    ('umask = "888"', "umask: {cli}", ["--umask", "888"]),
+    ('user = "no-such-user"', "user: {cli}", ["--user", "no-such-user"]),
     ('on_reload = "nowhere:hook"', "on_reload: nowhere:hook: no module named 'nowhere' "
                                    "(looked in {project} and sys.path)"),
     ('on_reload = "ops_hooks:nothing"', "on_reload: ops_hooks:nothing: ops_hooks has no "
