@@ -6,12 +6,15 @@ The primary supervises; every worker runs the same command line again and,
 seeing itself a worker, runs the application.
 
     options   the parser and its value checks
+    config    the options from the environment and a TOML file
+    hooks     the operator's hooks (--on-starting, --post-fork...)
     primary   the primary's side of run and demo
     worker    a worker's side: the script, the web application, the demo
     status    status, reload, scale and stop: the control socket's client
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -19,7 +22,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _runtime
-from . import primary, status, worker
+from . import config, primary, status, worker
 from .options import CONTROL_COMMANDS, is_web_app, parse_args
 
 log = logging.getLogger("cluster_ext")
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     args = parse_args(argv, prog)
     if args.command in CONTROL_COMMANDS:
         return status.control_client(args)
+    problem = config.settle(args, argv, prog)
+    if problem is not None:
+        return _refuse(prog, args, problem)
     if args.command == "run" and args.app_dir is not None and is_web_app(args.app):
         # in every role: the primary checks the spec's module, the template
         # and the workers import it
@@ -42,13 +48,13 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         if args.command == "run" and is_web_app(args.app):
             worker.run_web(args)
         elif args.command == "run":
-            worker.run_app(args.app, args.args)
+            worker.run_app(args)
         else:
             worker.demo_worker(args.host, args.port)
         return 0
     problem = primary.prepare(args)
     if problem is not None:
-        return _refuse(prog, args.command, problem)
+        return _refuse(prog, args, problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
                                                    "%(message)s", stream=sys.stderr)
     if args.command == "run" and is_web_app(args.app):
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         return 2
     pid_file, problem = primary.claim_files(args)
     if problem is not None:
-        return _refuse(prog, args.command, problem)
+        return _refuse(prog, args, problem)
     try:
         return primary.supervise(args)
     finally:
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
             pid_file.remove("pid file")
 
 
-def _refuse(prog: str, command: str, problem: str) -> int:
-    """A usage error found after parsing, told as argparse tells its own."""
-    print(f"{prog} {command}: error: {problem}", file=sys.stderr)
+def _refuse(prog: str, args: argparse.Namespace, problem: str) -> int:
+    """A usage error found after parsing, told as argparse tells its own,
+    of the file or variable the value came from if it did."""
+    print(f"{prog} {args.command}: error: {config.locate(args, problem)}", file=sys.stderr)
     return 2

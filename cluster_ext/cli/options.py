@@ -37,6 +37,13 @@ cluster.listen_socket(): each worker runs it as __main__ with sys.argv =
 [APP, *ARGS], and runs the event loop itself if APP returns without calling
 cluster.run().
 
+Every option, APP and ARGS too, may also come from the environment, as
+CLUSTER_EXT_<OPTION> (CLUSTER_EXT_WORKERS=4, CLUSTER_EXT_GRACEFUL_TIMEOUT=10,
+CLUSTER_EXT_APP=myproject.asgi:application), and from a TOML file: --config
+PATH, else the table [tool.cluster-ext] of ./pyproject.toml, one key an option
+(workers = 4, bind = ["0.0.0.0:8000"], preload = true, app = "mod:app"). The
+command line wins over the environment, the environment over the file.
+
 examples:
   cluster-ext run -w 4 --bind 0.0.0.0:8000 myproject.asgi:application
   cluster-ext run -w 4 --interface wsgi --threads 8 flaskapp:app
@@ -126,6 +133,16 @@ def _umask(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode from 000 to 777 (such as 027): "
                                          f"{text!r}")
     return int(found[1], 8)
+
+
+def _hook(text: str) -> str:
+    """A hook's MODULE:FUNCTION, checked for its form (cli.hooks imports it)."""
+    module, colon, function = text.partition(":")
+    if not colon or not all(name.isidentifier()
+                            for name in (*module.split("."), *function.split("."))):
+        raise argparse.ArgumentTypeError(
+            f"takes MODULE:FUNCTION (for example hooks:on_starting), not {text!r}")
+    return text
 
 
 VERSION = f"cluster-ext {__version__} (Python {sys.version.split()[0]})"
@@ -269,6 +286,39 @@ def web_parser() -> Parser:
     return parser
 
 
+# The operator's hooks, gunicorn's server hooks by name: where and when each runs.
+HOOKS = (
+    ("on-starting", "in the primary, before it binds or forks anything: FUNCTION()"),
+    ("when-ready", "in the primary, once every worker serves, as READY=1 is sent and "
+                   "--ready-file written: FUNCTION()"),
+    ("post-fork", "in each worker, before it imports the application (after its fork from "
+                  "--preload's template): FUNCTION(worker), the worker's cluster.worker"),
+    ("worker-exit", "in the primary, at each worker's exit: FUNCTION(worker, code, signal), "
+                    "as the cluster's 'exit' event"),
+    ("on-reload", "in the primary, as a reload begins (SIGHUP, cluster-ext reload), "
+                  "before its first fork: FUNCTION()"),
+)
+
+
+def config_parser() -> Parser:
+    parser = Parser(add_help=False)
+    parser.add_argument("--config", default=None, metavar="PATH",
+                        help="read options from the TOML file at PATH, one key an option "
+                             "(default: [tool.cluster-ext] in ./pyproject.toml, if any)")
+    hooks = parser.add_argument_group(
+        "hooks (MODULE:FUNCTION, looked for as APP's module is; the primary imports them "
+        "before anything serves; an exception is logged in one line and the fleet goes on)")
+    for name, when in HOOKS:
+        hooks.add_argument(f"--{name}", type=_hook, default=None, metavar="MODULE:FUNCTION",
+                           help=when)
+    return parser
+
+
+def run_parents() -> list[Parser]:
+    """What `run` takes besides APP and ARGS, before APP and after a web APP."""
+    return [common_parser(), web_parser(), config_parser()]
+
+
 # The TLS options, as uvicorn.Config names them: a worker's Config gets
 # those given, and --ssl-certfile turns TLS on.
 TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs",
@@ -282,11 +332,12 @@ def parser(prog: str) -> argparse.ArgumentParser:
                         help=VERSION_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    run = commands.add_parser("run", parents=[common, web_parser()],
+    run = commands.add_parser("run", parents=[common, web_parser(), config_parser()],
                               help="run APP as a supervised cluster",
                               description=RUN_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("app", metavar="APP",
+    # Optional here: the environment or the config file may name it (cli.config)
+    run.add_argument("app", metavar="APP", nargs="?",
                      help="module:attribute of an ASGI/WSGI application, or a Python script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments for APP")
@@ -337,10 +388,43 @@ def default_workers(args: argparse.Namespace) -> str | None:
     return None
 
 
-def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
-    args = parser(prog).parse_args(argv)
-    if args.command == "run" and is_web_app(args.app) and args.args:
+def parse_args(argv: list[str] | None, prog: str, *,
+               defaults: bool = True) -> argparse.Namespace:
+    """The command line; without defaults, only what it gave (every default
+    suppressed), for the layers under it (cli.config)."""
+    top = parser(prog)
+    if not defaults:
+        _suppress_defaults(top)
+    args = top.parse_args(argv)
+    app = getattr(args, "app", None)
+    if args.command == "run" and app is not None and is_web_app(app) and args.args:
         # uvicorn's order (APP, then options): what follows APP is ours
-        Parser(prog=f"{prog} run", parents=[common_parser(), web_parser()]
-               ).parse_args(args.args, namespace=args)
+        rest = Parser(prog=f"{prog} run", parents=run_parents())
+        if not defaults:
+            _suppress_defaults(rest)
+        rest.parse_args(args.args, namespace=args)
     return args
+
+
+def given_options(argv: list[str] | None, prog: str) -> set[str]:
+    """The options (by dest) the command line itself gave. ARGS, which
+    argparse sets to [] when there are none, counts only when it has some."""
+    return {dest for dest, value in vars(parse_args(argv, prog, defaults=False)).items()
+            if value != []}
+
+
+def _suppress_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _suppress_defaults(command)
+        elif action.dest != argparse.SUPPRESS:
+            action.default = argparse.SUPPRESS
+
+
+def command_parser(top: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand name (argparse has no public way)."""
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]    # type: ignore[no-any-return]
+    raise KeyError(name)

@@ -13,6 +13,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _primary
+from . import hooks
 from .options import TLS_OPTIONS, default_workers, is_web_app
 
 TYPE_CHECKING = False
@@ -76,9 +77,10 @@ def prepare(args: argparse.Namespace) -> str | None:
     anything is logged, forked or written: --env-file loaded, then
     WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
     --app-dir a directory, the TLS files loaded, then the workers' identity
-    and the umask taken. What is wrong, as a usage error, or None."""
+    and the umask taken, and the hooks imported (after the file: its
+    variables are set for them). What is wrong, as a usage error, or None."""
     return (load_env_file(args) or default_workers(args) or _check_app_dir(args)
-            or _check_tls(args) or _take_identity(args))
+            or _check_tls(args) or _take_identity(args) or hooks.check(args))
 
 
 # capabilities(7): what lets a process that is not root (or a root that
@@ -295,6 +297,9 @@ def claim_files(args: argparse.Namespace) -> tuple[RunFile | None, str | None]:
 
 def supervise(args: argparse.Namespace) -> int:
     """The primary of `run` and `demo`, its files claimed."""
+    hook = hooks.load(args)              # imported by prepare() already
+    if "on_starting" in hook:
+        hook["on_starting"]()
     if args.sched is not None:
         cluster.scheduling_policy = cluster.SCHED_NONE if args.sched == "none" \
             else cluster.SCHED_RR
@@ -304,6 +309,8 @@ def supervise(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         return 2
     _log_lifecycle()
+    if "worker_exit" in hook:            # after the exit's own line
+        cluster.on("exit", hook["worker_exit"])
     what = args.app if args.command == "run" else f"the demo on {args.host}:{args.port}"
     heartbeat = args.heartbeat_timeout or None          # 0: off
     log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
@@ -326,7 +333,8 @@ def supervise(args: argparse.Namespace) -> int:
                           max_requests=args.max_requests,
                           max_requests_jitter=args.max_requests_jitter,
                           max_lifetime=args.max_lifetime,
-                          max_lifetime_jitter=args.max_lifetime_jitter, max_rss=args.max_rss)
+                          max_lifetime_jitter=args.max_lifetime_jitter, max_rss=args.max_rss,
+                          when_ready=hook.get("when_ready"), on_reload=hook.get("on_reload"))
     except cluster.CrashLoopError as exc:
         log.error("stopped: %s", exc)
         return 1

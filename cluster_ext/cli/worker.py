@@ -12,6 +12,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _runtime, _worker
+from . import hooks
 from .options import TLS_OPTIONS
 
 TYPE_CHECKING = False
@@ -32,6 +33,8 @@ def _web_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_web(args: argparse.Namespace) -> None:
+    """An exec'd worker's, and one forked from --preload's template."""
+    hooks.post_fork(args)
     from ..web.binds import default_binds, parse_bind
     from ..web.worker import serve_worker
     serve_worker(args.app, [parse_bind(b) for b in args.bind or default_binds()],
@@ -50,10 +53,12 @@ def run_template(args: argparse.Namespace) -> None:
     serve_template(args.app, lambda: run_web(args))
 
 
-def run_app(app: str, args: list[str]) -> None:
+def run_app(args: argparse.Namespace) -> None:
     """In a worker: APP as __main__, then the loop if APP did not run it. An
     exception before the loop runs is a boot failure, told to the primary."""
-    sys.argv = [app, *args]
+    hooks.post_fork(args)
+    app = args.app
+    sys.argv = [app, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(app)))
     me = cluster.worker
     assert me is not None                # run_app runs in workers only

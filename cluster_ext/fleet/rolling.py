@@ -49,6 +49,9 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool, _Reload], Any
         raise RuntimeError("reload() is the primary's")
     if timeout is not None:              # its timers start later, in callbacks
         timeout = _runtime.check_seconds("timeout", timeout)
+    fleet = _runtime.fleet
+    if fleet is not None:
+        fleet.reload_asked()
     running = _Reload.running
     if running is not None and running.only is None:
         running.join(on_end)
@@ -57,7 +60,6 @@ def rolling_restart(timeout: float | None, on_end: Callable[[bool, _Reload], Any
         running.renew_template()
         return
     notify.reloading()                 # nothing without a supervise() under systemd
-    fleet = _runtime.fleet
     if fleet is not None:
         fleet.reload_began()
     if running is not None:            # a recycle: it becomes the reload

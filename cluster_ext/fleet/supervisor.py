@@ -14,6 +14,7 @@ from .rolling import DEFAULT_GRACEFUL_TIMEOUT, rolling_restart
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .._worker import Worker
@@ -87,6 +88,8 @@ class Fleet:
         self.reload_starts: list[float] = []  # of the reloads running
         self.restarts_of: dict[int, int] = {}  # worker id -> workers before it in its place
         self.places: _fast.deque[int] = _fast.deque()  # restarts_of for respawns to come
+        self.when_ready: Callable[[], Any] | None = None   # supervise()'s callbacks
+        self.on_reload: Callable[[], Any] | None = None
 
     def spawn(self, respawn: bool = False) -> None:
         if self.stopping or self.error is not None:
@@ -344,6 +347,8 @@ class Fleet:
             status = self.status()
             notify.notify("READY=1", f"STATUS={status}")
             _runtime.log("info", f"ready: {status}")
+            if self.when_ready is not None:
+                self.when_ready()
 
     def write_ready_file(self, path: str) -> None:
         """The workers serve whatever becomes of the file: an error (a full
@@ -357,6 +362,12 @@ class Fleet:
     def status(self) -> str:
         return (f"{self.count('listening', 'online')} workers, "
                 f"{self.count('listening')} listening, {self.restarts} restarts")
+
+    def reload_asked(self) -> None:
+        """A reload was asked for (each ask, one that joins the reload
+        running too), before it forks anything."""
+        if self.on_reload is not None:
+            self.on_reload()
 
     def reload_began(self) -> None:
         self.reload_starts.append(time.monotonic())
@@ -413,7 +424,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
               pid_file: str | None = None, ready_file: str | None = None,
               drain_delay: float = 0.0, max_requests: int | None = None,
               max_requests_jitter: int = 0, max_lifetime: float | None = None,
-              max_lifetime_jitter: float = 0.0, max_rss: float | None = None) -> None:
+              max_lifetime_jitter: float = 0.0, max_rss: float | None = None,
+              when_ready: Callable[[], Any] | None = None,
+              on_reload: Callable[[], Any] | None = None) -> None:
     """Keeps `workers` workers (default: one per core) alive and runs the loop
     until the fleet has stopped. SIGTERM/SIGINT stop gracefully (a second one,
     or SIGQUIT, at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
@@ -429,7 +442,9 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     that has answered max_requests requests (plus a random 0 to
     max_requests_jitter), lived max_lifetime seconds (plus 0 to
     max_lifetime_jitter) or grown past max_rss MiB resident is recycled:
-    replaced as a reload replaces it, one at a time."""
+    replaced as a reload replaces it, one at a time. when_ready() is
+    called once, as the fleet first becomes ready (READY=1), and
+    on_reload() as each reload is asked for, before it forks."""
     # The signal handlers log: logging is imported here, not by a handler
     # that runs inside its first import (a module half made).
     import logging  # noqa: F401
@@ -458,6 +473,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     fleet = Fleet(size, respawn, graceful_timeout, heartbeat_timeout, backoff, limits)
     fleet.ready_file = os.path.abspath(ready_file) if ready_file else None
     fleet.drain_delay = drain_delay
+    fleet.when_ready, fleet.on_reload = when_ready, on_reload
     written = files.claim(os.path.abspath(pid_file), f"{os.getpid()}\n") if pid_file else None
     if fleet.ready_file is not None:
         try:
