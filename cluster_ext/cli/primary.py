@@ -159,10 +159,15 @@ def _capable(capability: int) -> bool:
 
 def _check_app_dir(args: argparse.Namespace) -> str | None:
     app_dir = getattr(args, "app_dir", None)
-    if app_dir is None or os.path.isdir(app_dir):
+    why = None if app_dir is None else _not_a_directory(app_dir)
+    return None if why is None else f"argument --app-dir: {app_dir}: {why}"
+
+
+def _not_a_directory(path: str) -> str | None:
+    """Why path is no directory, or None."""
+    if os.path.isdir(path):
         return None
-    why = "not a directory" if os.path.exists(app_dir) else "no such directory"
-    return f"argument --app-dir: {app_dir}: {why}"
+    return "not a directory" if os.path.exists(path) else "no such directory"
 
 
 def _check_tls(args: argparse.Namespace) -> str | None:
