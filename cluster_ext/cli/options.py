@@ -269,6 +269,38 @@ def web_parser() -> Parser:
     return parser
 
 
+def _glob(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty pattern matches nothing")
+    return text
+
+
+def reload_parser() -> Parser:
+    """--reload and its uvicorn options: for a script as for a web
+    application, so neither group holds them."""
+    parser = Parser(add_help=False)
+    dev = parser.add_argument_group(
+        "development (a change on disk reloads the workers one by one, as SIGHUP does)")
+    dev.add_argument("--reload", action="store_true",
+                     help="watch the application's files and reload the workers on a "
+                          "change; new code that cannot start leaves the old workers "
+                          "serving (needs watchfiles, which the web extra brings)")
+    dev.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                     help="watch DIR and what is below it; repeatable (default: the current "
+                          "directory, and --app-dir or the script APP's directory)")
+    dev.add_argument("--reload-include", action="append", type=_glob, default=None,
+                     metavar="GLOB",
+                     help="reload on a change to a file that matches GLOB too (a file name, "
+                          "or a path with /), even one excluded by default; repeatable "
+                          "(default *.py)")
+    dev.add_argument("--reload-exclude", action="append", type=_glob, default=None,
+                     metavar="GLOB",
+                     help="never reload on a file that matches GLOB, or one in a directory "
+                          "that does; repeatable (excluded by default: .* (hidden files and "
+                          "directories), *.py[cod], *~, ~*)")
+    return parser
+
+
 # The TLS options, as uvicorn.Config names them: a worker's Config gets
 # those given, and --ssl-certfile turns TLS on.
 TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs",
@@ -282,7 +314,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
                         help=VERSION_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    run = commands.add_parser("run", parents=[common, web_parser()],
+    run = commands.add_parser("run", parents=[common, web_parser(), reload_parser()],
                               help="run APP as a supervised cluster",
                               description=RUN_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +373,6 @@ def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     args = parser(prog).parse_args(argv)
     if args.command == "run" and is_web_app(args.app) and args.args:
         # uvicorn's order (APP, then options): what follows APP is ours
-        Parser(prog=f"{prog} run", parents=[common_parser(), web_parser()]
+        Parser(prog=f"{prog} run", parents=[common_parser(), web_parser(), reload_parser()]
                ).parse_args(args.args, namespace=args)
     return args
