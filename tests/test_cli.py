@@ -69,7 +69,8 @@ def test_help_speaks_to_a_newcomer(tmp_path):
     for word in ("APP", "--workers", "--sched", "--graceful-timeout",
                  "--heartbeat-timeout", "examples:", "--bind", "--interface", "module:attribute",
                  "WEB_CONCURRENCY", "--env-file", "--app-dir", "--version", "--ssl-certfile",
-                 "--ssl-keyfile", "--ssl-keyfile-password", "--ssl-ca-certs", "--ssl-ciphers"):
+                 "--ssl-keyfile", "--ssl-keyfile-password", "--ssl-ca-certs", "--ssl-ciphers",
+                 "--reload", "--reload-dir", "--reload-include", "--reload-exclude"):
         assert word in out
 
 
@@ -335,6 +336,14 @@ BAD_VALUES = [   # (argv, with {tmp} for a scratch folder; the one line's start)
     (["run", "--env-file", "{tmp}/missing.env"],
      "argument --env-file: {tmp}/missing.env: No such file or directory"),
     (["run", "--env-file", "{tmp}"], "argument --env-file: {tmp}: Is a directory"),
+    (["run", "--reload", "--reload-dir", "{tmp}/missing"],
+     "argument --reload-dir: {tmp}/missing: no such directory"),
+    (["run", "--reload", "--reload-dir", "{tmp}/file"],
+     "argument --reload-dir: {tmp}/file: not a directory"),
+    (["run", "--reload-dir", "{tmp}"], "argument --reload-dir: needs --reload"),
+    (["run", "--reload-include", "*.html"], "argument --reload-include: needs --reload"),
+    (["run", "--reload", "--reload-exclude", ""],
+     "argument --reload-exclude: an empty pattern matches nothing"),
     (["demo", "--port", "70000"], "argument --port: must be a port from 0 to 65535"),
     (["demo", "-w", "0"], "argument -w/--workers: must be at least 1, not 0"),
 ]
@@ -423,6 +432,14 @@ def test_an_env_file_without_python_dotenv_says_how_to_install_it(tmp_path):
         "raise ModuleNotFoundError(\"No module named 'dotenv'\", name='dotenv')\n")
     refused(["run", "--env-file", str(tmp_path / ".env"), "examples.asgi_app:app"],
             "argument --env-file: needs python-dotenv: pip install python-dotenv",
+            env={"PYTHONPATH": str(tmp_path)})
+
+
+def test_reload_without_watchfiles_says_how_to_install_it(tmp_path):
+    (tmp_path / "watchfiles.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'watchfiles'\", name='watchfiles')\n")
+    refused(["run", "--reload", "examples.asgi_app:app"],
+            "argument --reload: needs watchfiles: pip install watchfiles",
             env={"PYTHONPATH": str(tmp_path)})
 
 

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         # and the workers import it
         from ..web.app import look_in
         look_in(args.app_dir)
+    if args.command == "run" and args.reload:
+        # No .pyc of the application: one written by the code before a save
+        # passes for the new code when the save kept the file's size within
+        # the same second (a .pyc records the source's mtime in seconds).
+        sys.dont_write_bytecode = True
     if _runtime.is_template:                 # --preload's (fleet.preload)
         worker.run_template(args)
         return 0

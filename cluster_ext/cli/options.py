@@ -286,6 +286,38 @@ def web_parser() -> Parser:
     return parser
 
 
+def _glob(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty pattern matches nothing")
+    return text
+
+
+def reload_parser() -> Parser:
+    """--reload and its uvicorn options: for a script as for a web
+    application, so neither group holds them."""
+    parser = Parser(add_help=False)
+    dev = parser.add_argument_group(
+        "development (a change on disk reloads the workers one by one, as SIGHUP does)")
+    dev.add_argument("--reload", action="store_true",
+                     help="watch the application's files and reload the workers on a "
+                          "change; new code that cannot start leaves the old workers "
+                          "serving (needs watchfiles, which the web extra brings)")
+    dev.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                     help="watch DIR and what is below it; repeatable (default: the current "
+                          "directory, and --app-dir or the script APP's directory)")
+    dev.add_argument("--reload-include", action="append", type=_glob, default=None,
+                     metavar="GLOB",
+                     help="reload on a change to a file that matches GLOB too (a file name, "
+                          "or a path with /), even one excluded by default; repeatable "
+                          "(default *.py)")
+    dev.add_argument("--reload-exclude", action="append", type=_glob, default=None,
+                     metavar="GLOB",
+                     help="never reload on a file that matches GLOB, or one in a directory "
+                          "that does; repeatable (excluded by default: .* (hidden files and "
+                          "directories), *.py[cod], *~, ~*)")
+    return parser
+
+
 # The operator's hooks, gunicorn's server hooks by name: where and when each runs.
 HOOKS = (
     ("on-starting", "in the primary, before it binds or forks anything: FUNCTION()"),
@@ -316,7 +348,7 @@ def config_parser() -> Parser:
 
 def run_parents() -> list[Parser]:
     """What `run` takes besides APP and ARGS, before APP and after a web APP."""
-    return [common_parser(), web_parser(), config_parser()]
+    return [common_parser(), web_parser(), reload_parser(), config_parser()]
 
 
 # The TLS options, as uvicorn.Config names them: a worker's Config gets
@@ -332,7 +364,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                         help=VERSION_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    run = commands.add_parser("run", parents=[common, web_parser(), config_parser()],
+    run = commands.add_parser("run", parents=[common, web_parser(), reload_parser(),
+                                              config_parser()],
                               help="run APP as a supervised cluster",
                               description=RUN_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,8 @@
 """The primary's side of `cluster-ext run` and `demo`: the environment file
 loaded, and what can be found wrong checked before any fork (WEB_CONCURRENCY,
---app-dir, the TLS files, the web application's spec, the files'
-directories), the services opened, the lifecycle logged, and the fleet
-supervised until it stops."""
+--app-dir, the TLS files, --reload's directories, the web application's
+spec, the files' directories), the services opened, the lifecycle logged,
+--reload's watcher started, and the fleet supervised until it stops."""
 from __future__ import annotations
 
 import argparse
@@ -76,11 +76,13 @@ def prepare(args: argparse.Namespace) -> str | None:
     """What the command line names outside itself, taken or checked before
     anything is logged, forked or written: --env-file loaded, then
     WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
-    --app-dir a directory, the TLS files loaded, then the workers' identity
-    and the umask taken, and the hooks imported (after the file: its
-    variables are set for them). What is wrong, as a usage error, or None."""
+    --app-dir a directory, the TLS files loaded, --reload's directories and
+    watchfiles checked, then the workers' identity and the umask taken, and
+    the hooks imported (after the file: its variables are set for them).
+    What is wrong, as a usage error, or None."""
     return (load_env_file(args) or default_workers(args) or _check_app_dir(args)
-            or _check_tls(args) or _take_identity(args) or hooks.check(args))
+            or _check_tls(args) or _check_reload(args) or _take_identity(args)
+            or hooks.check(args))
 
 
 # capabilities(7): what lets a process that is not root (or a root that
@@ -161,10 +163,45 @@ def _capable(capability: int) -> bool:
 
 def _check_app_dir(args: argparse.Namespace) -> str | None:
     app_dir = getattr(args, "app_dir", None)
-    if app_dir is None or os.path.isdir(app_dir):
+    why = None if app_dir is None else _not_a_directory(app_dir)
+    return None if why is None else f"argument --app-dir: {app_dir}: {why}"
+
+
+def _not_a_directory(path: str) -> str | None:
+    """Why path is no directory, or None."""
+    if os.path.isdir(path):
         return None
-    why = "not a directory" if os.path.exists(app_dir) else "no such directory"
-    return f"argument --app-dir: {app_dir}: {why}"
+    return "not a directory" if os.path.exists(path) else "no such directory"
+
+
+def _check_reload(args: argparse.Namespace) -> str | None:
+    """--reload's directories, and watchfiles there: each option without
+    --reload, which would be silently ignored (uvicorn warns), is an error."""
+    if not getattr(args, "reload", False):
+        for name in ("reload_dir", "reload_include", "reload_exclude"):
+            if getattr(args, name, None):
+                return f"argument {_flag(name)}: needs --reload"
+        return None
+    for path in args.reload_dir or ():
+        why = _not_a_directory(path)
+        if why is not None:
+            return f"argument --reload-dir: {path}: {why}"
+    try:
+        import watchfiles  # noqa: F401
+    except ImportError:
+        return ("argument --reload: needs watchfiles: pip install watchfiles (the web extra "
+                "brings it)")
+    return None
+
+
+def _reload_dirs(args: argparse.Namespace) -> list[str]:
+    """--reload-dir, else where the application's code is looked for: the
+    current directory, and --app-dir or the script's directory."""
+    if args.reload_dir:
+        return list(args.reload_dir)
+    if not is_web_app(args.app):
+        return [os.getcwd(), os.path.dirname(os.path.abspath(args.app))]
+    return [os.getcwd(), *([args.app_dir] if args.app_dir is not None else [])]
 
 
 def _check_tls(args: argparse.Namespace) -> str | None:
@@ -316,7 +353,7 @@ def supervise(args: argparse.Namespace) -> int:
     log.info("primary %d: supervising %s workers running %s (heartbeat %s)", os.getpid(),
              args.workers or os.cpu_count(), what,
              f"{heartbeat:g} s" if heartbeat else "off")
-    preloading = None
+    preloading = reloader = None
     try:
         if args.command == "run" and is_web_app(args.app) and args.preload:
             from .. import web
@@ -327,6 +364,15 @@ def supervise(args: argparse.Namespace) -> int:
                 return 2
             assert preloading.current is not None
             log.info("preload template %d imported %s", preloading.current.pid, args.app)
+        if args.command == "run" and args.reload:
+            from ..fleet.reloader import Reloader
+            reloader = Reloader(_reload_dirs(args), args.reload_include or (),
+                                args.reload_exclude or ())
+            try:
+                reloader.start()
+            except OSError as exc:
+                log.error("cannot start: %s", exc)
+                return 2
         cluster.supervise(args.workers, graceful_timeout=args.graceful_timeout,
                           heartbeat_timeout=heartbeat,
                           ready_file=args.ready_file, drain_delay=args.drain_delay,
@@ -357,6 +403,8 @@ def supervise(args: argparse.Namespace) -> int:
                   exc.strerror)
         return 2
     finally:
+        if reloader is not None:
+            reloader.close()
         if preloading is not None:
             preloading.close()
         for service in services:

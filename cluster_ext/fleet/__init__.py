@@ -12,6 +12,7 @@ the primary's operations (the control socket, /metrics) read and steer it.
     service      a bounded listener on the primary's loop
     control      the control socket and its client
     metrics      /metrics
+    reloader     --reload: a change on disk reloads the workers
 """
 from .rolling import reload
 from .supervisor import BootError, CrashLoopError, supervise

@@ -307,6 +307,8 @@ class _Reload:
             if new.boot_failure is not None:  # the new code cannot start: keep the old
                 _runtime.log("error", f"{self.what()} stopped, {self.keep()}: "
                              f"worker {new.id} failed to boot: {new.boot_failure}")
+                if _runtime.fleet is not None:
+                    _runtime.fleet.boot_failures_told.add(new.id)
                 self.ended(False)
                 return
             if w.is_dead():               # both gone: its slot is the fleet's to refill

@@ -90,6 +90,9 @@ class Fleet:
         self.places: _fast.deque[int] = _fast.deque()  # restarts_of for respawns to come
         self.when_ready: Callable[[], Any] | None = None   # supervise()'s callbacks
         self.on_reload: Callable[[], Any] | None = None
+        # Replacements whose boot failure the reload or recycle has logged,
+        # with what it meant: logged once, not again at the exit.
+        self.boot_failures_told: set[int] = set()
 
     def spawn(self, respawn: bool = False) -> None:
         if self.stopping or self.error is not None:
@@ -147,6 +150,8 @@ class Fleet:
         started = self.started.pop(w.id, time.monotonic())
         self.pongs.pop(w.id, None)
         restarts = self.restarts_of.pop(w.id, 0)
+        told = w.id in self.boot_failures_told
+        self.boot_failures_told.discard(w.id)
         if w.boot_failure is not None and not self.proven and not self.stopping:
             # the code has never served
             self.error = BootError(w.id, w.boot_failure, w.boot_failure_load)
@@ -156,7 +161,7 @@ class Fleet:
             if not self.workers():       # the last one: nothing keeps the loop turning
                 self.cancel_timers()
             return
-        if w.boot_failure is not None:
+        if w.boot_failure is not None and not told:
             _runtime.log("error", f"worker {w.id} failed to boot: {w.boot_failure}")
         if not w.exited_after_disconnect:
             lived = time.monotonic() - started
