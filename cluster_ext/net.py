@@ -499,6 +499,10 @@ def _ask_for(server: Server, port: int, host: str | None, backlog: int,
             server._state = "closed"
             release_index(server._spec)
             server._spec = None
+            if err == errno.ESHUTDOWN:
+                # the primary is disconnecting this worker: as Node's leaves
+                # that query unanswered, the listen never completes
+                return
             exc = listen_error(err, host, port, path)
             fail_boot_unless_heard(exc, server.listener_count("error") > 0)
             server.emit("error", exc)

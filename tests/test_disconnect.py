@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, run_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed_disconnect.py"
@@ -463,3 +463,14 @@ def test_primary_sends_a_listening_net_server_to_a_worker(app):
     order = [index_of(lines, "W server close"), index_of(lines, "P disconnect w1"),
              index_of(lines, "P exit w1 0 None"), index_of(lines, "P done")]
     assert order == sorted(order), lines
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_listen_that_reaches_a_disconnecting_primary_never_completes(policy):
+    """A worker disconnected as soon as it is online (a Ctrl-C while it
+    starts) asks for its server after the primary began the disconnect: as
+    in Node, whose primary leaves that query unanswered, the listen never
+    completes and nothing is raised, so the worker ends with 0, not with a
+    traceback."""
+    lines = run_app("disc_listen_late.py", policy)
+    assert lines == ["listen asked", "exit code=0 signal=None ead=True"], lines
