@@ -1,10 +1,12 @@
 """Logging under `cluster-ext run`, as an operator uses it: --access-logfile
 and --error-logfile written by real workers and a real primary, the access
-log's formats (gunicorn's atoms, a JSON line), --log-level, --log-config in
-JSON, YAML and INI, and the values that are refused before anything
-starts."""
+log's formats (gunicorn's atoms, a JSON line), logrotate's rename followed by
+SIGUSR1, --log-level, --log-config in JSON, YAML and INI, and the values
+that are refused before anything starts."""
 import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -53,9 +55,23 @@ def pids_in(lines, pattern=r"<(\d+)>"):
     return {int(re.search(pattern, line)[1]) for line in lines}
 
 
-def test_an_access_logfile_in_gunicorns_format(app, tmp_path):
-    """gunicorn's atoms in the file each worker appends to, the primary's
-    lines in the error log."""
+def served_by_every_worker(port, path, log, pids, pattern=r"<(\d+)>", timeout=20.0):
+    """Requests for path until every worker in pids has a line for it in the
+    file log (the primary hands each new connection to the next worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert get(port, path).status_code == 200
+        lines = found_in(log, re.escape(path) + " ", count=0)
+        if pids_in(lines, pattern) >= pids:
+            return lines
+        assert time.monotonic() < deadline, \
+            f"not every worker of {pids} wrote {path} in {log}; the last: {lines[-4:]}"
+
+
+def test_an_access_logfile_in_gunicorns_format_is_reopened_at_sigusr1(app, tmp_path):
+    """gunicorn's atoms in the file each worker appends to; then logrotate's
+    way without copytruncate: the files renamed, SIGUSR1 to the primary,
+    and the primary and every worker write a new file at each path."""
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
     a, port = cli(app, "--access-logfile", str(access), "--access-log-format", GUNICORN_FORMAT,
                   "--error-logfile", str(errors))
@@ -72,8 +88,36 @@ def test_an_access_logfile_in_gunicorns_format(app, tmp_path):
     assert [int(e["bytes"]) for e in entries] == [len(body.encode()) for body in bodies]
     workers = {int(body.split("pid ")[1]) for body in bodies}
     assert pids_in(lines) == workers and len(workers) == 2
+
+    (tmp_path / "access.log").rename(tmp_path / "access.log.1")
+    (tmp_path / "error.log").rename(tmp_path / "error.log.1")
+    os.kill(a.pid, signal.SIGUSR1)
+    line, = found_in(errors, "SIGUSR1 received")          # in the primary's new file
+    assert line.endswith("SIGUSR1 received: log files reopened (1 here), the signal passed "
+                         "on to 2 workers"), line
+    served_by_every_worker(port, "/after", access, workers)
+    rotated = (tmp_path / "access.log.1").read_text()
+    assert rotated.count("GET /before") == 4
+    assert "ready: 2 workers" in (tmp_path / "error.log.1").read_text()
     stop(a)
     found_in(errors, "all workers stopped")
+
+
+def test_sigusr1_to_one_worker_reopens_its_own_files(app, tmp_path):
+    """A worker signalled alone reopens its files; the others keep theirs."""
+    access = tmp_path / "access.log"
+    a, port = cli(app, "--access-logfile", str(access), "--access-log-format", "%(U)s %(p)s")
+    until(a, "ready: 2 workers")
+    for _ in range(4):
+        get(port, "/before")
+    workers = pids_in(found_in(access, "/before ", count=4))
+    signalled, other = sorted(workers)
+    access.rename(tmp_path / "access.log.1")
+    os.kill(signalled, signal.SIGUSR1)
+    served_by_every_worker(port, "/after", access, {signalled})
+    served_by_every_worker(port, "/after", tmp_path / "access.log.1", {other})
+    assert f"<{other}>" not in access.read_text()
+    stop(a)
 
 
 def test_the_default_access_line_is_uvicorns_in_the_file(app, tmp_path):
@@ -203,6 +247,25 @@ def test_a_log_config_routes_the_primary_and_the_workers_loggers(app, tmp_path, 
     found_in(log, r'^\d+ uvicorn\.access INFO 127\.0\.0\.1:\d+ - "GET /configured HTTP/1\.1" 200$')
     lines = stop(a)
     assert not any("ready:" in line for line in lines), lines      # not on stderr too
+
+
+def test_under_preload_a_worker_forked_after_sigusr1_writes_the_new_file(app, tmp_path):
+    """--preload: the template configures logging before its import, and
+    the workers forked from it inherit its files; one forked after a
+    rotation (SIGTTIN here) writes the file at the path, not the renamed
+    one the template holds."""
+    log, config = tmp_path / "app.log", tmp_path / "logging.json"
+    write_log_config(config, log)
+    a, port = cli(app, "--log-config", str(config), "--preload", workers=1)
+    first = found_in(log, "Application startup complete")
+    log.rename(tmp_path / "app.log.1")
+    os.kill(a.pid, signal.SIGUSR1)
+    found_in(log, "SIGUSR1 received: log files reopened")
+    os.kill(a.pid, signal.SIGTTIN)
+    second = found_in(log, "Application startup complete")
+    assert pids_in(first, r"^(\d+)") != pids_in(second, r"^(\d+)")
+    assert (tmp_path / "app.log.1").read_text().count("Application startup complete") == 1
+    stop(a)
 
 
 @pytest.mark.parametrize("options,says", [

@@ -20,9 +20,10 @@ gunicorn add: respawn, zero-downtime reload, hung-worker kills).
 
 Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one,
 or SIGQUIT, stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
-worker, SIGTTOU retires the oldest. SIGTERM or SIGINT to a worker (or to
-the whole process group) drains it: a group's signal stops as one to the
-primary does, and a worker signalled alone is replaced."""
+worker, SIGTTOU retires the oldest, SIGUSR1 reopens the log files (the
+workers' too). SIGTERM or SIGINT to a worker (or to the whole process
+group) drains it: a group's signal stops as one to the primary does, and a
+worker signalled alone is replaced."""
 
 RUN_HELP = """\
 Runs APP as the workers of a supervised cluster.
@@ -168,7 +169,9 @@ def common_parser() -> Parser:
     common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
                         help="serve /metrics (Prometheus) from the primary on HOST:PORT "
                              "(HOST default 127.0.0.1); needs the metrics extra")
-    logs = common.add_argument_group("logging")
+    logs = common.add_argument_group(
+        "logging (SIGUSR1 to the primary reopens the log files of the primary and of every "
+        "worker, for logrotate)")
     logs.add_argument("--log-level", choices=tuple(LEVELS), default=None,
                       help="the primary's lines and the workers' errors at this level and "
                            "above (default: the primary's from info, the workers' from "

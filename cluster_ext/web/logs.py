@@ -4,7 +4,8 @@ access log's formats: uvicorn's line by default, logged by uvicorn's
 protocols as a response starts, or gunicorn's atoms or a JSON object,
 logged by access_logged() around the application as a response ends (its
 size and its duration known). A file is opened in append mode by each
-worker that writes to it, so that the workers' lines interleave whole."""
+worker that writes to it, so that the workers' lines interleave whole;
+SIGUSR1 reopens it (_runtime.reopen_log_files())."""
 from __future__ import annotations
 
 import logging
