@@ -19,12 +19,35 @@ if TYPE_CHECKING:           # typing costs milliseconds at every worker's start
     from typing import Any
 
 
+def _tree_is_built(here: str) -> bool:
+    return any(name.startswith("_core.") and not name.endswith(".pyi")
+               for name in os.listdir(here))
+
+
+def _run_installed_instead() -> None:
+    """python -m cluster_ext typed in the repository's root imports the
+    source tree (-m puts the current directory first on sys.path). Where its
+    extension was never built, the installed package is what was meant: this
+    process becomes `python -m cluster_ext ARGS` with the tree's directory
+    left off sys.path (same pid, same descriptors: nothing is taken yet).
+    Returns when no other copy is installed."""
+    import importlib.machinery
+    tree_parent = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    elsewhere = [p for p in sys.path if os.path.realpath(p or os.curdir) != tree_parent]
+    if importlib.machinery.PathFinder.find_spec(__name__, elsewhere) is None:
+        return
+    boot = ("import os, runpy, sys; "
+            f"sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != "
+            f"{tree_parent!r}]; "
+            f"runpy.run_module({__name__!r}, run_name='__main__', alter_sys=True)")
+    os.execv(sys.executable, [sys.executable, "-c", boot, *sys.argv[1:]])
+
+
 def _unbuilt_source_tree() -> None:
     """Explains an import from the source tree, where the C extension was never
-    built (python -m puts the current directory first on sys.path, and the
-    repository's root holds the package)."""
+    built and no other copy is installed (or the import is not python -m's)."""
     here = os.path.dirname(__file__)
-    if any(name.startswith("_core.") and not name.endswith(".pyi") for name in os.listdir(here)):
+    if _tree_is_built(here):
         return                  # built, but it failed to load: the real error says why
     import shlex
 
@@ -37,6 +60,9 @@ def _unbuilt_source_tree() -> None:
         raise SystemExit(message)
     raise ImportError(message) from None
 
+
+if sys.argv[:1] == ["-m"] and not _tree_is_built(os.path.dirname(__file__)):
+    _run_installed_instead()
 
 __version__ = "0.1.0"        # the one source: pyproject.toml reads it from here
 

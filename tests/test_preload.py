@@ -99,6 +99,28 @@ def test_a_preloaded_worker_is_the_process_an_execd_one_is(app, tmp_path):
     assert execd["main"]["annotation"] == "<class 'int'>"
 
 
+def test_an_environment_past_a_message_still_forks_from_the_template(app, tmp_path):
+    """300 KB of environment (variables of 100 KB, near the kernel's bound
+    for one) is more than one request to the template can carry: what
+    changed since the template started is sent, and the worker forked from
+    it has the whole environment, in order, as an exec'd one would."""
+    folder = copy_app(tmp_path)
+    big = {f"CX_TEST_BIG{i}": str(i) * 100_000 for i in range(3)}
+    found = {}
+    for how in ("exec", "preload"):
+        options = ["--preload"] if how == "preload" else []
+        a, port = cli(app, "preload_app:app", *options, workers=1, cwd=folder, env=big)
+        serving(a, 1)
+        f = facts(port)
+        found[how] = f["process"]["env"]
+        if how == "preload":
+            assert f["imported_by"] != f["pid"]        # the template imported it
+        lines = stop(a)
+        assert not any("preload template" in line and "killing" in line for line in lines)
+    assert found["preload"] == found["exec"]
+    assert all(dict(found["preload"])[name] == value for name, value in big.items())
+
+
 def test_an_application_that_cannot_be_imported_stops_before_any_fork(app, tmp_path):
     folder = copy_app(tmp_path)
     source = folder / "preload_app.py"

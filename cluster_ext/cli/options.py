@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from .. import __version__, _core
@@ -130,6 +131,16 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _umask(text: str) -> int:
+    """Octal always, as the shell's umask and systemd's UMask= take it:
+    027, 0027, 0o027 (gunicorn would read 27 as decimal)."""
+    found = re.fullmatch(r"(?:0o)?([0-7]{1,4})", text, re.IGNORECASE)
+    if found is None or int(found[1], 8) > 0o777:
+        raise argparse.ArgumentTypeError(f"not an octal mode from 000 to 777 (such as 027): "
+                                         f"{text!r}")
+    return int(found[1], 8)
+
+
 VERSION = f"cluster-ext {__version__} (Python {sys.version.split()[0]})"
 VERSION_HELP = "print cluster_ext's version and Python's, and exit"
 
@@ -169,6 +180,20 @@ def common_parser() -> Parser:
     common.add_argument("--metrics", type=_host_port, default=None, metavar="[HOST:]PORT",
                         help="serve /metrics (Prometheus) from the primary on HOST:PORT "
                              "(HOST default 127.0.0.1); needs the metrics extra")
+    identity = common.add_argument_group(
+        "the workers' user (the primary stays as it is, and binds: port 80 as root)")
+    identity.add_argument("--user", default=None, metavar="USER",
+                          help="the workers (and --preload's template) serve as USER, a name "
+                               "or a uid: its uid, its groups (initgroups) and, without "
+                               "--group, its primary group; all of them or the worker does "
+                               "not start (needs root)")
+    identity.add_argument("--group", default=None, metavar="GROUP",
+                          help="the workers' group, a name or a gid (alone, without --user: "
+                               "no supplementary groups)")
+    identity.add_argument("--umask", type=_umask, default=None, metavar="MODE",
+                          help="the umask, in octal (such as 027), of the primary and so of "
+                               "every process it starts: the workers, the template, and the "
+                               "files and Unix sockets the primary makes")
     logs = common.add_argument_group(
         "logging (SIGUSR1 to the primary reopens the log files of the primary and of every "
         "worker, for logrotate)")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import cluster_ext as cluster
 
+from .. import _primary
 from .options import TLS_OPTIONS, default_workers, is_web_app
 
 TYPE_CHECKING = False
@@ -73,10 +75,86 @@ def prepare(args: argparse.Namespace) -> str | None:
     """What the command line names outside itself, taken or checked before
     anything is logged, forked or written: --env-file loaded, then
     WEB_CONCURRENCY as -w's default (uvicorn's order: the file may set it),
-    --app-dir a directory, the TLS files loaded. What is wrong, as a usage
-    error, or None."""
+    --app-dir a directory, the TLS files loaded, then the workers' identity
+    and the umask taken. What is wrong, as a usage error, or None."""
     return (load_env_file(args) or default_workers(args) or _check_app_dir(args)
-            or _check_tls(args))
+            or _check_tls(args) or _take_identity(args))
+
+
+# capabilities(7): what lets a process that is not root (or a root that
+# lost them, as in a container started with --cap-drop) change its ids
+CAP_SETGID, CAP_SETUID = 6, 7
+
+
+def _take_identity(args: argparse.Namespace) -> str | None:
+    """--user and --group looked up, and set for every fork (the workers and
+    --preload's template) once this process is known to be able to give
+    them: a worker that cannot take its identity fails at every fork, after
+    the log has begun. --umask set here, before the pid file is written:
+    the primary's, which every process it starts inherits."""
+    try:
+        user, group = _id_of("--user", args.user), _id_of("--group", args.group)
+    except ValueError as exc:
+        return str(exc)
+    if user is not None or group is not None:
+        try:
+            ids = _primary.worker_identity(user, group)
+        except ValueError:
+            return (f"argument --user: uid {user} has no user in the password database: "
+                    "give --group too")
+        assert ids is not None
+        problem = _cannot_become(*ids, gid_flag="--user" if group is None else "--group")
+        if problem is not None:
+            return problem
+        cluster.setup_primary(uid=user, gid=group)
+    if args.umask is not None:
+        os.umask(args.umask)
+    return None
+
+
+def _id_of(flag: str, name: str | None) -> int | None:
+    """--user's uid or --group's gid: a number as it is (gunicorn's), else
+    the name looked up here, not in every worker that parses the same
+    command line. ValueError says what is wrong, as a usage error."""
+    if name is None:
+        return None
+    if name.isascii() and name.isdigit():
+        if int(name) > 0x7FFFFFFF:           # what setuid() and setgid() take
+            raise ValueError(f"argument {flag}: an id is at most 2147483647, not {name}")
+        return int(name)
+    import grp
+    import pwd
+    try:
+        return pwd.getpwnam(name).pw_uid if flag == "--user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"argument {flag}: no such {flag[2:]}: {name!r}") from None
+
+
+def _cannot_become(groups: list[int] | None, gid: int, uid: int, *,
+                   gid_flag: str) -> str | None:
+    """Why a worker could not take these ids from this process, as a usage
+    error, or None: setuid() to a uid not its own needs CAP_SETUID, and
+    setgroups() or setgid() to a gid not its own CAP_SETGID."""
+    if uid >= 0 and uid not in os.getresuid() and not _capable(CAP_SETUID):
+        return (f"argument --user: the workers cannot become uid {uid}: that needs root's "
+                f"CAP_SETUID, which this primary (uid {os.geteuid()}) lacks")
+    if ((groups is not None or (gid >= 0 and gid not in os.getresgid()))
+            and not _capable(CAP_SETGID)):
+        return (f"argument {gid_flag}: the workers cannot take gid {gid}: that needs root's "
+                f"CAP_SETGID, which this primary (uid {os.geteuid()}) lacks")
+    return None
+
+
+def _capable(capability: int) -> bool:
+    """Whether this process holds capability (its effective set)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> capability & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 def _check_app_dir(args: argparse.Namespace) -> str | None:
@@ -259,6 +337,17 @@ def supervise(args: argparse.Namespace) -> int:
             return 2
         log.error("stopped: %s", exc)
         return 3
+    except OSError as exc:
+        if exc.filename != sys.executable:
+            raise
+        # The first worker (or the template) could not be exec'd: the
+        # workers' user cannot run the interpreter, not a defect to trace.
+        uid = cluster.settings["uid"]
+        who = "" if uid is None else f" as uid {uid}"
+        log.error("cannot start: the workers cannot run %s%s: %s (they must be able to run "
+                  "the interpreter and read the application)", exc.filename, who,
+                  exc.strerror)
+        return 2
     finally:
         if preloading is not None:
             preloading.close()

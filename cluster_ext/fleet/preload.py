@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posix
 import select
 import signal
 import socket
@@ -60,6 +61,7 @@ class Template:
         try:
             argv = _primary.worker_argv(settings)
             env = {**os.environ, TEMPLATE_FD: str(theirs.fileno())}
+            self.env = env
             groups, gid, uid = self.ids or (None, -1, -1)
             self.pid = _core.spawn(_primary.resolve_executable(argv[0]), argv,
                                    [f"{k}={v}" for k, v in env.items()], self.cwd,
@@ -126,11 +128,16 @@ class Template:
         fds = [plan.theirs, *(fd for fd in stdio if fd >= 0)]
         if plan.stacks >= 0:
             fds.append(plan.stacks)
-        request = {"env": list(plan.env.items()), "cwd": plan.cwd,
+        request = {**env_change(self.env, plan.env), "cwd": plan.cwd,
                    "stdio": [fd >= 0 for fd in stdio], "stacks": plan.stacks >= 0}
         try:
             socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:     # nothing was sent: this one is exec'd
+                _runtime.log("warning", f"preload template {self.pid}: a worker's "
+                             "environment has changed too much since the template started "
+                             "to be sent to it: that worker is exec'd")
+                return None
             self.broken(f"its channel failed: {exc}")
             return None
         try:
@@ -322,6 +329,28 @@ class Preload:
 active: Preload | None = None       # the running fleet's, if it preloads
 
 
+def env_change(started: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any]:
+    """A worker's environment as a fork request carries it: what changed
+    since the template started with `started` (a whole environment may not
+    fit in one message), or all of env when applying the change to
+    `started` would not give env's order (started's, then the new ones)."""
+    kept = [name for name in started if name in env]
+    if list(env) != kept + [name for name in env if name not in started]:
+        return {"env": list(env.items())}
+    return {"env_set": [(k, v) for k, v in env.items() if started.get(k) != v],
+            "env_unset": [name for name in started if name not in env]}
+
+
+def apply_env_change(started: Mapping[str, str], request: Mapping[str, Any]) -> dict[str, str]:
+    if "env" in request:
+        return dict(request["env"])
+    env = dict(started)
+    for name in request["env_unset"]:
+        del env[name]
+    env.update(request["env_set"])
+    return env
+
+
 # ---- the template's side ------------------------------------------------------------
 
 def failed(reason: str, *, load: bool) -> None:
@@ -341,6 +370,7 @@ def serve_forks() -> bool:
     go. True in each worker, once it has booted (the caller serves); False
     in the template at the end."""
     import gc
+    started = _environment_at_exec()
     sock = socket.socket(fileno=int(os.environ.pop(TEMPLATE_FD)))
     primary = os.getppid()
     # Ctrl-C, or systemd's KillMode=control-group, signals the whole group:
@@ -360,7 +390,7 @@ def serve_forks() -> bool:
             _close_all(fds)
             sock.close()
             return False
-        reply = _fork_worker(sock, json.loads(message), fds, primary)
+        reply = _fork_worker(sock, json.loads(message), fds, primary, started)
         if reply is None:           # the worker, booted
             # The log files the template opened may have been renamed since
             # (a SIGUSR1 reopens the workers', not the template's).
@@ -369,13 +399,20 @@ def serve_forks() -> bool:
         sock.send(json.dumps(reply).encode())
 
 
+def _environment_at_exec() -> dict[str, str]:
+    """The template's environment as the primary gave it, which fork
+    requests change: os.environ may have been changed since, by the
+    application's import; posix.environ is the process's at its start."""
+    return {os.fsdecode(k): os.fsdecode(v) for k, v in posix.environ.items()}
+
+
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
 
 
 def _fork_worker(sock: socket.socket, request: dict[str, Any], fds: list[int],
-                 primary: int) -> dict[str, int] | None:
+                 primary: int, started: Mapping[str, str]) -> dict[str, int] | None:
     """Forks the worker request asks for, twice: its reply for the primary
     (the worker's pid, or the errno it could not start with), or None in the
     worker itself."""
@@ -383,7 +420,7 @@ def _fork_worker(sock: socket.socket, request: dict[str, Any], fds: list[int],
     channel = next(given)
     stdio = [next(given) if present else -1 for present in request["stdio"]]
     stacks = next(given) if request["stacks"] else -1
-    env = dict(request["env"])
+    env = apply_env_change(started, request)
     env["CLUSTER_EXT_CHANNEL_FD"] = str(channel)     # its number here, not the primary's
     if stacks >= 0:
         env["CLUSTER_EXT_STACKS_FD"] = str(stacks)
