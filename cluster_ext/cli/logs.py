@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .options import LEVELS
@@ -21,24 +22,34 @@ PRIMARY_FORMAT = "%(asctime)s cluster_ext[%(process)d] %(message)s"
 def configure_primary(args: argparse.Namespace) -> str | None:
     """The primary's lines on stderr, or appended to --error-logfile, at
     INFO or --log-level, then --log-config over them; --access-logfile
-    checked, which only the workers write. What is wrong, or None."""
+    checked, which only the workers write. Both files are given to the
+    workers' --user and --group, as gunicorn gives them: the workers append
+    to them too. What is wrong, or None."""
     access_file = getattr(args, "access_logfile", None) or "-"
-    try:
-        if access_file != "-":
-            open(access_file, "a").close()
-    except OSError as exc:
-        return f"argument --access-logfile: {access_file}: {exc.strerror or exc}"
     error_file = args.error_logfile or "-"
-    try:
-        handler = (logging.StreamHandler(sys.stderr) if error_file == "-" else
-                   logging.FileHandler(error_file, encoding="utf-8"))
-    except OSError as exc:
-        return f"argument --error-logfile: {error_file}: {exc.strerror or exc}"
+    for flag, path in (("--access-logfile", access_file), ("--error-logfile", error_file)):
+        try:
+            if path != "-":
+                open(path, "a").close()
+                _give_to_workers(path)
+        except OSError as exc:
+            return f"argument {flag}: {path}: {exc.strerror or exc}"
+    handler = (logging.StreamHandler(sys.stderr) if error_file == "-" else
+               logging.FileHandler(error_file, encoding="utf-8"))
     logging.addLevelName(LEVELS["trace"], "TRACE")
     logging.basicConfig(level=logging.INFO, format=PRIMARY_FORMAT, handlers=[handler])
     problem = apply_config(args.log_config)
     _set_level(args, None)
     return problem
+
+
+def _give_to_workers(path: str) -> None:
+    """The file at path owned by the workers' identity, when they have one
+    of their own (--user, --group: the primary, root, has just made it)."""
+    from .. import _runtime
+    uid, gid = _runtime.settings["uid"], _runtime.settings["gid"]
+    if uid is not None or gid is not None:
+        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
 
 
 def configure_worker(args: argparse.Namespace, logs: Logs | None) -> str | None:
@@ -54,7 +65,10 @@ def configure_worker(args: argparse.Namespace, logs: Logs | None) -> str | None:
             _set_level(args, None)
         return None
     if logs is not None:
-        logs.configure()
+        try:
+            logs.configure()
+        except ValueError as exc:            # its log file, which it may not open
+            return str(exc)
     problem = apply_config(args.log_config)
     if logs is not None and logging.getLogger("uvicorn.access").handlers:
         logs.access = True                   # the configuration's own access log

@@ -131,8 +131,11 @@ def _handler(path: str, stream: Any, formatter: logging.Formatter) -> logging.Ha
     """A handler of this worker's own: a file opened to append (O_APPEND:
     each record one write at the file's end, whole among the workers'), or
     the stream for '-'."""
-    handler: logging.Handler = (logging.StreamHandler(stream) if path == "-" else
-                                logging.FileHandler(path, encoding="utf-8"))
+    try:
+        handler: logging.Handler = (logging.StreamHandler(stream) if path == "-" else
+                                    logging.FileHandler(path, encoding="utf-8"))
+    except OSError as exc:               # a boot failure, in one line
+        raise ValueError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
     handler.setFormatter(formatter)
     handler.addFilter(_tag_worker)
     return handler
