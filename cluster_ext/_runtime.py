@@ -258,5 +258,42 @@ def log(level: str, message: str) -> None:
     getattr(logging.getLogger("cluster_ext"), level)("%s", message.rstrip())
 
 
+def reopen_log_files() -> int:
+    """SIGUSR1's work (gunicorn's): every logging.FileHandler of this
+    process's loggers opens its path again, so that a file logrotate renamed
+    is let go and a new one is written at the path. Returns how many were
+    reopened; what went wrong is logged (a handler whose path could not be
+    opened tries again at its next record). Without logging imported,
+    nothing writes a log file here."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return 0
+    found: dict[int, Any] = {}
+    for logger in [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]:
+        for handler in getattr(logger, "handlers", ()):      # a PlaceHolder has none
+            if isinstance(handler, logging.FileHandler):
+                found[id(handler)] = handler
+    reopened, problems = 0, []
+    for handler in found.values():
+        with handler.lock:                   # another thread may be writing a record
+            old, handler.stream = handler.stream, None
+            try:
+                if old is not None:
+                    old.close()
+            except OSError as exc:           # its last records not flushed: a full disk
+                problems.append(f"{handler.baseFilename}: {exc.strerror or exc}")
+            # 'w' truncated the file once, at the start: a reopen must not
+            # truncate what was written since (no rename came before it)
+            handler.mode = "a"
+            try:
+                handler.stream = handler._open()
+                reopened += 1
+            except OSError as exc:
+                problems.append(f"{handler.baseFilename}: {exc.strerror or exc}")
+    for problem in problems:
+        log("warning", f"log file not reopened: {problem}")
+    return reopened
+
+
 _core.set_wake_callback(_run_threadsafe)
 wake_on_signals()

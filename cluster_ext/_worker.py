@@ -551,7 +551,7 @@ def boot(worker_id: int, fd: int, serialization: str, max_message_size: int,
     # Only where the application has not chosen a disposition of its own.
     signal = _fast.signal
     if drain_delay is not None:
-        _drain_on_stop_signals(w, drain_delay)
+        _take_fleet_signals(w, drain_delay)
     elif signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         # Ctrl-C reaches the whole process group: the primary decides how we stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -559,13 +559,14 @@ def boot(worker_id: int, fd: int, serialization: str, max_message_size: int,
     w._send_frame(_core.FRAME_ONLINE)
 
 
-def _drain_on_stop_signals(w: Worker, drain_delay: float) -> None:
+def _take_fleet_signals(w: Worker, drain_delay: float) -> None:
     """A supervised worker takes its own SIGTERM or SIGINT as the start of
     the drain its primary is about to ask for: timeout, dumb-init,
     supervisord and systemd's KillMode=control-group signal every process
     of the group, and a worker killed at once would cut its requests short.
     Alone (someone signalled this worker only), it drains and exits as
-    gunicorn's workers do, and the fleet replaces it."""
+    gunicorn's workers do, and the fleet replaces it. SIGUSR1 reopens its
+    log files, as the primary's does."""
     global _drain_delay
     _drain_delay = drain_delay
     signal = _fast.signal
@@ -573,6 +574,10 @@ def _drain_on_stop_signals(w: Worker, drain_delay: float) -> None:
                          (signal.SIGINT, signal.default_int_handler)):
         if signal.getsignal(sig) is default:
             signal.signal(sig, _on_stop_signal)
+    # The primary passes SIGUSR1 on (logrotate's postrotate signals it): each
+    # worker writes its own log files, and must let go of a renamed one too.
+    if signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+        signal.signal(signal.SIGUSR1, _on_reopen_signal)
 
 
 _drain_delay: float | None = None   # a supervised worker's: the fleet's drain delay
@@ -587,6 +592,12 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     # On the loop, as the primary's disconnect would come: a handler may run
     # anywhere, in the middle of the application's import.
     _runtime.call_soon_threadsafe(_drain)
+
+
+def _on_reopen_signal(signum: int, frame: Any) -> None:
+    # On the loop: a handler runs between any two bytecodes, a logging
+    # handler's own write among them.
+    _runtime.call_soon_threadsafe(_runtime.reopen_log_files)
 
 
 def _drain() -> None:

@@ -12,11 +12,13 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port
+from test_logging import found_in
 from test_web import WEBAPPS, serving, stop
 
 httpx = pytest.importorskip("httpx")
@@ -193,6 +195,29 @@ def test_root_binds_a_port_below_1024_and_nobody_serves_it(app, sched):
         assert said["uid"] == said["euid"] == nobody.pw_uid
     assert uid_of(a.pid) == [0, 0]
     stop(a)
+
+
+def test_the_log_files_are_given_to_the_workers_user(app):
+    """gunicorn's rule: the primary (root) makes --access-logfile and
+    --error-logfile and gives them to the workers' user, which appends to
+    them (its access lines, and its errors: its handler opens the file at
+    its start, or it could not boot)."""
+    nobody, nogroup = serving_as("nobody"), group_named("nogroup")
+    logs = Path(tempfile.mkdtemp())
+    logs.chmod(0o755)                       # the workers reach their files; root's tmp_path is 0700
+    try:
+        access, errors = logs / "access.log", logs / "error.log"
+        a, port = cli(app, "--user", "nobody", "--group", "nogroup", "--access-logfile",
+                      str(access), "--error-logfile", str(errors), "--access-log-format",
+                      "%(U)s %(p)s")
+        found_in(errors, "ready: 2 workers")          # the primary's lines are there too
+        workers = {said["pid"] for said in identities(port)}
+        assert {f"/ <{pid}>" for pid in workers} <= set(found_in(access, "^/ ", count=2))
+        assert [(os.stat(path).st_uid, os.stat(path).st_gid) for path in (access, errors)] == \
+            [(nobody.pw_uid, nogroup.gr_gid)] * 2
+        stop(a)
+    finally:
+        shutil.rmtree(logs)
 
 
 # ---- what cannot be done: one line, exit 2, before any fork ------------------------------

@@ -26,8 +26,9 @@ OVERRIDDEN = ("connection_made", "connection_lost", "data_received", "on_respons
               "handle_websocket_upgrade", "timeout_keep_alive_handler", "shutdown")
 OVERRIDDEN_BY = {"httptools": ("on_headers_complete", "on_message_complete"),
                  "h11": ("handle_events", "send_400_response")}
-# A connection's attributes that the drain and the head bounds read
-CONNECTION = ("cycle", "transport", "loop", "server_state", "config")
+# A connection's attributes that the drain and the head bounds read, and
+# access_log, which Draining turns off when web.logs logs the requests
+CONNECTION = ("cycle", "transport", "loop", "server_state", "config", "access_log")
 CONNECTION_BY = {"httptools": ("pipeline",), "h11": ("conn",)}
 # A request cycle's, read and written by the drain (Draining.cx_last_request)
 CYCLE = ("response_complete", "response_started", "keep_alive", "default_headers")

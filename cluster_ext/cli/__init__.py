@@ -22,7 +22,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _runtime
-from . import config, primary, status, worker
+from . import config, logs, primary, status, worker
 from .options import CONTROL_COMMANDS, is_web_app, parse_args
 
 log = logging.getLogger("cluster_ext")
@@ -55,13 +55,11 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         elif args.command == "run":
             worker.run_app(args)
         else:
-            worker.demo_worker(args.host, args.port)
+            worker.demo_worker(args)
         return 0
-    problem = primary.prepare(args)
+    problem = primary.prepare(args) or logs.configure_primary(args)
     if problem is not None:
         return _refuse(prog, args, problem)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s cluster_ext[%(process)d] "
-                                                   "%(message)s", stream=sys.stderr)
     if args.command == "run" and is_web_app(args.app):
         problem = primary.check_web(args)
         if problem is not None:

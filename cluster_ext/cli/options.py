@@ -21,9 +21,10 @@ gunicorn add: respawn, zero-downtime reload, hung-worker kills).
 
 Signals to the primary: SIGTERM or Ctrl-C stop gracefully (a second one,
 or SIGQUIT, stops at once), SIGHUP reloads every worker one by one, SIGTTIN adds a
-worker, SIGTTOU retires the oldest. SIGTERM or SIGINT to a worker (or to
-the whole process group) drains it: a group's signal stops as one to the
-primary does, and a worker signalled alone is replaced."""
+worker, SIGTTOU retires the oldest, SIGUSR1 reopens the log files (the
+workers' too). SIGTERM or SIGINT to a worker (or to the whole process
+group) drains it: a group's signal stops as one to the primary does, and a
+worker signalled alone is replaced."""
 
 RUN_HELP = """\
 Runs APP as the workers of a supervised cluster.
@@ -49,6 +50,9 @@ examples:
   cluster-ext run -w 4 --interface wsgi --threads 8 flaskapp:app
   cluster-ext run -w 4 server.py --port 8000"""
 
+
+# uvicorn's --log-level names (trace: its protocols' own, below debug)
+LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
 
 # gunicorn's --timeout: a worker whose loop has not answered a ping for this
 # long is killed and replaced. Long enough for a WSGI request that runs on
@@ -113,6 +117,15 @@ def _positive_mib(text: str) -> float:
     if not 0 < value < 2**40:            # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a positive number of MiB, not {text}")
     return value
+
+
+def _access_log_format(text: str) -> str:
+    from ..web.logs import check_format
+    try:
+        check_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -198,6 +211,21 @@ def common_parser() -> Parser:
                           help="the umask, in octal (such as 027), of the primary and so of "
                                "every process it starts: the workers, the template, and the "
                                "files and Unix sockets the primary makes")
+    logs = common.add_argument_group(
+        "logging (SIGUSR1 to the primary reopens the log files of the primary and of every "
+        "worker, for logrotate)")
+    logs.add_argument("--log-level", choices=tuple(LEVELS), default=None,
+                      help="the primary's lines and the workers' errors at this level and "
+                           "above (default: the primary's from info, the workers' from "
+                           "warning); the access log is not affected")
+    logs.add_argument("--log-config", default=None, metavar="PATH",
+                      help="a logging.config dictionary in JSON (.json) or YAML (.yaml, "
+                           ".yml; needs PyYAML), or an INI file (any other name) for "
+                           "fileConfig, applied in the primary and in every worker before "
+                           "the application's import")
+    logs.add_argument("--error-logfile", default=None, metavar="PATH",
+                      help="append the primary's lines and the workers' errors to PATH "
+                           "(default -: stderr)")
     recycle = common.add_argument_group(
         "recycling (a worker past a limit is replaced as in a reload, one at a time)")
     recycle.add_argument("--max-requests", type=_at_least(1), default=None, metavar="N",
@@ -234,6 +262,16 @@ def web_parser() -> Parser:
                           "template, so new code is served (by default each worker imports it)")
     web.add_argument("--access-log", action="store_true",
                      help="one line per request on stdout")
+    web.add_argument("--access-logfile", default=None, metavar="PATH",
+                     help="the access log, appended to PATH by each worker (-: stdout); "
+                          "turns it on")
+    web.add_argument("--access-log-format", type=_access_log_format, default=None,
+                     metavar="FMT",
+                     help="the access log's line, logged as each response ends, in "
+                          "gunicorn's atoms (e.g. '%%(h)s %%(l)s %%(u)s %%(t)s \"%%(r)s\" "
+                          "%%(s)s %%(b)s \"%%(f)s\" \"%%(a)s\" %%(L)s'; %%(D)s the "
+                          "duration in microseconds, %%({header}i)s a request's header), "
+                          "or json for one JSON object a line; turns it on")
     web.add_argument("--threads", type=_at_least(1), default=1, metavar="N",
                      help="threads per worker that run a WSGI application (default 1: "
                           "on the worker's loop, one request at a time, as gunicorn's "

@@ -13,11 +13,14 @@ import cluster_ext as cluster
 
 from .. import _runtime, _worker
 from . import hooks
+from .logs import configure_worker, web_logs
 from .options import TLS_OPTIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ..web.logs import Logs
 
 
 def _web_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,6 +36,12 @@ def _web_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_web(args: argparse.Namespace) -> None:
+    logs = web_logs(args)
+    _configure_logging(args, logs)
+    _serve_web(args, logs)
+
+
+def _serve_web(args: argparse.Namespace, logs: Logs) -> None:
     """An exec'd worker's, and one forked from --preload's template."""
     hooks.post_fork(args)
     from ..web.binds import default_binds, parse_bind
@@ -43,19 +52,35 @@ def run_web(args: argparse.Namespace) -> None:
                  server_options=_web_options(args),
                  limit_request_head=args.limit_request_head,
                  timeout_request_head=args.timeout_request_head,
-                 websocket_grace=args.websocket_grace)
+                 websocket_grace=args.websocket_grace, logs=logs)
 
 
 def run_template(args: argparse.Namespace) -> None:
     """--preload's template: APP imported once, then each worker forked from
-    here serves it."""
+    here serves it (logging as the template configured it)."""
+    from ..fleet import preload
     from ..web.worker import serve_template
-    serve_template(args.app, lambda: run_web(args))
+    logs = web_logs(args)
+    problem = configure_worker(args, logs)
+    if problem is not None:
+        preload.failed(problem, load=False)
+    serve_template(args.app, lambda: _serve_web(args, logs))
+
+
+def _configure_logging(args: argparse.Namespace, logs: Logs | None = None) -> None:
+    """A worker's logging (cli.logs), before its application runs: what
+    cannot be configured is a boot failure (the primary, which configured
+    the same first, found nothing wrong, but a worker may run as another
+    user)."""
+    problem = configure_worker(args, logs)
+    if problem is not None:
+        _worker.fail_boot(problem)
 
 
 def run_app(args: argparse.Namespace) -> None:
     """In a worker: APP as __main__, then the loop if APP did not run it. An
     exception before the loop runs is a boot failure, told to the primary."""
+    _configure_logging(args)
     hooks.post_fork(args)
     app = args.app
     sys.argv = [app, *args.args]
@@ -85,8 +110,10 @@ def run_app(args: argparse.Namespace) -> None:
         cluster.run()
 
 
-def demo_worker(host: str, port: int) -> None:
+def demo_worker(args: argparse.Namespace) -> None:
     from .. import net
+    _configure_logging(args)
+    host, port = args.host, args.port
     pid = os.getpid()
 
     def echo(sock: net.Socket) -> None:

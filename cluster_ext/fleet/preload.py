@@ -375,9 +375,10 @@ def serve_forks() -> bool:
     primary = os.getppid()
     # Ctrl-C, or systemd's KillMode=control-group, signals the whole group:
     # the template ends when the primary's stop lets it go (or dies with
-    # the primary). A worker's mask is emptied by its plan.
+    # the primary), and writes no log to reopen. A worker's mask is
+    # emptied by its plan.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
-                                              signal.SIGQUIT})
+                                              signal.SIGQUIT, signal.SIGUSR1})
     gc.freeze()             # the imported objects stay shared: no collection touches them
     sock.send(b'{"ready": true}')
     while True:
@@ -391,6 +392,9 @@ def serve_forks() -> bool:
             return False
         reply = _fork_worker(sock, json.loads(message), fds, primary, started)
         if reply is None:           # the worker, booted
+            # The log files the template opened may have been renamed since
+            # (a SIGUSR1 reopens the workers', not the template's).
+            _runtime.reopen_log_files()
             return True
         sock.send(json.dumps(reply).encode())
 

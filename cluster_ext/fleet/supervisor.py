@@ -1,7 +1,8 @@
 """supervise(): keeping a fleet up, beyond Node: respawn with back-off, a
 crash-loop stop, graceful stop on SIGTERM/SIGINT, SIGHUP reload, SIGTTIN and
-SIGTTOU, readiness (sd_notify, the ready file) and the heartbeat (a worker
-whose loop does not answer in time is SIGKILLed and replaced)."""
+SIGTTOU, log files reopened at SIGUSR1, readiness (sd_notify, the ready
+file) and the heartbeat (a worker whose loop does not answer in time is
+SIGKILLed and replaced)."""
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ HEALTHY_AFTER = 30.0             # this long alive resets the back-off
 
 STOP_SIGNALS = (_fast.signal.SIGTERM, _fast.signal.SIGINT)
 FLEET_SIGNALS = (*STOP_SIGNALS, _fast.signal.SIGQUIT, _fast.signal.SIGHUP, _fast.signal.SIGTTIN,
-                 _fast.signal.SIGTTOU)
+                 _fast.signal.SIGTTOU, _fast.signal.SIGUSR1)
 
 
 class CrashLoopError(RuntimeError):
@@ -70,6 +71,7 @@ class Fleet:
         self.heartbeat: _core.Handle | None = None
         self.stuck: dict[int, forensics.Timeout] = {}   # timed out, until their report
         self.timeouts: _fast.deque[dict[str, Any]] = _fast.deque(maxlen=forensics.KEEP)
+        self.reopened: float | None = None     # the last SIGUSR1 (time.monotonic())
         self.proven = False              # a worker of this fleet has listened
         self.ready = False               # every worker serves (READY=1, the ready file)
         self.restarts = 0
@@ -208,6 +210,8 @@ class Fleet:
         name = signal.Signals(signum).name
         if signum in STOP_SIGNALS or signum == _fast.signal.SIGQUIT:
             self.stop(now=signum == _fast.signal.SIGQUIT, cause=f"{name} received")
+        elif signum == _fast.signal.SIGUSR1:     # a stopping fleet logs on: reopened too
+            self.reopen_logs(name)
         elif self.stopping:
             _runtime.log("info", f"{name} received: ignored, the fleet is stopping")
         elif signum == _fast.signal.SIGHUP:
@@ -220,6 +224,22 @@ class Fleet:
         else:
             self.shrink()
             _runtime.log("info", f"{name} received: scaling to {self.size} workers")
+
+    def reopen_logs(self, name: str) -> None:
+        """SIGUSR1, as gunicorn's arbiter takes it (logrotate's way without
+        copytruncate): the primary's log files reopened, then the signal
+        passed on to every worker, which reopens its own. A worker that has
+        not booted yet has no handler for it (SIGUSR1 would kill it): it is
+        told when it comes online (on_online), having opened nothing before."""
+        reopened = _runtime.reopen_log_files()
+        self.reopened = time.monotonic()
+        told = sum(1 for w in self.workers() if w.state != "none" and _tell_reopen(w))
+        _runtime.log("info", f"{name} received: log files reopened ({reopened} here), "
+                     f"the signal passed on to {told} workers")
+
+    def on_online(self, w: Worker) -> None:
+        if self.reopened is not None and self.started.get(w.id, self.reopened) < self.reopened:
+            _tell_reopen(w)
 
     def stop(self, now: bool = False, cause: str | None = None) -> None:
         """A graceful stop, or at once: now, or a second stop. cause: what
@@ -422,6 +442,16 @@ class Fleet:
         self.heartbeat = _runtime.call_later(timeout / 3, self.beat)
 
 
+def _tell_reopen(w: Worker) -> bool:
+    if w.is_dead():
+        return False
+    try:
+        os.kill(w.pid, _fast.signal.SIGUSR1)
+    except ProcessLookupError:               # its exit is on its way
+        return False
+    return True
+
+
 def supervise(workers: int | None = None, *, respawn: bool = True,
               graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
               heartbeat_timeout: float | None = None,
@@ -437,6 +467,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     or SIGQUIT, at once), SIGHUP reloads, SIGTTIN adds a worker, SIGTTOU retires the
     oldest. Raises CrashLoopError instead of respawning forever, and
     BootError when a worker cannot start before any worker has listened.
+    SIGUSR1 reopens the log files of the primary and of every worker.
     Under systemd it speaks sd_notify (READY, RELOADING, STOPPING, STATUS,
     WATCHDOG); pid_file holds the primary's pid while it runs, ready_file
     exists exactly while every worker serves; before any fork, either
@@ -497,6 +528,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
     emitter.on("fork", fleet.on_fork)
     emitter.on("exit", fleet.on_exit)
     emitter.on("listening", fleet.on_listening)
+    emitter.on("online", fleet.on_online)
     _runtime.fleet = fleet
     _runtime.supervised_drain_delay = drain_delay    # the workers drain on their own signal
     _runtime.keeps_stacks = heartbeat_timeout is not None
@@ -527,6 +559,7 @@ def supervise(workers: int | None = None, *, respawn: bool = True,
         emitter.off("fork", fleet.on_fork)
         emitter.off("exit", fleet.on_exit)
         emitter.off("listening", fleet.on_listening)
+        emitter.off("online", fleet.on_online)
         fleet.unready()
         if written is not None:
             written.remove("pid file")

@@ -39,6 +39,7 @@ class Draining:
     cx_idle = False           # everything received so far has been answered
     cx_refusal = 0            # see _HeadBounds: answered here, after the responses before it
     cx_answered_at = 0.0      # loop time of the last response
+    cx_uvicorn_access_log = True   # set on the class: False when web.logs logs each request
     # when (time.monotonic(): uvloop's loop time is cached per turn, in
     # milliseconds) the application began the request answered now
     cx_began: float | None = None
@@ -47,12 +48,17 @@ class Draining:
         cycle: Any
         transport: asyncio.Transport
         loop: asyncio.AbstractEventLoop
+        access_log: bool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvicorn reads the addresses and builds its flow control on the real
         # transport; the requests' cycles write through the coalescing one.
         super().connection_made(transport)  # type: ignore[misc]
         self.transport = _Coalescing(transport)  # type: ignore[assignment]
+        if not self.cx_uvicorn_access_log:
+            # web.logs logs the requests as they end, in a format of its own;
+            # uvicorn's line, at each response's start, would be a second one
+            self.access_log = False
         if self.cx_worker_drain is not None:     # made after the drain began
             self.cx_drain(self.cx_worker_drain)
 

@@ -15,6 +15,7 @@ from .. import _forensics, _runtime, _saturation, _worker, aio
 from ..fleet import preload
 from .app import AppLoadError, detect_interface, load_app, traceback_of
 from .binds import resolve_fds
+from .logs import Logs
 from .protocol import (
     LIMIT_REQUEST_HEAD,
     TIMEOUT_REQUEST_HEAD,
@@ -61,10 +62,12 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
                  factory: bool, threads: int, access_log: bool,
                  server_options: dict[str, Any], limit_request_head: int = LIMIT_REQUEST_HEAD,
                  timeout_request_head: float = TIMEOUT_REQUEST_HEAD,
-                 websocket_grace: float = 0.0) -> None:
+                 websocket_grace: float = 0.0, logs: Logs | None = None) -> None:
     """In a worker: load app and serve it until the worker disconnects. A
     failure before it listens (import, lifespan startup, port) is a boot
-    failure, told to the primary: the process exits 3."""
+    failure, told to the primary: the process exits 3. logs: how it logs
+    (the command line's options), else uvicorn's access log if access_log."""
+    logs = logs or Logs(access=access_log)
     try:
         check_extra()
         addresses = resolve_fds(addresses)
@@ -73,8 +76,9 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
         options = dict(server_options)
         # h11 bounds a head itself (16 KiB by default): at the same limit
         options.setdefault("h11_max_incomplete_event_size", limit_request_head or sys.maxsize)
-        config = _config(app, interface, threads, access_log, options)
+        config = _config(app, interface, threads, logs, options)
         config.load()
+        config.loaded_app = logs.wrap(config.loaded_app)
         table = _forensics.table()
         if table is not None:             # a heartbeat, whose timeout names them
             config.loaded_app = in_flight(config.loaded_app, table)
@@ -85,7 +89,8 @@ def serve_worker(app: Any, addresses: list[Bind], *, interface: str, graceful_ti
     except (Exception, SystemExit) as exc:        # uvicorn exits on some bad options
         _worker.fail_boot(traceback_of(exc))
     server = WorkerServer(config, addresses, graceful_timeout,
-                           limit_request_head, timeout_request_head, websocket_grace)
+                           limit_request_head, timeout_request_head, websocket_grace,
+                           uvicorn_logs_access=logs.uvicorn_logs_access)
     _run(server.serve(), config.get_loop_factory())
 
 
@@ -138,7 +143,7 @@ def in_flight(app: Any, table: _forensics.Table) -> Any:
     return tracked
 
 
-def _config(app: Any, interface: str, threads: int, access_log: bool,
+def _config(app: Any, interface: str, threads: int, logs: Logs,
             options: dict[str, Any]) -> Any:
     import uvicorn
     if interface in ("auto", "asgi"):
@@ -152,36 +157,13 @@ def _config(app: Any, interface: str, threads: int, access_log: bool,
         else:
             app = InlineWSGI(app)
         interface, lifespan = "asgi3", "off"
-    _configure_logging(access_log)
+    # Errors to stderr with the worker's id, the access log where asked, and
+    # no access handler at all otherwise, which uvicorn's protocols check
+    # once per connection (uvicorn.Config clears them without access_log).
+    logs.configure()
     return uvicorn.Config(app, interface=interface, lifespan=lifespan,  # type: ignore[arg-type]
                           log_config=None,
-                          access_log=access_log, **options)
-
-
-def _configure_logging(access_log: bool) -> None:
-    """Workers' errors to stderr with their worker id; the access log to
-    stdout when asked (uvicorn's format), else no handler at all, which
-    uvicorn's protocols check once per connection."""
-    import logging
-    w = _runtime.worker
-    tag = f"worker {w.id}" if w is not None else "web"
-    error = logging.getLogger("uvicorn.error")
-    if not error.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s [{tag}] %(levelname)s %(message)s"))
-        error.addHandler(handler)
-        error.setLevel(logging.WARNING)
-        error.propagate = False
-    access = logging.getLogger("uvicorn.access")
-    if access_log and not access.handlers:
-        from uvicorn.logging import AccessFormatter
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(AccessFormatter(
-            f'%(asctime)s [{tag}] %(client_addr)s - "%(request_line)s" %(status_code)s',
-            use_colors=False))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+                          access_log=logs.access, **options)
 
 
 def _run(main: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
@@ -207,7 +189,7 @@ class WorkerServer:
     def __init__(self, config: Any, addresses: list[Bind], graceful_timeout: float,
                  limit_request_head: int = LIMIT_REQUEST_HEAD,
                  timeout_request_head: float = TIMEOUT_REQUEST_HEAD,
-                 websocket_grace: float = 0.0) -> None:
+                 websocket_grace: float = 0.0, *, uvicorn_logs_access: bool = True) -> None:
         self.config = config
         self.addresses = addresses
         self.graceful_timeout = graceful_timeout
@@ -217,6 +199,7 @@ class WorkerServer:
         self.state: Any = None
         self.protocol_class: type = Draining
         self.ticker: asyncio.TimerHandle | None = None
+        self.uvicorn_logs_access = uvicorn_logs_access   # False: Logs.wrap() logs them
 
     async def serve(self) -> None:
         from uvicorn.server import ServerState
@@ -236,6 +219,7 @@ class WorkerServer:
         self.tick()
         protocol_class = draining(config.http_protocol_class)
         protocol_class.cx_head_limit = self.limit_request_head or sys.maxsize  # type: ignore[attr-defined]
+        protocol_class.cx_uvicorn_access_log = self.uvicorn_logs_access  # type: ignore[attr-defined]
 
         def protocol() -> asyncio.Protocol:
             return protocol_class(config=config, server_state=self.state,  # type: ignore[no-any-return]
