@@ -44,9 +44,6 @@ handle_codecs: dict[int, tuple[type[Any], Callable[[Any], int], Callable[[Any], 
 # fn(worker) when connections stop going to a worker (disconnect, kill or
 # exit): the primary's routing (_shared), which imports this module.
 routing_stops: list[Callable[[Worker], None]] = []
-# fn(worker, flags) in a worker asked for its figures, before it answers: what
-# the flags ask for beyond them (the application's metrics, fleet.appmetrics).
-stats_reporters: list[Callable[[Worker, int], None]] = []
 
 
 def _socket_codec() -> None:
@@ -691,8 +688,9 @@ def _report_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -
     """The primary asks for this worker's figures (status, metrics); its
     user messages it counts on its own end of the channel."""
     close_fds(fds)
-    for report in stats_reporters:
-        report(w, flags)
+    if flags:           # beyond the figures: the application's metrics first
+        from . import _appmetrics
+        _appmetrics.report(w, flags)
     send_stats(w)
 
 

@@ -22,7 +22,7 @@ import sys
 import cluster_ext as cluster
 
 from .. import _runtime
-from . import config, logs, primary, status, worker
+from . import config, logs, worker
 from .options import CONTROL_COMMANDS, is_web_app, parse_args
 
 log = logging.getLogger("cluster_ext")
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
     """The console script cluster-ext; __main__ names itself python -m cluster_ext."""
     args = parse_args(argv, prog)
     if args.command in CONTROL_COMMANDS:
+        from . import status
         return status.control_client(args)
     problem = config.settle(args, argv, prog)
     if problem is not None:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cluster-ext") -> int:
         else:
             worker.demo_worker(args)
         return 0
+    from . import primary  # the primary's side: not a worker's import
     problem = primary.prepare(args) or logs.configure_primary(args)
     if problem is not None:
         return _refuse(prog, args, problem)

@@ -14,7 +14,28 @@ the primary's operations (the control socket, /metrics) read and steer it.
     metrics      /metrics
     reloader     --reload: a change on disk reloads the workers
 """
-from .rolling import reload
-from .supervisor import BootError, CrashLoopError, supervise
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .rolling import reload
+    from .supervisor import BootError, CrashLoopError, supervise
 
 __all__ = ["BootError", "CrashLoopError", "reload", "supervise"]
+
+
+def __getattr__(name: str) -> Any:
+    """supervise(), reload() and their errors, imported on first use: a
+    worker imports fleet.preload, and would pay for the supervisor's
+    modules (the rolling restart, recycling, figures...) in time and memory."""
+    if name == "reload":
+        from .rolling import reload as value
+    elif name in ("BootError", "CrashLoopError", "supervise"):
+        from . import supervisor
+        value = getattr(supervisor, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

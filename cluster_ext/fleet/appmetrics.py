@@ -4,7 +4,8 @@ primary's /metrics: no PROMETHEUS_MULTIPROC_DIR, no shared files.
 At each scrape the primary asks every worker for its figures with the
 STATS_APP flag; a worker whose application imported prometheus_client
 answers first with its default registry's families (JSON, in a STATS frame
-flagged the same), then with its figures. The primary merges them as
+flagged the same: the worker's side is cluster_ext._appmetrics), then with
+its figures. The primary merges them as
 prometheus_client's multiprocess mode does: counters, histograms and
 summaries summed across workers, a worker gone keeping its last values in
 the sums so that no counter goes backwards; gauges by their
@@ -14,9 +15,8 @@ A worker may be compromised: what it sends is checked, and a reply that
 is not well formed is dropped whole."""
 from __future__ import annotations
 
-import sys
-
-from .. import _core, _runtime, _worker
+from .. import _runtime
+from .._appmetrics import TYPES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     # name -> (type, documentation, gauge mode, {(sample name, labels): value})
     Families: TypeAlias = dict[str, tuple[str, str, str, dict[tuple[str, Labels], float]]]
 
-STATS_APP = 2                # STATS flag: P->W also your application's metrics; W->P: they
-TYPES = ("counter", "gauge", "histogram", "summary")
 GAUGE_MODES = ("all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
                "mostrecent", "livemostrecent")
 MAX_SAMPLES = 50_000         # a worker's reply with more is dropped
@@ -41,43 +39,6 @@ _latest: dict[int, tuple[int, Families]] = {}   # worker id -> (pid, its last re
 _retired_sums: Families = {}                    # gone workers' counters, histograms, summaries
 _retired_gauges: dict[int, Families] = {}       # pid -> a gone worker's non-live gauges
 _warned: set[int] = set()                       # workers whose malformed reply was logged
-
-
-# ---- in a worker ------------------------------------------------------------------------
-
-def _collect() -> list[list[Any]]:
-    """The default registry's families, less prometheus_client's own
-    process, platform and gc collectors (the primary shows each worker's
-    CPU and memory itself)."""
-    import prometheus_client
-
-    defaults = {prometheus_client.PROCESS_COLLECTOR, prometheus_client.PLATFORM_COLLECTOR,
-                prometheus_client.GC_COLLECTOR}
-    registry = prometheus_client.REGISTRY
-    with registry._lock:
-        collectors = [c for c in registry._collector_to_names if c not in defaults]
-    families = []
-    for collector in collectors:
-        mode = getattr(collector, "_multiprocess_mode", "all")
-        for family in collector.collect():
-            if family.type not in TYPES:
-                continue
-            samples = [[s.name, s.labels, s.value] for s in family.samples
-                       if not s.name.endswith("_created")]
-            families.append([family.name, family.type, family.documentation,
-                             mode if family.type == "gauge" else "", samples])
-    return families
-
-
-def _report(w: Worker, flags: int) -> None:
-    """Before the figures: the application's metrics, when asked for and
-    when the application uses prometheus_client (never imported here)."""
-    if flags & STATS_APP and "prometheus_client" in sys.modules:
-        import json
-        w._send_frame(_core.FRAME_STATS, json.dumps(_collect()).encode(), flags=STATS_APP)
-
-
-_worker.stats_reporters.append(_report)
 
 
 # ---- in the primary ---------------------------------------------------------------------

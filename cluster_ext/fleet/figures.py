@@ -16,6 +16,7 @@ import os
 import time
 
 from .. import _core, _protocol, _runtime, _worker
+from .._appmetrics import STATS_APP
 from .._protocol import BUCKETS, LATENCY_BOUNDS, STATUS_CLASSES, Saturation
 from . import appmetrics
 
@@ -189,7 +190,7 @@ def gather(done: Callable[[Snapshot], Any], *, application: bool = False) -> Non
     they answered."""
     if not _runtime.is_primary:
         raise RuntimeError("the cluster's figures are the primary's")
-    _Gathering(lambda: done(snapshot()), appmetrics.STATS_APP if application else 0)
+    _Gathering(lambda: done(snapshot()), STATS_APP if application else 0)
 
 
 def ask(done: Callable[[], Any]) -> None:
@@ -220,7 +221,7 @@ def resident(pid: int) -> int | None:
 
 def _on_stats(w: Worker, flags: int, payload: bytes, fds: tuple[int, ...]) -> None:
     _worker.close_fds(fds)
-    if flags & appmetrics.STATS_APP:     # the application's, before the figures
+    if flags & STATS_APP:     # the application's, before the figures
         appmetrics.received(w, payload)
         return
     try:

@@ -17,7 +17,6 @@ decides alone when it stops, and here the primary decides.
 from __future__ import annotations
 
 from .. import _runtime
-from ..fleet import preload, supervisor
 from .app import INTERFACES, AppLoadError, check_spec, detect_interface, load_app
 from .binds import adopt_fds, parse_bind
 from .protocol import LIMIT_REQUEST_HEAD, TIMEOUT_REQUEST_HEAD
@@ -27,6 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..fleet.preload import Preload
     from .binds import Bind
 
 __all__ = ["serve", "load_app", "detect_interface", "parse_bind", "AppLoadError"]
@@ -74,6 +74,7 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
     if _runtime.is_worker:
         serve_here()
         return
+    from ..fleet import supervisor  # the primary's: a worker never imports it
     prepare_primary(app, addresses, factory=factory, interface=interface)
     preloading = start_preload() if preload else None
     try:
@@ -91,12 +92,13 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, workers: int |
             preloading.close()
 
 
-def start_preload() -> preload.Preload:
+def start_preload() -> Preload:
     """preload: the template that imports the application once for every
     worker (fleet.preload), when it has; AppLoadError if it cannot."""
+    from ..fleet.preload import Preload, TemplateError
     try:
-        return preload.Preload()
-    except preload.TemplateError as exc:
+        return Preload()
+    except TemplateError as exc:
         raise AppLoadError(exc.reason) from None
 
 

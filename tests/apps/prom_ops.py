@@ -7,7 +7,7 @@ import sys
 
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
-from cluster_ext.fleet import appmetrics
+from cluster_ext import _appmetrics
 
 n = int(sys.argv[1])
 counter = Counter("ops", "a counter", ["kind"])
@@ -19,4 +19,4 @@ for value in range(3 * n):
 Summary("size", "a summary").observe(n)
 for mode in ("all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum"):
     Gauge(f"gauge_{mode}", mode, ["kind"], multiprocess_mode=mode).labels("x").set(n * 1.5)
-print(json.dumps(appmetrics._collect()))
+print(json.dumps(_appmetrics.collect()))
