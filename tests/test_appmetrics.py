@@ -114,3 +114,20 @@ def test_a_malformed_reply_is_refused_whole(payload, why):
     from cluster_ext.fleet import appmetrics
     with pytest.raises(ValueError, match=why):
         appmetrics._decode(payload)
+
+
+def test_a_scripts_workers_report_their_metrics_too(app):
+    """A script's workers (no web application, nothing of the fleet
+    imported) answer the primary's request for the application's metrics."""
+    import socket
+    metrics_port, port = free_port(), free_port()
+    script = APPS / "prom_script.py"
+    cmd = [str(Path(sys.executable).parent / "cluster-ext"), "run", "-w", "2",
+           "--metrics", f"127.0.0.1:{metrics_port}", str(script), str(port)]
+    a = app(str(script), cmd=cmd, merge_stderr=True)
+    serving(a, 2)
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.recv(16) == b"counted\n"
+    assert value(scrape(metrics_port), "script_connections_total") == 10
+    stop(a)
