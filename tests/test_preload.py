@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import APPS, pid_alive, wait_gone
+from conftest import APPS, free_port, pid_alive, wait_gone
 from test_web import WEBAPPS, get, serving, stop, until
 from test_web import cli as web_cli
 
@@ -119,6 +119,22 @@ def test_an_environment_past_a_message_still_forks_from_the_template(app, tmp_pa
         assert not any("preload template" in line and "killing" in line for line in lines)
     assert found["preload"] == found["exec"]
     assert all(dict(found["preload"])[name] == value for name, value in big.items())
+
+
+def test_a_fork_target_worker_holds_none_of_the_templates_channel(app, tmp_path):
+    """A fork(target=) worker of a primary that preloads is forked from the
+    primary, whose descriptors it inherits: the template's channel is not
+    one of them (closed at the fork), as an exec'd worker never gets it."""
+    import sys
+    folder = copy_app(tmp_path)
+    shutil.copy(WEBAPPS / "preload_target.py", folder / "preload_target.py")
+    port = free_port()
+    a = app("preload_target.py", cmd=[sys.executable, str(folder / "preload_target.py"),
+                                      str(port)],
+            cwd=folder, env={"PYTHONPATH": str(APPS)}, merge_stderr=True)
+    said = until(a, "seqpackets")
+    assert json.loads(said) == {"seqpackets": []}, said
+    stop(a)
 
 
 def test_an_application_that_cannot_be_imported_stops_before_any_fork(app, tmp_path):

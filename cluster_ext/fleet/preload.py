@@ -71,6 +71,7 @@ class Template:
             raise
         finally:
             theirs.close()
+        _channels.add(ours)
         self.ready = False
         self.exited = False
         self.let_go = False
@@ -201,6 +202,7 @@ class Template:
         if self.let_go:
             return
         self.let_go = True
+        _channels.discard(self.sock)
         self.sock.close()
         if not self.exited:
             self._stop_timer = _runtime.call_later(STOP_TIMEOUT, self._stop_late)
@@ -327,6 +329,19 @@ class Preload:
 
 
 active: Preload | None = None       # the running fleet's, if it preloads
+# The primary's ends of its templates' channels: close-on-exec, so no exec'd
+# child holds one, and closed in a child forked without exec (fork(target=)),
+# which is not the templates' primary.
+_channels: set[socket.socket] = set()
+
+
+def _close_channels_in_child() -> None:
+    for sock in _channels:
+        sock.close()
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_close_channels_in_child)
 
 
 def env_change(started: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any]:
